@@ -1,0 +1,8 @@
+"""cas: a content-addressed chunk store with delta transfer for build directories.
+
+`cas.put.put_directory` stores a directory and returns a manifest id;
+`cas.get.get_manifest` restores one. Both go through a `Repository` over a
+`Store` (`cas.store.open_store`).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,166 @@
+"""Reading a stored tree without writing anything: walk, look up, stream a file.
+
+Used by `get` (to plan), `ls` and `cat`. Traversal is breadth-first with a
+depth limit and fetches the trees of one level concurrently. Every tree is
+verified and strictly parsed (`Repository.get_tree`); chunk lengths are
+checked against the manifest's maximum chunk size before any chunk is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from cas.errors import FormatError, ObjectNotFound, UnsafeManifest, UsageError
+from cas.ids import ObjectId, new_hasher
+from cas.objects import DirEntry, Entry, FileEntry, Manifest, Tree
+from cas.repo import Repository
+
+MAX_DEPTH: Final = 1024
+_TREE_FETCH_CONCURRENCY: Final = 32
+
+
+@dataclass(frozen=True)
+class Located:
+    """An entry and the directory path (`parts`) that holds it."""
+
+    parts: tuple[str, ...]
+    entry: Entry
+
+    @property
+    def path(self) -> str:
+        """Slash-joined path relative to the manifest root."""
+        return "/".join((*self.parts, self.entry.name))
+
+
+def check_chunks(entry: FileEntry, max_chunk: int, where: str) -> None:
+    """Refuse chunk lengths the manifest's chunker could not have produced."""
+    for ref in entry.chunks:
+        if ref.length > max_chunk:
+            raise UnsafeManifest(
+                f"{where}: chunk {ref.id} claims {ref.length} bytes, over the {max_chunk} maximum"
+            )
+
+
+async def walk(
+    repo: Repository,
+    manifest: Manifest,
+    root: ObjectId | None = None,
+    start: tuple[str, ...] = (),
+) -> AsyncIterator[Located]:
+    """Every entry under `root` (default: the manifest root), parents before children."""
+    level: list[tuple[tuple[str, ...], ObjectId]] = [(start, root or manifest.root)]
+    limit = asyncio.Semaphore(_TREE_FETCH_CONCURRENCY)
+    max_chunk = manifest.chunker.max_size
+
+    async def fetch(tree_id: ObjectId) -> Tree:
+        async with limit:
+            return await repo.get_tree(tree_id)
+
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise UnsafeManifest(f"tree is nested deeper than {MAX_DEPTH} levels")
+        trees = await asyncio.gather(*(fetch(tree_id) for _, tree_id in level))
+        next_level: list[tuple[tuple[str, ...], ObjectId]] = []
+        for (parts, _), tree in zip(level, trees, strict=True):
+            for entry in tree.entries:
+                located = Located(parts, entry)
+                if isinstance(entry, FileEntry):
+                    check_chunks(entry, max_chunk, located.path)
+                elif isinstance(entry, DirEntry):
+                    next_level.append(((*parts, entry.name), entry.tree))
+                yield located
+        level = next_level
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """A user-given path inside a manifest as components (`a/b/`, `/a/b` and `a//b` all work)."""
+    parts = tuple(p for p in path.split("/") if p not in ("", "."))
+    if any(p == ".." for p in parts):
+        raise UsageError(f"path inside a manifest may not contain '..': {path!r}")
+    return parts
+
+
+async def lookup(repo: Repository, manifest: Manifest, path: str) -> Located | None:
+    """The entry at `path`, or None for the root itself; `ObjectNotFound` if absent."""
+    parts = split_path(path)
+    tree_id = manifest.root
+    found: Located | None = None
+    for index, name in enumerate(parts):
+        tree = await repo.get_tree(tree_id)
+        match = next((e for e in tree.entries if e.name == name), None)
+        if match is None:
+            raise ObjectNotFound(f"no {'/'.join(parts[: index + 1])!r} in the manifest")
+        found = Located(parts[:index], match)
+        if index < len(parts) - 1:
+            if not isinstance(match, DirEntry):
+                raise ObjectNotFound(f"{found.path!r} is not a directory")
+            tree_id = match.tree
+    return found
+
+
+async def stream_file(
+    repo: Repository,
+    entry: FileEntry,
+    max_chunk: int,
+    sink: Callable[[bytes], Awaitable[None]],
+    *,
+    where: str = "",
+    prefetch: int = 4,
+) -> None:
+    """Feed a file's bytes to `sink` in order, fetching a few chunks ahead.
+
+    Each chunk is verified against its id before `sink` sees it; the
+    whole-file digest is checked at the end, so a tree naming the wrong (but
+    individually valid) chunks is caught before the caller commits the file.
+    """
+    where = where or entry.name
+    if entry.inline is not None:
+        data = entry.inline
+        _check_digest(entry, new_hasher_of(data), where)
+        await sink(data)
+        return
+    check_chunks(entry, max_chunk, where)
+    hasher = new_hasher()
+    window: list[asyncio.Task[bytes]] = []
+    refs = list(entry.chunks)
+    next_index = 0
+    try:
+        while next_index < len(refs) or window:
+            while next_index < len(refs) and len(window) < prefetch:
+                ref = refs[next_index]
+                window.append(asyncio.ensure_future(repo.get_chunk(ref.id, max_chunk)))
+                next_index += 1
+            data = await window.pop(0)
+            expected = refs[next_index - len(window) - 1].length
+            if len(data) != expected:
+                raise FormatError(
+                    f"{where}: a chunk is {len(data)} bytes, the tree says {expected}"
+                )
+            hasher.update(data)
+            await sink(data)
+    finally:
+        for task in window:
+            task.cancel()
+    _check_digest(entry, hasher, where)
+
+
+def new_hasher_of(data: bytes) -> object:
+    """A hasher already fed `data`."""
+    hasher = new_hasher()
+    hasher.update(data)
+    return hasher
+
+
+def _check_digest(entry: FileEntry, hasher: object, where: str) -> None:
+    from cas.errors import IntegrityError
+
+    got = ObjectId(hasher.digest())  # type: ignore[attr-defined]
+    if got != entry.digest:
+        raise IntegrityError(
+            "file", where, f"content hashes to {got}, the tree says {entry.digest}"
+        )

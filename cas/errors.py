@@ -1,0 +1,102 @@
+"""Typed errors: the only exceptions the library raises on purpose.
+
+Each class carries the process exit code that the command line maps it to, so
+scripts can tell a missing object from a corrupt one without parsing text.
+Backends convert provider errors into these once, at their edge.
+"""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Something went wrong in cas."""
+
+    exit_code = 1
+
+
+class UsageError(CasError):
+    """A bad option, URL, id or path given by the user."""
+
+    exit_code = 2
+
+
+class ObjectNotFound(CasError, FileNotFoundError):
+    """An object, ref or path that was asked for does not exist."""
+
+    exit_code = 3
+
+
+class IntegrityError(CasError):
+    """Data read back does not hash to the id it was stored under.
+
+    Never silently accepted: the message names the object so that it can be
+    found and repaired.
+    """
+
+    exit_code = 4
+
+    def __init__(self, kind: str, object_id: str, detail: str) -> None:
+        self.kind = kind
+        self.object_id = object_id
+        self.detail = detail
+        super().__init__(f"{kind} {object_id} is corrupt: {detail}")
+
+
+class UnsafeManifest(CasError):
+    """A manifest or tree that would make `get` write outside its destination."""
+
+    exit_code = 5
+
+
+class AlreadyExists(CasError, FileExistsError):
+    """A create-only name (a ref) is taken; it is never overwritten."""
+
+    exit_code = 6
+
+
+class StoreUnavailable(CasError):
+    """A transient store failure; the only kind worth retrying."""
+
+    exit_code = 7
+
+
+class PermissionDenied(CasError, PermissionError):
+    """The store or filesystem refused an operation for lack of rights."""
+
+    exit_code = 8
+
+
+class SourceError(CasError):
+    """A file or directory being put could not be read."""
+
+    exit_code = 9
+
+
+class DestinationError(CasError):
+    """The destination of a `get` could not be written (full, read-only, in the way)."""
+
+    exit_code = 10
+
+
+class FormatError(CasError):
+    """An object is well-hashed but not a valid tree or manifest."""
+
+    exit_code = 11
+
+
+EXIT_CODES: dict[str, int] = {
+    cls.__name__: cls.exit_code
+    for cls in (
+        CasError,
+        UsageError,
+        ObjectNotFound,
+        IntegrityError,
+        UnsafeManifest,
+        AlreadyExists,
+        StoreUnavailable,
+        PermissionDenied,
+        SourceError,
+        DestinationError,
+        FormatError,
+    )
+}

@@ -1,0 +1,217 @@
+"""The only code that writes into a `get` destination.
+
+Rules that make a hostile manifest harmless:
+
+1. Every path is walked component by component from a file descriptor of the
+   destination root, each directory opened with `O_NOFOLLOW | O_DIRECTORY`
+   relative to its parent. A symlink in the way (planted by the manifest or
+   already in the destination) is never traversed.
+2. Names were validated by `cas.objects` (no `..`, `/`, NUL, empty); this
+   module checks again, because it is the last line.
+3. File content goes to a fresh temporary name (`O_CREAT | O_EXCL |
+   O_NOFOLLOW`), then mode and mtime are set on the descriptor and the file
+   is renamed over its final name. A final path never holds a partial file.
+4. Symlinks are created after all files are written, so nothing is ever
+   written through one; directory modes and mtimes are set last, deepest
+   first (a read-only directory would otherwise block its own children).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+from cas.errors import DestinationError, UnsafeManifest
+from cas.objects import check_name
+
+TEMP_PREFIX: Final = ".cas-tmp-"
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# setuid/setgid bits from a manifest are never applied.
+_MODE_MASK: Final = 0o1777
+
+Parts = Sequence[str]
+
+
+def _describe(parts: Parts, name: str | None = None) -> str:
+    path = "/".join([*parts, name] if name is not None else parts)
+    return path or "."
+
+
+def _fail(exc: OSError, action: str, where: str) -> DestinationError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DestinationError(f"destination is full: {action} {where}")
+    if exc.errno == errno.EROFS:
+        return DestinationError(f"destination is read-only: {action} {where}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return DestinationError(f"permission denied: {action} {where}")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return DestinationError(f"{where} exists in the destination and is not a directory")
+    if exc.errno == errno.EISDIR:
+        return DestinationError(f"{where} is a directory in the destination; cannot replace it")
+    return DestinationError(f"{action} {where}: {exc.strerror or exc}")
+
+
+class Destination:
+    """A directory that `get` fills; safe against symlinks and partial writes."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(root)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileExistsError:
+            raise DestinationError(
+                f"destination {self.root} exists and is not a directory"
+            ) from None
+        except NotADirectoryError:
+            raise DestinationError(f"destination {self.root} is not a directory") from None
+        except OSError as exc:
+            raise _fail(exc, "creating", self.root) from None
+
+    def close(self) -> None:
+        """Release the root descriptor."""
+        os.close(self._root_fd)
+
+    def __enter__(self) -> Destination:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def directory(self, parts: Parts) -> Iterator[int]:
+        """A descriptor of the directory at `parts`, never through a symlink."""
+        fd = os.dup(self._root_fd)
+        try:
+            for index, name in enumerate(parts):
+                check_name(name, _describe(parts[: index + 1]))
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise _fail(exc, "opening", _describe(parts[: index + 1])) from None
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    def make_dir(self, parts: Parts, name: str) -> None:
+        """Create `parts/name` (owner-writable until `finish_dir`); an existing directory is fine."""
+        check_name(name, _describe(parts, name))
+        with self.directory(parts) as fd:
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                try:
+                    probe = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise _fail(exc, "creating directory", _describe(parts, name)) from None
+                try:
+                    mode = os.fstat(probe).st_mode
+                    if mode & 0o700 != 0o700:  # left read-only by an earlier get
+                        os.fchmod(probe, (mode | 0o700) & 0o7777)
+                finally:
+                    os.close(probe)
+            except OSError as exc:
+                raise _fail(exc, "creating directory", _describe(parts, name)) from None
+
+    def open_file(self, parts: Parts, name: str) -> PendingFile:
+        """Start writing `parts/name`; nothing appears at that name until `commit`."""
+        check_name(name, _describe(parts, name))
+        with self.directory(parts) as dir_fd:
+            parent = os.dup(dir_fd)
+        temp = TEMP_PREFIX + secrets.token_hex(8)
+        try:
+            fd = os.open(
+                temp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent,
+            )
+        except OSError as exc:
+            os.close(parent)
+            raise _fail(exc, "creating", _describe(parts, name)) from None
+        return PendingFile(parent, fd, temp, name, _describe(parts, name))
+
+    def symlink(self, parts: Parts, name: str, target: str, mtime_ns: int | None) -> None:
+        """Create or replace a symlink atomically; its target is stored, never followed."""
+        check_name(name, _describe(parts, name))
+        where = _describe(parts, name)
+        with self.directory(parts) as fd:
+            temp = TEMP_PREFIX + secrets.token_hex(8)
+            try:
+                os.symlink(target, temp, dir_fd=fd)
+                if mtime_ns is not None:
+                    os.utime(temp, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+                os.rename(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=fd)
+                raise _fail(exc, "creating symlink", where) from None
+
+    def finish_dir(self, parts: Parts, mode: int | None, mtime_ns: int | None) -> None:
+        """Apply a directory's own mode and mtime, after everything inside it is written."""
+        with self.directory(parts) as fd:
+            try:
+                if mode is not None:
+                    os.chmod(fd, mode & _MODE_MASK)
+                if mtime_ns is not None:
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+            except OSError as exc:
+                raise _fail(exc, "setting metadata of", _describe(parts)) from None
+
+
+class PendingFile:
+    """A file being written under a temporary name in its final directory."""
+
+    def __init__(self, dir_fd: int, fd: int, temp: str, name: str, where: str) -> None:
+        self._dir_fd = dir_fd
+        self._fd = fd
+        self._temp = temp
+        self._name = name
+        self.where = where
+        self.written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append `data`."""
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+                self.written += n
+        except OSError as exc:
+            raise _fail(exc, "writing", self.where) from None
+
+    def commit(self, mode: int, mtime_ns: int | None) -> None:
+        """Set metadata, then rename into place: the file appears whole or not at all."""
+        try:
+            os.fchmod(self._fd, mode & _MODE_MASK)
+            if mtime_ns is not None:
+                os.utime(self._fd, ns=(mtime_ns, mtime_ns))
+            os.close(self._fd)
+            self._fd = -1
+            os.rename(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except OSError as exc:
+            self.abort()
+            raise _fail(exc, "writing", self.where) from None
+        os.close(self._dir_fd)
+        self._dir_fd = -1
+
+    def abort(self) -> None:
+        """Remove the temporary file; the final name is untouched."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._dir_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp, dir_fd=self._dir_fd)
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+
+__all__ = ["Destination", "PendingFile", "UnsafeManifest"]

@@ -1,0 +1,417 @@
+"""The upward transfer engine: a directory in, a manifest id out.
+
+1. Walk the source in a deterministic order (`cas.walk`), one directory at
+   a time, skipping excluded paths.
+2. Each regular file is read by a worker thread: FastCDC cuts it while it
+   streams through a fixed buffer, BLAKE3 names each chunk and hashes the
+   whole file. Tiny files are kept inline in their tree instead.
+3. Chunks go to the event loop in groups. Existence checks from all files
+   are merged into batched `missing` calls; only missing chunks are
+   compressed (in a CPU pool) and uploaded. A byte budget bounds the data in
+   flight, so memory does not grow with file or tree size.
+4. A directory's tree is written only after every chunk and subtree it
+   names has been stored; the manifest is written after the root tree, and
+   the ref after the manifest. An interrupted put therefore never leaves a
+   manifest that names missing data, and re-running it uploads only the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final
+
+from cas import __version__, codec
+from cas.chunking import Chunker, ChunkParams, FastCdcChunker
+from cas.errors import AlreadyExists, CasError, SourceError, UsageError
+from cas.ids import ObjectId, hash_bytes, new_hasher
+from cas.objects import (
+    ChunkRef,
+    DirEntry,
+    Entry,
+    FileEntry,
+    Manifest,
+    SymlinkEntry,
+    Totals,
+    Tree,
+    now_rfc3339,
+)
+from cas.progress import NullProgress, Progress
+from cas.repo import Repository
+from cas.store.base import Kind, validate_ref_name
+from cas.walk import Excludes, SourceEntry, list_directory
+
+DEFAULT_INLINE_MAX: Final = 1024
+_GROUP_BYTES: Final = 8 << 20
+_GROUP_CHUNKS: Final = 16
+_BATCH_MAX: Final = 1000
+_BATCH_WAIT: Final = 0.002
+
+
+@dataclass(frozen=True)
+class PutOptions:
+    """How to cut, compress and describe a put."""
+
+    params: ChunkParams = field(default_factory=ChunkParams)
+    level: int = codec.DEFAULT_LEVEL
+    excludes: Excludes = field(default_factory=Excludes)
+    labels: dict[str, str] = field(default_factory=dict)
+    mtimes: bool = True
+    reproducible: bool = False
+    ref: str | None = None
+    inline_max: int = DEFAULT_INLINE_MAX
+    workers: int = max(1, os.cpu_count() or 1)
+
+    def __post_init__(self) -> None:
+        if not codec.MIN_LEVEL <= self.level <= codec.MAX_LEVEL:
+            raise UsageError(f"--level must be {codec.MIN_LEVEL}..{codec.MAX_LEVEL}")
+        if self.ref is not None:
+            validate_ref_name(self.ref)
+        if not 0 <= self.inline_max <= 64 << 10:
+            raise UsageError("inline_max must be 0..65536 bytes")
+
+
+@dataclass
+class PutStats:
+    """What a put did, for its summary line and `--json`."""
+
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes_read: int = 0
+    chunks: int = 0
+    chunks_new: int = 0
+    bytes_new_raw: int = 0
+    bytes_uploaded: int = 0
+    trees_new: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """The manifest id, the manifest, and what it took."""
+
+    manifest_id: ObjectId
+    manifest: Manifest
+    stats: PutStats
+
+
+class _MissingBatcher:
+    """Merges existence checks from many files into few `missing` calls."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._pending: dict[ObjectId, asyncio.Future[bool]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def is_missing(self, object_id: ObjectId) -> bool:
+        future = self._pending.get(object_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._pending[object_id] = future
+            if len(self._pending) >= _BATCH_MAX:
+                self._flush_now()
+            elif self._flusher is None:
+                self._flusher = asyncio.create_task(self._flush_soon())
+        return await future
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(_BATCH_WAIT)
+        self._flusher = None
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        batch, self._pending = self._pending, {}
+        if batch:
+            asyncio.create_task(self._resolve(batch))
+
+    async def _resolve(self, batch: dict[ObjectId, asyncio.Future[bool]]) -> None:
+        try:
+            absent = await self._repo.store.missing(Kind.CHUNK, list(batch))
+        except BaseException as exc:  # every waiter must learn of the failure
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for object_id, future in batch.items():
+            if not future.done():
+                future.set_result(object_id in absent)
+
+
+class Uploader:
+    """One put: create per call of `put` (it holds per-run state)."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        options: PutOptions | None = None,
+        progress: Progress | None = None,
+        chunker_factory: type[FastCdcChunker] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.options = options or PutOptions()
+        self.progress: Progress = progress or NullProgress()
+        self.stats = PutStats()
+        self._chunker_factory = chunker_factory or FastCdcChunker
+        self._local = threading.local()
+        self._abort = threading.Event()
+        self._stats_lock = threading.Lock()
+        self._budget = threading.Semaphore(max(2, 3 * self.options.workers))
+        self._stored: dict[ObjectId, asyncio.Future[None]] = {}
+
+    # ------------------------------------------------------------ entry point
+
+    async def put(self, source: str | os.PathLike[str]) -> PutResult:
+        """Store the directory `source`; return the manifest id."""
+        root = os.fspath(source)
+        try:
+            st = os.stat(root)
+        except FileNotFoundError:
+            raise SourceError(f"no such directory: {root}") from None
+        except OSError as exc:
+            raise SourceError(f"cannot read {root}: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise SourceError(f"not a directory: {root}")
+
+        self._loop = asyncio.get_running_loop()
+        self._batcher = _MissingBatcher(self.repo)
+        workers = self.options.workers
+        self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
+        self._cpu_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
+        try:
+            root_tree, totals = await self._put_dir(root, "")
+        except BaseException:
+            self._abort.set()
+            raise
+        finally:
+            await asyncio.to_thread(self._file_pool.shutdown, True, cancel_futures=True)
+            await asyncio.to_thread(self._cpu_pool.shutdown, True, cancel_futures=True)
+
+        opts = self.options
+        manifest = Manifest(
+            root=root_tree,
+            chunker=opts.params,
+            totals=totals,
+            excludes=opts.excludes.patterns,
+            labels=dict(sorted(opts.labels.items())),
+            mtimes=opts.mtimes,
+            created=None if opts.reproducible else now_rfc3339(),
+            tool=None if opts.reproducible else f"cas {__version__}",
+        )
+        manifest_id = await self.repo.put_manifest(manifest)
+        if opts.ref is not None:
+            try:
+                await self.repo.store.create_ref(opts.ref, manifest_id)
+            except AlreadyExists:
+                raise AlreadyExists(
+                    f"ref {opts.ref!r} already exists; manifest {manifest_id} was stored "
+                    "but not named"
+                ) from None
+        return PutResult(manifest_id, manifest, self.stats)
+
+    # ------------------------------------------------------------ directories
+
+    async def _put_dir(self, path: str, rel: str) -> tuple[ObjectId, Totals]:
+        skipped: list[tuple[str, str]] = []
+        children = await asyncio.to_thread(
+            list_directory, path, rel, self.options.excludes, skipped
+        )
+        for child_rel, reason in skipped:
+            self.progress.warn(f"skipped {child_rel}: {reason}")
+        self.stats.skipped.extend(skipped)
+
+        async def one(child: SourceEntry) -> tuple[Entry, Totals]:
+            if child.is_dir:
+                tree_id, sub = await self._put_dir(child.path, child.rel)
+                entry = DirEntry(
+                    child.name, stat.S_IMODE(child.st.st_mode), self._mtime(child), tree_id
+                )
+                return entry, Totals(sub.files, sub.dirs + 1, sub.symlinks, sub.bytes, sub.chunks)
+            if child.is_symlink:
+                target = await asyncio.to_thread(_read_link, child.path)
+                self.stats.symlinks += 1
+                return SymlinkEntry(child.name, target, self._mtime(child)), Totals(symlinks=1)
+            entry = await self._put_file(child)
+            return entry, Totals(files=1, bytes=entry.size, chunks=len(entry.chunks))
+
+        results = await _gather_or_cancel([one(c) for c in children])
+        tree = Tree.build(entry for entry, _ in results)
+        tree_id = await self.repo.put_tree(tree)
+        self.stats.dirs += 1
+        totals = Totals(
+            files=sum(t.files for _, t in results),
+            dirs=sum(t.dirs for _, t in results),
+            symlinks=sum(t.symlinks for _, t in results),
+            bytes=sum(t.bytes for _, t in results),
+            chunks=sum(t.chunks for _, t in results),
+        )
+        return tree_id, totals
+
+    def _mtime(self, child: SourceEntry) -> int | None:
+        return child.st.st_mtime_ns if self.options.mtimes else None
+
+    # ------------------------------------------------------------ files
+
+    async def _put_file(self, child: SourceEntry) -> FileEntry:
+        waits: list[Future[None]] = []
+        entry = await self._loop.run_in_executor(self._file_pool, self._read_file, child, waits)
+        for future in waits:
+            await asyncio.wrap_future(future)
+        return entry
+
+    def _chunker(self) -> Chunker:
+        chunker = getattr(self._local, "chunker", None)
+        if chunker is None:
+            chunker = self._local.chunker = self._chunker_factory(self.options.params)
+        return chunker
+
+    def _read_file(self, child: SourceEntry, waits: list[Future[None]]) -> FileEntry:
+        """Runs in a reader thread: read, cut, hash; hand chunk groups to the loop."""
+        if self._abort.is_set():
+            raise asyncio.CancelledError
+        try:
+            fd = os.open(child.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise SourceError(f"{child.path} changed type while being read")
+            try:
+                if before.st_size <= self.options.inline_max:
+                    data = f.read(self.options.inline_max + 1)
+                    if len(data) <= self.options.inline_max:
+                        self._count(bytes_read=len(data))
+                        self.progress.advance(len(data))
+                        return FileEntry(
+                            child.name,
+                            stat.S_IMODE(before.st_mode),
+                            len(data),
+                            self._mtime(child),
+                            hash_bytes(data),
+                            (),
+                            data,
+                        )
+                    f.seek(0)
+                chunks, size, digest = self._cut(f, waits)
+            except OSError as exc:
+                raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
+            after = os.fstat(fd)
+        if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
+            self.progress.warn(f"{child.rel} changed while being read; stored what was read")
+        return FileEntry(
+            child.name,
+            stat.S_IMODE(before.st_mode),
+            size,
+            self._mtime(child),
+            digest,
+            tuple(chunks),
+            None,
+        )
+
+    def _cut(self, f: object, waits: list[Future[None]]) -> tuple[list[ChunkRef], int, ObjectId]:
+        whole = new_hasher()
+        refs: list[ChunkRef] = []
+        group: list[tuple[ObjectId, bytes]] = []
+        group_bytes = 0
+        size = 0
+        for chunk in self._chunker().chunks(f):  # type: ignore[arg-type]
+            if self._abort.is_set():
+                raise asyncio.CancelledError
+            data = bytes(chunk.data)  # the chunker reuses its buffer for the next chunk
+            whole.update(data)
+            chunk_id = hash_bytes(data)
+            refs.append(ChunkRef(chunk_id, len(data)))
+            size += len(data)
+            group.append((chunk_id, data))
+            group_bytes += len(data)
+            if group_bytes >= _GROUP_BYTES or len(group) >= _GROUP_CHUNKS:
+                waits.append(self._submit_group(group))
+                group, group_bytes = [], 0
+            self.progress.advance(len(data))
+        if group:
+            waits.append(self._submit_group(group))
+        self._count(bytes_read=size, chunks=len(refs))
+        return refs, size, ObjectId(whole.digest())
+
+    def _submit_group(self, group: list[tuple[ObjectId, bytes]]) -> Future[None]:
+        while not self._budget.acquire(timeout=0.1):
+            if self._abort.is_set():
+                raise asyncio.CancelledError
+        try:
+            return asyncio.run_coroutine_threadsafe(self._store_group(group), self._loop)
+        except BaseException:
+            self._budget.release()
+            raise
+
+    # ------------------------------------------------------------ chunks (event loop)
+
+    async def _store_group(self, group: list[tuple[ObjectId, bytes]]) -> None:
+        try:
+            await _gather_or_cancel([self._store_chunk(i, d) for i, d in group])
+        finally:
+            self._budget.release()
+
+    async def _store_chunk(self, chunk_id: ObjectId, data: bytes) -> None:
+        existing = self._stored.get(chunk_id)
+        if existing is not None:
+            return await asyncio.shield(existing)
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._stored[chunk_id] = future
+        try:
+            if await self._batcher.is_missing(chunk_id):
+                blob = await self._loop.run_in_executor(
+                    self._cpu_pool, codec.encode, data, self.options.level
+                )
+                if await self.repo.put_encoded(Kind.CHUNK, chunk_id, blob):
+                    self._count(chunks_new=1, bytes_new_raw=len(data), bytes_uploaded=len(blob))
+        except BaseException as exc:
+            del self._stored[chunk_id]
+            future.set_exception(exc)
+            future.exception()
+            raise
+        future.set_result(None)
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for key, value in deltas.items():
+                setattr(self.stats, key, getattr(self.stats, key) + value)
+            if "bytes_read" in deltas:
+                self.stats.files += 1
+
+
+def _read_link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        raise SourceError(f"cannot read symlink {path}: {exc.strerror}") from None
+
+
+async def _gather_or_cancel(coros: Sequence[object]) -> list:
+    """Like gather, but the first failure cancels the rest (a TaskGroup without ExceptionGroup)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]  # type: ignore[arg-type]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def put_directory(
+    repo: Repository,
+    source: str | os.PathLike[str],
+    options: PutOptions | None = None,
+    progress: Progress | None = None,
+) -> PutResult:
+    """Convenience wrapper: one `Uploader`, one put."""
+    return await Uploader(repo, options, progress).put(source)
+
+
+__all__ = ["CasError", "PutOptions", "PutResult", "PutStats", "Uploader", "put_directory"]

@@ -1,0 +1,145 @@
+"""The repository: the one layer that hashes, compresses, verifies and caches.
+
+Backends only move bytes. Everything read through a `Repository` is
+decompressed within a size cap and checked against its id before anyone sees
+it, whether it came from the store or from the local cache; a mismatch is an
+`IntegrityError` naming the object. CPU work (zstd, BLAKE3) runs in threads:
+both libraries release the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+from cas import codec
+from cas.cache import ChunkCache
+from cas.errors import IntegrityError, ObjectNotFound
+from cas.ids import ObjectId, hash_bytes, is_object_id
+from cas.objects import MAX_MANIFEST_BYTES, MAX_TREE_BYTES, Manifest, Tree
+from cas.store.base import Kind, Store, validate_ref_name
+
+DEFAULT_MAX_CHUNK: Final = 16 << 20
+
+
+def stored_size_bound(max_size: int) -> int:
+    """The largest blob a zstd frame of `max_size` content can be (zstd's compress bound)."""
+    return max_size + (max_size >> 7) + 4096
+
+
+def encode_object(data: bytes | memoryview, level: int) -> tuple[ObjectId, bytes]:
+    """Hash then compress: the id is always of the uncompressed bytes."""
+    return hash_bytes(data), codec.encode(data, level)
+
+
+def decode_object(kind: Kind, object_id: ObjectId, blob: bytes, max_size: int) -> bytes:
+    """Decompress within `max_size` and verify the id."""
+    data = codec.decode(blob, max_size, kind=str(kind), object_id=str(object_id))
+    got = hash_bytes(data)
+    if got != object_id:
+        raise IntegrityError(str(kind), str(object_id), f"content hashes to {got}")
+    return data
+
+
+class Repository:
+    """Typed objects over a `Store`, with an optional shared `ChunkCache`."""
+
+    def __init__(self, store: Store, cache: ChunkCache | None = None, *, level: int = 3) -> None:
+        self.store = store
+        self.cache = cache
+        self.level = level
+        self._inflight: dict[ObjectId, asyncio.Future[bytes]] = {}
+        self.bytes_from_store = 0
+        self.bytes_from_cache = 0
+        self.chunks_from_store = 0
+        self.chunks_from_cache = 0
+
+    # ------------------------------------------------------------ chunks
+
+    async def put_encoded(self, kind: Kind, object_id: ObjectId, blob: bytes) -> bool:
+        """Upload an already encoded object; True if it was new."""
+        return await self.store.put_if_absent(kind, object_id, blob)
+
+    async def get_chunk(self, object_id: ObjectId, max_size: int) -> bytes:
+        """Verified chunk bytes, from the cache if there, else from the store.
+
+        Concurrent requests for one id share one fetch.
+        """
+        pending = self._inflight.get(object_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[object_id] = future
+        try:
+            data = await self._load(Kind.CHUNK, object_id, max_size)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        else:
+            future.set_result(data)
+            return data
+        finally:
+            del self._inflight[object_id]
+
+    async def _load(self, kind: Kind, object_id: ObjectId, max_size: int) -> bytes:
+        cache = self.cache
+        if cache is not None:
+            blob = await asyncio.to_thread(cache.get, object_id)
+            if blob is not None:
+                try:
+                    data = await asyncio.to_thread(decode_object, kind, object_id, blob, max_size)
+                except IntegrityError:
+                    pass  # a damaged cache entry is only a miss; the store decides
+                else:
+                    self.chunks_from_cache += 1
+                    self.bytes_from_cache += len(blob)
+                    return data
+        blob = await self.store.get(kind, object_id, max_size=stored_size_bound(max_size))
+        data = await asyncio.to_thread(decode_object, kind, object_id, blob, max_size)
+        self.chunks_from_store += 1
+        self.bytes_from_store += len(blob)
+        if cache is not None:
+            await asyncio.to_thread(cache.put, object_id, blob)
+        return data
+
+    # ------------------------------------------------------------ trees, manifests
+
+    async def put_tree(self, tree: Tree) -> ObjectId:
+        """Store a tree; its chunks and subtrees must already be stored (write order)."""
+        data = tree.to_bytes()
+        object_id, blob = await asyncio.to_thread(encode_object, data, self.level)
+        await self.store.put_if_absent(Kind.TREE, object_id, blob)
+        return object_id
+
+    async def get_tree(self, object_id: ObjectId) -> Tree:
+        """Fetch, verify and strictly parse a tree."""
+        data = await self._load(Kind.TREE, object_id, MAX_TREE_BYTES)
+        return Tree.from_bytes(data, where=f"tree {object_id}")
+
+    async def put_manifest(self, manifest: Manifest) -> ObjectId:
+        """Store a manifest: the last write of a put, after everything it names."""
+        data = manifest.to_bytes()
+        object_id, blob = encode_object(data, self.level)
+        await self.store.put_if_absent(Kind.MANIFEST, object_id, blob)
+        return object_id
+
+    async def get_manifest(self, object_id: ObjectId) -> Manifest:
+        """Fetch, verify and strictly parse a manifest (never from the cache)."""
+        blob = await self.store.get(
+            Kind.MANIFEST, object_id, max_size=stored_size_bound(MAX_MANIFEST_BYTES)
+        )
+        data = await asyncio.to_thread(
+            decode_object, Kind.MANIFEST, object_id, blob, MAX_MANIFEST_BYTES
+        )
+        return Manifest.from_bytes(data, where=f"manifest {object_id}")
+
+    async def resolve(self, name: str) -> ObjectId:
+        """A manifest id from 64 hex characters or a ref name."""
+        if is_object_id(name):
+            return ObjectId.parse(name)
+        validate_ref_name(name)
+        try:
+            return await self.store.read_ref(name)
+        except ObjectNotFound:
+            raise ObjectNotFound(f"no manifest id or ref named {name!r}") from None

@@ -1,0 +1,172 @@
+"""The one store interface every backend implements.
+
+Guarantees every backend must give (the conformance suite checks each):
+
+1. **No overwrite.** `put_if_absent` and `create_ref` never replace an
+   existing object or ref; concurrent creators of one name see exactly one
+   success. Refs are the only mutable names and are still create-only.
+2. **Atomic visibility.** An object is either absent or whole: readers and
+   `list` never see a partial upload or a temporary file.
+3. **Read-after-write.** Once `put_if_absent` returns, `get`, `stat`,
+   `missing` and `list` see the object from any client.
+4. **Times do not go backwards.** `ObjectInfo.mtime` is when the object was
+   created (or last refreshed with `touch`), which garbage collection's grace
+   period relies on.
+
+Backends only move bytes under names. They never hash, compress or verify
+content: the `Repository` above them does, for every backend alike. Ids and
+ref names are validated before any I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+from cas.errors import UsageError
+from cas.ids import ObjectId
+
+
+class Kind(StrEnum):
+    """The three object namespaces."""
+
+    CHUNK = "chunk"
+    TREE = "tree"
+    MANIFEST = "manifest"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What `stat` and `list` report about one stored object."""
+
+    kind: Kind
+    id: ObjectId
+    size: int
+    mtime: datetime
+
+
+@dataclass(frozen=True)
+class RefInfo:
+    """A named pointer to a manifest."""
+
+    name: str
+    target: ObjectId
+    mtime: datetime
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend is good at, so callers can size their concurrency."""
+
+    max_concurrency: int = 8
+    atomic_create: bool = True
+    native_missing: bool = False
+
+
+_REF_SEGMENT: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+@=-]*")
+MAX_REF_BYTES: Final = 512
+
+
+def validate_ref_name(name: str) -> str:
+    """Check a ref name: `/`-separated segments of `[A-Za-z0-9._+@=-]`, none empty or dotted.
+
+    A segment may not start with `.` or `-` so names can never mean `..`,
+    a hidden file or an option.
+    """
+    if not isinstance(name, str) or not name or len(name.encode()) > MAX_REF_BYTES:
+        raise UsageError(f"invalid ref name {name!r}: empty or longer than {MAX_REF_BYTES} bytes")
+    for segment in name.split("/"):
+        if not _REF_SEGMENT.fullmatch(segment):
+            raise UsageError(
+                f"invalid ref name {name!r}: segments are [A-Za-z0-9._+@=-], "
+                "non-empty, not starting with '.' or '-'"
+            )
+    return name
+
+
+def check_id(object_id: ObjectId) -> ObjectId:
+    """Refuse anything that is not an `ObjectId` before it reaches a path or URL."""
+    if not isinstance(object_id, ObjectId):
+        raise UsageError(f"expected an ObjectId, got {type(object_id).__name__}")
+    return object_id
+
+
+class Store(ABC):
+    """A place that keeps immutable objects under their ids, plus create-only refs."""
+
+    capabilities: Capabilities = Capabilities()
+    url: str = ""
+
+    @abstractmethod
+    async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
+        """Store `data` under `object_id` unless present: True if created, False if it was there."""
+
+    @abstractmethod
+    async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
+        """Return the stored bytes; raise `ObjectNotFound`, or `IntegrityError` past `max_size`."""
+
+    @abstractmethod
+    async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
+        """Size and creation time; raise `ObjectNotFound`."""
+
+    @abstractmethod
+    def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every complete object whose hex id starts with `prefix`, in no set order."""
+
+    @abstractmethod
+    async def delete(self, kind: Kind, object_id: ObjectId) -> None:
+        """Remove an object; removing an absent one is not an error."""
+
+    @abstractmethod
+    async def create_ref(self, name: str, target: ObjectId) -> None:
+        """Create a ref; raise `AlreadyExists` if the name is taken, whatever its target."""
+
+    @abstractmethod
+    async def read_ref(self, name: str) -> ObjectId:
+        """The target of a ref; raise `ObjectNotFound`."""
+
+    @abstractmethod
+    def list_refs(self, prefix: str = "") -> AsyncIterator[RefInfo]:
+        """Refs whose name starts with `prefix`."""
+
+    @abstractmethod
+    async def delete_ref(self, name: str) -> None:
+        """Remove a ref; removing an absent one is not an error."""
+
+    async def missing(self, kind: Kind, ids: Collection[ObjectId]) -> set[ObjectId]:
+        """The subset of `ids` not in the store.
+
+        The default asks `stat` for each, `capabilities.max_concurrency` at a
+        time; backends with a batch call (the HTTP server) override it.
+        """
+        from cas.errors import ObjectNotFound
+
+        for object_id in ids:
+            check_id(object_id)
+        limit = asyncio.Semaphore(max(1, self.capabilities.max_concurrency))
+        absent: set[ObjectId] = set()
+
+        async def probe(object_id: ObjectId) -> None:
+            async with limit:
+                try:
+                    await self.stat(kind, object_id)
+                except ObjectNotFound:
+                    absent.add(object_id)
+
+        await asyncio.gather(*(probe(i) for i in set(ids)))
+        return absent
+
+    async def aclose(self) -> None:
+        """Release connections and files."""
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

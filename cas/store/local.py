@@ -1,0 +1,339 @@
+"""A store in a local directory: the embedded default that needs no setup.
+
+Layout (docs/format.md has the details)::
+
+    ROOT/cas-store.json          marker with the layout version
+    ROOT/chunk/ab/abcd…          one file per object, sharded by the first two hex digits
+    ROOT/tree/ab/…
+    ROOT/manifest/ab/…
+    ROOT/refs/ci/main/…          one file per ref, holding the target id
+    ROOT/tmp/                    uploads in progress; never listed
+
+Create-only writes go to a unique file in `tmp/`, are flushed to disk, and
+are then hard-linked to their final name. `link` fails with EEXIST when the
+name is taken, which gives O_EXCL semantics for the whole object: a reader
+sees nothing or everything, and nobody overwrites anybody. Blocking file
+calls run in the default thread pool so the event loop keeps other requests
+moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, TypeVar
+
+from cas.errors import (
+    AlreadyExists,
+    CasError,
+    IntegrityError,
+    ObjectNotFound,
+    PermissionDenied,
+    StoreUnavailable,
+    UsageError,
+)
+from cas.ids import ObjectId, is_object_id
+from cas.store.base import (
+    Capabilities,
+    Kind,
+    ObjectInfo,
+    RefInfo,
+    Store,
+    check_id,
+    validate_ref_name,
+)
+
+LAYOUT: Final = "cas.local-store/1"
+MARKER: Final = "cas-store.json"
+_STALE_TMP_SECONDS: Final = 24 * 3600
+
+T = TypeVar("T")
+
+
+def _translate_error(exc: OSError, what: str) -> CasError:
+    """Map an OS error on the store onto `cas.errors`."""
+    if isinstance(exc, FileNotFoundError):
+        return ObjectNotFound(f"{what} not found")
+    if isinstance(exc, PermissionError):
+        return PermissionDenied(f"permission denied on {what}: {exc.strerror}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreUnavailable(f"store is full writing {what}")
+    if exc.errno == errno.EROFS:
+        return PermissionDenied(f"store is on a read-only file system ({what})")
+    return StoreUnavailable(f"{what}: {exc.strerror or exc}")
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC)
+
+
+class LocalStore(Store):
+    """A `Store` in a directory on a local or network file system."""
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True, fsync: bool = True):
+        self.root = Path(root).absolute()
+        self.url = f"file://{self.root}"
+        self.fsync = fsync
+        self.capabilities = Capabilities(max_concurrency=16, atomic_create=True)
+        self._open(create)
+
+    # ------------------------------------------------------------ layout
+
+    def _open(self, create: bool) -> None:
+        marker = self.root / MARKER
+        try:
+            if marker.exists():
+                info = json.loads(marker.read_text())
+                if info.get("layout") != LAYOUT:
+                    raise UsageError(
+                        f"{self.root}: unsupported store layout {info.get('layout')!r}"
+                    )
+            elif not create:
+                raise ObjectNotFound(f"no cas store at {self.root}")
+            else:
+                self.root.mkdir(parents=True, exist_ok=True)
+                if any(p.name != MARKER for p in self.root.iterdir()):
+                    raise UsageError(
+                        f"{self.root} is not empty and not a cas store; refusing to write into it"
+                    )
+                for kind in Kind:
+                    (self.root / kind.value).mkdir(exist_ok=True)
+                (self.root / "refs").mkdir(exist_ok=True)
+                (self.root / "tmp").mkdir(exist_ok=True)
+                tmp = self.root / "tmp" / f"marker.{secrets.token_hex(8)}"
+                tmp.write_text(json.dumps({"layout": LAYOUT}) + "\n")
+                try:
+                    os.link(tmp, marker)
+                except FileExistsError:
+                    pass  # another process initialised it at the same moment
+                finally:
+                    tmp.unlink()
+        except json.JSONDecodeError:
+            raise UsageError(f"{marker} is not valid JSON") from None
+        except OSError as exc:
+            raise _translate_error(exc, f"store {self.root}") from None
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temp files of writers killed long ago: never visible, only clutter."""
+        cutoff = time.time() - _STALE_TMP_SECONDS
+        try:
+            with os.scandir(self.root / "tmp") as it:
+                for entry in it:
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+
+    def _path(self, kind: Kind, object_id: ObjectId) -> Path:
+        hexid = str(check_id(object_id))
+        return self.root / Kind(kind).value / hexid[:2] / hexid
+
+    def _ref_path(self, name: str) -> Path:
+        return self.root / "refs" / validate_ref_name(name)
+
+    async def _run(self, func: Callable[[], T], what: str) -> T:
+        try:
+            return await asyncio.to_thread(func)
+        except OSError as exc:
+            raise _translate_error(exc, what) from None
+
+    def _write_exclusive(self, final: Path, data: bytes) -> bool:
+        """Write to a temp file, then link it into place; False if `final` existed."""
+        tmp = self.root / "tmp" / f"{final.name}.{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+    # ------------------------------------------------------------ objects
+
+    async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
+        """Create-only write via temp file + link."""
+        final = self._path(kind, object_id)
+
+        def work() -> bool:
+            if final.exists():
+                return False
+            return self._write_exclusive(final, data)
+
+        return await self._run(work, f"{kind} {object_id}")
+
+    async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
+        """Read one object whole, refusing files larger than `max_size`."""
+        path = self._path(kind, object_id)
+
+        def work() -> bytes:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > max_size:
+                    raise IntegrityError(
+                        str(kind), str(object_id), f"stored size {size} exceeds {max_size}"
+                    )
+                return f.read(max_size + 1)
+
+        return await self._run(work, f"{kind} {object_id}")
+
+    async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
+        """Size and mtime from the file system."""
+        path = self._path(kind, object_id)
+        st = await self._run(lambda: os.stat(path), f"{kind} {object_id}")
+        return ObjectInfo(Kind(kind), object_id, st.st_size, _mtime(st))
+
+    async def missing(self, kind: Kind, ids: object) -> set[ObjectId]:
+        """One thread call for the whole batch: `exists` is cheap locally."""
+        checked = [check_id(i) for i in ids]  # type: ignore[attr-defined]
+
+        def work() -> set[ObjectId]:
+            return {i for i in checked if not self._path(kind, i).exists()}
+
+        return await self._run(work, f"{kind} batch")
+
+    async def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Walk the shard directories; temp files live elsewhere and never show."""
+        base = self.root / Kind(kind).value
+        if prefix and not all(c in "0123456789abcdef" for c in prefix):
+            raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
+
+        def shards() -> list[str]:
+            with os.scandir(base) as it:
+                return sorted(
+                    e.name for e in it if len(e.name) == 2 and e.name.startswith(prefix[:2])
+                )
+
+        def scan(shard: str) -> list[ObjectInfo]:
+            out = []
+            try:
+                with os.scandir(base / shard) as it:
+                    for entry in it:
+                        if not is_object_id(entry.name) or not entry.name.startswith(prefix):
+                            continue
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        out.append(
+                            ObjectInfo(
+                                Kind(kind), ObjectId.parse(entry.name), st.st_size, _mtime(st)
+                            )
+                        )
+            except FileNotFoundError:
+                pass
+            return out
+
+        for shard in await self._run(shards, f"{kind} listing"):
+            for info in await self._run(lambda s=shard: scan(s), f"{kind} listing"):
+                yield info
+
+    async def delete(self, kind: Kind, object_id: ObjectId) -> None:
+        """Unlink; absent is fine."""
+        path = self._path(kind, object_id)
+
+        def work() -> None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+        await self._run(work, f"{kind} {object_id}")
+
+    # ------------------------------------------------------------ refs
+
+    async def create_ref(self, name: str, target: ObjectId) -> None:
+        """Create-only, via the same temp file + link as objects."""
+        path = self._ref_path(name)
+        check_id(target)
+
+        def work() -> bool:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise UsageError(f"ref {name!r} conflicts with an existing ref prefix") from None
+            if path.is_dir():
+                raise UsageError(f"ref {name!r} is a prefix of existing refs")
+            return self._write_exclusive(path, (str(target) + "\n").encode())
+
+        if not await self._run(work, f"ref {name}"):
+            raise AlreadyExists(f"ref {name!r} already exists")
+
+    async def read_ref(self, name: str) -> ObjectId:
+        """Parse the ref file."""
+        path = self._ref_path(name)
+
+        def work() -> str:
+            if path.is_dir():
+                raise ObjectNotFound(f"ref {name!r} not found")
+            return path.read_text().strip()
+
+        try:
+            text = await self._run(work, f"ref {name!r}")
+        except ObjectNotFound:
+            raise ObjectNotFound(f"ref {name!r} not found") from None
+        if not is_object_id(text):
+            raise IntegrityError("ref", name, "does not hold a valid id")
+        return ObjectId.parse(text)
+
+    async def list_refs(self, prefix: str = "") -> AsyncIterator[RefInfo]:
+        """Walk `refs/`, in name order."""
+        base = self.root / "refs"
+
+        def work() -> list[RefInfo]:
+            out = []
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames.sort()
+                for filename in sorted(filenames):
+                    full = Path(dirpath) / filename
+                    name = full.relative_to(base).as_posix()
+                    if not name.startswith(prefix):
+                        continue
+                    try:
+                        text = full.read_text().strip()
+                        st = full.stat()
+                    except FileNotFoundError:
+                        continue
+                    if is_object_id(text):
+                        out.append(RefInfo(name, ObjectId.parse(text), _mtime(st)))
+            return sorted(out, key=lambda r: r.name)
+
+        for info in await self._run(work, "refs listing"):
+            yield info
+
+    async def delete_ref(self, name: str) -> None:
+        """Unlink the ref file; absent is fine."""
+        path = self._ref_path(name)
+
+        def work() -> None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+        await self._run(work, f"ref {name}")

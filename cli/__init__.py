@@ -1,0 +1,1 @@
+"""The `cas` command line: a thin shell over the `cas` library, one module per command."""

@@ -1,0 +1,1 @@
+"""One module per `cas` command; each has `register(subparsers, common)` and a `run`."""

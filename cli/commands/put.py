@@ -1,0 +1,129 @@
+"""`cas put DIR`: store a directory, print its manifest id."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from cas_cli.common import BarProgress, emit_json, info, run_with_repo
+
+from cas import codec
+from cas.chunking import ChunkParams
+from cas.objects import parse_label
+from cas.put import PutOptions, PutResult, Uploader
+from cas.repo import Repository
+from cas.sizes import format_size, parse_size
+from cas.walk import Excludes
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the `put` command."""
+    p = sub.add_parser(
+        "put",
+        parents=[common],
+        help="store a directory and print its manifest id",
+        description="Store DIR: upload only the chunks the store lacks, then print the "
+        "manifest id (64 hex characters) on stdout.",
+    )
+    p.add_argument("source", metavar="DIR", help="directory to store")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="gitignore-style pattern to leave out (repeatable), e.g. '*.o'",
+    )
+    p.add_argument(
+        "--exclude-from",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read exclude patterns from FILE, one per line (repeatable)",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="record a label in the manifest, e.g. commit=abc123 (repeatable)",
+    )
+    p.add_argument("--ref", metavar="NAME", help="also create the ref NAME (create-only)")
+    p.add_argument(
+        "--level",
+        type=int,
+        default=codec.DEFAULT_LEVEL,
+        help=f"zstd level {codec.MIN_LEVEL}-{codec.MAX_LEVEL} (default %(default)s)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        metavar="SIZE",
+        default=None,
+        help="average chunk size (default 512K; min = avg/4, max = avg*4)",
+    )
+    p.add_argument(
+        "--no-mtimes", action="store_true", help="leave modification times out of the trees"
+    )
+    p.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="same tree, same manifest id anywhere: implies --no-mtimes and "
+        "leaves out the creation time and tool version",
+    )
+    p.add_argument("--workers", type=int, default=None, help="reader threads (default: CPUs)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute `cas put`."""
+    params = ChunkParams()
+    if args.chunk_size:
+        params = ChunkParams.from_avg(parse_size(args.chunk_size, "--chunk-size"))
+    options = PutOptions(
+        params=params,
+        level=args.level,
+        excludes=Excludes.from_options(args.exclude, args.exclude_from),
+        labels=dict(parse_label(label) for label in args.label),
+        mtimes=not (args.no_mtimes or args.reproducible),
+        reproducible=args.reproducible,
+        ref=args.ref,
+        **({"workers": max(1, args.workers)} if args.workers else {}),
+    )
+    progress = BarProgress(args, "put")
+
+    async def action(repo: Repository) -> PutResult:
+        return await Uploader(repo, options, progress).put(args.source)
+
+    t0 = time.monotonic()
+    try:
+        result = run_with_repo(args, action, create=True, use_cache=False, level=args.level)
+    finally:
+        progress.close()
+    seconds = time.monotonic() - t0
+    s = result.stats
+    if args.json:
+        emit_json(
+            {
+                "manifest": str(result.manifest_id),
+                "ref": args.ref,
+                "files": s.files,
+                "dirs": s.dirs,
+                "symlinks": s.symlinks,
+                "bytes": s.bytes_read,
+                "chunks": s.chunks,
+                "chunks_new": s.chunks_new,
+                "bytes_new": s.bytes_new_raw,
+                "bytes_uploaded": s.bytes_uploaded,
+                "skipped": [{"path": p, "reason": r} for p, r in s.skipped],
+                "seconds": round(seconds, 3),
+            }
+        )
+    else:
+        print(result.manifest_id)
+        rate = s.bytes_read / seconds if seconds > 0 else 0.0
+        info(
+            args,
+            f"put {s.files} files, {format_size(s.bytes_read)} in {seconds:.1f}s "
+            f"({format_size(rate)}/s): {s.chunks_new}/{s.chunks} chunks new, "
+            f"{format_size(s.bytes_uploaded)} uploaded",
+        )
+    return 0

@@ -1,0 +1,73 @@
+"""Entry point of the `cas` command.
+
+This is the single place that turns a `CasError` into one line on stderr and
+its exit code (see docs/cli.md for the table). Anything else escaping is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from cas_cli.commands import cat, get, ls, put
+
+from cas import __version__
+from cas.errors import CasError
+
+COMMANDS = (put, get, ls, cat)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All commands with their options."""
+    parser = argparse.ArgumentParser(
+        prog="cas",
+        description="Content-addressed chunk store: pass build directories between machines, "
+        "moving only what changed.",
+    )
+    parser.add_argument("--version", action="version", version=f"cas {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        metavar="URL",
+        help="store location: a path or file:///path (default: $CAS_STORE, "
+        "else $XDG_DATA_HOME/cas/store)",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    common.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar and no summary line"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CasError as exc:
+        print(f"cas: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cas: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`cas cat … | head`): not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def entry() -> None:
+    """Console-script wrapper."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
