@@ -68,6 +68,8 @@ class PutOptions:
     workers: int = max(1, os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
+        if self.reproducible:  # reproducible ids cannot depend on when files were touched
+            object.__setattr__(self, "mtimes", False)
         if not codec.MIN_LEVEL <= self.level <= codec.MAX_LEVEL:
             raise UsageError(f"--level must be {codec.MIN_LEVEL}..{codec.MAX_LEVEL}")
         if self.ref is not None:

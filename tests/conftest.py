@@ -1,0 +1,101 @@
+"""Shared fixtures: real stores, isolated cache/data dirs, tree helpers.
+
+The `store` fixture is parametrised over backend fixture names, so the
+conformance suite runs once per backend (local today; remote backends add
+their fixture name to `STORE_BACKENDS`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cas.ids import ObjectId
+from cas.store.base import Kind, Store
+from cas.store.local import LocalStore
+
+STORE_BACKENDS = ["local_backend"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test touches the user's real store or cache."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("CAS_CACHE_DIR", str(home / "cache" / "cas"))
+    monkeypatch.delenv("CAS_STORE", raising=False)
+    monkeypatch.delenv("CAS_CACHE_SIZE", raising=False)
+
+
+@dataclass
+class Backend:
+    """A store plus raw access that bypasses the Store interface (ground truth)."""
+
+    store: Store
+    root: Path
+
+    def path(self, kind: Kind, object_id: ObjectId) -> Path:
+        hexid = str(object_id)
+        return self.root / kind.value / hexid[:2] / hexid
+
+    def plant(self, kind: Kind, object_id: ObjectId, data: bytes) -> None:
+        path = self.path(kind, object_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.chmod(0o644)
+        path.write_bytes(data)
+
+    def peek(self, kind: Kind, object_id: ObjectId) -> bytes | None:
+        path = self.path(kind, object_id)
+        return path.read_bytes() if path.exists() else None
+
+    def plant_partial(self, name: str, data: bytes) -> None:
+        """A half-written upload as a killed writer would leave it."""
+        (self.root / "tmp" / name).write_bytes(data)
+
+
+@pytest.fixture
+def local_backend(tmp_path: Path) -> Iterator[Backend]:
+    root = tmp_path / "store"
+    yield Backend(LocalStore(root, fsync=False), root)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", STORE_BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.store
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything under root: type, mode, size, content hash, link target, mtime."""
+    import hashlib
+    import stat
+
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath) / name
+            rel = str(full.relative_to(root))
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(full), st.st_mtime_ns)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            else:
+                digest = hashlib.sha256(full.read_bytes()).hexdigest()
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_size, digest, st.st_mtime_ns)
+    return out

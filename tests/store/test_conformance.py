@@ -1,0 +1,177 @@
+"""The store conformance suite: every backend must pass all of it.
+
+Each test takes the parametrised `backend` fixture (see tests/conftest.py),
+so adding a backend to `STORE_BACKENDS` runs the whole suite against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cas.errors import AlreadyExists, CasError, ObjectNotFound, UsageError
+from cas.ids import ObjectId, hash_bytes
+from cas.store.base import Kind
+
+
+def oid(data: bytes) -> ObjectId:
+    return hash_bytes(data)
+
+
+async def test_put_if_absent_true_then_false_and_bytes_unchanged(backend):
+    store = backend.store
+    object_id = oid(b"one")
+    assert await store.put_if_absent(Kind.CHUNK, object_id, b"first") is True
+    assert await store.put_if_absent(Kind.CHUNK, object_id, b"second") is False
+    assert await store.get(Kind.CHUNK, object_id, max_size=100) == b"first"
+    assert backend.peek(Kind.CHUNK, object_id) == b"first"
+
+
+async def test_concurrent_creators_of_one_id_exactly_one_wins(store):
+    object_id = oid(b"race")
+    results = await asyncio.gather(
+        *(store.put_if_absent(Kind.CHUNK, object_id, b"x" * 1000) for _ in range(32))
+    )
+    assert results.count(True) == 1
+    assert await store.get(Kind.CHUNK, object_id, max_size=10_000) == b"x" * 1000
+
+
+async def test_kinds_are_separate_namespaces(store):
+    object_id = oid(b"shared")
+    await store.put_if_absent(Kind.CHUNK, object_id, b"c")
+    assert await store.missing(Kind.TREE, [object_id]) == {object_id}
+    with pytest.raises(ObjectNotFound):
+        await store.get(Kind.MANIFEST, object_id, max_size=10)
+
+
+async def test_get_missing_raises_object_not_found(store):
+    with pytest.raises(ObjectNotFound):
+        await store.get(Kind.CHUNK, oid(b"absent"), max_size=10)
+    with pytest.raises(FileNotFoundError):  # the dual base lets plain callers catch it
+        await store.stat(Kind.CHUNK, oid(b"absent"))
+
+
+async def test_get_refuses_objects_larger_than_max_size(store):
+    object_id = oid(b"big")
+    await store.put_if_absent(Kind.CHUNK, object_id, b"y" * 2000)
+    with pytest.raises(CasError):
+        await store.get(Kind.CHUNK, object_id, max_size=1000)
+
+
+async def test_missing_empty_mixed_and_large(store):
+    assert await store.missing(Kind.CHUNK, []) == set()
+    present = [oid(b"p%d" % i) for i in range(5)]
+    for object_id in present:
+        await store.put_if_absent(Kind.CHUNK, object_id, b"data")
+    absent = [oid(b"a%d" % i) for i in range(5)]
+    assert await store.missing(Kind.CHUNK, present + absent) == set(absent)
+    many = [oid(b"m%d" % i) for i in range(10_000)]
+    assert await store.missing(Kind.CHUNK, many + present) == set(many)
+
+
+async def test_list_shows_complete_objects_only(backend):
+    store = backend.store
+    ids = {oid(b"l%d" % i) for i in range(20)}
+    for object_id in ids:
+        await store.put_if_absent(Kind.TREE, object_id, b"t")
+    backend.plant_partial(str(oid(b"partial")) + ".deadbeef", b"half")
+    listed = {info.id async for info in store.list(Kind.TREE)}
+    assert listed == ids
+    assert {info.id async for info in store.list(Kind.CHUNK)} == set()
+
+
+async def test_list_prefix(store):
+    ids = [oid(b"x%d" % i) for i in range(64)]
+    for object_id in ids:
+        await store.put_if_absent(Kind.CHUNK, object_id, b"d")
+    prefix = str(ids[0])[:1]
+    listed = {info.id async for info in store.list(Kind.CHUNK, prefix)}
+    assert listed == {i for i in ids if str(i).startswith(prefix)}
+    prefix3 = str(ids[0])[:3]
+    assert {info.id async for info in store.list(Kind.CHUNK, prefix3)} == {
+        i for i in ids if str(i).startswith(prefix3)
+    }
+
+
+async def test_stat_size_and_mtime(store):
+    object_id = oid(b"stat")
+    before = datetime.now(UTC) - timedelta(seconds=2)
+    await store.put_if_absent(Kind.CHUNK, object_id, b"z" * 1234)
+    info = await store.stat(Kind.CHUNK, object_id)
+    after = datetime.now(UTC) + timedelta(seconds=2)
+    assert info.size == 1234
+    assert info.kind == Kind.CHUNK and info.id == object_id
+    assert before <= info.mtime <= after
+
+
+async def test_delete_is_idempotent(store):
+    object_id = oid(b"del")
+    await store.put_if_absent(Kind.CHUNK, object_id, b"d")
+    await store.delete(Kind.CHUNK, object_id)
+    await store.delete(Kind.CHUNK, object_id)
+    assert await store.missing(Kind.CHUNK, [object_id]) == {object_id}
+    # Deleted names can be created again (gc then re-put).
+    assert await store.put_if_absent(Kind.CHUNK, object_id, b"d") is True
+
+
+async def test_refs_are_create_only(store):
+    a, b = oid(b"ma"), oid(b"mb")
+    await store.create_ref("ci/main/1", a)
+    with pytest.raises(AlreadyExists):
+        await store.create_ref("ci/main/1", b)
+    assert await store.read_ref("ci/main/1") == a
+    results = await asyncio.gather(
+        *(store.create_ref("ci/race", a) for _ in range(16)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, AlreadyExists) for r in results if r is not None)
+
+
+async def test_refs_list_read_delete(store):
+    target = oid(b"m")
+    for name in ("ci/main/2", "ci/main/1", "ci/pr/7", "release"):
+        await store.create_ref(name, target)
+    names = [r.name async for r in store.list_refs("ci/main/")]
+    assert names == ["ci/main/1", "ci/main/2"]
+    assert len([r async for r in store.list_refs()]) == 4
+    await store.delete_ref("ci/pr/7")
+    await store.delete_ref("ci/pr/7")
+    with pytest.raises(ObjectNotFound):
+        await store.read_ref("ci/pr/7")
+
+
+@pytest.mark.parametrize(
+    "name", ["", "..", "a/../b", "/abs", "a//b", "a/", ".hidden", "-opt", "sp ace", "nul\0", "é"]
+)
+async def test_invalid_ref_names_rejected_before_io(store, name):
+    with pytest.raises(UsageError):
+        await store.create_ref(name, oid(b"m"))
+    with pytest.raises(UsageError):
+        await store.read_ref(name)
+
+
+@pytest.mark.parametrize("bad", [b"short", "a" * 64, "../" + "0" * 61, None])
+async def test_invalid_ids_rejected_before_io(backend, bad):
+    store = backend.store
+    before = sorted(p for p in backend.root.rglob("*"))
+    with pytest.raises(UsageError):
+        await store.put_if_absent(Kind.CHUNK, bad, b"x")
+    with pytest.raises(UsageError):
+        await store.get(Kind.CHUNK, bad, max_size=10)
+    with pytest.raises(UsageError):
+        await store.missing(Kind.CHUNK, [bad])
+    assert sorted(p for p in backend.root.rglob("*")) == before
+
+
+async def test_zero_length_and_large_objects(store):
+    empty = oid(b"")
+    assert await store.put_if_absent(Kind.CHUNK, empty, b"") is True
+    assert await store.get(Kind.CHUNK, empty, max_size=0) == b""
+    assert (await store.stat(Kind.CHUNK, empty)).size == 0
+    big = os.urandom(16 << 20)
+    big_id = oid(big)
+    assert await store.put_if_absent(Kind.CHUNK, big_id, big) is True
+    assert await store.get(Kind.CHUNK, big_id, max_size=len(big)) == big

@@ -1,0 +1,203 @@
+"""put: determinism, write order under interruption, excludes, odd file types."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cas import codec
+from cas.errors import StoreUnavailable
+from cas.objects import FileEntry, Tree
+from cas.put import PutOptions, Uploader
+from cas.repo import Repository
+from cas.store.base import Kind
+from cas.store.local import LocalStore
+from cas.walk import Excludes
+from tests.store.faulty import FaultyStore
+
+
+def make_tree(root: Path, files: int = 30, size: int = 300_000) -> None:
+    for i in range(files):
+        sub = root / f"dir{i % 4}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i}.bin").write_bytes(os.urandom(size))
+    (root / "tiny").write_bytes(b"tiny")
+    os.symlink("tiny", root / "link")
+
+
+def put(store, src, **options):
+    async def run():
+        return await Uploader(Repository(store), PutOptions(**options)).put(src)
+
+    return asyncio.run(run())
+
+
+def count_files(path: Path) -> int:
+    return sum(1 for p in path.rglob("*") if p.is_file())
+
+
+def test_same_tree_twice_same_id_and_nothing_uploaded(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, files=8)
+    store = LocalStore(tmp_path / "store", fsync=False)
+    first = put(store, src, reproducible=True)
+    objects = count_files(tmp_path / "store" / "chunk")
+    second = put(store, src, reproducible=True)
+    assert second.manifest_id == first.manifest_id
+    assert second.stats.chunks_new == 0 and second.stats.bytes_uploaded == 0
+    assert count_files(tmp_path / "store" / "chunk") == objects
+
+
+def test_copy_elsewhere_gives_same_id_reproducible(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, files=6)
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(src, copy, symlinks=True)  # new mtimes, same content
+    os.utime(copy / "tiny", ns=(0, 0))
+    store_a = LocalStore(tmp_path / "a", fsync=False)
+    store_b = LocalStore(tmp_path / "b", fsync=False)
+    assert put(store_a, src, reproducible=True).manifest_id == put(
+        store_b, copy, reproducible=True
+    ).manifest_id
+
+
+def test_mtimes_change_the_id_unless_left_out(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, files=2)
+    store = LocalStore(tmp_path / "store", fsync=False)
+    a = put(store, src, mtimes=True)
+    os.utime(src / "tiny", ns=(10**18, 10**18))
+    b = put(store, src, mtimes=True)
+    assert a.manifest.root != b.manifest.root
+    c = put(store, src, mtimes=False)
+    os.utime(src / "tiny", ns=(5 * 10**17, 5 * 10**17))
+    d = put(store, src, mtimes=False)
+    assert c.manifest.root == d.manifest.root
+    assert a.manifest.created is not None and c.manifest.tool.startswith("cas ")
+
+
+def all_trees_complete(store_root: Path) -> None:
+    """Invariant 2: every stored tree names only stored chunks and subtrees."""
+    store = LocalStore(store_root, create=False)
+
+    async def check():
+        repo = Repository(store)
+        async for info in store.list(Kind.TREE):
+            tree = await repo.get_tree(info.id)
+            for entry in tree.entries:
+                if isinstance(entry, FileEntry):
+                    absent = await store.missing(Kind.CHUNK, [c.id for c in entry.chunks])
+                    assert not absent, f"tree {info.id} names missing chunks"
+                elif isinstance(entry, Tree):
+                    raise AssertionError
+                elif entry.kind == "dir":
+                    assert not await store.missing(Kind.TREE, [entry.tree])
+
+    asyncio.run(check())
+
+
+def test_failed_upload_leaves_no_manifest_and_rerun_uploads_the_rest(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, files=30)
+    inner = LocalStore(tmp_path / "store", fsync=False)
+    faulty = FaultyStore(inner, fail_on={"put_if_absent": 7})
+    with pytest.raises(StoreUnavailable):
+        put(faulty, src)
+    assert count_files(tmp_path / "store" / "manifest") == 0
+    all_trees_complete(tmp_path / "store")
+    stored_before = count_files(tmp_path / "store" / "chunk")
+    assert 0 < stored_before
+    result = put(inner, src)
+    assert result.stats.chunks_new == result.stats.chunks - stored_before
+    assert count_files(tmp_path / "store" / "manifest") == 1
+
+
+def test_killed_put_leaves_no_manifest_and_rerun_completes(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, files=240, size=512 << 10)  # 120 MiB of incompressible data
+    store_dir = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    cmd = [sys.executable, "-m", "cas_cli.main", "put", "--store", str(store_dir), str(src)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    chunk_dir = store_dir / "chunk"
+    while time.monotonic() < deadline:
+        if chunk_dir.exists() and count_files(chunk_dir) >= 20:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "put finished before it could be killed"
+    assert count_files(store_dir / "manifest") == 0
+    all_trees_complete(store_dir)
+    stored_before = count_files(chunk_dir)
+    done = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, check=True)
+    import json
+
+    report = json.loads(done.stdout)
+    assert report["chunks_new"] == report["chunks"] - stored_before
+    assert count_files(store_dir / "manifest") == 1
+
+
+def test_excludes_gitignore_style(tmp_path):
+    src = tmp_path / "src"
+    for rel in ["a.o", "lib/x.a", "lib/keep.c", "third_party/llvm/lib/big.bin",
+                "third_party/llvm/include/h.h", "build/out", "sub/build/out", "keep.o"]:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(rel.encode())
+    patterns = tmp_path / "patterns"
+    patterns.write_text("# comment\n/build\n")
+    store = LocalStore(tmp_path / "store", fsync=False)
+    excludes = Excludes.from_options(["*.o", "*.a", "third_party/llvm/lib/", "!keep.o"],
+                                     [str(patterns)])
+    result = put(store, src, excludes=excludes)
+    out = tmp_path / "out"
+    from cas.get import Downloader
+
+    asyncio.run(Downloader(Repository(store)).get(result.manifest_id, out))
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert got == ["keep.o", "lib/keep.c", "sub/build/out", "third_party/llvm/include/h.h"]
+    assert "*.o" in result.manifest.excludes and "/build" in result.manifest.excludes
+
+
+def test_sockets_and_fifos_are_skipped_with_a_warning(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "file").write_bytes(b"f")
+    os.mkfifo(src / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock"))
+    from cas.progress import NullProgress
+
+    progress = NullProgress()
+    store = LocalStore(tmp_path / "store", fsync=False)
+
+    async def run():
+        return await Uploader(Repository(store), PutOptions(), progress).put(src)
+
+    result = asyncio.run(run())
+    sock.close()
+    assert result.manifest.totals.files == 1
+    assert sorted(p for p, _ in result.stats.skipped) == ["fifo", "sock"]
+    assert any("fifo" in w for w in progress.warnings)
+
+
+def test_compression_level_changes_blobs_not_ids(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "text").write_bytes(b"compressible line of text\n" * 50_000)
+    a = put(LocalStore(tmp_path / "a", fsync=False), src, level=1, reproducible=True)
+    b = put(LocalStore(tmp_path / "b", fsync=False), src, level=19, reproducible=True)
+    assert a.manifest_id == b.manifest_id
+    assert b.stats.bytes_uploaded < a.stats.bytes_uploaded
+    blob = next(p for p in (tmp_path / "b" / "chunk").rglob("*") if p.is_file()).read_bytes()
+    assert codec.decoded_size(blob) > 0
