@@ -167,6 +167,22 @@ class ChunkCache:
         raw = txn.get(_TOTAL_KEY, db=self._stats)
         return struct.unpack(">Q", raw)[0] if raw else 0
 
+    def discard(self, object_id: ObjectId) -> None:
+        """Drop one entry (found damaged), keeping the byte count right."""
+        key = bytes(object_id)
+        try:
+            with self._env.begin(write=True) as txn:
+                meta = txn.get(key, db=self._meta)
+                if meta is None:
+                    return
+                _, size = _META.unpack(meta)
+                txn.delete(key, db=self._data)
+                txn.delete(key, db=self._meta)
+                total = max(0, self._total(txn) - size)
+                txn.put(_TOTAL_KEY, struct.pack(">Q", total), db=self._stats)
+        except lmdb.Error:
+            pass
+
     def evict_to(self, target: int) -> int:
         """Drop least-recently-used entries until at most `target` bytes remain."""
         with self._lock:

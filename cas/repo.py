@@ -90,15 +90,18 @@ class Repository:
                 try:
                     data = await asyncio.to_thread(decode_object, kind, object_id, blob, max_size)
                 except IntegrityError:
-                    pass  # a damaged cache entry is only a miss; the store decides
+                    # A damaged cache entry is only a miss: drop it, the store decides.
+                    await asyncio.to_thread(cache.discard, object_id)
                 else:
-                    self.chunks_from_cache += 1
-                    self.bytes_from_cache += len(blob)
+                    if kind is Kind.CHUNK:
+                        self.chunks_from_cache += 1
+                        self.bytes_from_cache += len(blob)
                     return data
         blob = await self.store.get(kind, object_id, max_size=stored_size_bound(max_size))
         data = await asyncio.to_thread(decode_object, kind, object_id, blob, max_size)
-        self.chunks_from_store += 1
-        self.bytes_from_store += len(blob)
+        if kind is Kind.CHUNK:
+            self.chunks_from_store += 1
+            self.bytes_from_store += len(blob)
         if cache is not None:
             await asyncio.to_thread(cache.put, object_id, blob)
         return data
