@@ -4,7 +4,7 @@ Stored objects are cached as the compressed blobs the store returned, keyed
 by id, and are verified again on every read like data from the store (a cache
 is a hint, not a source of truth). Eviction is least-recently-used with a
 coarse clock: reading an entry refreshes its access time only when that time
-is more than `_TOUCH_INTERVAL` old, so a warm read costs no write
+is more than an hour old, so a warm read costs no write
 transaction.
 
 LMDB gives multi-process safety (one writer at a time, readers never block)
@@ -31,8 +31,8 @@ from cas.ids import ObjectId
 from cas.sizes import parse_size
 
 DEFAULT_CACHE_SIZE: Final = 4 << 30
-_TOUCH_INTERVAL: Final = 3600
-_META = struct.Struct(">QQ")  # access time (s), blob size
+_TOUCH_INTERVAL_NS: Final = 3600 * 10**9
+_META = struct.Struct(">QQ")  # access time (ns), blob size
 _TOTAL_KEY: Final = b"total"
 _EVICT_TO: Final = 0.9
 
@@ -113,8 +113,8 @@ class ChunkCache:
             return None
         if meta is not None:
             atime, _ = _META.unpack(meta)
-            now = int(time.time())
-            if now - atime > _TOUCH_INTERVAL:
+            now = time.time_ns()
+            if now - atime > _TOUCH_INTERVAL_NS:
                 self._touch(key, now, len(blob))
         return blob
 
@@ -158,7 +158,7 @@ class ChunkCache:
             if txn.get(key, db=self._meta) is not None:
                 return False
             txn.put(key, blob, db=self._data)
-            txn.put(key, _META.pack(int(time.time()), len(blob)), db=self._meta)
+            txn.put(key, _META.pack(time.time_ns(), len(blob)), db=self._meta)
             total = self._total(txn) + len(blob)
             txn.put(_TOTAL_KEY, struct.pack(">Q", total), db=self._stats)
             return total > self.capacity

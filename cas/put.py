@@ -48,7 +48,8 @@ from cas.walk import Excludes, SourceEntry, list_directory
 
 DEFAULT_INLINE_MAX: Final = 1024
 _GROUP_BYTES: Final = 8 << 20
-_GROUP_CHUNKS: Final = 16
+_GROUP_CHUNKS: Final = 64
+_BATCH_FILES: Final = 128
 _BATCH_MAX: Final = 1000
 _BATCH_WAIT: Final = 0.002
 
@@ -110,17 +111,23 @@ class _MissingBatcher:
         self._repo = repo
         self._pending: dict[ObjectId, asyncio.Future[bool]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def is_missing(self, object_id: ObjectId) -> bool:
-        future = self._pending.get(object_id)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._pending[object_id] = future
-            if len(self._pending) >= _BATCH_MAX:
-                self._flush_now()
-            elif self._flusher is None:
-                self._flusher = asyncio.create_task(self._flush_soon())
-        return await future
+    async def missing(self, ids: list[ObjectId]) -> set[ObjectId]:
+        """Which of `ids` the store lacks, asked together with other callers' ids."""
+        futures = []
+        for object_id in ids:
+            future = self._pending.get(object_id)
+            if future is None:
+                future = asyncio.get_running_loop().create_future()
+                self._pending[object_id] = future
+            futures.append(future)
+        if len(self._pending) >= _BATCH_MAX:
+            self._flush_now()
+        elif self._flusher is None and self._pending:
+            self._flusher = asyncio.create_task(self._flush_soon())
+        answers = await asyncio.gather(*futures)
+        return {i for i, absent in zip(ids, answers, strict=True) if absent}
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(_BATCH_WAIT)
@@ -130,7 +137,9 @@ class _MissingBatcher:
     def _flush_now(self) -> None:
         batch, self._pending = self._pending, {}
         if batch:
-            asyncio.create_task(self._resolve(batch))
+            task = asyncio.create_task(self._resolve(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _resolve(self, batch: dict[ObjectId, asyncio.Future[bool]]) -> None:
         try:
@@ -227,21 +236,29 @@ class Uploader:
             self.progress.warn(f"skipped {child_rel}: {reason}")
         self.stats.skipped.extend(skipped)
 
-        async def one(child: SourceEntry) -> tuple[Entry, Totals]:
-            if child.is_dir:
-                tree_id, sub = await self._put_dir(child.path, child.rel)
-                entry = DirEntry(
-                    child.name, stat.S_IMODE(child.st.st_mode), self._mtime(child), tree_id
-                )
-                return entry, Totals(sub.files, sub.dirs + 1, sub.symlinks, sub.bytes, sub.chunks)
-            if child.is_symlink:
-                target = await asyncio.to_thread(_read_link, child.path)
-                self.stats.symlinks += 1
-                return SymlinkEntry(child.name, target, self._mtime(child)), Totals(symlinks=1)
-            entry = await self._put_file(child)
-            return entry, Totals(files=1, bytes=entry.size, chunks=len(entry.chunks))
+        async def subdir(child: SourceEntry) -> list[tuple[Entry, Totals]]:
+            tree_id, sub = await self._put_dir(child.path, child.rel)
+            mode = stat.S_IMODE(child.st.st_mode)
+            entry = DirEntry(child.name, mode, self._mtime(child), tree_id)
+            return [(entry, Totals(sub.files, sub.dirs + 1, sub.symlinks, sub.bytes, sub.chunks))]
 
-        results = await _gather_or_cancel([one(c) for c in children])
+        async def files(batch: list[SourceEntry]) -> list[tuple[Entry, Totals]]:
+            entries = await self._put_files(batch)
+            return [(e, Totals(files=1, bytes=e.size, chunks=len(e.chunks))) for e in entries]
+
+        jobs = []
+        links: list[tuple[Entry, Totals]] = []
+        for child in children:
+            if child.is_dir:
+                jobs.append(subdir(child))
+            elif child.is_symlink:
+                assert child.link_target is not None
+                links.append((SymlinkEntry(child.name, child.link_target, self._mtime(child)),
+                              Totals(symlinks=1)))
+        for batch in self._file_batches([c for c in children if c.is_file]):
+            jobs.append(files(batch))
+        self.stats.symlinks += len(links)
+        results = [item for group in await _gather_or_cancel(jobs) for item in group] + links
         tree = Tree.build(entry for entry, _ in results)
         tree_id = await self.repo.put_tree(tree)
         self.stats.dirs += 1
@@ -254,17 +271,44 @@ class Uploader:
         )
         return tree_id, totals
 
+    def _file_batches(self, files: list[SourceEntry]) -> list[list[SourceEntry]]:
+        """Small files travel together: one thread hop and one chunk group per batch."""
+        batches: list[list[SourceEntry]] = []
+        current: list[SourceEntry] = []
+        current_bytes = 0
+        for child in files:
+            size = child.st.st_size
+            if size >= self.options.params.max_size:
+                batches.append([child])
+                continue
+            if current and (current_bytes + size > _GROUP_BYTES or len(current) >= _BATCH_FILES):
+                batches.append(current)
+                current, current_bytes = [], 0
+            current.append(child)
+            current_bytes += size
+        if current:
+            batches.append(current)
+        return batches
+
     def _mtime(self, child: SourceEntry) -> int | None:
         return child.st.st_mtime_ns if self.options.mtimes else None
 
     # ------------------------------------------------------------ files
 
-    async def _put_file(self, child: SourceEntry) -> FileEntry:
-        waits: list[Future[None]] = []
-        entry = await self._loop.run_in_executor(self._file_pool, self._read_file, child, waits)
-        for future in waits:
+    async def _put_files(self, batch: list[SourceEntry]) -> list[FileEntry]:
+        groups = _GroupSender(self)
+        entries = await self._loop.run_in_executor(
+            self._file_pool, self._read_files, batch, groups
+        )
+        for future in groups.waits:
             await asyncio.wrap_future(future)
-        return entry
+        return entries
+
+    def _read_files(self, batch: list[SourceEntry], groups: _GroupSender) -> list[FileEntry]:
+        """Runs in a reader thread: read, cut and hash each file of the batch."""
+        entries = [self._read_file(child, groups) for child in batch]
+        groups.flush()
+        return entries
 
     def _chunker(self) -> Chunker:
         chunker = getattr(self._local, "chunker", None)
@@ -272,8 +316,7 @@ class Uploader:
             chunker = self._local.chunker = self._chunker_factory(self.options.params)
         return chunker
 
-    def _read_file(self, child: SourceEntry, waits: list[Future[None]]) -> FileEntry:
-        """Runs in a reader thread: read, cut, hash; hand chunk groups to the loop."""
+    def _read_file(self, child: SourceEntry, groups: _GroupSender) -> FileEntry:
         if self._abort.is_set():
             raise asyncio.CancelledError
         try:
@@ -300,7 +343,7 @@ class Uploader:
                             data,
                         )
                     f.seek(0)
-                chunks, size, digest = self._cut(f, waits)
+                chunks, size, digest = self._cut(f, groups, before.st_size)
             except OSError as exc:
                 raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
             after = os.fstat(fd)
@@ -316,13 +359,13 @@ class Uploader:
             None,
         )
 
-    def _cut(self, f: object, waits: list[Future[None]]) -> tuple[list[ChunkRef], int, ObjectId]:
+    def _cut(
+        self, f: object, groups: _GroupSender, size_hint: int
+    ) -> tuple[list[ChunkRef], int, ObjectId]:
         whole = new_hasher()
         refs: list[ChunkRef] = []
-        group: list[tuple[ObjectId, bytes]] = []
-        group_bytes = 0
         size = 0
-        for chunk in self._chunker().chunks(f):  # type: ignore[arg-type]
+        for chunk in self._chunker().chunks(f, size_hint):  # type: ignore[arg-type]
             if self._abort.is_set():
                 raise asyncio.CancelledError
             data = bytes(chunk.data)  # the chunker reuses its buffer for the next chunk
@@ -330,14 +373,8 @@ class Uploader:
             chunk_id = hash_bytes(data)
             refs.append(ChunkRef(chunk_id, len(data)))
             size += len(data)
-            group.append((chunk_id, data))
-            group_bytes += len(data)
-            if group_bytes >= _GROUP_BYTES or len(group) >= _GROUP_CHUNKS:
-                waits.append(self._submit_group(group))
-                group, group_bytes = [], 0
+            groups.add(chunk_id, data)
             self.progress.advance(len(data))
-        if group:
-            waits.append(self._submit_group(group))
         self._count(bytes_read=size, chunks=len(refs))
         return refs, size, ObjectId(whole.digest())
 
@@ -354,30 +391,42 @@ class Uploader:
     # ------------------------------------------------------------ chunks (event loop)
 
     async def _store_group(self, group: list[tuple[ObjectId, bytes]]) -> None:
+        """Check, compress and upload one group of chunks with few loop round trips."""
         try:
-            await _gather_or_cancel([self._store_chunk(i, d) for i, d in group])
+            fresh: list[tuple[ObjectId, bytes]] = []
+            earlier: list[asyncio.Future[None]] = []
+            for chunk_id, data in group:
+                known = self._stored.get(chunk_id)
+                if known is not None:
+                    earlier.append(known)  # the same chunk, met earlier in this put
+                else:
+                    self._stored[chunk_id] = self._loop.create_future()
+                    fresh.append((chunk_id, data))
+            try:
+                if fresh:
+                    absent = await self._batcher.missing([i for i, _ in fresh])
+                    todo = [(i, d) for i, d in fresh if i in absent]
+                    if todo:
+                        blobs = await self._loop.run_in_executor(
+                            self._cpu_pool, _encode_all, todo, self.options.level
+                        )
+                        created = await self.repo.store.put_many(Kind.CHUNK, blobs)
+                        for (_, data), (_, blob), new in zip(todo, blobs, created, strict=True):
+                            if new:
+                                self._count(chunks_new=1, bytes_new_raw=len(data),
+                                            bytes_uploaded=len(blob))
+            except BaseException as exc:
+                for chunk_id, _ in fresh:
+                    future = self._stored.pop(chunk_id)
+                    future.set_exception(exc)
+                    future.exception()  # the raise below reports it
+                raise
+            for chunk_id, _ in fresh:
+                self._stored[chunk_id].set_result(None)
+            if earlier:
+                await asyncio.gather(*(asyncio.shield(f) for f in earlier))
         finally:
             self._budget.release()
-
-    async def _store_chunk(self, chunk_id: ObjectId, data: bytes) -> None:
-        existing = self._stored.get(chunk_id)
-        if existing is not None:
-            return await asyncio.shield(existing)
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._stored[chunk_id] = future
-        try:
-            if await self._batcher.is_missing(chunk_id):
-                blob = await self._loop.run_in_executor(
-                    self._cpu_pool, codec.encode, data, self.options.level
-                )
-                if await self.repo.put_encoded(Kind.CHUNK, chunk_id, blob):
-                    self._count(chunks_new=1, bytes_new_raw=len(data), bytes_uploaded=len(blob))
-        except BaseException as exc:
-            del self._stored[chunk_id]
-            future.set_exception(exc)
-            future.exception()
-            raise
-        future.set_result(None)
 
     def _count(self, **deltas: int) -> None:
         with self._stats_lock:
@@ -387,11 +436,29 @@ class Uploader:
                 self.stats.files += 1
 
 
-def _read_link(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError as exc:
-        raise SourceError(f"cannot read symlink {path}: {exc.strerror}") from None
+def _encode_all(items: list[tuple[ObjectId, bytes]], level: int) -> list[tuple[ObjectId, bytes]]:
+    return [(chunk_id, codec.encode(data, level)) for chunk_id, data in items]
+
+
+class _GroupSender:
+    """Collects chunks in a reader thread and sends them to the loop in groups."""
+
+    def __init__(self, uploader: Uploader) -> None:
+        self._uploader = uploader
+        self._group: list[tuple[ObjectId, bytes]] = []
+        self._bytes = 0
+        self.waits: list[Future[None]] = []
+
+    def add(self, chunk_id: ObjectId, data: bytes) -> None:
+        self._group.append((chunk_id, data))
+        self._bytes += len(data)
+        if self._bytes >= _GROUP_BYTES or len(self._group) >= _GROUP_CHUNKS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._group:
+            group, self._group, self._bytes = self._group, [], 0
+            self.waits.append(self._uploader._submit_group(group))
 
 
 async def _gather_or_cancel(coros: Sequence[object]) -> list:

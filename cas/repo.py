@@ -20,6 +20,7 @@ from cas.objects import MAX_MANIFEST_BYTES, MAX_TREE_BYTES, Manifest, Tree
 from cas.store.base import Kind, Store, validate_ref_name
 
 DEFAULT_MAX_CHUNK: Final = 16 << 20
+_INLINE_ENCODE_MAX: Final = 64 << 10
 
 
 def stored_size_bound(max_size: int) -> int:
@@ -111,7 +112,10 @@ class Repository:
     async def put_tree(self, tree: Tree) -> ObjectId:
         """Store a tree; its chunks and subtrees must already be stored (write order)."""
         data = tree.to_bytes()
-        object_id, blob = await asyncio.to_thread(encode_object, data, self.level)
+        if len(data) < _INLINE_ENCODE_MAX:  # cheaper than a thread hop
+            object_id, blob = encode_object(data, self.level)
+        else:
+            object_id, blob = await asyncio.to_thread(encode_object, data, self.level)
         await self.store.put_if_absent(Kind.TREE, object_id, blob)
         return object_id
 

@@ -30,6 +30,7 @@ class SourceEntry:
     path: str
     rel: str
     st: os.stat_result
+    link_target: str | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -109,7 +110,15 @@ def list_directory(
         if not (is_dir or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
             skipped.append((child_rel, _describe(mode)))
             continue
-        out.append(SourceEntry(dirent.name, dirent.path, child_rel, st))
+        target = None
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(dirent.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise SourceError(f"cannot read symlink {dirent.path}: {exc.strerror}") from None
+        out.append(SourceEntry(dirent.name, dirent.path, child_rel, st, target))
     return out
 
 

@@ -39,19 +39,19 @@ def test_put_get_and_lru_eviction(tmp_path):
 def test_recently_read_entries_survive_eviction(tmp_path, monkeypatch):
     import cas.cache as cache_module
 
-    clock = [1_000_000.0]
-    monkeypatch.setattr(cache_module.time, "time", lambda: clock[0])
+    clock = [1_000_000 * 10**9]
+    monkeypatch.setattr(cache_module.time, "time_ns", lambda: clock[0])
     cache = ChunkCache(tmp_path, capacity=1 << 20)
     items = [blob_of(os.urandom(100_000)) for _ in range(14)]
     for object_id, blob in items[:9]:
         cache.put(object_id, blob)
-        clock[0] += 10
-    clock[0] += 7200  # older than the touch interval, so this read refreshes
+        clock[0] += 10 * 10**9
+    clock[0] += 7200 * 10**9  # older than the touch interval, so this read refreshes
     assert cache.get(items[0][0]) == items[0][1]
-    clock[0] += 10
+    clock[0] += 10 * 10**9
     for object_id, blob in items[9:]:
         cache.put(object_id, blob)
-        clock[0] += 10
+        clock[0] += 10 * 10**9
     assert cache.get(items[0][0]) == items[0][1]
     assert cache.get(items[1][0]) is None
     cache.close()

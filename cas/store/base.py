@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -161,6 +161,22 @@ class Store(ABC):
 
         await asyncio.gather(*(probe(i) for i in set(ids)))
         return absent
+
+    async def put_many(
+        self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]
+    ) -> list[bool]:
+        """`put_if_absent` for each item, in order; same guarantees per object.
+
+        The default runs up to `capabilities.max_concurrency` at a time;
+        backends override it when one call can carry many objects.
+        """
+        limit = asyncio.Semaphore(max(1, self.capabilities.max_concurrency))
+
+        async def one(object_id: ObjectId, data: bytes) -> bool:
+            async with limit:
+                return await self.put_if_absent(kind, object_id, data)
+
+        return list(await asyncio.gather(*(one(i, d) for i, d in items)))
 
     async def aclose(self) -> None:
         """Release connections and files."""
