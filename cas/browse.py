@@ -121,7 +121,7 @@ async def stream_file(
     where = where or entry.name
     if entry.inline is not None:
         data = entry.inline
-        _check_digest(entry, new_hasher_of(data), where)
+        check_digest(entry, new_hasher_of(data), where)
         await sink(data)
         return
     check_chunks(entry, max_chunk, where)
@@ -146,7 +146,7 @@ async def stream_file(
     finally:
         for task in window:
             task.cancel()
-    _check_digest(entry, hasher, where)
+    check_digest(entry, hasher, where)
 
 
 def new_hasher_of(data: bytes) -> object:
@@ -156,7 +156,8 @@ def new_hasher_of(data: bytes) -> object:
     return hasher
 
 
-def _check_digest(entry: FileEntry, hasher: object, where: str) -> None:
+def check_digest(entry: FileEntry, hasher: object, where: str) -> None:
+    """Raise `IntegrityError` unless the bytes fed to `hasher` are the file the tree names."""
     from cas.errors import IntegrityError
 
     got = ObjectId(hasher.digest())  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -118,6 +119,58 @@ class ChunkCache:
                 self._touch(key, now, len(blob))
         return blob
 
+    def get_many(self, ids: Iterable[ObjectId]) -> dict[ObjectId, bytes]:
+        """The cached blobs among `ids`, read in one transaction."""
+        found: dict[ObjectId, bytes] = {}
+        stale: list[tuple[bytes, int]] = []
+        now = time.time_ns()
+        try:
+            with self._env.begin(buffers=False) as txn:
+                for object_id in ids:
+                    key = bytes(object_id)
+                    blob = txn.get(key, db=self._data)
+                    if blob is None:
+                        continue
+                    found[object_id] = blob
+                    meta = txn.get(key, db=self._meta)
+                    if meta is not None and now - _META.unpack(meta)[0] > _TOUCH_INTERVAL_NS:
+                        stale.append((key, len(blob)))
+        except lmdb.MapResizedError:
+            self._env.set_mapsize(0)
+            return self.get_many(ids)
+        except lmdb.Error:
+            return {}
+        for key, size in stale:
+            self._touch(key, now, size)
+        return found
+
+    def put_many(self, items: Iterable[tuple[ObjectId, bytes]]) -> None:
+        """Insert verified blobs in one transaction (commits are the expensive part)."""
+        batch = [(bytes(i), b) for i, b in items if len(b) <= self.capacity // 4]
+        if not batch:
+            return
+        for _attempt in range(3):
+            try:
+                with self._env.begin(write=True) as txn:
+                    total = self._total(txn)
+                    now = time.time_ns()
+                    for key, blob in batch:
+                        if txn.get(key, db=self._meta) is not None:
+                            continue
+                        txn.put(key, blob, db=self._data)
+                        txn.put(key, _META.pack(now, len(blob)), db=self._meta)
+                        total += len(blob)
+                    txn.put(_TOTAL_KEY, struct.pack(">Q", total), db=self._stats)
+                if total > self.capacity:
+                    self.evict_to(int(self.capacity * _EVICT_TO))
+                return
+            except lmdb.MapFullError:
+                self.evict_to(int(self.capacity * 0.5))
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+            except lmdb.Error:
+                return
+
     def __contains__(self, object_id: ObjectId) -> bool:
         try:
             with self._env.begin() as txn:
@@ -137,31 +190,7 @@ class ChunkCache:
 
     def put(self, object_id: ObjectId, blob: bytes) -> None:
         """Insert a verified blob, evicting old entries when over capacity."""
-        if len(blob) > self.capacity // 4:
-            return
-        key = bytes(object_id)
-        for _attempt in range(3):
-            try:
-                over = self._insert(key, blob)
-                if over:
-                    self.evict_to(int(self.capacity * _EVICT_TO))
-                return
-            except lmdb.MapFullError:
-                self.evict_to(int(self.capacity * 0.5))
-            except lmdb.MapResizedError:
-                self._env.set_mapsize(0)
-            except lmdb.Error:
-                return
-
-    def _insert(self, key: bytes, blob: bytes) -> bool:
-        with self._env.begin(write=True) as txn:
-            if txn.get(key, db=self._meta) is not None:
-                return False
-            txn.put(key, blob, db=self._data)
-            txn.put(key, _META.pack(time.time_ns(), len(blob)), db=self._meta)
-            total = self._total(txn) + len(blob)
-            txn.put(_TOTAL_KEY, struct.pack(">Q", total), db=self._stats)
-            return total > self.capacity
+        self.put_many([(object_id, blob)])
 
     def _total(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(_TOTAL_KEY, db=self._stats)

@@ -17,20 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from cas.browse import Located, stream_file, walk
-from cas.errors import UsageError
+from cas.browse import Located, check_digest, walk
+from cas.errors import FormatError, UsageError
 from cas.fswrite import Destination, PendingFile
-from cas.ids import ObjectId
-from cas.objects import DirEntry, FileEntry, Manifest, SymlinkEntry
+from cas.ids import ObjectId, new_hasher
+from cas.objects import ChunkRef, DirEntry, FileEntry, Manifest, SymlinkEntry
 from cas.progress import NullProgress, Progress
 from cas.repo import Repository
 
-_FILE_CONCURRENCY: Final = 8
-_SMALL_FILE: Final = 256 << 10
+_UNIT_CONCURRENCY: Final = 4
+_BATCH_BYTES: Final = 8 << 20
+_BATCH_FILES: Final = 256
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Downloader:
         self.repo = repo
         self.progress: Progress = progress or NullProgress()
         self.stats = GetStats()
+        self._lock = threading.Lock()
 
     async def get(self, manifest_id: ObjectId, dest: str | os.PathLike[str]) -> GetStats:
         """Restore the manifest into `dest` (created if missing)."""
@@ -105,14 +108,17 @@ class Downloader:
     async def _write_files(
         self, out: Destination, manifest: Manifest, files: list[Located]
     ) -> None:
-        limit = asyncio.Semaphore(_FILE_CONCURRENCY)
+        limit = asyncio.Semaphore(_UNIT_CONCURRENCY)
         max_chunk = manifest.chunker.max_size
 
-        async def one(located: Located) -> None:
+        async def one(unit: list[Located]) -> None:
             async with limit:
-                await self._write_file(out, located, max_chunk)
+                if len(unit) == 1 and unit[0].entry.size > _BATCH_BYTES:  # type: ignore[union-attr]
+                    await self._write_large(out, unit[0], max_chunk)
+                else:
+                    await self._write_batch(out, unit, max_chunk)
 
-        tasks = [asyncio.ensure_future(one(f)) for f in files]
+        tasks = [asyncio.ensure_future(one(unit)) for unit in _units(files)]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
@@ -121,35 +127,77 @@ class Downloader:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _write_file(self, out: Destination, located: Located, max_chunk: int) -> None:
+    async def _write_batch(self, out: Destination, batch: list[Located], max_chunk: int) -> None:
+        """Small files: fetch all their chunks, then write them all in one thread hop."""
+        ids = [c.id for f in batch for c in f.entry.chunks]  # type: ignore[union-attr]
+        chunks = await self.repo.get_chunks(ids, max_chunk) if ids else {}
+        await asyncio.to_thread(self._write_batch_sync, out, batch, chunks)
+
+    def _write_batch_sync(
+        self, out: Destination, batch: list[Located], chunks: dict[ObjectId, bytes]
+    ) -> None:
+        for located in batch:
+            entry = located.entry
+            assert isinstance(entry, FileEntry)
+            if entry.inline is not None:
+                pieces: list[bytes] = [entry.inline]
+            else:
+                pieces = [_checked(chunks[c.id], c.length, located.path) for c in entry.chunks]
+            hasher = new_hasher()
+            for piece in pieces:
+                hasher.update(piece)
+            check_digest(entry, hasher, located.path)
+            pending = out.open_file(located.parts, entry.name)
+            try:
+                for piece in pieces:
+                    pending.write(piece)
+                pending.commit(entry.mode, entry.mtime_ns)
+            except BaseException:
+                pending.abort()
+                raise
+            self._count_file(entry.size)
+
+    async def _write_large(self, out: Destination, located: Located, max_chunk: int) -> None:
+        """A large file in segments: the next segment is fetched while this one is written."""
         entry = located.entry
         assert isinstance(entry, FileEntry)
+        segments = _segments(entry)
+        hasher = new_hasher()
         pending = await asyncio.to_thread(out.open_file, located.parts, entry.name)
+        fetch = asyncio.ensure_future(self.repo.get_chunks([c.id for c in segments[0]], max_chunk))
         try:
-            if entry.size <= _SMALL_FILE:
-                # Small files: collect, then one thread hop for write + rename.
-                collected: list[bytes] = []
-
-                async def collect(data: bytes) -> None:
-                    collected.append(data)
-
-                await stream_file(self.repo, entry, max_chunk, collect, where=located.path)
-                await asyncio.to_thread(_write_and_commit, pending, collected, entry)
-            else:
-                # Large files: later chunks are fetched while earlier ones are written.
-                async def write(data: bytes) -> None:
-                    await asyncio.to_thread(pending.write, data)
-                    self.progress.advance(len(data))
-
-                await stream_file(self.repo, entry, max_chunk, write, where=located.path)
-                await asyncio.to_thread(pending.commit, entry.mode, entry.mtime_ns)
+            for index, segment in enumerate(segments):
+                chunks = await fetch
+                if index + 1 < len(segments):
+                    ids = [c.id for c in segments[index + 1]]
+                    fetch = asyncio.ensure_future(self.repo.get_chunks(ids, max_chunk))
+                await asyncio.to_thread(
+                    self._write_segment, pending, segment, chunks, hasher, located.path
+                )
+            check_digest(entry, hasher, located.path)
+            await asyncio.to_thread(pending.commit, entry.mode, entry.mtime_ns)
         except BaseException:
+            fetch.cancel()
             await asyncio.to_thread(pending.abort)
             raise
         self.stats.files += 1
         self.stats.bytes_written += entry.size
-        if entry.size <= _SMALL_FILE:
-            self.progress.advance(entry.size)
+
+    def _write_segment(
+        self, pending: PendingFile, segment: list[ChunkRef], chunks: dict[ObjectId, bytes],
+        hasher: object, where: str,
+    ) -> None:
+        for ref in segment:
+            data = _checked(chunks[ref.id], ref.length, where)
+            hasher.update(data)  # type: ignore[attr-defined]
+            pending.write(data)
+            self.progress.advance(len(data))
+
+    def _count_file(self, size: int) -> None:
+        with self._lock:
+            self.stats.files += 1
+            self.stats.bytes_written += size
+        self.progress.advance(size)
 
     def _make_links(self, out: Destination, links: list[Located]) -> None:
         for located in links:
@@ -165,10 +213,42 @@ class Downloader:
             out.finish_dir((*located.parts, entry.name), entry.mode, entry.mtime_ns)
 
 
-def _write_and_commit(pending: PendingFile, parts: list[bytes], entry: FileEntry) -> None:
-    for data in parts:
-        pending.write(data)
-    pending.commit(entry.mode, entry.mtime_ns)
+def _units(files: list[Located]) -> list[list[Located]]:
+    """Batches of small files (in plan order, so mostly one directory each); large files alone."""
+    units: list[list[Located]] = []
+    batch: list[Located] = []
+    batch_bytes = 0
+    for located in files:
+        size = located.entry.size  # type: ignore[union-attr]
+        if size > _BATCH_BYTES:
+            units.append([located])
+            continue
+        if batch and (batch_bytes + size > _BATCH_BYTES or len(batch) >= _BATCH_FILES):
+            units.append(batch)
+            batch, batch_bytes = [], 0
+        batch.append(located)
+        batch_bytes += size
+    if batch:
+        units.append(batch)
+    return units
+
+
+def _segments(entry: FileEntry) -> list[list[ChunkRef]]:
+    segments: list[list[ChunkRef]] = [[]]
+    size = 0
+    for ref in entry.chunks:
+        if segments[-1] and size + ref.length > _BATCH_BYTES:
+            segments.append([])
+            size = 0
+        segments[-1].append(ref)
+        size += ref.length
+    return segments
+
+
+def _checked(data: bytes, length: int, where: str) -> bytes:
+    if len(data) != length:
+        raise FormatError(f"{where}: a chunk is {len(data)} bytes, the tree says {length}")
+    return data
 
 
 async def get_manifest(

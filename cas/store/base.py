@@ -178,6 +178,21 @@ class Store(ABC):
 
         return list(await asyncio.gather(*(one(i, d) for i, d in items)))
 
+    async def get_many(
+        self, kind: Kind, ids: Sequence[ObjectId], *, max_size: int
+    ) -> dict[ObjectId, bytes]:
+        """`get` for each id; `ObjectNotFound` if any is absent.
+
+        The default runs up to `capabilities.max_concurrency` at a time.
+        """
+        limit = asyncio.Semaphore(max(1, self.capabilities.max_concurrency))
+
+        async def one(object_id: ObjectId) -> tuple[ObjectId, bytes]:
+            async with limit:
+                return object_id, await self.get(kind, object_id, max_size=max_size)
+
+        return dict(await asyncio.gather(*(one(i) for i in dict.fromkeys(ids))))
+
     async def aclose(self) -> None:
         """Release connections and files."""
 
