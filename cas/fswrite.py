@@ -100,7 +100,7 @@ class Destination:
             os.close(fd)
 
     def make_dir(self, parts: Parts, name: str) -> None:
-        """Create `parts/name` (owner-writable until `finish_dir`); an existing directory is fine."""
+        """Create `parts/name`, owner-writable until `finish_dir`; an existing one is fine."""
         check_name(name, _describe(parts, name))
         with self.directory(parts) as fd:
             try:

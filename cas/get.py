@@ -184,8 +184,12 @@ class Downloader:
         self.stats.bytes_written += entry.size
 
     def _write_segment(
-        self, pending: PendingFile, segment: list[ChunkRef], chunks: dict[ObjectId, bytes],
-        hasher: object, where: str,
+        self,
+        pending: PendingFile,
+        segment: list[ChunkRef],
+        chunks: dict[ObjectId, bytes],
+        hasher: object,
+        where: str,
     ) -> None:
         for ref in segment:
             data = _checked(chunks[ref.id], ref.length, where)

@@ -26,6 +26,7 @@ class ObjectId(bytes):
     __slots__ = ()
 
     def __new__(cls, raw: bytes) -> ObjectId:
+        """Wrap 32 raw digest bytes."""
         if len(raw) != ID_BYTES:
             raise UsageError(f"an object id is {ID_BYTES} bytes, got {len(raw)}")
         return super().__new__(cls, raw)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -155,7 +156,7 @@ class Tree:
     def build(cls, entries: Iterable[Entry]) -> Tree:
         """Sort and check entries; duplicate names are a bug in the caller."""
         ordered = tuple(sorted(entries, key=_sort_key))
-        for before, after in zip(ordered, ordered[1:], strict=False):
+        for before, after in itertools.pairwise(ordered):
             if before.name == after.name:
                 raise UsageError(f"duplicate entry name {after.name!r}")
         return cls(ordered)

@@ -253,8 +253,12 @@ class Uploader:
                 jobs.append(subdir(child))
             elif child.is_symlink:
                 assert child.link_target is not None
-                links.append((SymlinkEntry(child.name, child.link_target, self._mtime(child)),
-                              Totals(symlinks=1)))
+                links.append(
+                    (
+                        SymlinkEntry(child.name, child.link_target, self._mtime(child)),
+                        Totals(symlinks=1),
+                    )
+                )
         for batch in self._file_batches([c for c in children if c.is_file]):
             jobs.append(files(batch))
         self.stats.symlinks += len(links)
@@ -297,9 +301,7 @@ class Uploader:
 
     async def _put_files(self, batch: list[SourceEntry]) -> list[FileEntry]:
         groups = _GroupSender(self)
-        entries = await self._loop.run_in_executor(
-            self._file_pool, self._read_files, batch, groups
-        )
+        entries = await self._loop.run_in_executor(self._file_pool, self._read_files, batch, groups)
         for future in groups.waits:
             await asyncio.wrap_future(future)
         return entries
@@ -413,8 +415,9 @@ class Uploader:
                         created = await self.repo.store.put_many(Kind.CHUNK, blobs)
                         for (_, data), (_, blob), new in zip(todo, blobs, created, strict=True):
                             if new:
-                                self._count(chunks_new=1, bytes_new_raw=len(data),
-                                            bytes_uploaded=len(blob))
+                                self._count(
+                                    chunks_new=1, bytes_new_raw=len(data), bytes_uploaded=len(blob)
+                                )
             except BaseException as exc:
                 for chunk_id, _ in fresh:
                     future = self._stored.pop(chunk_id)

@@ -81,8 +81,16 @@ def test_tree_id_independent_of_entry_order(tree):
     created=st.one_of(st.none(), st.just("2026-11-28T12:00:00Z")),
 )
 def test_manifest_roundtrip(root, labels, excludes, totals, mtimes_flag, created):
-    manifest = Manifest(root, ChunkParams(), totals, tuple(excludes), labels, mtimes_flag,
-                        created, None if created is None else "cas 0.1.0")
+    manifest = Manifest(
+        root,
+        ChunkParams(),
+        totals,
+        tuple(excludes),
+        labels,
+        mtimes_flag,
+        created,
+        None if created is None else "cas 0.1.0",
+    )
     data = manifest.to_bytes()
     parsed = Manifest.from_bytes(data)
     assert parsed == manifest
@@ -137,8 +145,14 @@ def test_tree_rejects_bad_documents():
 
 
 def test_chunk_lengths_must_add_up():
-    entry = {"kind": "file", "name": "f", "mode": 420, "size": 10, "digest": "0" * 64,
-             "chunks": [["1" * 64, 4], ["2" * 64, 5]]}
+    entry = {
+        "kind": "file",
+        "name": "f",
+        "mode": 420,
+        "size": 10,
+        "digest": "0" * 64,
+        "chunks": [["1" * 64, 4], ["2" * 64, 5]],
+    }
     with pytest.raises(FormatError, match="add up"):
         Tree.from_bytes(_tree_json([entry]))
     entry["chunks"][1][1] = 0

@@ -65,9 +65,10 @@ def test_copy_elsewhere_gives_same_id_reproducible(tmp_path):
     os.utime(copy / "tiny", ns=(0, 0))
     store_a = LocalStore(tmp_path / "a", fsync=False)
     store_b = LocalStore(tmp_path / "b", fsync=False)
-    assert put(store_a, src, reproducible=True).manifest_id == put(
-        store_b, copy, reproducible=True
-    ).manifest_id
+    assert (
+        put(store_a, src, reproducible=True).manifest_id
+        == put(store_b, copy, reproducible=True).manifest_id
+    )
 
 
 def test_mtimes_change_the_id_unless_left_out(tmp_path):
@@ -115,7 +116,7 @@ def test_failed_upload_leaves_no_manifest_and_rerun_uploads_the_rest(tmp_path):
     assert count_files(tmp_path / "store" / "manifest") == 0
     all_trees_complete(tmp_path / "store")
     stored_before = count_files(tmp_path / "store" / "chunk")
-    assert 0 < stored_before
+    assert stored_before > 0
     result = put(inner, src)
     assert result.stats.chunks_new == result.stats.chunks - stored_before
     assert count_files(tmp_path / "store" / "manifest") == 1
@@ -150,15 +151,24 @@ def test_killed_put_leaves_no_manifest_and_rerun_completes(tmp_path):
 
 def test_excludes_gitignore_style(tmp_path):
     src = tmp_path / "src"
-    for rel in ["a.o", "lib/x.a", "lib/keep.c", "third_party/llvm/lib/big.bin",
-                "third_party/llvm/include/h.h", "build/out", "sub/build/out", "keep.o"]:
+    for rel in [
+        "a.o",
+        "lib/x.a",
+        "lib/keep.c",
+        "third_party/llvm/lib/big.bin",
+        "third_party/llvm/include/h.h",
+        "build/out",
+        "sub/build/out",
+        "keep.o",
+    ]:
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(rel.encode())
     patterns = tmp_path / "patterns"
     patterns.write_text("# comment\n/build\n")
     store = LocalStore(tmp_path / "store", fsync=False)
-    excludes = Excludes.from_options(["*.o", "*.a", "third_party/llvm/lib/", "!keep.o"],
-                                     [str(patterns)])
+    excludes = Excludes.from_options(
+        ["*.o", "*.a", "third_party/llvm/lib/", "!keep.o"], [str(patterns)]
+    )
     result = put(store, src, excludes=excludes)
     out = tmp_path / "out"
     from cas.get import Downloader

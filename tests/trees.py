@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 from hypothesis import strategies as st
 
 # A node is bytes (file content), ("link", target) or a dict (directory).
-Node = Union[bytes, tuple, dict]
+Node = bytes | tuple | dict
 
 ODD_NAMES = [
     os.fsdecode(b"\xff\xfe-not-utf8"),

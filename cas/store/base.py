@@ -162,9 +162,7 @@ class Store(ABC):
         await asyncio.gather(*(probe(i) for i in set(ids)))
         return absent
 
-    async def put_many(
-        self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]
-    ) -> list[bool]:
+    async def put_many(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
         """`put_if_absent` for each item, in order; same guarantees per object.
 
         The default runs up to `capabilities.max_concurrency` at a time;
@@ -193,7 +191,7 @@ class Store(ABC):
 
         return dict(await asyncio.gather(*(one(i) for i in dict.fromkeys(ids))))
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release connections and files."""
 
     async def __aenter__(self) -> Store:

@@ -26,8 +26,8 @@ import json
 import os
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TypeVar
@@ -203,9 +203,7 @@ class LocalStore(Store):
 
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
         """Create-only write via temp file + link."""
-        return await self._run(
-            lambda: self._put_sync(kind, object_id, data), f"{kind} {object_id}"
-        )
+        return await self._run(lambda: self._put_sync(kind, object_id, data), f"{kind} {object_id}")
 
     async def put_many(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
         """All writes of a batch in one thread hop: local writes are cheap, hops are not."""
@@ -301,10 +299,8 @@ class LocalStore(Store):
         path = self._path(kind, object_id)
 
         def work() -> None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
 
         await self._run(work, f"{kind} {object_id}")
 
@@ -380,9 +376,7 @@ class LocalStore(Store):
         path = self._ref_path(name)
 
         def work() -> None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
 
         await self._run(work, f"ref {name}")
