@@ -19,6 +19,7 @@ from cas.objects import DirEntry, Entry, FileEntry, Manifest, Tree
 from cas.repo import Repository
 
 MAX_DEPTH: Final = 1024
+MAX_ENTRIES: Final = 100_000_000
 _TREE_FETCH_CONCURRENCY: Final = 32
 
 
@@ -50,7 +51,19 @@ async def walk(
     root: ObjectId | None = None,
     start: tuple[str, ...] = (),
 ) -> AsyncIterator[Located]:
-    """Every entry under `root` (default: the manifest root), parents before children."""
+    """Every entry under `root` (default: the manifest root), parents before children.
+
+    A tree may name the same subtree many times (identical directories), so
+    a few small objects can describe an exponential number of paths. The walk
+    therefore stops as soon as it has seen more entries than the manifest's
+    totals declare, and refuses manifests that declare more than
+    `MAX_ENTRIES`.
+    """
+    totals = manifest.totals
+    allowed = totals.files + totals.dirs + totals.symlinks
+    if allowed > MAX_ENTRIES:
+        raise UnsafeManifest(f"manifest declares {allowed} entries, more than {MAX_ENTRIES}")
+    seen = 0
     level: list[tuple[tuple[str, ...], ObjectId]] = [(start, root or manifest.root)]
     limit = asyncio.Semaphore(_TREE_FETCH_CONCURRENCY)
     max_chunk = manifest.chunker.max_size
@@ -64,9 +77,16 @@ async def walk(
         depth += 1
         if depth > MAX_DEPTH:
             raise UnsafeManifest(f"tree is nested deeper than {MAX_DEPTH} levels")
-        trees = await asyncio.gather(*(fetch(tree_id) for _, tree_id in level))
+        unique = list(dict.fromkeys(tree_id for _, tree_id in level))
+        fetched = dict(zip(unique, await asyncio.gather(*map(fetch, unique)), strict=True))
         next_level: list[tuple[tuple[str, ...], ObjectId]] = []
-        for (parts, _), tree in zip(level, trees, strict=True):
+        for parts, tree_id in level:
+            tree = fetched[tree_id]
+            seen += len(tree.entries)
+            if seen > allowed:
+                raise UnsafeManifest(
+                    f"trees hold more entries than the {allowed} the manifest declares"
+                )
             for entry in tree.entries:
                 located = Located(parts, entry)
                 if isinstance(entry, FileEntry):

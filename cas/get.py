@@ -82,6 +82,8 @@ class Downloader:
 
     async def get(self, manifest_id: ObjectId, dest: str | os.PathLike[str]) -> GetStats:
         """Restore the manifest into `dest` (created if missing)."""
+        if not os.fspath(dest):
+            raise UsageError("destination path is empty")
         started = time.monotonic()
         manifest = await self.repo.get_manifest(manifest_id)
         todo = await plan(self.repo, manifest)
@@ -262,6 +264,4 @@ async def get_manifest(
     progress: Progress | None = None,
 ) -> GetStats:
     """Convenience wrapper: one `Downloader`, one get."""
-    if not os.fspath(dest):
-        raise UsageError("destination path is empty")
     return await Downloader(repo, progress).get(manifest_id, dest)

@@ -417,8 +417,10 @@ def _canonical(obj: Any) -> bytes:
 def _load(data: bytes, where: str) -> dict[str, Any]:
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{where}: not UTF-8 JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, oversized integers
+        raise FormatError(f"{where}: not valid UTF-8 JSON ({exc})") from None
+    except RecursionError:
+        raise FormatError(f"{where}: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{where}: must be a JSON object")
     return obj

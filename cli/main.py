@@ -11,24 +11,32 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cas_cli.commands import cat, get, ls, put
 
 from cas import __version__
-from cas.errors import CasError
+from cas.errors import CasError, UsageError
 
 COMMANDS = (put, get, ls, cat)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(UsageError.exit_code, f"cas: error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All commands with their options."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cas",
         description="Content-addressed chunk store: pass build directories between machines, "
         "moving only what changed.",
     )
     parser.add_argument("--version", action="version", version=f"cas {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--store",
         metavar="URL",
@@ -39,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar and no summary line"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     for module in COMMANDS:
         module.register(sub, common)
     return parser

@@ -104,6 +104,8 @@ class LocalStore(Store):
 
     def _open(self, create: bool) -> None:
         marker = self.root / MARKER
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"store path {self.root} exists and is not a directory")
         try:
             if marker.exists():
                 info = json.loads(marker.read_text())
@@ -163,6 +165,8 @@ class LocalStore(Store):
             self._executor = ThreadPoolExecutor(self._io_threads, thread_name_prefix="cas-store")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+        except CasError:
+            raise  # already typed (ObjectNotFound is also an OSError)
         except OSError as exc:
             raise _translate_error(exc, what) from None
 
