@@ -9,6 +9,7 @@ from cas_cli.common import BarProgress, emit_json, info, run_with_repo
 
 from cas import codec
 from cas.chunking import ChunkParams
+from cas.errors import UsageError
 from cas.objects import parse_label
 from cas.put import PutOptions, PutResult, Uploader
 from cas.repo import Repository
@@ -77,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
     """Execute `cas put`."""
     params = ChunkParams()
     if args.chunk_size:
-        params = ChunkParams.from_avg(parse_size(args.chunk_size, "--chunk-size"))
+        try:
+            params = ChunkParams.from_avg(parse_size(args.chunk_size, "--chunk-size"))
+        except UsageError as exc:
+            raise UsageError(f"--chunk-size {args.chunk_size}: {exc}") from None
     options = PutOptions(
         params=params,
         level=args.level,
