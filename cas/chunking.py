@@ -94,8 +94,12 @@ class Chunker(Protocol):
 
     params: ChunkParams
 
-    def chunks(self, stream: BinaryIO, size_hint: int | None = None) -> Iterator[Chunk]:
+    def chunks(self, stream: BinaryIO) -> Iterator[Chunk]:
         """Yield consecutive chunks of `stream`; nothing for an empty stream."""
+        ...
+
+    def chunks_of_buffer(self, data: bytes) -> Iterator[Chunk]:
+        """The same cut points over bytes already in memory."""
         ...
 
 
@@ -112,37 +116,22 @@ class FastCdcChunker:
             seed=params.seed,
         )
 
-    def chunks(self, stream: BinaryIO, size_hint: int | None = None) -> Iterator[Chunk]:
-        """Stream chunks of `stream` in constant memory.
+    def chunks(self, stream: BinaryIO) -> Iterator[Chunk]:
+        """Stream chunks of `stream` in constant memory (for large files).
 
         `cut_stream` allocates a buffer of about twice the maximum chunk size
         per call; for the many small files of a build tree that allocation
-        costs more than the chunking, so a stream known to be smaller than
-        the buffer is read whole and cut in place instead.
+        costs more than the chunking, so callers read those whole and use
+        `chunks_of_buffer` instead.
         """
-        if size_hint is not None and size_hint < 2 * self.params.max_size:
-            data = _read_up_to(stream, 2 * self.params.max_size)
-            if len(data) < 2 * self.params.max_size:
-                if len(data) <= self.params.min_size:
-                    if data:
-                        yield Chunk(0, len(data), memoryview(data))
-                    return
-                for piece in self._cdc.cut_buf(data):
-                    yield Chunk(piece.offset, piece.length, piece.data)
-                return
-            stream.seek(0)
         for piece in self._cdc.cut_stream(stream):
             yield Chunk(piece.offset, piece.length, piece.data)
 
-
-def _read_up_to(stream: BinaryIO, limit: int) -> bytes:
-    """Read until `limit` bytes or end of file (a raw read may return less)."""
-    parts = []
-    remaining = limit
-    while remaining > 0:
-        piece = stream.read(remaining)
-        if not piece:
-            break
-        parts.append(piece)
-        remaining -= len(piece)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    def chunks_of_buffer(self, data: bytes) -> Iterator[Chunk]:
+        """Cut bytes already in memory; the same cut points as `chunks`."""
+        if len(data) <= self.params.min_size:
+            if data:
+                yield Chunk(0, len(data), memoryview(data))
+            return
+        for piece in self._cdc.cut_buf(data):
+            yield Chunk(piece.offset, piece.length, piece.data)

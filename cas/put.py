@@ -46,10 +46,11 @@ from cas.repo import Repository
 from cas.store.base import Kind, validate_ref_name
 from cas.walk import Excludes, SourceEntry, list_directory
 
-DEFAULT_INLINE_MAX: Final = 1024
+DEFAULT_INLINE_MAX: Final = 4096
 _GROUP_BYTES: Final = 8 << 20
 _GROUP_CHUNKS: Final = 64
 _BATCH_FILES: Final = 128
+_COMPRESS_IN_POOL_FROM: Final = 32 << 20
 _BATCH_MAX: Final = 1000
 _BATCH_WAIT: Final = 0.002
 
@@ -300,7 +301,9 @@ class Uploader:
     # ------------------------------------------------------------ files
 
     async def _put_files(self, batch: list[SourceEntry]) -> list[FileEntry]:
-        groups = _GroupSender(self)
+        # A large file's chunks are compressed by the CPU pool, so one big file uses every core.
+        large = len(batch) == 1 and batch[0].st.st_size >= _COMPRESS_IN_POOL_FROM
+        groups = _GroupSender(self, compress_here=not large)
         entries = await self._loop.run_in_executor(self._file_pool, self._read_files, batch, groups)
         for future in groups.waits:
             await asyncio.wrap_future(future)
@@ -325,35 +328,40 @@ class Uploader:
             fd = os.open(child.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise SourceError(f"{child.path} changed type while being read")
-            try:
-                if before.st_size <= self.options.inline_max:
-                    data = f.read(self.options.inline_max + 1)
-                    if len(data) <= self.options.inline_max:
-                        self._count(bytes_read=len(data))
-                        self.progress.advance(len(data))
-                        return FileEntry(
-                            child.name,
-                            stat.S_IMODE(before.st_mode),
-                            len(data),
-                            self._mtime(child),
-                            hash_bytes(data),
-                            (),
-                            data,
-                        )
-                    f.seek(0)
-                chunks, size, digest = self._cut(f, groups, before.st_size)
-            except OSError as exc:
-                raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
-            after = os.fstat(fd)
-        if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
+            whole_limit = 2 * self.options.params.max_size
+            data = _read_whole(fd, st.st_size, whole_limit) if st.st_size < whole_limit else None
+            if data is None:
+                chunks, size, digest = self._cut_stream(fd, groups)
+                after = os.fstat(fd)
+                changed = (after.st_mtime_ns, after.st_size) != (st.st_mtime_ns, st.st_size)
+            else:
+                changed = len(data) != st.st_size
+                if len(data) <= self.options.inline_max:
+                    self._count(bytes_read=len(data))
+                    self.progress.advance(len(data))
+                    return FileEntry(
+                        child.name,
+                        stat.S_IMODE(st.st_mode),
+                        len(data),
+                        self._mtime(child),
+                        hash_bytes(data),
+                        (),
+                        data,
+                    )
+                chunks, size, digest = self._cut_buffer(data, groups)
+        except OSError as exc:
+            raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        if changed:
             self.progress.warn(f"{child.rel} changed while being read; stored what was read")
         return FileEntry(
             child.name,
-            stat.S_IMODE(before.st_mode),
+            stat.S_IMODE(st.st_mode),
             size,
             self._mtime(child),
             digest,
@@ -361,75 +369,125 @@ class Uploader:
             None,
         )
 
-    def _cut(
-        self, f: object, groups: _GroupSender, size_hint: int
+    def _cut_buffer(
+        self, data: bytes, groups: _GroupSender
     ) -> tuple[list[ChunkRef], int, ObjectId]:
+        refs = []
+        for chunk in self._chunker().chunks_of_buffer(data):
+            piece = data[chunk.offset : chunk.offset + chunk.length]
+            chunk_id = hash_bytes(piece)
+            refs.append(ChunkRef(chunk_id, len(piece)))
+            groups.add(chunk_id, piece)
+        self._count(bytes_read=len(data), chunks=len(refs))
+        self.progress.advance(len(data))
+        digest = refs[0].id if len(refs) == 1 else hash_bytes(data)  # one chunk: same bytes
+        return refs, len(data), digest
+
+    def _cut_stream(self, fd: int, groups: _GroupSender) -> tuple[list[ChunkRef], int, ObjectId]:
         whole = new_hasher()
         refs: list[ChunkRef] = []
         size = 0
-        for chunk in self._chunker().chunks(f, size_hint):  # type: ignore[arg-type]
-            if self._abort.is_set():
-                raise asyncio.CancelledError
-            data = bytes(chunk.data)  # the chunker reuses its buffer for the next chunk
-            whole.update(data)
-            chunk_id = hash_bytes(data)
-            refs.append(ChunkRef(chunk_id, len(data)))
-            size += len(data)
-            groups.add(chunk_id, data)
-            self.progress.advance(len(data))
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
+            for chunk in self._chunker().chunks(stream):
+                if self._abort.is_set():
+                    raise asyncio.CancelledError
+                data = bytes(chunk.data)  # the chunker reuses its buffer for the next chunk
+                whole.update(data)
+                chunk_id = hash_bytes(data)
+                refs.append(ChunkRef(chunk_id, len(data)))
+                size += len(data)
+                groups.add(chunk_id, data)
+                self.progress.advance(len(data))
         self._count(bytes_read=size, chunks=len(refs))
         return refs, size, ObjectId(whole.digest())
 
-    def _submit_group(self, group: list[tuple[ObjectId, bytes]]) -> Future[None]:
+    def _submit_group(
+        self, group: list[tuple[ObjectId, bytes]], compress_here: bool
+    ) -> Future[None]:
+        """Runs in a reader thread: claim the group's new chunks, compress, hand over the upload.
+
+        Small files are compressed right here, in the thread that read them:
+        fewer threads contending for the GIL made many-small-file puts
+        faster. Groups of large files are compressed in the CPU pool so one
+        big file still uses every core.
+        """
         while not self._budget.acquire(timeout=0.1):
             if self._abort.is_set():
                 raise asyncio.CancelledError
         try:
-            return asyncio.run_coroutine_threadsafe(self._store_group(group), self._loop)
+            claim = asyncio.run_coroutine_threadsafe(self._claim(group), self._loop).result()
         except BaseException:
             self._budget.release()
             raise
+        blobs = None
+        if compress_here and claim.todo:
+            try:
+                blobs = _encode_all(claim.todo, self.options.level)
+            except BaseException as exc:
+                asyncio.run_coroutine_threadsafe(self._settle(claim, exc), self._loop).result()
+                self._budget.release()
+                raise
+        return asyncio.run_coroutine_threadsafe(self._finish(claim, blobs), self._loop)
 
     # ------------------------------------------------------------ chunks (event loop)
 
-    async def _store_group(self, group: list[tuple[ObjectId, bytes]]) -> None:
-        """Check, compress and upload one group of chunks with few loop round trips."""
-        try:
-            fresh: list[tuple[ObjectId, bytes]] = []
-            earlier: list[asyncio.Future[None]] = []
-            for chunk_id, data in group:
-                known = self._stored.get(chunk_id)
-                if known is not None:
-                    earlier.append(known)  # the same chunk, met earlier in this put
-                else:
-                    self._stored[chunk_id] = self._loop.create_future()
-                    fresh.append((chunk_id, data))
+    async def _claim(self, group: list[tuple[ObjectId, bytes]]) -> _Claim:
+        """Register the group's chunks for this put and find which the store lacks."""
+        claim = _Claim()
+        for chunk_id, data in group:
+            known = self._stored.get(chunk_id)
+            if known is not None:
+                claim.earlier.append(known)  # the same chunk, met earlier in this put
+            else:
+                self._stored[chunk_id] = self._loop.create_future()
+                claim.fresh.append(chunk_id)
+                claim.data[chunk_id] = data
+        if claim.fresh:
             try:
-                if fresh:
-                    absent = await self._batcher.missing([i for i, _ in fresh])
-                    todo = [(i, d) for i, d in fresh if i in absent]
-                    if todo:
-                        blobs = await self._loop.run_in_executor(
-                            self._cpu_pool, _encode_all, todo, self.options.level
-                        )
-                        created = await self.repo.store.put_many(Kind.CHUNK, blobs)
-                        for (_, data), (_, blob), new in zip(todo, blobs, created, strict=True):
-                            if new:
-                                self._count(
-                                    chunks_new=1, bytes_new_raw=len(data), bytes_uploaded=len(blob)
-                                )
+                absent = await self._batcher.missing(claim.fresh)
             except BaseException as exc:
-                for chunk_id, _ in fresh:
-                    future = self._stored.pop(chunk_id)
-                    future.set_exception(exc)
-                    future.exception()  # the raise below reports it
+                await self._settle(claim, exc)
                 raise
-            for chunk_id, _ in fresh:
-                self._stored[chunk_id].set_result(None)
-            if earlier:
-                await asyncio.gather(*(asyncio.shield(f) for f in earlier))
+            claim.todo = [(i, claim.data[i]) for i in claim.fresh if i in absent]
+        return claim
+
+    async def _finish(self, claim: _Claim, blobs: list[tuple[ObjectId, bytes]] | None) -> None:
+        """Compress (unless the reader did) and upload; then the chunks count as stored."""
+        try:
+            try:
+                if claim.todo:
+                    if blobs is None:
+                        blobs = await self._loop.run_in_executor(
+                            self._cpu_pool, _encode_all, claim.todo, self.options.level
+                        )
+                    created = await self.repo.store.put_many(Kind.CHUNK, blobs)
+                    for (_, data), (_, blob), new in zip(claim.todo, blobs, created, strict=True):
+                        if new:
+                            self._count(
+                                chunks_new=1, bytes_new_raw=len(data), bytes_uploaded=len(blob)
+                            )
+            except BaseException as exc:
+                await self._settle(claim, exc)
+                raise
+            await self._settle(claim, None)
+            if claim.earlier:
+                await asyncio.gather(*(asyncio.shield(f) for f in claim.earlier))
         finally:
             self._budget.release()
+
+    async def _settle(self, claim: _Claim, exc: BaseException | None) -> None:
+        """Resolve the futures other groups wait on for this group's chunks."""
+        for chunk_id in claim.fresh:
+            future = self._stored.get(chunk_id)
+            if future is None or future.done():
+                continue
+            if exc is None:
+                future.set_result(None)
+            else:
+                del self._stored[chunk_id]  # a retry may store it later
+                future.set_exception(exc)
+                future.exception()  # reported by whoever raised it
+        claim.fresh = [] if exc is not None else claim.fresh
 
     def _count(self, **deltas: int) -> None:
         with self._stats_lock:
@@ -443,11 +501,39 @@ def _encode_all(items: list[tuple[ObjectId, bytes]], level: int) -> list[tuple[O
     return [(chunk_id, codec.encode(data, level)) for chunk_id, data in items]
 
 
+@dataclass
+class _Claim:
+    """The chunks of one group that this group is responsible for storing."""
+
+    fresh: list[ObjectId] = field(default_factory=list)
+    data: dict[ObjectId, bytes] = field(default_factory=dict)
+    earlier: list[asyncio.Future[None]] = field(default_factory=list)
+    todo: list[tuple[ObjectId, bytes]] = field(default_factory=list)
+
+
+def _read_whole(fd: int, size: int, limit: int) -> bytes | None:
+    """A small file's bytes in as few reads as possible; None if it grew to `limit`."""
+    first = os.read(fd, size + 1)
+    if len(first) == size:  # a short read of a regular file means end of file
+        return first
+    parts = [first]
+    total = len(first)
+    while total < limit:
+        piece = os.read(fd, limit - total)
+        if not piece:
+            return b"".join(parts)
+        parts.append(piece)
+        total += len(piece)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return None
+
+
 class _GroupSender:
     """Collects chunks in a reader thread and sends them to the loop in groups."""
 
-    def __init__(self, uploader: Uploader) -> None:
+    def __init__(self, uploader: Uploader, compress_here: bool = True) -> None:
         self._uploader = uploader
+        self.compress_here = compress_here
         self._group: list[tuple[ObjectId, bytes]] = []
         self._bytes = 0
         self.waits: list[Future[None]] = []
@@ -461,7 +547,7 @@ class _GroupSender:
     def flush(self) -> None:
         if self._group:
             group, self._group, self._bytes = self._group, [], 0
-            self.waits.append(self._uploader._submit_group(group))
+            self.waits.append(self._uploader._submit_group(group, self.compress_here))
 
 
 async def _gather_or_cancel(coros: Sequence[object]) -> list:

@@ -91,6 +91,8 @@ class LocalStore(Store):
         self._root_str = str(self.root)
         self._tmp_str = f"{self._root_str}/tmp"
         self._ready_dirs: set[str] = set()
+        self._tmpfile_ok = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        self._proc_fd_cache: int | None = None
         # Few threads on purpose: each blocking call releases and retakes the GIL,
         # and more threads contending for it made many-small-object puts slower.
         self._io_threads = io_threads
@@ -171,23 +173,43 @@ class LocalStore(Store):
             raise _translate_error(exc, what) from None
 
     def _write_exclusive(self, final: str, data: bytes) -> bool:
-        """Write to a temp file, then link it into place; False if `final` existed."""
+        """Write `data` invisibly, then link it to `final`; False if `final` existed.
+
+        Linux: an unnamed `O_TMPFILE` in the destination's directory, linked
+        into place with `linkat` — no temp name to create and unlink, which
+        profiling showed to be a large share of a put's kernel time.
+        Elsewhere: a named temp file in `tmp/`, hard-linked, then unlinked.
+        """
+        parent = os.path.dirname(final)
+        if parent not in self._ready_dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._ready_dirs.add(parent)
+        if self._tmpfile_ok:
+            try:
+                fd = os.open(parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o444)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                    raise
+                self._tmpfile_ok = False
+            else:
+                try:
+                    self._write_fd(fd, data)
+                    try:
+                        # linkat(procfd, "N", ..., AT_SYMLINK_FOLLOW): plain link() would
+                        # try to hard-link the /proc symlink itself.
+                        os.link(str(fd), final, src_dir_fd=self._proc_fd(), follow_symlinks=True)
+                    except FileExistsError:
+                        return False
+                    return True
+                finally:
+                    os.close(fd)
         tmp = f"{self._tmp_str}/{os.path.basename(final)}.{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                if self.fsync:
-                    os.fsync(fd)
+                self._write_fd(fd, data)
             finally:
                 os.close(fd)
-            parent = os.path.dirname(final)
-            if parent not in self._ready_dirs:
-                os.makedirs(parent, exist_ok=True)
-                self._ready_dirs.add(parent)
             try:
                 os.link(tmp, final)
             except FileExistsError:
@@ -196,6 +218,19 @@ class LocalStore(Store):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def _proc_fd(self) -> int:
+        if self._proc_fd_cache is None:
+            self._proc_fd_cache = os.open(f"/proc/{os.getpid()}/fd", os.O_RDONLY | os.O_CLOEXEC)
+        return self._proc_fd_cache
+
+    def _write_fd(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if self.fsync:
+            os.fsync(fd)
 
     def _put_sync(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
         final = self._path(kind, object_id)
@@ -313,6 +348,9 @@ class LocalStore(Store):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._proc_fd_cache is not None:
+            os.close(self._proc_fd_cache)
+            self._proc_fd_cache = None
 
     # ------------------------------------------------------------ refs
 
