@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import functools
 import json
 import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TypeVar
@@ -70,6 +73,36 @@ def _translate_error(exc: OSError, what: str) -> CasError:
     if exc.errno == errno.EROFS:
         return PermissionDenied(f"store is on a read-only file system ({what})")
     return StoreUnavailable(f"{what}: {exc.strerror or exc}")
+
+
+@dataclass
+class _Staged:
+    """An object written but not yet named: an open fd, and a temp path off Linux."""
+
+    final: str
+    fd: int
+    tmp: str | None
+
+
+def _syncfs(fd: int) -> bool:
+    """`syncfs(2)` on the file system holding `fd`; False where unavailable."""
+    libc = _libc()
+    if libc is None:
+        return False
+    if libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return True
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syncfs.argtypes = [ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -172,13 +205,13 @@ class LocalStore(Store):
         except OSError as exc:
             raise _translate_error(exc, what) from None
 
-    def _write_exclusive(self, final: str, data: bytes) -> bool:
-        """Write `data` invisibly, then link it to `final`; False if `final` existed.
+    def _stage(self, final: str, data: bytes) -> _Staged:
+        """Write `data` where no reader can see it yet.
 
-        Linux: an unnamed `O_TMPFILE` in the destination's directory, linked
-        into place with `linkat` — no temp name to create and unlink, which
+        Linux: an unnamed `O_TMPFILE` in the final directory, later linked
+        into place with `linkat`: no temp name to create and unlink, which
         profiling showed to be a large share of a put's kernel time.
-        Elsewhere: a named temp file in `tmp/`, hard-linked, then unlinked.
+        Elsewhere: a named temp file in `tmp/`.
         """
         parent = os.path.dirname(final)
         if parent not in self._ready_dirs:
@@ -192,45 +225,93 @@ class LocalStore(Store):
                     raise
                 self._tmpfile_ok = False
             else:
-                try:
-                    self._write_fd(fd, data)
-                    try:
-                        # linkat(procfd, "N", ..., AT_SYMLINK_FOLLOW): plain link() would
-                        # try to hard-link the /proc symlink itself.
-                        os.link(str(fd), final, src_dir_fd=self._proc_fd(), follow_symlinks=True)
-                    except FileExistsError:
-                        return False
-                    return True
-                finally:
-                    os.close(fd)
+                staged = _Staged(final, fd, None)
+                self._fill(staged, data)
+                return staged
         tmp = f"{self._tmp_str}/{os.path.basename(final)}.{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        staged = _Staged(final, fd, tmp)
+        self._fill(staged, data)
+        return staged
+
+    def _fill(self, staged: _Staged, data: bytes) -> None:
         try:
-            try:
-                self._write_fd(fd, data)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                return False
-            return True
+            view = memoryview(data)
+            while view:
+                view = view[os.write(staged.fd, view) :]
+        except BaseException:
+            self._discard(staged)
+            raise
+
+    def _make_durable(self, batch: list[_Staged]) -> None:
+        """Flush staged data before any of it gets a name (a crash never names garbage).
+
+        One `syncfs` covers a whole batch where the platform has it; otherwise
+        each file is `fsync`ed.
+        """
+        if not self.fsync or not batch:
+            return
+        if len(batch) > 1 and _syncfs(batch[0].fd):
+            return
+        for staged in batch:
+            os.fsync(staged.fd)
+
+    def _publish(self, staged: _Staged) -> bool:
+        """Give a staged object its name; False if the name was taken."""
+        try:
+            if staged.tmp is None:
+                # linkat(procfd, "N", ..., AT_SYMLINK_FOLLOW): plain link() would
+                # try to hard-link the /proc symlink itself.
+                os.link(
+                    str(staged.fd), staged.final, src_dir_fd=self._proc_fd(), follow_symlinks=True
+                )
+            else:
+                os.link(staged.tmp, staged.final)
+        except FileExistsError:
+            return False
         finally:
+            self._discard(staged)
+        return True
+
+    def _discard(self, staged: _Staged) -> None:
+        if staged.fd >= 0:
+            os.close(staged.fd)
+            staged.fd = -1
+        if staged.tmp is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(staged.tmp)
+            staged.tmp = None
+
+    def _write_exclusive(self, final: str, data: bytes) -> bool:
+        """Create `final` holding `data`, never overwriting; False if it existed."""
+        staged = self._stage(final, data)
+        try:
+            self._make_durable([staged])
+        except BaseException:
+            self._discard(staged)
+            raise
+        return self._publish(staged)
+
+    def _put_batch(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
+        created = [False] * len(items)
+        staged: list[tuple[int, _Staged]] = []
+        try:
+            for index, (object_id, data) in enumerate(items):
+                final = self._path(kind, object_id)
+                if not os.path.exists(final):
+                    staged.append((index, self._stage(final, data)))
+            self._make_durable([s for _, s in staged])
+            for index, item in staged:
+                created[index] = self._publish(item)
+        finally:
+            for _, item in staged:
+                self._discard(item)
+        return created
 
     def _proc_fd(self) -> int:
         if self._proc_fd_cache is None:
             self._proc_fd_cache = os.open(f"/proc/{os.getpid()}/fd", os.O_RDONLY | os.O_CLOEXEC)
         return self._proc_fd_cache
-
-    def _write_fd(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if self.fsync:
-            os.fsync(fd)
 
     def _put_sync(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
         final = self._path(kind, object_id)
@@ -248,9 +329,7 @@ class LocalStore(Store):
         """All writes of a batch in one thread hop: local writes are cheap, hops are not."""
         for object_id, _ in items:
             check_id(object_id)
-        return await self._run(
-            lambda: [self._put_sync(kind, i, d) for i, d in items], f"{kind} batch"
-        )
+        return await self._run(lambda: self._put_batch(kind, items), f"{kind} batch")
 
     def _get_sync(self, kind: Kind, object_id: ObjectId, max_size: int) -> bytes:
         try:

@@ -175,3 +175,29 @@ async def test_zero_length_and_large_objects(store):
     big_id = oid(big)
     assert await store.put_if_absent(Kind.CHUNK, big_id, big) is True
     assert await store.get(Kind.CHUNK, big_id, max_size=len(big)) == big
+
+
+async def test_put_many_creates_only_the_absent(backend):
+    store = backend.store
+    a, b, c = oid(b"pa"), oid(b"pb"), oid(b"pc")
+    await store.put_if_absent(Kind.CHUNK, b, b"original")
+    created = await store.put_many(Kind.CHUNK, [(a, b"A"), (b, b"changed"), (c, b"C")])
+    assert created == [True, False, True]
+    assert backend.peek(Kind.CHUNK, b) == b"original"
+    got = await store.get_many(Kind.CHUNK, [a, b, c], max_size=100)
+    assert got == {a: b"A", b: b"original", c: b"C"}
+
+
+async def test_get_many_names_the_missing_object(store):
+    present, absent = oid(b"gm1"), oid(b"gm2")
+    await store.put_if_absent(Kind.CHUNK, present, b"x")
+    with pytest.raises(ObjectNotFound, match=str(absent)):
+        await store.get_many(Kind.CHUNK, [present, absent], max_size=10)
+
+
+async def test_concurrent_put_many_of_one_id_creates_once(store):
+    object_id = oid(b"pm-race")
+    results = await asyncio.gather(
+        *(store.put_many(Kind.CHUNK, [(object_id, b"same")]) for _ in range(16))
+    )
+    assert sum(r[0] for r in results) == 1
