@@ -21,6 +21,7 @@ import asyncio
 import os
 import stat
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Final
 from cas import __version__, codec
 from cas.chunking import Chunker, ChunkParams, FastCdcChunker
 from cas.errors import AlreadyExists, CasError, SourceError, UsageError
+from cas.filescache import CachedFile, FileIdentity, FilesCache
 from cas.ids import ObjectId, hash_bytes, new_hasher
 from cas.objects import (
     ChunkRef,
@@ -88,6 +90,8 @@ class PutStats:
     dirs: int = 0
     symlinks: int = 0
     bytes_read: int = 0
+    files_unchanged: int = 0
+    bytes_unchanged: int = 0
     chunks: int = 0
     chunks_new: int = 0
     bytes_new_raw: int = 0
@@ -164,8 +168,11 @@ class Uploader:
         options: PutOptions | None = None,
         progress: Progress | None = None,
         chunker_factory: type[FastCdcChunker] | None = None,
+        files_cache: FilesCache | None = None,
     ) -> None:
         self.repo = repo
+        self.files_cache = files_cache
+        self._started_ns = time.time_ns()
         self.options = options or PutOptions()
         self.progress: Progress = progress or NullProgress()
         self.stats = PutStats()
@@ -190,6 +197,7 @@ class Uploader:
         if not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"not a directory: {root}")
 
+        self._started_ns = time.time_ns()
         self._loop = asyncio.get_running_loop()
         self._batcher = _MissingBatcher(self.repo)
         workers = self.options.workers
@@ -310,10 +318,58 @@ class Uploader:
         return entries
 
     def _read_files(self, batch: list[SourceEntry], groups: _GroupSender) -> list[FileEntry]:
-        """Runs in a reader thread: read, cut and hash each file of the batch."""
-        entries = [self._read_file(child, groups) for child in batch]
+        """Runs in a reader thread: reuse unchanged files, read, cut and hash the rest."""
+        unchanged = self._unchanged(batch)
+        entries = []
+        remember: list[tuple[str, CachedFile]] = []
+        for child in batch:
+            hit = unchanged.get(child.path)
+            if hit is not None:
+                entry = FileEntry(
+                    child.name,
+                    stat.S_IMODE(child.st.st_mode),
+                    hit.identity.size,
+                    self._mtime(child),
+                    hit.digest,
+                    hit.chunks,
+                    None,
+                )
+                self._count(
+                    files=1, files_unchanged=1, bytes_unchanged=entry.size, chunks=len(entry.chunks)
+                )
+                self.progress.advance(entry.size)
+                remember.append((child.path, hit))
+            else:
+                entry, changed = self._read_file(child, groups)
+                if entry.inline is None and not changed:
+                    identity = FileIdentity.of(child.st)
+                    if identity.size == entry.size:
+                        remember.append(
+                            (child.path, CachedFile(identity, entry.digest, entry.chunks))
+                        )
+            entries.append(entry)
         groups.flush()
+        if self.files_cache is not None and remember:
+            self.files_cache.record_many(remember, self._started_ns)
         return entries
+
+    def _unchanged(self, batch: list[SourceEntry]) -> dict[str, CachedFile]:
+        """Files whose cached chunk list can be reused: same stat, and chunks still stored."""
+        if self.files_cache is None:
+            return {}
+        candidates = [
+            (c.path, FileIdentity.of(c.st)) for c in batch if c.st.st_size > self.options.inline_max
+        ]
+        cached = self.files_cache.lookup_many(candidates) if candidates else {}
+        if not cached:
+            return {}
+        ids = list(dict.fromkeys(ref.id for hit in cached.values() for ref in hit.chunks))
+        absent = asyncio.run_coroutine_threadsafe(self._batcher.missing(ids), self._loop).result()
+        return {
+            path: hit
+            for path, hit in cached.items()
+            if not any(ref.id in absent for ref in hit.chunks)
+        }
 
     def _chunker(self) -> Chunker:
         chunker = getattr(self._local, "chunker", None)
@@ -321,7 +377,7 @@ class Uploader:
             chunker = self._local.chunker = self._chunker_factory(self.options.params)
         return chunker
 
-    def _read_file(self, child: SourceEntry, groups: _GroupSender) -> FileEntry:
+    def _read_file(self, child: SourceEntry, groups: _GroupSender) -> tuple[FileEntry, bool]:
         if self._abort.is_set():
             raise asyncio.CancelledError
         try:
@@ -341,9 +397,9 @@ class Uploader:
             else:
                 changed = len(data) != st.st_size
                 if len(data) <= self.options.inline_max:
-                    self._count(bytes_read=len(data))
+                    self._count(files=1, bytes_read=len(data))
                     self.progress.advance(len(data))
-                    return FileEntry(
+                    entry = FileEntry(
                         child.name,
                         stat.S_IMODE(st.st_mode),
                         len(data),
@@ -352,6 +408,7 @@ class Uploader:
                         (),
                         data,
                     )
+                    return entry, changed
                 chunks, size, digest = self._cut_buffer(data, groups)
         except OSError as exc:
             raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
@@ -359,7 +416,7 @@ class Uploader:
             os.close(fd)
         if changed:
             self.progress.warn(f"{child.rel} changed while being read; stored what was read")
-        return FileEntry(
+        entry = FileEntry(
             child.name,
             stat.S_IMODE(st.st_mode),
             size,
@@ -368,6 +425,8 @@ class Uploader:
             tuple(chunks),
             None,
         )
+        # Only a file that matched its walk-time stat throughout may be remembered.
+        return entry, changed or FileIdentity.of(st) != FileIdentity.of(child.st)
 
     def _cut_buffer(
         self, data: bytes, groups: _GroupSender
@@ -378,7 +437,7 @@ class Uploader:
             chunk_id = hash_bytes(piece)
             refs.append(ChunkRef(chunk_id, len(piece)))
             groups.add(chunk_id, piece)
-        self._count(bytes_read=len(data), chunks=len(refs))
+        self._count(files=1, bytes_read=len(data), chunks=len(refs))
         self.progress.advance(len(data))
         digest = refs[0].id if len(refs) == 1 else hash_bytes(data)  # one chunk: same bytes
         return refs, len(data), digest
@@ -398,7 +457,7 @@ class Uploader:
                 size += len(data)
                 groups.add(chunk_id, data)
                 self.progress.advance(len(data))
-        self._count(bytes_read=size, chunks=len(refs))
+        self._count(files=1, bytes_read=size, chunks=len(refs))
         return refs, size, ObjectId(whole.digest())
 
     def _submit_group(
@@ -493,8 +552,6 @@ class Uploader:
         with self._stats_lock:
             for key, value in deltas.items():
                 setattr(self.stats, key, getattr(self.stats, key) + value)
-            if "bytes_read" in deltas:
-                self.stats.files += 1
 
 
 def _encode_all(items: list[tuple[ObjectId, bytes]], level: int) -> list[tuple[ObjectId, bytes]]:

@@ -157,12 +157,20 @@ class Repository:
     # ------------------------------------------------------------ trees, manifests
 
     async def put_tree(self, tree: Tree) -> ObjectId:
-        """Store a tree; its chunks and subtrees must already be stored (write order)."""
+        """Store a tree; its chunks and subtrees must already be stored (write order).
+
+        The id is computed first and the store asked before compressing: on a
+        re-put most trees already exist, and compressing them was the largest
+        cost of an unchanged put.
+        """
         data = tree.to_bytes()
+        object_id = hash_bytes(data)
+        if not await self.store.missing(Kind.TREE, [object_id]):
+            return object_id
         if len(data) < _INLINE_ENCODE_MAX:  # cheaper than a thread hop
-            object_id, blob = encode_object(data, self.level)
+            blob = codec.encode(data, self.level)
         else:
-            object_id, blob = await asyncio.to_thread(encode_object, data, self.level)
+            blob = await asyncio.to_thread(codec.encode, data, self.level)
         await self.store.put_if_absent(Kind.TREE, object_id, blob)
         return object_id
 

@@ -8,8 +8,10 @@ import time
 from cas_cli.common import BarProgress, emit_json, info, run_with_repo
 
 from cas import codec
+from cas.cache import default_cache_dir
 from cas.chunking import ChunkParams
 from cas.errors import UsageError
+from cas.filescache import FilesCache
 from cas.objects import parse_label
 from cas.put import PutOptions, PutResult, Uploader
 from cas.repo import Repository
@@ -71,6 +73,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "leaves out the creation time and tool version",
     )
     p.add_argument("--workers", type=int, default=None, help="reader threads (default: CPUs)")
+    p.add_argument(
+        "--no-files-cache",
+        action="store_true",
+        help="read every file, even those unchanged since the last put",
+    )
     p.set_defaults(run=run)
 
 
@@ -95,7 +102,15 @@ def run(args: argparse.Namespace) -> int:
     progress = BarProgress(args, "put")
 
     async def action(repo: Repository) -> PutResult:
-        return await Uploader(repo, options, progress).put(args.source)
+        files_cache = None
+        if not args.no_files_cache:
+            files_cache = FilesCache(default_cache_dir(), repo.store.url, options.params)
+            files_cache.prune()
+        try:
+            return await Uploader(repo, options, progress, files_cache=files_cache).put(args.source)
+        finally:
+            if files_cache is not None:
+                files_cache.close()
 
     t0 = time.monotonic()
     try:
@@ -112,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
                 "files": s.files,
                 "dirs": s.dirs,
                 "symlinks": s.symlinks,
-                "bytes": s.bytes_read,
+                "bytes": s.bytes_read + s.bytes_unchanged,
+                "bytes_read": s.bytes_read,
+                "files_unchanged": s.files_unchanged,
                 "chunks": s.chunks,
                 "chunks_new": s.chunks_new,
                 "bytes_new": s.bytes_new_raw,
@@ -123,11 +140,12 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print(result.manifest_id)
-        rate = s.bytes_read / seconds if seconds > 0 else 0.0
+        total = s.bytes_read + s.bytes_unchanged
+        rate = total / seconds if seconds > 0 else 0.0
         info(
             args,
-            f"put {s.files} files, {format_size(s.bytes_read)} in {seconds:.1f}s "
-            f"({format_size(rate)}/s): {s.chunks_new}/{s.chunks} chunks new, "
-            f"{format_size(s.bytes_uploaded)} uploaded",
+            f"put {s.files} files, {format_size(total)} in {seconds:.1f}s "
+            f"({format_size(rate)}/s): {s.files_unchanged} unchanged files not read, "
+            f"{s.chunks_new}/{s.chunks} chunks new, {format_size(s.bytes_uploaded)} uploaded",
         )
     return 0

@@ -1,0 +1,202 @@
+"""The files cache: skip reading files that have not changed since the last put.
+
+For each file put into a store, the cache remembers its `lstat` identity
+(size, mtime_ns, ctime_ns, inode) and the chunk list that put computed. A
+later put of the same path into the same store, with the same chunking
+parameters, reuses the chunk list when the identity still matches, without
+opening the file.
+
+Two rules keep it honest:
+
+1. **Racy entries are never recorded** (the rule borg and git use): a file
+   whose mtime or ctime is within `RACY_WINDOW_NS` of the moment the put
+   started could be changed again within the same timestamp tick without
+   its stat changing, so it is read again next time.
+2. **Reused chunks are still checked**: the put asks the store whether the
+   chunks exist (garbage collection may have removed them); if any is
+   missing the file is read and stored normally.
+
+Changing content and then restoring the mtime (`touch -d`) still changes the
+ctime, which the kernel sets and no user can, so such files are read again.
+Entries unused for `MAX_AGE_S` are dropped when the cache is opened for a put.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import blake3
+import lmdb
+
+from cas.chunking import ChunkParams
+from cas.errors import UsageError
+from cas.ids import ID_BYTES, ObjectId
+from cas.objects import ChunkRef
+
+RACY_WINDOW_NS: Final = 2 * 10**9
+MAX_AGE_S: Final = 30 * 24 * 3600
+_REFRESH_AFTER_S: Final = 24 * 3600
+_MAP_SIZE: Final = 2 << 30
+_HEADER = struct.Struct(">QqqQQ32sI")  # size, mtime, ctime, inode, used_at, digest, n
+_CHUNK = struct.Struct(f">{ID_BYTES}sI")
+_PRUNE_KEY: Final = b"pruned_at"
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What must be unchanged for a file's chunk list to be reused."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        """From an `lstat` result."""
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """A remembered file: its identity, whole-file digest and chunks."""
+
+    identity: FileIdentity
+    digest: ObjectId
+    chunks: tuple[ChunkRef, ...]
+    used_at: int = 0
+
+
+class FilesCache:
+    """Path -> chunk list, per store and chunking parameters, in LMDB."""
+
+    def __init__(self, directory: Path, store_url: str, params: ChunkParams) -> None:
+        path = directory / "files.lmdb"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self._env = lmdb.open(
+                str(path),
+                map_size=_MAP_SIZE,
+                max_dbs=2,
+                subdir=True,
+                metasync=False,
+                sync=False,  # a cache: a crash may lose the newest entries, nothing worse
+                readahead=False,
+                max_readers=512,
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise UsageError(f"cannot open the files cache at {path}: {exc}") from None
+        self._db = self._env.open_db(b"files")
+        self._meta = self._env.open_db(b"meta")
+        scope = f"{store_url}\0{sorted(params.to_dict().items())}".encode()
+        self._scope = blake3.blake3(scope).digest()
+        self._now_s = int(time.time())
+
+    def close(self) -> None:
+        """Close this handle; other processes keep theirs."""
+        self._env.close()
+
+    def _key(self, path: str) -> bytes:
+        return blake3.blake3(self._scope + b"\0" + os.fsencode(os.path.abspath(path))).digest()
+
+    def lookup_many(self, items: Sequence[tuple[str, FileIdentity]]) -> dict[str, CachedFile]:
+        """Entries whose identity still matches, keyed by path; one read transaction."""
+        found: dict[str, CachedFile] = {}
+        try:
+            with self._env.begin(buffers=False) as txn:
+                for path, identity in items:
+                    raw = txn.get(self._key(path), db=self._db)
+                    if raw is None:
+                        continue
+                    cached = _decode(raw)
+                    if cached is not None and cached.identity == identity:
+                        found[path] = cached
+        except lmdb.Error:
+            return {}
+        return found
+
+    def record_many(self, entries: Iterable[tuple[str, CachedFile]], started_ns: int) -> None:
+        """Remember files just put, except racy ones; also refreshes reused entries."""
+        batch = [
+            (self._key(path), _encode(cached, self._now_s))
+            for path, cached in entries
+            if not _is_racy(cached.identity, started_ns)
+            and self._now_s - cached.used_at > _REFRESH_AFTER_S  # unchanged entries: daily
+        ]
+        if not batch:
+            return
+        try:
+            with self._env.begin(write=True) as txn:
+                for key, value in batch:
+                    txn.put(key, value, db=self._db)
+        except lmdb.MapFullError:
+            self.clear()
+        except lmdb.Error:
+            pass
+
+    def prune(self, max_age_s: int = MAX_AGE_S) -> int:
+        """Drop entries not used for `max_age_s`; at most once a day."""
+        cutoff = self._now_s - max_age_s
+        removed = 0
+        try:
+            with self._env.begin(write=True) as txn:
+                last = txn.get(_PRUNE_KEY, db=self._meta)
+                if last is not None and self._now_s - struct.unpack(">Q", last)[0] < 86400:
+                    return 0
+                with txn.cursor(db=self._db) as cursor:
+                    for key, value in list(cursor):
+                        if len(value) < _HEADER.size or _HEADER.unpack_from(value)[4] < cutoff:
+                            txn.delete(key, db=self._db)
+                            removed += 1
+                txn.put(_PRUNE_KEY, struct.pack(">Q", self._now_s), db=self._meta)
+        except lmdb.Error:
+            return removed
+        return removed
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._env.begin(write=True) as txn:
+            txn.drop(self._db, delete=False)
+
+
+def _is_racy(identity: FileIdentity, started_ns: int) -> bool:
+    return max(identity.mtime_ns, identity.ctime_ns) >= started_ns - RACY_WINDOW_NS
+
+
+def _encode(cached: CachedFile, used_at: int) -> bytes:
+    ident = cached.identity
+    parts = [
+        _HEADER.pack(
+            ident.size,
+            ident.mtime_ns,
+            ident.ctime_ns,
+            ident.inode,
+            used_at,
+            bytes(cached.digest),
+            len(cached.chunks),
+        )
+    ]
+    parts.extend(_CHUNK.pack(bytes(c.id), c.length) for c in cached.chunks)
+    return b"".join(parts)
+
+
+def _decode(raw: bytes) -> CachedFile | None:
+    """Parse an entry; a damaged one is simply not a hit."""
+    if len(raw) < _HEADER.size:
+        return None
+    size, mtime, ctime, inode, _used, digest, count = _HEADER.unpack_from(raw)
+    if len(raw) != _HEADER.size + count * _CHUNK.size:
+        return None
+    chunks = tuple(
+        ChunkRef(ObjectId(raw_id), length)
+        for raw_id, length in _CHUNK.iter_unpack(raw[_HEADER.size :])
+    )
+    if sum(c.length for c in chunks) != size or any(c.length <= 0 for c in chunks):
+        return None
+    return CachedFile(FileIdentity(size, mtime, ctime, inode), ObjectId(digest), chunks, _used)

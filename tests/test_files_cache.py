@@ -1,0 +1,149 @@
+"""The files cache: unchanged files are not read again, and nothing stale is trusted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from cas.chunking import ChunkParams
+from cas.filescache import FilesCache
+from cas.get import Downloader
+from cas.put import PutOptions, Uploader
+from cas.repo import Repository
+from cas.store.base import Kind
+from cas.store.local import LocalStore
+from tests.conftest import snapshot
+
+OLD = 1_600_000_000 * 10**9  # far outside the racy window
+
+
+def make_tree(root: Path) -> None:
+    (root / "d").mkdir(parents=True)
+    for i in range(5):
+        path = root / "d" / f"f{i}.bin"
+        path.write_bytes(os.urandom(200_000 + i))
+        os.utime(path, ns=(OLD, OLD))
+    (root / "tiny").write_bytes(b"inline")
+    # ctime cannot be set; wait out the racy window instead.
+
+
+def put(store: LocalStore, src: Path, cache_dir: Path, **options):
+    async def run():
+        files = FilesCache(cache_dir, store.url, ChunkParams())
+        try:
+            uploader = Uploader(Repository(store), PutOptions(**options), files_cache=files)
+            return await uploader.put(src)
+        finally:
+            files.close()
+
+    return asyncio.run(run())
+
+
+def settle(monkeypatch) -> None:
+    """Make the put start well after the files' ctimes (the racy rule)."""
+    import cas.put as put_module
+
+    real = time.time_ns
+    monkeypatch.setattr(put_module.time, "time_ns", lambda: real() + 10 * 10**9)
+
+
+def test_warm_put_reads_no_unchanged_file(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src)
+    settle(monkeypatch)
+    store = LocalStore(tmp_path / "store", fsync=False)
+    first = put(store, src, tmp_path / "cache")
+    assert first.stats.files_unchanged == 0
+    second = put(store, src, tmp_path / "cache")
+    assert second.stats.files_unchanged == 5
+    assert second.stats.bytes_read == len(b"inline")  # only the inline file
+    assert second.manifest.root == first.manifest.root
+
+
+def test_racy_files_are_read_again(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src)
+    (src / "d" / "fresh.bin").write_bytes(os.urandom(100_000))  # mtime and ctime: now
+    store = LocalStore(tmp_path / "store", fsync=False)
+    put(store, src, tmp_path / "cache")
+    second = put(store, src, tmp_path / "cache")
+    # Without the settle() clock shift every file's ctime is racy: nothing is trusted.
+    assert second.stats.files_unchanged == 0
+
+
+def test_content_change_with_restored_mtime_is_detected(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src)
+    settle(monkeypatch)
+    store = LocalStore(tmp_path / "store", fsync=False)
+    put(store, src, tmp_path / "cache")
+    target = src / "d" / "f0.bin"
+    size = target.stat().st_size
+    target.write_bytes(os.urandom(size))  # same size
+    os.utime(target, ns=(OLD, OLD))  # same mtime; ctime moved
+    second = put(store, src, tmp_path / "cache")
+    assert second.stats.files_unchanged == 4
+    out = tmp_path / "out"
+    asyncio.run(Downloader(Repository(store)).get(second.manifest_id, out))
+    assert (out / "d" / "f0.bin").read_bytes() == target.read_bytes()
+
+
+def test_chunks_missing_from_the_store_are_uploaded_again(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src)
+    settle(monkeypatch)
+    store = LocalStore(tmp_path / "store", fsync=False)
+    first = put(store, src, tmp_path / "cache")
+    chunk_files = [p for p in (tmp_path / "store" / "chunk").rglob("*") if p.is_file()]
+    chunk_files[0].unlink()  # as a garbage collection might
+    second = put(store, src, tmp_path / "cache")
+    assert second.stats.files_unchanged == 4
+    assert second.stats.chunks_new == 1
+    out = tmp_path / "out"
+    asyncio.run(Downloader(Repository(store)).get(second.manifest_id, out))
+    assert snapshot(out) == snapshot(src)
+    assert first.manifest.root == second.manifest.root
+
+
+def test_cache_is_per_store_and_per_chunking(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src)
+    settle(monkeypatch)
+    a = LocalStore(tmp_path / "a", fsync=False)
+    b = LocalStore(tmp_path / "b", fsync=False)
+    put(a, src, tmp_path / "cache")
+    other_store = put(b, src, tmp_path / "cache")
+    assert other_store.stats.files_unchanged == 0
+    assert not asyncio.run(b.missing(Kind.CHUNK, []))
+
+    async def other_params():
+        params = ChunkParams.from_avg(256 << 10)
+        files = FilesCache(tmp_path / "cache", a.url, params)
+        try:
+            uploader = Uploader(Repository(a), PutOptions(params=params), files_cache=files)
+            return await uploader.put(src)
+        finally:
+            files.close()
+
+    assert asyncio.run(other_params()).stats.files_unchanged == 0
+
+
+def test_cli_reports_unchanged_files(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    make_tree(src)
+    time.sleep(2.1)  # let the files' ctimes leave the racy window
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    cmd = [sys.executable, "-m", "cas_cli.main", "put", "--store", str(tmp_path / "s"),
+           str(src), "--json"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    report = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True).stdout)
+    assert report["files_unchanged"] == 5 and report["bytes_read"] == len(b"inline")
+    again = json.loads(subprocess.run([*cmd, "--no-files-cache"], env=env, check=True,
+                                      capture_output=True).stdout)
+    assert again["files_unchanged"] == 0
