@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
+from cas.batching import batch_by_size
 from cas.browse import Located, check_digest, walk
 from cas.errors import FormatError, UsageError
 from cas.fswrite import Destination, PendingFile
@@ -221,22 +222,13 @@ class Downloader:
 
 def _units(files: list[Located]) -> list[list[Located]]:
     """Batches of small files (in plan order, so mostly one directory each); large files alone."""
-    units: list[list[Located]] = []
-    batch: list[Located] = []
-    batch_bytes = 0
-    for located in files:
-        size = located.entry.size  # type: ignore[union-attr]
-        if size > _BATCH_BYTES:
-            units.append([located])
-            continue
-        if batch and (batch_bytes + size > _BATCH_BYTES or len(batch) >= _BATCH_FILES):
-            units.append(batch)
-            batch, batch_bytes = [], 0
-        batch.append(located)
-        batch_bytes += size
-    if batch:
-        units.append(batch)
-    return units
+    return batch_by_size(
+        files,
+        lambda located: located.entry.size,  # type: ignore[union-attr]
+        max_bytes=_BATCH_BYTES,
+        max_items=_BATCH_FILES,
+        alone_from=_BATCH_BYTES + 1,
+    )
 
 
 def _segments(entry: FileEntry) -> list[list[ChunkRef]]:

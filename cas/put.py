@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from cas import __version__, codec
+from cas.batching import batch_by_size
 from cas.chunking import Chunker, ChunkParams, FastCdcChunker
 from cas.errors import AlreadyExists, CasError, SourceError, UsageError
 from cas.filescache import CachedFile, FileIdentity, FilesCache
@@ -286,22 +287,13 @@ class Uploader:
 
     def _file_batches(self, files: list[SourceEntry]) -> list[list[SourceEntry]]:
         """Small files travel together: one thread hop and one chunk group per batch."""
-        batches: list[list[SourceEntry]] = []
-        current: list[SourceEntry] = []
-        current_bytes = 0
-        for child in files:
-            size = child.st.st_size
-            if size >= self.options.params.max_size:
-                batches.append([child])
-                continue
-            if current and (current_bytes + size > _GROUP_BYTES or len(current) >= _BATCH_FILES):
-                batches.append(current)
-                current, current_bytes = [], 0
-            current.append(child)
-            current_bytes += size
-        if current:
-            batches.append(current)
-        return batches
+        return batch_by_size(
+            files,
+            lambda child: child.st.st_size,
+            max_bytes=_GROUP_BYTES,
+            max_items=_BATCH_FILES,
+            alone_from=self.options.params.max_size,
+        )
 
     def _mtime(self, child: SourceEntry) -> int | None:
         return child.st.st_mtime_ns if self.options.mtimes else None
