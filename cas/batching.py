@@ -31,6 +31,9 @@ def batch_by_size(
     for item in items:
         size = size_of(item)
         if size >= alone_from:
+            if current:
+                batches.append(current)
+                current, current_bytes = [], 0
             batches.append([item])
             continue
         if current and (current_bytes + size > max_bytes or len(current) >= max_items):
