@@ -22,7 +22,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
@@ -170,9 +170,12 @@ class Uploader:
         progress: Progress | None = None,
         chunker_factory: type[FastCdcChunker] | None = None,
         files_cache: FilesCache | None = None,
+        skip_dirs: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         self.repo = repo
         self.files_cache = files_cache
+        # Directories never stored even when inside the source: the store and caches themselves.
+        self._skip_dirs = {os.path.realpath(d) for d in skip_dirs}
         self._started_ns = time.time_ns()
         self.options = options or PutOptions()
         self.progress: Progress = progress or NullProgress()
@@ -258,6 +261,15 @@ class Uploader:
 
         jobs = []
         links: list[tuple[Entry, Totals]] = []
+        if self._skip_dirs:
+            kept = []
+            for child in children:
+                if child.is_dir and os.path.realpath(child.path) in self._skip_dirs:
+                    self.progress.warn(f"skipped {child.rel}: it holds the store or a cache")
+                    self.stats.skipped.append((child.rel, "store or cache"))
+                else:
+                    kept.append(child)
+            children = kept
         for child in children:
             if child.is_dir:
                 jobs.append(subdir(child))

@@ -130,3 +130,16 @@ def test_labels_and_excludes_are_recorded(src, tmp_path):
     assert manifest["labels"] == {"commit": "abc"}
     assert manifest["excludes"] == ["*.o"]
     assert manifest["totals"]["files"] == 2
+
+
+def test_a_store_inside_the_source_is_not_stored(src, tmp_path):
+    store = src / ".cas-store"
+    env = {"CAS_CACHE_DIR": str(src / ".cache")}
+    first = cas("put", "--store", str(store), str(src), "--json", env=env)
+    second = cas("put", "--store", str(store), str(src), "--json", env=env)
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert {s["path"] for s in b["skipped"]} == {".cas-store", ".cache"}
+    assert a["files"] == b["files"] == 3
+    out = tmp_path / "out"
+    cas("get", "--store", str(store), b["manifest"], str(out), env=env)
+    assert not (out / ".cas-store").exists() and (out / "bin" / "app").exists()

@@ -16,6 +16,7 @@ from cas.objects import parse_label
 from cas.put import PutOptions, PutResult, Uploader
 from cas.repo import Repository
 from cas.sizes import format_size, parse_size
+from cas.store.local import LocalStore
 from cas.walk import Excludes
 
 
@@ -106,8 +107,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_files_cache:
             files_cache = FilesCache(default_cache_dir(), repo.store.url, options.params)
             files_cache.prune()
+        skip = [default_cache_dir()]
+        if isinstance(repo.store, LocalStore):
+            skip.append(repo.store.root)
         try:
-            return await Uploader(repo, options, progress, files_cache=files_cache).put(args.source)
+            uploader = Uploader(repo, options, progress, files_cache=files_cache, skip_dirs=skip)
+            return await uploader.put(args.source)
         finally:
             if files_cache is not None:
                 files_cache.close()
