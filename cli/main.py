@@ -13,12 +13,11 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from cas_cli.commands import cat, get, ls, put
-
 from cas import __version__
 from cas.errors import CasError, UsageError
+from cas_cli.commands import cache, cat, get, ls, put
 
-COMMANDS = (put, get, ls, cat)
+COMMANDS = (put, get, ls, cat, cache)
 
 
 class _Parser(argparse.ArgumentParser):

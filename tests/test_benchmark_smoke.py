@@ -17,9 +17,17 @@ ROOT = Path(__file__).parent.parent
 def test_compare_smoke_restores_exactly(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--smoke",
-         "--work", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compare.py"),
+            "--smoke",
+            "--work",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "exact" in proc.stderr

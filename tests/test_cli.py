@@ -143,3 +143,19 @@ def test_a_store_inside_the_source_is_not_stored(src, tmp_path):
     out = tmp_path / "out"
     cas("get", "--store", str(store), b["manifest"], str(out), env=env)
     assert not (out / ".cas-store").exists() and (out / "bin" / "app").exists()
+
+
+def test_cache_info_prune_clear(src, tmp_path):
+    store = str(tmp_path / "s")
+    env = {"CAS_CACHE_DIR": str(tmp_path / "cache")}
+    manifest_id = cas("put", "--store", store, str(src), "-q", env=env).stdout.decode().strip()
+    cas("get", "--store", store, manifest_id, str(tmp_path / "out"), env=env)
+    info = json.loads(cas("cache", "info", "--json", env=env).stdout)
+    assert info["entries"] > 0 and info["bytes"] > 0
+    pruned = json.loads(cas("cache", "prune", "--max-size", "0", "--json", env=env).stdout)
+    assert pruned["bytes"] == 0 and pruned["freed_bytes"] == info["bytes"]
+    cas("get", "--store", store, manifest_id, str(tmp_path / "out2"), env=env)
+    cleared = json.loads(cas("cache", "clear", "--json", env=env).stdout)
+    assert cleared["entries"] == 0
+    assert not (tmp_path / "cache" / "files.lmdb").exists()
+    assert b"chunks" in cas("cache", "info", env=env).stdout

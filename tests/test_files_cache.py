@@ -139,11 +139,20 @@ def test_cli_reports_unchanged_files(tmp_path):
     make_tree(src)
     time.sleep(2.1)  # let the files' ctimes leave the racy window
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    cmd = [sys.executable, "-m", "cas_cli.main", "put", "--store", str(tmp_path / "s"),
-           str(src), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cas_cli.main",
+        "put",
+        "--store",
+        str(tmp_path / "s"),
+        str(src),
+        "--json",
+    ]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     report = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True).stdout)
     assert report["files_unchanged"] == 5 and report["bytes_read"] == len(b"inline")
-    again = json.loads(subprocess.run([*cmd, "--no-files-cache"], env=env, check=True,
-                                      capture_output=True).stdout)
+    again = json.loads(
+        subprocess.run([*cmd, "--no-files-cache"], env=env, check=True, capture_output=True).stdout
+    )
     assert again["files_unchanged"] == 0

@@ -19,8 +19,9 @@ def peak_rss_mb(args: list[str], env: dict) -> float:
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True
+    )
     return int(proc.stderr.strip().splitlines()[-1]) / 1024
 
 
@@ -36,7 +37,10 @@ def test_put_and_get_of_a_large_file_stay_small(tmp_path):
     put_rss = peak_rss_mb(["put", "--store", store, "--level", "1", "-q", str(src)], env)
     manifest = subprocess.run(
         [sys.executable, "-m", "cas_cli.main", "put", "--store", store, "-q", str(src)],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     get_rss = peak_rss_mb(["get", "--store", store, "-q", manifest, str(tmp_path / "out")], env)
     assert (tmp_path / "out" / "big.bin").stat().st_size == 768 << 20

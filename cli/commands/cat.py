@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cas_cli.common import run_with_repo
-
 from cas.browse import lookup, stream_file
 from cas.errors import UsageError
 from cas.objects import FileEntry
 from cas.repo import Repository
+from cas_cli.common import run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from cas_cli.common import BarProgress, emit_json, info, run_with_repo
-
 from cas.get import Downloader, GetStats
 from cas.repo import Repository
 from cas.sizes import format_size
+from cas_cli.common import BarProgress, emit_json, info, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

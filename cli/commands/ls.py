@@ -6,11 +6,10 @@ import argparse
 import stat
 import sys
 
-from cas_cli.common import emit_json, run_with_repo
-
 from cas.browse import Located, lookup, walk
 from cas.objects import DirEntry, FileEntry, SymlinkEntry
 from cas.repo import Repository
+from cas_cli.common import emit_json, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from cas_cli.common import BarProgress, emit_json, info, run_with_repo
-
 from cas import codec
 from cas.cache import default_cache_dir
 from cas.chunking import ChunkParams
@@ -18,6 +16,7 @@ from cas.repo import Repository
 from cas.sizes import format_size, parse_size
 from cas.store.local import LocalStore
 from cas.walk import Excludes
+from cas_cli.common import BarProgress, emit_json, info, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
