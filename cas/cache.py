@@ -29,6 +29,7 @@ import platformdirs
 
 from cas.errors import UsageError
 from cas.ids import ObjectId
+from cas.lmdbenv import open_env
 from cas.sizes import parse_size
 
 DEFAULT_CACHE_SIZE: Final = 4 << 30
@@ -71,19 +72,9 @@ class ChunkCache:
         if self.capacity <= 0:
             raise UsageError("cache capacity must be positive (use no cache instead)")
         self._lock = threading.Lock()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._env = lmdb.open(
-                str(self.path),
-                map_size=self._map_size(),
-                max_dbs=4,
-                subdir=True,
-                metasync=False,
-                readahead=False,
-                max_readers=512,
-            )
-        except (OSError, lmdb.Error) as exc:
-            raise UsageError(f"cannot open the cache at {self.path}: {exc}") from None
+        self._env = open_env(
+            self.path, map_size=self._map_size(), max_dbs=4, sync=True, what="cache"
+        )
         self._data = self._env.open_db(b"data")
         self._meta = self._env.open_db(b"meta")
         self._stats = self._env.open_db(b"stats")

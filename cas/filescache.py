@@ -35,8 +35,8 @@ import blake3
 import lmdb
 
 from cas.chunking import ChunkParams
-from cas.errors import UsageError
 from cas.ids import ID_BYTES, ObjectId
+from cas.lmdbenv import open_env
 from cas.objects import ChunkRef
 
 RACY_WINDOW_NS: Final = 2 * 10**9
@@ -78,20 +78,8 @@ class FilesCache:
 
     def __init__(self, directory: Path, store_url: str, params: ChunkParams) -> None:
         path = directory / "files.lmdb"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            self._env = lmdb.open(
-                str(path),
-                map_size=_MAP_SIZE,
-                max_dbs=2,
-                subdir=True,
-                metasync=False,
-                sync=False,  # a cache: a crash may lose the newest entries, nothing worse
-                readahead=False,
-                max_readers=512,
-            )
-        except (OSError, lmdb.Error) as exc:
-            raise UsageError(f"cannot open the files cache at {path}: {exc}") from None
+        # A cache: a crash may lose the newest entries, nothing worse.
+        self._env = open_env(path, map_size=_MAP_SIZE, max_dbs=2, sync=False, what="files cache")
         self._db = self._env.open_db(b"files")
         self._meta = self._env.open_db(b"meta")
         scope = f"{store_url}\0{sorted(params.to_dict().items())}".encode()
