@@ -18,7 +18,7 @@ from cas.ids import ObjectId
 from cas.store.base import Kind, Store
 from cas.store.local import LocalStore
 
-STORE_BACKENDS = ["local_backend"]
+STORE_BACKENDS = ["local_backend", "local_durable_backend", "local_named_temp_backend"]
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +63,22 @@ class Backend:
 def local_backend(tmp_path: Path) -> Iterator[Backend]:
     root = tmp_path / "store"
     yield Backend(LocalStore(root, fsync=False), root)
+
+
+@pytest.fixture
+def local_durable_backend(tmp_path: Path) -> Iterator[Backend]:
+    """The default write path: O_TMPFILE, syncfs/fsync, then link."""
+    root = tmp_path / "store"
+    yield Backend(LocalStore(root, fsync=True), root)
+
+
+@pytest.fixture
+def local_named_temp_backend(tmp_path: Path) -> Iterator[Backend]:
+    """The portable write path, used where O_TMPFILE is unavailable: named temp + link."""
+    root = tmp_path / "store"
+    store = LocalStore(root, fsync=True)
+    store._tmpfile_ok = False
+    yield Backend(store, root)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
