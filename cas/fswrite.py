@@ -22,6 +22,8 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
+import time
 from collections.abc import Iterator, Sequence
 from typing import Final
 
@@ -29,6 +31,7 @@ from cas.errors import DestinationError, UnsafeManifest
 from cas.objects import check_name
 
 TEMP_PREFIX: Final = ".cas-tmp-"
+STALE_TEMP_SECONDS: Final = 3600
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # setuid/setgid bits from a manifest are never applied.
 _MODE_MASK: Final = 0o1777
@@ -63,6 +66,7 @@ class Destination:
         try:
             os.makedirs(self.root, exist_ok=True)
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            remove_stale_temporaries(self._root_fd)
         except FileExistsError:
             raise DestinationError(
                 f"destination {self.root} exists and is not a directory"
@@ -114,6 +118,7 @@ class Destination:
                     mode = os.fstat(probe).st_mode
                     if mode & 0o700 != 0o700:  # left read-only by an earlier get
                         os.fchmod(probe, (mode | 0o700) & 0o7777)
+                    remove_stale_temporaries(probe)
                 finally:
                     os.close(probe)
             except OSError as exc:
@@ -163,6 +168,28 @@ class Destination:
                     os.utime(fd, ns=(mtime_ns, mtime_ns))
             except OSError as exc:
                 raise _fail(exc, "setting metadata of", _describe(parts)) from None
+
+
+def remove_stale_temporaries(dir_fd: int) -> int:
+    """Delete temp files an interrupted get left in this directory.
+
+    Only names with our prefix whose ctime is over `STALE_TEMP_SECONDS` old:
+    a younger one may belong to a get still running here (ctime, unlike
+    mtime, cannot be set back by the writer).
+    """
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    removed = 0
+    try:
+        names = [n for n in os.listdir(dir_fd) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if st.st_ctime < cutoff and not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+                removed += 1
+    return removed
 
 
 class PendingFile:

@@ -81,3 +81,33 @@ def test_get_restores_into_existing_destination_replacing_files(tmp_path):
     roundtrip(src, dest, tmp_path / "store")
     assert (dest / "d" / "f").read_bytes() == b"new"
     assert not [p for p in dest.rglob(".cas-tmp-*")]
+
+
+def _dest_with_temporaries(tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"content")
+    dest = tmp_path / "out"
+    (dest / "d").mkdir(parents=True)
+    (dest / ".cas-tmp-0123456789abcdef").write_bytes(b"half")
+    (dest / "d" / ".cas-tmp-fedcba9876543210").write_bytes(b"half")
+    (dest / "d" / "user-file").write_bytes(b"not ours")
+    return src, dest
+
+
+def test_stale_temporaries_of_an_interrupted_get_are_removed(tmp_path, monkeypatch):
+    import cas.fswrite as fswrite
+
+    src, dest = _dest_with_temporaries(tmp_path)
+    real_time = fswrite.time.time
+    monkeypatch.setattr(fswrite.time, "time", lambda: real_time() + 2 * 3600)
+    roundtrip(src, dest, tmp_path / "store")
+    left = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert left == ["d", "d/f", "d/user-file"]
+
+
+def test_recent_temporaries_may_belong_to_a_running_get_and_are_kept(tmp_path):
+    src, dest = _dest_with_temporaries(tmp_path)
+    roundtrip(src, dest, tmp_path / "store")
+    assert (dest / ".cas-tmp-0123456789abcdef").exists()
+    assert (dest / "d" / ".cas-tmp-fedcba9876543210").exists()
