@@ -9,13 +9,14 @@ checked against the manifest's maximum chunk size before any chunk is read.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
 from cas.errors import FormatError, ObjectNotFound, UnsafeManifest, UsageError
 from cas.ids import ObjectId, new_hasher
-from cas.objects import DirEntry, Entry, FileEntry, Manifest, Tree
+from cas.objects import ChunkRef, DirEntry, Entry, FileEntry, Manifest, Tree
 from cas.repo import Repository
 
 MAX_DEPTH: Final = 1024
@@ -97,6 +98,13 @@ async def walk(
         level = next_level
 
 
+def checked_length(data: bytes, length: int, where: str) -> bytes:
+    """`data`, if it is as long as the tree says its chunk is."""
+    if len(data) != length:
+        raise FormatError(f"{where}: a chunk is {len(data)} bytes, the tree says {length}")
+    return data
+
+
 def split_path(path: str) -> tuple[str, ...]:
     """A user-given path inside a manifest as components (`a/b/`, `/a/b` and `a//b` all work)."""
     parts = tuple(p for p in path.split("/") if p not in ("", "."))
@@ -141,39 +149,29 @@ async def stream_file(
     where = where or entry.name
     if entry.inline is not None:
         data = entry.inline
-        check_digest(entry, new_hasher_of(data), where)
+        hasher = new_hasher()
+        hasher.update(data)
+        check_digest(entry, hasher, where)
         await sink(data)
         return
     check_chunks(entry, max_chunk, where)
     hasher = new_hasher()
-    window: list[asyncio.Task[bytes]] = []
-    refs = list(entry.chunks)
-    next_index = 0
+    window: list[tuple[ChunkRef, asyncio.Task[bytes]]] = []
+    pending = iter(entry.chunks)
     try:
-        while next_index < len(refs) or window:
-            while next_index < len(refs) and len(window) < prefetch:
-                ref = refs[next_index]
-                window.append(asyncio.ensure_future(repo.get_chunk(ref.id, max_chunk)))
-                next_index += 1
-            data = await window.pop(0)
-            expected = refs[next_index - len(window) - 1].length
-            if len(data) != expected:
-                raise FormatError(
-                    f"{where}: a chunk is {len(data)} bytes, the tree says {expected}"
-                )
+        while True:
+            for ref in itertools.islice(pending, prefetch - len(window)):
+                window.append((ref, asyncio.ensure_future(repo.get_chunk(ref.id, max_chunk))))
+            if not window:
+                break
+            ref, task = window.pop(0)
+            data = checked_length(await task, ref.length, where)
             hasher.update(data)
             await sink(data)
     finally:
-        for task in window:
+        for _, task in window:
             task.cancel()
     check_digest(entry, hasher, where)
-
-
-def new_hasher_of(data: bytes) -> object:
-    """A hasher already fed `data`."""
-    hasher = new_hasher()
-    hasher.update(data)
-    return hasher
 
 
 def check_digest(entry: FileEntry, hasher: object, where: str) -> None:

@@ -162,13 +162,6 @@ class ChunkCache:
             except lmdb.Error:
                 return
 
-    def __contains__(self, object_id: ObjectId) -> bool:
-        try:
-            with self._env.begin() as txn:
-                return txn.get(bytes(object_id), db=self._meta) is not None
-        except lmdb.Error:
-            return False
-
     def _touch(self, key: bytes, now: int, size: int) -> None:
         try:
             with self._env.begin(write=True) as txn:

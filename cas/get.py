@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from cas.batching import batch_by_size
-from cas.browse import Located, check_digest, walk
-from cas.errors import FormatError, UsageError
+from cas.browse import Located, check_digest, checked_length, walk
+from cas.errors import UsageError
 from cas.fswrite import Destination, PendingFile
 from cas.ids import ObjectId, new_hasher
 from cas.objects import ChunkRef, DirEntry, FileEntry, Manifest, SymlinkEntry
@@ -145,7 +145,9 @@ class Downloader:
             if entry.inline is not None:
                 pieces: list[bytes] = [entry.inline]
             else:
-                pieces = [_checked(chunks[c.id], c.length, located.path) for c in entry.chunks]
+                pieces = [
+                    checked_length(chunks[c.id], c.length, located.path) for c in entry.chunks
+                ]
             hasher = new_hasher()
             for piece in pieces:
                 hasher.update(piece)
@@ -195,7 +197,7 @@ class Downloader:
         where: str,
     ) -> None:
         for ref in segment:
-            data = _checked(chunks[ref.id], ref.length, where)
+            data = checked_length(chunks[ref.id], ref.length, where)
             hasher.update(data)  # type: ignore[attr-defined]
             pending.write(data)
             self.progress.advance(len(data))
@@ -241,12 +243,6 @@ def _segments(entry: FileEntry) -> list[list[ChunkRef]]:
         segments[-1].append(ref)
         size += ref.length
     return segments
-
-
-def _checked(data: bytes, length: int, where: str) -> bytes:
-    if len(data) != length:
-        raise FormatError(f"{where}: a chunk is {len(data)} bytes, the tree says {length}")
-    return data
 
 
 async def get_manifest(

@@ -30,7 +30,7 @@ from typing import Final
 from cas import __version__, codec
 from cas.batching import batch_by_size
 from cas.chunking import Chunker, ChunkParams, FastCdcChunker
-from cas.errors import AlreadyExists, CasError, SourceError, UsageError
+from cas.errors import AlreadyExists, SourceError, UsageError
 from cas.filescache import CachedFile, FileIdentity, FilesCache
 from cas.ids import ObjectId, hash_bytes, new_hasher
 from cas.objects import (
@@ -97,7 +97,6 @@ class PutStats:
     chunks_new: int = 0
     bytes_new_raw: int = 0
     bytes_uploaded: int = 0
-    trees_new: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -633,4 +632,4 @@ async def put_directory(
     return await Uploader(repo, options, progress).put(source)
 
 
-__all__ = ["CasError", "PutOptions", "PutResult", "PutStats", "Uploader", "put_directory"]
+__all__ = ["PutOptions", "PutResult", "PutStats", "Uploader", "put_directory"]

@@ -17,7 +17,7 @@ from typing import Final
 from cas import codec
 from cas.cache import ChunkCache
 from cas.errors import IntegrityError, ObjectNotFound
-from cas.ids import ObjectId, hash_bytes, is_object_id
+from cas.ids import ObjectId, hash_bytes, is_object_id, verify
 from cas.objects import MAX_MANIFEST_BYTES, MAX_TREE_BYTES, Manifest, Tree
 from cas.store.base import Kind, Store, validate_ref_name
 
@@ -38,9 +38,7 @@ def encode_object(data: bytes | memoryview, level: int) -> tuple[ObjectId, bytes
 def decode_object(kind: Kind, object_id: ObjectId, blob: bytes, max_size: int) -> bytes:
     """Decompress within `max_size` and verify the id."""
     data = codec.decode(blob, max_size, kind=str(kind), object_id=str(object_id))
-    got = hash_bytes(data)
-    if got != object_id:
-        raise IntegrityError(str(kind), str(object_id), f"content hashes to {got}")
+    verify(str(kind), object_id, data)
     return data
 
 
