@@ -32,9 +32,36 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.delenv("CAS_CACHE_SIZE", raising=False)
 
 
-@dataclass
 class Backend:
-    """A store plus raw access that bypasses the Store interface (ground truth)."""
+    """A store plus ground-truth access that bypasses the `Store` interface.
+
+    Each backend fixture yields a subclass: the conformance suite plants and
+    inspects raw objects through it, so a remote backend is checked against
+    what its server really holds, not against its own client.
+    """
+
+    store: Store
+
+    def plant(self, kind: Kind, object_id: ObjectId, data: bytes) -> None:
+        """Write raw bytes under a name, replacing what is there (a corrupting writer)."""
+        raise NotImplementedError
+
+    def peek(self, kind: Kind, object_id: ObjectId) -> bytes | None:
+        """The raw stored bytes, or None."""
+        raise NotImplementedError
+
+    def plant_partial(self, name: str, data: bytes) -> None:
+        """A half-written upload as a killed writer would leave it."""
+        raise NotImplementedError
+
+    def snapshot(self) -> object:
+        """Everything the backend holds, comparable with `==` (to prove nothing changed)."""
+        raise NotImplementedError
+
+
+@dataclass
+class LocalBackend(Backend):
+    """A `LocalStore` and its directory."""
 
     store: Store
     root: Path
@@ -55,21 +82,23 @@ class Backend:
         return path.read_bytes() if path.exists() else None
 
     def plant_partial(self, name: str, data: bytes) -> None:
-        """A half-written upload as a killed writer would leave it."""
         (self.root / "tmp" / name).write_bytes(data)
+
+    def snapshot(self) -> object:
+        return sorted(p for p in self.root.rglob("*"))
 
 
 @pytest.fixture
 def local_backend(tmp_path: Path) -> Iterator[Backend]:
     root = tmp_path / "store"
-    yield Backend(LocalStore(root, fsync=False), root)
+    yield LocalBackend(LocalStore(root, fsync=False), root)
 
 
 @pytest.fixture
 def local_durable_backend(tmp_path: Path) -> Iterator[Backend]:
     """The default write path: O_TMPFILE, syncfs/fsync, then link."""
     root = tmp_path / "store"
-    yield Backend(LocalStore(root, fsync=True), root)
+    yield LocalBackend(LocalStore(root, fsync=True), root)
 
 
 @pytest.fixture
@@ -78,7 +107,7 @@ def local_named_temp_backend(tmp_path: Path) -> Iterator[Backend]:
     root = tmp_path / "store"
     store = LocalStore(root, fsync=True)
     store._tmpfile_ok = False
-    yield Backend(store, root)
+    yield LocalBackend(store, root)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
