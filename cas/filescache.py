@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import blake3
 import lmdb
@@ -38,6 +38,9 @@ from cas.chunking import ChunkParams
 from cas.ids import ID_BYTES, ObjectId
 from cas.lmdbenv import open_env
 from cas.objects import ChunkRef
+
+if TYPE_CHECKING:
+    from cas.walk import SourceEntry
 
 RACY_WINDOW_NS: Final = 2 * 10**9
 MAX_AGE_S: Final = 30 * 24 * 3600
@@ -77,6 +80,7 @@ class FilesCache:
     """Path -> chunk list, per store and chunking parameters, in LMDB."""
 
     def __init__(self, directory: Path, store_url: str, params: ChunkParams) -> None:
+        self.directory = directory
         path = directory / "files.lmdb"
         # A cache: a crash may lose the newest entries, nothing worse.
         self._env = open_env(path, map_size=_MAP_SIZE, max_dbs=2, sync=False, what="files cache")
@@ -188,3 +192,23 @@ def _decode(raw: bytes) -> CachedFile | None:
     if sum(c.length for c in chunks) != size or any(c.length <= 0 for c in chunks):
         return None
     return CachedFile(FileIdentity(size, mtime, ctime, inode), ObjectId(digest), chunks, _used)
+
+
+def reusable_candidates(
+    cache: FilesCache, files: Sequence[SourceEntry], inline_max: int
+) -> dict[str, CachedFile]:
+    """Remembered files of `files` whose stat is unchanged (their chunks still need a check)."""
+    items = [(f.path, FileIdentity.of(f.st)) for f in files if f.st.st_size > inline_max]
+    return cache.lookup_many(items) if items else {}
+
+
+def chunk_ids(cached: dict[str, CachedFile]) -> list[ObjectId]:
+    """Every chunk the remembered files name, once each."""
+    return list(dict.fromkeys(ref.id for hit in cached.values() for ref in hit.chunks))
+
+
+def still_stored(cached: dict[str, CachedFile], absent: set[ObjectId]) -> dict[str, CachedFile]:
+    """The remembered files none of whose chunks the store lacks."""
+    return {
+        path: hit for path, hit in cached.items() if not any(r.id in absent for r in hit.chunks)
+    }

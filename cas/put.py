@@ -18,23 +18,31 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Final
 
-from cas import __version__, codec
+from cas import __version__, codec, putworker
 from cas.batching import batch_by_size
-from cas.chunking import Chunker, ChunkParams, FastCdcChunker
-from cas.errors import AlreadyExists, SourceError, UsageError
-from cas.filescache import CachedFile, FileIdentity, FilesCache
-from cas.ids import ObjectId, hash_bytes, new_hasher
+from cas.chunking import ChunkParams, FastCdcChunker
+from cas.errors import AlreadyExists, CasError, SourceError, UsageError
+from cas.filecut import CutSettings, FileCutter, entry_from_cache
+from cas.filescache import (
+    CachedFile,
+    FilesCache,
+    chunk_ids,
+    reusable_candidates,
+    still_stored,
+)
+from cas.ids import ObjectId
 from cas.objects import (
-    ChunkRef,
     DirEntry,
     Entry,
     FileEntry,
@@ -56,6 +64,7 @@ _BATCH_FILES: Final = 128
 _COMPRESS_IN_POOL_FROM: Final = 32 << 20
 _BATCH_MAX: Final = 1000
 _BATCH_WAIT: Final = 0.002
+_PROCESSES_FROM: Final = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,8 @@ class PutOptions:
     ref: str | None = None
     inline_max: int = DEFAULT_INLINE_MAX
     workers: int = max(1, os.cpu_count() or 1)
+    processes: bool | None = None
+    """Worker processes for small files: None decides by tree size, False never, True always."""
 
     def __post_init__(self) -> None:
         if self.reproducible:  # reproducible ids cannot depend on when files were touched
@@ -160,7 +171,12 @@ class _MissingBatcher:
 
 
 class Uploader:
-    """One put: create per call of `put` (it holds per-run state)."""
+    """One put: create per call of `put` (it holds per-run state).
+
+    Large puts start worker processes with the `forkserver` method, which
+    re-imports the caller's main module: a script that puts must guard its
+    entry point with `if __name__ == "__main__":` (the `cas` command does).
+    """
 
     def __init__(
         self,
@@ -185,6 +201,10 @@ class Uploader:
         self._stats_lock = threading.Lock()
         self._budget = threading.Semaphore(max(2, 3 * self.options.workers))
         self._stored: dict[ObjectId, asyncio.Future[None]] = {}
+        opts = self.options
+        self._settings = CutSettings(opts.params, opts.inline_max, opts.mtimes)
+        self._pool: ProcessPoolExecutor | None = None
+        self._small_bytes = 0
 
     # ------------------------------------------------------------ entry point
 
@@ -206,6 +226,7 @@ class Uploader:
         workers = self.options.workers
         self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
         self._cpu_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
+        self._worker_slots = asyncio.Semaphore(2 * workers)
         try:
             root_tree, totals = await self._put_dir(root, "")
         except BaseException:
@@ -214,6 +235,8 @@ class Uploader:
         finally:
             await asyncio.to_thread(self._file_pool.shutdown, True, cancel_futures=True)
             await asyncio.to_thread(self._cpu_pool.shutdown, True, cancel_futures=True)
+            if self._pool is not None:
+                await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
 
         opts = self.options
         manifest = Manifest(
@@ -314,42 +337,91 @@ class Uploader:
     async def _put_files(self, batch: list[SourceEntry]) -> list[FileEntry]:
         # A large file's chunks are compressed by the CPU pool, so one big file uses every core.
         large = len(batch) == 1 and batch[0].st.st_size >= _COMPRESS_IN_POOL_FROM
+        if not large and self._in_worker_process(batch):
+            return await self._put_files_in_worker(batch)
         groups = _GroupSender(self, compress_here=not large)
         entries = await self._loop.run_in_executor(self._file_pool, self._read_files, batch, groups)
         for future in groups.waits:
             await asyncio.wrap_future(future)
         return entries
 
+    def _in_worker_process(self, batch: list[SourceEntry]) -> bool:
+        """Hand small files to worker processes once the tree proves big enough to pay for them.
+
+        Starting the workers costs about a tenth of a second, so a small put
+        stays in threads.
+        """
+        choice = self.options.processes
+        if choice is False or self.options.workers < 2 or self.repo.store.opener() is None:
+            return False
+        if choice is None and self._pool is None:
+            self._small_bytes += sum(child.st.st_size for child in batch)
+            return self._small_bytes > _PROCESSES_FROM
+        return True
+
+    def _worker_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            opener = self.repo.store.opener()
+            assert opener is not None
+            config = putworker.WorkerConfig(
+                open_store=opener,
+                store_url=self.repo.store.url,
+                settings=self._settings,
+                level=self.options.level,
+                files_cache_dir=(
+                    None if self.files_cache is None else str(self.files_cache.directory)
+                ),
+                started_ns=self._started_ns,
+            )
+            self._pool = ProcessPoolExecutor(
+                self.options.workers,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=putworker.start,
+                initargs=(config,),
+            )
+        return self._pool
+
+    async def _put_files_in_worker(self, batch: list[SourceEntry]) -> list[FileEntry]:
+        async with self._worker_slots:
+            if self._abort.is_set():
+                raise asyncio.CancelledError
+            try:
+                result = await self._loop.run_in_executor(
+                    self._worker_pool(), putworker.put_batch, batch
+                )
+            except BrokenProcessPool:
+                raise CasError("a put worker process died (out of memory or killed)") from None
+        for warning in result.warnings:
+            self.progress.warn(warning)
+        self._count(**result.counts)
+        self.progress.advance(result.counts["bytes_read"] + result.counts["bytes_unchanged"])
+        return result.entries
+
     def _read_files(self, batch: list[SourceEntry], groups: _GroupSender) -> list[FileEntry]:
         """Runs in a reader thread: reuse unchanged files, read, cut and hash the rest."""
         unchanged = self._unchanged(batch)
         entries = []
         remember: list[tuple[str, CachedFile]] = []
+        cutter = self._cutter()
         for child in batch:
             hit = unchanged.get(child.path)
             if hit is not None:
-                entry = FileEntry(
-                    child.name,
-                    stat.S_IMODE(child.st.st_mode),
-                    hit.identity.size,
-                    self._mtime(child),
-                    hit.digest,
-                    hit.chunks,
-                    None,
-                )
+                entry = entry_from_cache(cutter.settings, child, hit)
                 self._count(
                     files=1, files_unchanged=1, bytes_unchanged=entry.size, chunks=len(entry.chunks)
                 )
                 self.progress.advance(entry.size)
                 remember.append((child.path, hit))
             else:
-                entry, changed = self._read_file(child, groups)
-                if entry.inline is None and not changed:
-                    identity = FileIdentity.of(child.st)
-                    if identity.size == entry.size:
-                        remember.append(
-                            (child.path, CachedFile(identity, entry.digest, entry.chunks))
-                        )
+                cut = cutter.cut(child, groups.add)
+                entry = cut.entry
+                self._count(files=1, bytes_read=entry.size, chunks=len(entry.chunks))
+                warning = cut.warning(child)
+                if warning is not None:
+                    self.progress.warn(warning)
+                record = cut.remembered(child)
+                if record is not None:
+                    remember.append((child.path, record))
             entries.append(entry)
         groups.flush()
         if self.files_cache is not None and remember:
@@ -360,108 +432,20 @@ class Uploader:
         """Files whose cached chunk list can be reused: same stat, and chunks still stored."""
         if self.files_cache is None:
             return {}
-        candidates = [
-            (c.path, FileIdentity.of(c.st)) for c in batch if c.st.st_size > self.options.inline_max
-        ]
-        cached = self.files_cache.lookup_many(candidates) if candidates else {}
+        cached = reusable_candidates(self.files_cache, batch, self.options.inline_max)
         if not cached:
             return {}
-        ids = list(dict.fromkeys(ref.id for hit in cached.values() for ref in hit.chunks))
-        absent = asyncio.run_coroutine_threadsafe(self._batcher.missing(ids), self._loop).result()
-        return {
-            path: hit
-            for path, hit in cached.items()
-            if not any(ref.id in absent for ref in hit.chunks)
-        }
+        ask = self._batcher.missing(chunk_ids(cached))
+        return still_stored(cached, asyncio.run_coroutine_threadsafe(ask, self._loop).result())
 
-    def _chunker(self) -> Chunker:
-        chunker = getattr(self._local, "chunker", None)
-        if chunker is None:
-            chunker = self._local.chunker = self._chunker_factory(self.options.params)
-        return chunker
-
-    def _read_file(self, child: SourceEntry, groups: _GroupSender) -> tuple[FileEntry, bool]:
-        if self._abort.is_set():
-            raise asyncio.CancelledError
-        try:
-            fd = os.open(child.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise SourceError(f"{child.path} changed type while being read")
-            whole_limit = 2 * self.options.params.max_size
-            data = _read_whole(fd, st.st_size, whole_limit) if st.st_size < whole_limit else None
-            if data is None:
-                chunks, size, digest = self._cut_stream(fd, groups)
-                after = os.fstat(fd)
-                changed = (after.st_mtime_ns, after.st_size) != (st.st_mtime_ns, st.st_size)
-            else:
-                changed = len(data) != st.st_size
-                if len(data) <= self.options.inline_max:
-                    self._count(files=1, bytes_read=len(data))
-                    self.progress.advance(len(data))
-                    entry = FileEntry(
-                        child.name,
-                        stat.S_IMODE(st.st_mode),
-                        len(data),
-                        self._mtime(child),
-                        hash_bytes(data),
-                        (),
-                        data,
-                    )
-                    return entry, changed
-                chunks, size, digest = self._cut_buffer(data, groups)
-        except OSError as exc:
-            raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        if changed:
-            self.progress.warn(f"{child.rel} changed while being read; stored what was read")
-        entry = FileEntry(
-            child.name,
-            stat.S_IMODE(st.st_mode),
-            size,
-            self._mtime(child),
-            digest,
-            tuple(chunks),
-            None,
-        )
-        # Only a file that matched its walk-time stat throughout may be remembered.
-        return entry, changed or FileIdentity.of(st) != FileIdentity.of(child.st)
-
-    def _cut_buffer(
-        self, data: bytes, groups: _GroupSender
-    ) -> tuple[list[ChunkRef], int, ObjectId]:
-        refs = []
-        for chunk in self._chunker().chunks_of_buffer(data):
-            piece = data[chunk.offset : chunk.offset + chunk.length]
-            chunk_id = hash_bytes(piece)
-            refs.append(ChunkRef(chunk_id, len(piece)))
-            groups.add(chunk_id, piece)
-        self._count(files=1, bytes_read=len(data), chunks=len(refs))
-        self.progress.advance(len(data))
-        digest = refs[0].id if len(refs) == 1 else hash_bytes(data)  # one chunk: same bytes
-        return refs, len(data), digest
-
-    def _cut_stream(self, fd: int, groups: _GroupSender) -> tuple[list[ChunkRef], int, ObjectId]:
-        whole = new_hasher()
-        refs: list[ChunkRef] = []
-        size = 0
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
-            for chunk in self._chunker().chunks(stream):
-                if self._abort.is_set():
-                    raise asyncio.CancelledError
-                data = bytes(chunk.data)  # the chunker reuses its buffer for the next chunk
-                whole.update(data)
-                chunk_id = hash_bytes(data)
-                refs.append(ChunkRef(chunk_id, len(data)))
-                size += len(data)
-                groups.add(chunk_id, data)
-                self.progress.advance(len(data))
-        self._count(files=1, bytes_read=size, chunks=len(refs))
-        return refs, size, ObjectId(whole.digest())
+    def _cutter(self) -> FileCutter:
+        cutter = getattr(self._local, "cutter", None)
+        if cutter is None:
+            chunker = self._chunker_factory(self.options.params)
+            cutter = self._local.cutter = FileCutter(
+                self._settings, chunker, self._abort, self.progress.advance
+            )
+        return cutter
 
     def _submit_group(
         self, group: list[tuple[ObjectId, bytes]], compress_here: bool
@@ -569,23 +553,6 @@ class _Claim:
     data: dict[ObjectId, bytes] = field(default_factory=dict)
     earlier: list[asyncio.Future[None]] = field(default_factory=list)
     todo: list[tuple[ObjectId, bytes]] = field(default_factory=list)
-
-
-def _read_whole(fd: int, size: int, limit: int) -> bytes | None:
-    """A small file's bytes in as few reads as possible; None if it grew to `limit`."""
-    first = os.read(fd, size + 1)
-    if len(first) == size:  # a short read of a regular file means end of file
-        return first
-    parts = [first]
-    total = len(first)
-    while total < limit:
-        piece = os.read(fd, limit - total)
-        if not piece:
-            return b"".join(parts)
-        parts.append(piece)
-        total += len(piece)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return None
 
 
 class _GroupSender:

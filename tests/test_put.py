@@ -106,6 +106,17 @@ def all_trees_complete(store_root: Path) -> None:
     asyncio.run(check())
 
 
+def settled_count(directory: Path) -> int:
+    """The number of files once it has stopped changing for a moment."""
+    count, since = count_files(directory), time.monotonic()
+    while time.monotonic() - since < 0.5:
+        time.sleep(0.05)
+        now = count_files(directory)
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def test_failed_upload_leaves_no_manifest_and_rerun_uploads_the_rest(tmp_path):
     src = tmp_path / "src"
     make_tree(src, files=30)
@@ -139,8 +150,8 @@ def test_killed_put_leaves_no_manifest_and_rerun_completes(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "put finished before it could be killed"
     assert count_files(store_dir / "manifest") == 0
+    stored_before = settled_count(chunk_dir)  # worker processes die with the put, not at once
     all_trees_complete(store_dir)
-    stored_before = count_files(chunk_dir)
     done = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, check=True)
     import json
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -190,6 +190,15 @@ class Store(ABC):
                 return object_id, await self.get(kind, object_id, max_size=max_size)
 
         return dict(await asyncio.gather(*(one(i) for i in dict.fromkeys(ids))))
+
+    def opener(self) -> Callable[[], Store] | None:
+        """A picklable way to open this same store in another process, or None.
+
+        put hands batches of small files to worker processes only for stores
+        that have one; wrappers and test doubles keep the default so that
+        every call goes through them.
+        """
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release connections and files."""

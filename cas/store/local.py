@@ -135,6 +135,10 @@ class LocalStore(Store):
         self.capabilities = Capabilities(max_concurrency=16, atomic_create=True)
         self._open(create)
 
+    def opener(self) -> Callable[[], Store]:
+        """The same directory, opened with the same durability, in another process."""
+        return functools.partial(LocalStore, self.root, create=False, fsync=self.fsync)
+
     # ------------------------------------------------------------ layout
 
     def _open(self, create: bool) -> None:

@@ -1,0 +1,134 @@
+"""put's worker processes: same result as the threaded path, same safety, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from cas.errors import SourceError
+from cas.filescache import FilesCache
+from cas.get import get_manifest
+from cas.put import PutOptions, Uploader
+from cas.repo import Repository
+from cas.store.local import LocalStore
+from cas.walk import SourceEntry
+from tests.conftest import snapshot
+from tests.store.faulty import FaultyStore
+
+
+def build_tree(root: Path) -> None:
+    """Inline, single-chunk, multi-chunk and duplicate files across several batches."""
+    rng = __import__("random").Random(7)
+    for d in range(5):
+        sub = root / f"d{d}" / "deeper"
+        sub.mkdir(parents=True)
+        for i in range(40):
+            size = rng.choice([0, 100, 4096, 4097, 60_000, 300_000, 1_500_000])
+            (sub / f"f{i}").write_bytes(rng.randbytes(size))
+        (sub / "same-as-first").write_bytes(
+            (root / "d0" / "deeper" / "f0").read_bytes() if d else b"x" * 9000
+        )
+        os.symlink("f0", sub / "link")
+    (root / "big").write_bytes(rng.randbytes(5 << 20))
+
+
+def put(store, src, files_cache=None, **options):
+    async def run():
+        async with store:
+            uploader = Uploader(Repository(store), PutOptions(**options), files_cache=files_cache)
+            return await uploader.put(src)
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    build_tree(src)
+    return src
+
+
+def test_processes_and_threads_describe_a_tree_identically(tmp_path, tree):
+    in_threads = put(LocalStore(tmp_path / "s1", fsync=False), tree, processes=False)
+    in_processes = put(LocalStore(tmp_path / "s2", fsync=False), tree, processes=True)
+    assert in_processes.manifest.root == in_threads.manifest.root
+    assert in_processes.stats.chunks_new == in_threads.stats.chunks_new
+    assert in_processes.stats.bytes_read == in_threads.stats.bytes_read
+    chunks = sorted(p.name for p in (tmp_path / "s1" / "chunk").rglob("*") if p.is_file())
+    assert chunks == sorted(p.name for p in (tmp_path / "s2" / "chunk").rglob("*") if p.is_file())
+
+
+def test_put_in_processes_restores_exactly(tmp_path, tree):
+    store_dir = tmp_path / "store"
+    result = put(LocalStore(store_dir), tree, processes=True)
+
+    async def get():
+        async with LocalStore(store_dir, create=False) as store:
+            await get_manifest(Repository(store), result.manifest_id, tmp_path / "out")
+
+    asyncio.run(get())
+    assert snapshot(tmp_path / "out") == snapshot(tree)
+
+
+def test_workers_use_and_fill_the_files_cache(tmp_path, tree, monkeypatch):
+    store = tmp_path / "store"
+    cache = FilesCache(tmp_path / "cache", f"file://{store}", PutOptions().params)
+    real = time.time_ns  # files younger than two seconds are never trusted: start "later"
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 10 * 10**9)
+    try:
+        first = put(LocalStore(store), tree, files_cache=cache, processes=True)
+        again = put(LocalStore(store), tree, files_cache=cache, processes=True)
+    finally:
+        cache.close()
+    regular = [p for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
+    chunked = sum(1 for p in regular if p.stat().st_size > 4096)
+    assert first.stats.files_unchanged == 0
+    assert again.stats.files_unchanged == chunked
+    assert again.stats.bytes_read <= 4096 * 250  # only inline-sized files are read again
+    assert again.manifest.root == first.manifest.root
+
+
+def test_worker_read_error_fails_the_put_with_the_path(tmp_path, tree):
+    store = LocalStore(tmp_path / "store", fsync=False)
+
+    async def run():
+        async with store:
+            uploader = Uploader(Repository(store), PutOptions(processes=True))
+            uploader._loop = asyncio.get_running_loop()
+            uploader._worker_slots = asyncio.Semaphore(2)
+            try:
+                ghost = SourceEntry("gone", str(tmp_path / "gone"), "gone", os.stat(tree / "big"))
+                await uploader._put_files_in_worker([ghost])
+            finally:
+                if uploader._pool is not None:
+                    uploader._pool.shutdown()
+
+    with pytest.raises(SourceError, match="gone"):
+        asyncio.run(run())
+
+
+def test_stores_without_an_opener_stay_in_threads(tmp_path, tree):
+    inner = LocalStore(tmp_path / "store", fsync=False)
+    wrapped = FaultyStore(inner, fail_on={})
+    result = put(wrapped, tree, processes=True)
+    assert result.stats.files > 0
+    assert wrapped.calls["put_if_absent"] > 0  # every write went through the wrapper
+
+
+def test_source_removed_after_put_leaves_store_readable(tmp_path, tree):
+    store_dir = tmp_path / "store"
+    result = put(LocalStore(store_dir), tree, processes=True)
+    shutil.rmtree(tree)
+
+    async def get():
+        async with LocalStore(store_dir, create=False) as store:
+            await get_manifest(Repository(store), result.manifest_id, tmp_path / "out")
+
+    asyncio.run(get())
+    assert (tmp_path / "out" / "big").stat().st_size == 5 << 20
