@@ -335,15 +335,56 @@ class Uploader:
     # ------------------------------------------------------------ files
 
     async def _put_files(self, batch: list[SourceEntry]) -> list[FileEntry]:
-        # A large file's chunks are compressed by the CPU pool, so one big file uses every core.
-        large = len(batch) == 1 and batch[0].st.st_size >= _COMPRESS_IN_POOL_FROM
-        if not large and self._in_worker_process(batch):
-            return await self._put_files_in_worker(batch)
-        groups = _GroupSender(self, compress_here=not large)
-        entries = await self._loop.run_in_executor(self._file_pool, self._read_files, batch, groups)
+        """Entries of `batch`, in order: unchanged files from the files cache, the rest read."""
+        reused, remember = await self._reuse_unchanged(batch)
+        fresh = [child for child in batch if child.path not in reused]
+        read: dict[str, FileEntry] = {}
+        if fresh:
+            # A large file's chunks are compressed by the CPU pool, so it uses every core.
+            large = len(fresh) == 1 and fresh[0].st.st_size >= _COMPRESS_IN_POOL_FROM
+            if not large and self._in_worker_process(fresh):
+                entries, records = await self._read_in_worker(fresh)
+            else:
+                entries, records = await self._read_in_thread(fresh, compress_here=not large)
+            read = {child.path: entry for child, entry in zip(fresh, entries, strict=True)}
+            remember.extend(records)
+        if self.files_cache is not None and remember:
+            await asyncio.to_thread(self.files_cache.record_many, remember, self._started_ns)
+        return [reused.get(child.path) or read[child.path] for child in batch]
+
+    async def _reuse_unchanged(
+        self, batch: list[SourceEntry]
+    ) -> tuple[dict[str, FileEntry], list[tuple[str, CachedFile]]]:
+        """Files the cache remembers with the same stat and whose chunks are all still stored.
+
+        Decided before any file is read, so a warm put of an unchanged tree
+        reads no content and starts no worker process.
+        """
+        if self.files_cache is None:
+            return {}, []
+        cached = reusable_candidates(self.files_cache, batch, self.options.inline_max)
+        if not cached:
+            return {}, []
+        hits = still_stored(cached, await self._batcher.missing(chunk_ids(cached)))
+        reused: dict[str, FileEntry] = {}
+        for child in batch:
+            hit = hits.get(child.path)
+            if hit is not None:
+                entry = reused[child.path] = entry_from_cache(self._settings, child, hit)
+                self._count(
+                    files=1, files_unchanged=1, bytes_unchanged=entry.size, chunks=len(hit.chunks)
+                )
+                self.progress.advance(entry.size)
+        return reused, list(hits.items())
+
+    async def _read_in_thread(
+        self, batch: list[SourceEntry], compress_here: bool
+    ) -> tuple[list[FileEntry], list[tuple[str, CachedFile]]]:
+        groups = _GroupSender(self, compress_here=compress_here)
+        done = await self._loop.run_in_executor(self._file_pool, self._read_files, batch, groups)
         for future in groups.waits:
             await asyncio.wrap_future(future)
-        return entries
+        return done
 
     def _in_worker_process(self, batch: list[SourceEntry]) -> bool:
         """Hand small files to worker processes once the tree proves big enough to pay for them.
@@ -364,14 +405,7 @@ class Uploader:
             opener = self.repo.store.opener()
             assert opener is not None
             config = putworker.WorkerConfig(
-                open_store=opener,
-                store_url=self.repo.store.url,
-                settings=self._settings,
-                level=self.options.level,
-                files_cache_dir=(
-                    None if self.files_cache is None else str(self.files_cache.directory)
-                ),
-                started_ns=self._started_ns,
+                open_store=opener, settings=self._settings, level=self.options.level
             )
             self._pool = ProcessPoolExecutor(
                 self.options.workers,
@@ -381,7 +415,9 @@ class Uploader:
             )
         return self._pool
 
-    async def _put_files_in_worker(self, batch: list[SourceEntry]) -> list[FileEntry]:
+    async def _read_in_worker(
+        self, batch: list[SourceEntry]
+    ) -> tuple[list[FileEntry], list[tuple[str, CachedFile]]]:
         async with self._worker_slots:
             if self._abort.is_set():
                 raise asyncio.CancelledError
@@ -394,49 +430,28 @@ class Uploader:
         for warning in result.warnings:
             self.progress.warn(warning)
         self._count(**result.counts)
-        self.progress.advance(result.counts["bytes_read"] + result.counts["bytes_unchanged"])
-        return result.entries
+        self.progress.advance(result.counts["bytes_read"])
+        return result.entries, result.remember
 
-    def _read_files(self, batch: list[SourceEntry], groups: _GroupSender) -> list[FileEntry]:
-        """Runs in a reader thread: reuse unchanged files, read, cut and hash the rest."""
-        unchanged = self._unchanged(batch)
+    def _read_files(
+        self, batch: list[SourceEntry], groups: _GroupSender
+    ) -> tuple[list[FileEntry], list[tuple[str, CachedFile]]]:
+        """Runs in a reader thread: read, cut and hash files, send their chunks on."""
         entries = []
         remember: list[tuple[str, CachedFile]] = []
         cutter = self._cutter()
         for child in batch:
-            hit = unchanged.get(child.path)
-            if hit is not None:
-                entry = entry_from_cache(cutter.settings, child, hit)
-                self._count(
-                    files=1, files_unchanged=1, bytes_unchanged=entry.size, chunks=len(entry.chunks)
-                )
-                self.progress.advance(entry.size)
-                remember.append((child.path, hit))
-            else:
-                cut = cutter.cut(child, groups.add)
-                entry = cut.entry
-                self._count(files=1, bytes_read=entry.size, chunks=len(entry.chunks))
-                warning = cut.warning(child)
-                if warning is not None:
-                    self.progress.warn(warning)
-                record = cut.remembered(child)
-                if record is not None:
-                    remember.append((child.path, record))
-            entries.append(entry)
+            cut = cutter.cut(child, groups.add)
+            self._count(files=1, bytes_read=cut.entry.size, chunks=len(cut.entry.chunks))
+            warning = cut.warning(child)
+            if warning is not None:
+                self.progress.warn(warning)
+            record = cut.remembered(child)
+            if record is not None:
+                remember.append((child.path, record))
+            entries.append(cut.entry)
         groups.flush()
-        if self.files_cache is not None and remember:
-            self.files_cache.record_many(remember, self._started_ns)
-        return entries
-
-    def _unchanged(self, batch: list[SourceEntry]) -> dict[str, CachedFile]:
-        """Files whose cached chunk list can be reused: same stat, and chunks still stored."""
-        if self.files_cache is None:
-            return {}
-        cached = reusable_candidates(self.files_cache, batch, self.options.inline_max)
-        if not cached:
-            return {}
-        ask = self._batcher.missing(chunk_ids(cached))
-        return still_stored(cached, asyncio.run_coroutine_threadsafe(ask, self._loop).result())
+        return entries, remember
 
     def _cutter(self) -> FileCutter:
         cutter = getattr(self._local, "cutter", None)

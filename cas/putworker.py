@@ -22,18 +22,11 @@ import signal
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cas import codec
 from cas.chunking import FastCdcChunker
-from cas.filecut import CutSettings, FileCutter, entry_from_cache
-from cas.filescache import (
-    CachedFile,
-    FilesCache,
-    chunk_ids,
-    reusable_candidates,
-    still_stored,
-)
+from cas.filecut import CutSettings, FileCutter
+from cas.filescache import CachedFile
 from cas.ids import ObjectId
 from cas.objects import FileEntry
 from cas.store.base import Kind, Store
@@ -45,18 +38,16 @@ class WorkerConfig:
     """Everything a worker needs, sent once when it starts (it must pickle)."""
 
     open_store: Callable[[], Store]
-    store_url: str
     settings: CutSettings
     level: int
-    files_cache_dir: str | None
-    started_ns: int
 
 
 @dataclass
 class BatchResult:
-    """What one batch did: its entries, in the batch's order, and its counts."""
+    """What one batch did: entries in the batch's order, files-cache records, counts."""
 
-    entries: list[FileEntry]
+    entries: list[FileEntry] = field(default_factory=list)
+    remember: list[tuple[str, CachedFile]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
 
@@ -67,54 +58,34 @@ class _Worker:
         self.runner = asyncio.Runner()
         self.store = config.open_store()
         self.cutter = FileCutter(config.settings, FastCdcChunker(config.settings.params))
-        self.files_cache = (
-            FilesCache(Path(config.files_cache_dir), config.store_url, config.settings.params)
-            if config.files_cache_dir is not None
-            else None
-        )
 
     def close(self) -> None:
         try:
             self.runner.run(self.store.aclose())
         finally:
             self.runner.close()
-            if self.files_cache is not None:
-                self.files_cache.close()
 
     def put_batch(self, batch: list[SourceEntry]) -> BatchResult:
         return self.runner.run(self._put_batch(batch))
 
     async def _put_batch(self, batch: list[SourceEntry]) -> BatchResult:
-        settings = self.config.settings
-        result = BatchResult(entries=[])
+        result = BatchResult()
         counts = result.counts
-        unchanged = await self._unchanged(batch)
         pending: dict[ObjectId, bytes] = {}
-        remember: list[tuple[str, CachedFile]] = []
         for child in batch:
-            hit = unchanged.get(child.path)
-            if hit is not None:
-                entry = entry_from_cache(settings, child, hit)
-                counts.update(
-                    files=1, files_unchanged=1, bytes_unchanged=entry.size, chunks=len(hit.chunks)
-                )
-                remember.append((child.path, hit))
-            else:
-                cut = self.cutter.cut(child, pending.__setitem__)
-                entry = cut.entry
-                counts.update(files=1, bytes_read=entry.size, chunks=len(entry.chunks))
-                warning = cut.warning(child)
-                if warning is not None:
-                    result.warnings.append(warning)
-                record = cut.remembered(child)
-                if record is not None:
-                    remember.append((child.path, record))
-            result.entries.append(entry)
+            cut = self.cutter.cut(child, pending.__setitem__)
+            counts.update(files=1, bytes_read=cut.entry.size, chunks=len(cut.entry.chunks))
+            warning = cut.warning(child)
+            if warning is not None:
+                result.warnings.append(warning)
+            record = cut.remembered(child)
+            if record is not None:
+                result.remember.append((child.path, record))
+            result.entries.append(cut.entry)
         if pending:
             absent = await self.store.missing(Kind.CHUNK, list(pending))
-            blobs = [
-                (i, codec.encode(pending[i], self.config.level)) for i in pending if i in absent
-            ]
+            level = self.config.level
+            blobs = [(i, codec.encode(pending[i], level)) for i in pending if i in absent]
             if blobs:
                 created = await self.store.put_many(Kind.CHUNK, blobs)
                 for (chunk_id, blob), new in zip(blobs, created, strict=True):
@@ -124,18 +95,7 @@ class _Worker:
                             bytes_new_raw=len(pending[chunk_id]),
                             bytes_uploaded=len(blob),
                         )
-        if self.files_cache is not None and remember:
-            self.files_cache.record_many(remember, self.config.started_ns)
         return result
-
-    async def _unchanged(self, batch: list[SourceEntry]) -> dict[str, CachedFile]:
-        """Files whose remembered chunk list can be reused: same stat, chunks still stored."""
-        if self.files_cache is None:
-            return {}
-        cached = reusable_candidates(self.files_cache, batch, self.config.settings.inline_max)
-        if not cached:
-            return {}
-        return still_stored(cached, await self.store.missing(Kind.CHUNK, chunk_ids(cached)))
 
 
 _PR_SET_PDEATHSIG = 1
@@ -143,7 +103,7 @@ _worker: _Worker | None = None
 
 
 def start(config: WorkerConfig) -> None:
-    """Process-pool initializer: open the store and caches once per worker."""
+    """Process-pool initializer: open the store once per worker."""
     global _worker
     # Ctrl-C reaches the whole process group; the put process decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -104,7 +104,7 @@ def test_worker_read_error_fails_the_put_with_the_path(tmp_path, tree):
             uploader._worker_slots = asyncio.Semaphore(2)
             try:
                 ghost = SourceEntry("gone", str(tmp_path / "gone"), "gone", os.stat(tree / "big"))
-                await uploader._put_files_in_worker([ghost])
+                await uploader._read_in_worker([ghost])
             finally:
                 if uploader._pool is not None:
                     uploader._pool.shutdown()
