@@ -40,7 +40,15 @@ from cas.errors import DestinationError, ObjectNotFound, UsageError
 from cas.filescache import FilesCache
 from cas.fswrite import Destination, PendingFile
 from cas.ids import ObjectId, new_hasher
-from cas.localchunks import Describer, LocalChunks, LocalFile, Origin, batched, regular_files
+from cas.localchunks import (
+    Described,
+    Describer,
+    LocalChunks,
+    LocalFile,
+    Origin,
+    batched,
+    regular_files,
+)
 from cas.objects import ChunkRef, DirEntry, FileEntry, Manifest, SymlinkEntry
 from cas.progress import NullProgress, Progress
 from cas.repo import Repository
@@ -179,6 +187,7 @@ class Downloader:
         self.stats = GetStats()
         self._lock = threading.Lock()
         self._local: LocalChunks | None = None
+        self._described: dict[str, Described] = {}
 
     async def get(
         self,
@@ -275,6 +284,7 @@ class Downloader:
         ):
             items = [(os.path.join(root, rel), st) for rel, st in batch]
             described = await describer.describe_many(items)
+            self._described.update(described)
             for rel, _st in batch:
                 got = described.get(os.path.join(root, rel))
                 entry = layout.candidates[rel].entry
@@ -314,9 +324,17 @@ class Downloader:
             (rel, st) for rel, st in sorted(layout.existing.items()) if stat.S_ISREG(st.st_mode)
         ]
         for batch in batched(regular, _DESCRIBE_BATCH):
-            described = await describer.describe_many(
-                [(os.path.join(root, rel), st) for rel, st in batch]
-            )
+            described = {
+                path: self._described[path]
+                for rel, _st in batch
+                if (path := os.path.join(root, rel)) in self._described
+            }
+            rest = [
+                (path, st)
+                for rel, st in batch
+                if (path := os.path.join(root, rel)) not in self._described
+            ]
+            described.update(await describer.describe_many(rest))
             for rel, _st in batch:
                 path = os.path.join(root, rel)
                 if path in described:

@@ -101,7 +101,8 @@ class LocalChunks:
 
     def read_many(self, ids: list[ObjectId]) -> dict[ObjectId, bytes]:
         """The verified bytes of those `ids` local files still hold (blocking)."""
-        wanted = [(i, self._index[i]) for i in ids if i in self._index]
+        found = [(i, self._index.get(i)) for i in ids]
+        wanted = [(i, where) for i, where in found if where is not None]
         wanted.sort(key=lambda item: (item[1].file.path, item[1].offset))
         out: dict[ObjectId, bytes] = {}
         fd, open_path = -1, None

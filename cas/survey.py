@@ -61,7 +61,7 @@ class Layout:
     candidates: dict[str, Located] = field(default_factory=dict)
     """Manifest files over a regular file of the same size."""
     dirs_over_files: set[str] = field(default_factory=set)
-    """Manifest directories where the destination has a non-directory (not a symlink)."""
+    """Manifest directories where the destination has something else, set aside first."""
     extras: list[str] = field(default_factory=list)
     """Top-most selected destination paths the manifest lacks."""
     doomed: set[str] = field(default_factory=set)
@@ -85,7 +85,10 @@ class Layout:
                 continue
             entry = located.entry
             if isinstance(entry, DirEntry):
-                if not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+                # A symlink where a directory goes is replaced only with --delete: without
+                # it, get refuses (the link is never followed either way).
+                link = stat.S_ISLNK(st.st_mode)
+                if not stat.S_ISDIR(st.st_mode) and (delete or not link):
                     layout.dirs_over_files.add(rel)
                     if stat.S_ISREG(st.st_mode):
                         layout.doomed.add(rel)

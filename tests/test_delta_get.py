@@ -131,7 +131,7 @@ def test_symlink_where_a_file_should_be_is_replaced_never_followed(tmp_path, kin
 
 
 def test_symlink_where_a_directory_should_be_is_refused(tmp_path):
-    """Kept from the plain get: a link in the way of a directory is an error, not a path."""
+    """A link in the way of a directory is an error (never a path), unless --delete."""
     src = tmp_path / "src"
     write(src / "d" / "f", b"x")
     store = tmp_path / "store"
@@ -142,6 +142,9 @@ def test_symlink_where_a_directory_should_be_is_refused(tmp_path):
     os.symlink(tmp_path / "elsewhere", dest / "d")
     with pytest.raises(DestinationError, match="not a directory"):
         get(store, manifest_id, dest)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    get(store, manifest_id, dest, delete=True)  # --delete replaces the link itself
+    assert snapshot(dest) == snapshot(src)
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
