@@ -18,7 +18,12 @@ from cas.ids import ObjectId
 from cas.store.base import Kind, Store
 from cas.store.local import LocalStore
 
-STORE_BACKENDS = ["local_backend", "local_durable_backend", "local_named_temp_backend"]
+STORE_BACKENDS = [
+    "local_backend",
+    "local_durable_backend",
+    "local_named_temp_backend",
+    "wrapped_local_backend",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +113,15 @@ def local_named_temp_backend(tmp_path: Path) -> Iterator[Backend]:
     store = LocalStore(root, fsync=True)
     store._tmpfile_ok = False
     yield LocalBackend(store, root)
+
+
+@pytest.fixture
+def wrapped_local_backend(tmp_path: Path) -> Iterator[Backend]:
+    """A local store inside the layers every network backend gets (retries, call cap)."""
+    from cas.store.registry import wrap_remote
+
+    root = tmp_path / "store"
+    yield LocalBackend(wrap_remote(LocalStore(root, fsync=False)), root)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

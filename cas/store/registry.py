@@ -16,6 +16,8 @@ import platformdirs
 
 from cas.errors import UsageError
 from cas.store.base import Store
+from cas.store.limited import LimitedStore
+from cas.store.retrying import RetryingStore, RetryPolicy
 
 Factory = Callable[[str, bool], Store]
 _FACTORIES: dict[str, Factory] = {}
@@ -57,6 +59,15 @@ def _open_local(url: str, create: bool) -> Store:
 
 
 register("file", _open_local)
+
+
+def wrap_remote(store: Store, policy: RetryPolicy | None = None) -> Store:
+    """The layers every network backend gets: a cap on calls in flight, then retries.
+
+    Retries sit outside the cap so a call waiting out its back-off does not
+    hold a slot that another call could use.
+    """
+    return RetryingStore(LimitedStore(store), policy)
 
 
 def open_store(url: str | None = None, *, create: bool = False) -> Store:
