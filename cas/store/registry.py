@@ -70,6 +70,17 @@ def wrap_remote(store: Store, policy: RetryPolicy | None = None) -> Store:
     return RetryingStore(LimitedStore(store), policy)
 
 
+def _open_http(url: str, create: bool) -> Store:
+    """A `cas serve` server; the bearer token comes from `CAS_TOKEN`."""
+    from cas.store.http import HttpStore
+
+    return wrap_remote(HttpStore(url, os.environ.get("CAS_TOKEN") or None))
+
+
+register("http", _open_http)
+register("https", _open_http)
+
+
 def open_store(url: str | None = None, *, create: bool = False) -> Store:
     """Open the store named by `url` (see `resolve_store_url`).
 
