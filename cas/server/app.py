@@ -4,10 +4,11 @@ Request path:
 
 1. `errors` turns typed errors into a status and a JSON body
    `{"error": CLASS, "message": ONE_LINE}` (docs/http-api.md lists them);
-2. `authorize` finds the scope the route needs, checks the bearer token
+2. `refuse_dot_segments` answers `400` to `..` tricks;
+3. `authorize` finds the scope the route needs, checks the bearer token
    (401 without a valid one, 403 when its scope is too low; anonymous
    requests get `read` only when the server was started to allow that);
-3. the handler (`cas.server.routes`).
+4. the handler (`cas.server.routes`).
 
 After the response is sent, `cas.server.accesslog` writes the access line
 and counts the request in `/metrics`.
@@ -21,6 +22,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Final
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -82,6 +84,19 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def refuse_dot_segments(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`400` for `.` or `..` path segments, raw or percent-encoded, before any routing result.
+
+    aiohttp would resolve them away and answer 404; saying what is wrong is
+    clearer, and no name with them is ever valid.
+    """
+    path = request.raw_path.partition("?")[0]
+    if any(unquote(segment) in (".", "..") for segment in path.split("/")):
+        raise UsageError("path segments '.' and '..' are not allowed")
+    return await handler(request)
+
+
+@web.middleware
 async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Enforce the scope marked on the matched handler (routes without one are public)."""
     needed: Scope | None = getattr(request.match_info.handler, "cas_scope", None)
@@ -117,7 +132,7 @@ def build_app(
 ) -> web.Application:
     """An application serving `store`; the caller owns (and closes) the store."""
     limits = limits or Limits()
-    app = web.Application(middlewares=[errors, authorize])
+    app = web.Application(middlewares=[errors, refuse_dot_segments, authorize])
     app[STORE] = store
     app[TOKENS] = tokens
     app[ANONYMOUS_READ] = anonymous_read
