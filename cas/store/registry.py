@@ -1,7 +1,8 @@
 """Open a store from a URL: the scheme picks the backend.
 
 `--store /path`, `--store file:///path` and the default (a directory in the
-user's data dir) give a `LocalStore`. Backends register a factory per
+user's data dir) give a `LocalStore`; `http(s)://HOST:PORT` gives an
+`HttpStore` talking to `cas serve`. Backends register a factory per
 scheme; optional dependencies are imported only when their scheme is used.
 """
 
