@@ -17,8 +17,8 @@ import pytest
 import yarl
 
 from cas import codec
-from cas.errors import AlreadyExists, IntegrityError, PermissionDenied, UsageError
-from cas.httpapi import MAX_MISSING_IDS
+from cas.errors import AlreadyExists, IntegrityError, ObjectNotFound, PermissionDenied, UsageError
+from cas.httpapi import MAX_BATCH_OBJECTS, MAX_MISSING_IDS, RECORD_HEADER
 from cas.ids import hash_bytes
 from cas.repo import DEFAULT_MAX_CHUNK, encode_object, stored_size_bound
 from cas.store.base import Kind
@@ -405,3 +405,62 @@ def test_cli_put_and_get_round_trip_through_the_server(server, tmp_path):
     assert proc.returncode == PermissionDenied.exit_code
     assert proc.stderr.decode().count("\n") == 1 and "'write' scope" in proc.stderr.decode()
     assert len(manifest_id) == 64
+
+
+# ---------------------------------------------------------------- batches
+
+
+def _records(*items: tuple[bytes, bytes]) -> bytes:
+    return b"".join(RECORD_HEADER.pack(i, len(d)) + d for i, d in items)
+
+
+async def test_put_many_and_get_many_use_one_request_per_batch(server, clients):
+    items = [encode_object(b"batch %d" % i, 3) for i in range(300)]
+    puts = _count(server, 'route="/v1/{kind}/put"')
+    gets = _count(server, 'route="/v1/{kind}/get"')
+    created = await clients["write"].put_many(Kind.CHUNK, items)
+    assert created == [True] * 300
+    assert await clients["write"].put_many(Kind.CHUNK, items[:2]) == [False, False]
+    got = await clients["read"].get_many(Kind.CHUNK, [i for i, _ in items], max_size=100)
+    assert got == dict(items)
+    assert _count(server, 'route="/v1/{kind}/put"') == puts + 2
+    assert _count(server, 'route="/v1/{kind}/get"') == gets + 1
+
+
+async def test_a_batch_with_one_corrupt_object_stores_nothing(server, clients):
+    good = [encode_object(b"good %d" % i, 3) for i in range(3)]
+    bad_id = hash_bytes(b"claimed")
+    with pytest.raises(IntegrityError, match=str(bad_id)):
+        await clients["write"].put_many(Kind.CHUNK, [*good, (bad_id, codec.encode(b"other"))])
+    ground = LocalBackend(None, server.root)
+    assert all(ground.peek(Kind.CHUNK, i) is None for i, _ in good)
+
+
+async def test_batch_get_enforces_max_size_and_names_the_absent(server, clients):
+    (small_id, small), (big_id, big) = encode_object(b"s", 3), encode_object(os.urandom(500), 3)
+    await clients["write"].put_many(Kind.CHUNK, [(small_id, small), (big_id, big)])
+    with pytest.raises(IntegrityError, match=str(big_id)):
+        await clients["read"].get_many(Kind.CHUNK, [small_id, big_id], max_size=100)
+    absent = hash_bytes(b"absent")
+    with pytest.raises(ObjectNotFound, match=str(absent)):
+        await clients["read"].get_many(Kind.CHUNK, [small_id, absent], max_size=1000)
+
+
+async def test_malformed_batches_are_refused(server, http):
+    url = f"{server.url}/v1/chunk/put"
+    object_id, blob = encode_object(b"framed", 3)
+    whole = _records((object_id, blob))
+    for body, status in (
+        (whole[:20], 400),  # truncated header
+        (whole[:-1], 400),  # truncated data
+        (RECORD_HEADER.pack(object_id, stored_size_bound(DEFAULT_MAX_CHUNK) + 1), 413),
+        (_records(*[(object_id, blob)] * (MAX_BATCH_OBJECTS + 1)), 400),
+    ):
+        async with http.post(url, data=body, headers=auth("write")) as response:
+            assert response.status == status, (body[:50], await response.text())
+    async with http.post(url, data=whole, headers=auth("read")) as response:
+        assert response.status == 403
+    get_url = f"{server.url}/v1/chunk/get"
+    for payload in ({"ids": ["xyz"], "max_size": 10}, {"ids": []}, {"ids": [], "max_size": -1}):
+        async with http.post(get_url, json=payload, headers=auth("read")) as response:
+            assert response.status == 400, payload

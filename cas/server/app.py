@@ -44,6 +44,7 @@ from cas.server.context import (
     STORE,
     TOKENS,
     Refusal,
+    error_body,
 )
 from cas.server.metrics import Metrics
 from cas.server.routes import add_routes
@@ -80,7 +81,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     except CasError as exc:
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
-        return _error_response(status, type(exc).__name__, str(exc))
+        return web.json_response(error_body(exc), status=status)
 
 
 @web.middleware

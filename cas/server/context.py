@@ -1,4 +1,4 @@
-"""Keys for what the app and each request carry, and the one error type handlers raise."""
+"""Keys for what the app and each request carry; how refusals and errors are answered."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Final, TypeVar
 
 from aiohttp import web
 
+from cas.errors import CasError, IntegrityError
+from cas.httpapi import ERROR_KEY
 from cas.server.metrics import Metrics
 from cas.server.tokens import Scope, TokenTable
 from cas.server.verify import Limits
@@ -35,6 +37,14 @@ class Refusal(Exception):
         self.error = error
         self.message = message
         self.extra = extra
+
+
+def error_body(exc: CasError) -> dict[str, str]:
+    """`{"error", "message"}`, plus the object and detail of an `IntegrityError`."""
+    body = {ERROR_KEY: type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, IntegrityError):
+        body.update(kind=exc.kind, id=exc.object_id, detail=exc.detail)
+    return body
 
 
 def required_scope(scope: Scope) -> Callable[[H], H]:

@@ -21,24 +21,38 @@ from aiohttp import web
 from cas import __version__
 from cas.errors import CasError, ObjectNotFound, UsageError
 from cas.httpapi import (
+    ABSENT,
     API_PREFIX,
     END_KEY,
-    ERROR_KEY,
+    FAILED,
+    FAILURE_HEADER,
     JSON_LINES,
+    MAX_BATCH_BODY,
+    MAX_BATCH_OBJECTS,
     MAX_JSON_BODY,
     MAX_MISSING_IDS,
     MTIME_HEADER,
     OCTETS,
+    RECORD_HEADER,
     SIZE_HEADER,
 )
 from cas.ids import ObjectId
-from cas.server.context import BYTES_IN, LIMITS, METRICS, STORE, Refusal, required_scope
+from cas.server.context import (
+    BYTES_IN,
+    LIMITS,
+    METRICS,
+    STORE,
+    Refusal,
+    error_body,
+    required_scope,
+)
 from cas.server.metrics import CONTENT_TYPE
 from cas.server.tokens import Scope
 from cas.server.verify import verify_upload
 from cas.store.base import Kind, validate_ref_name
 
 _MAX_PREFIX = 64
+_GET_WINDOW = 8  # objects fetched from the store at once for one batch get
 _KINDS = ", ".join(k.value for k in Kind)
 
 
@@ -159,6 +173,96 @@ async def put_object(request: web.Request) -> web.Response:
     return web.Response(status=201 if created else 200)
 
 
+@required_scope(Scope.WRITE)
+async def put_batch(request: web.Request) -> web.Response:
+    """Many create-only uploads in one request; all are verified before any is stored.
+
+    Answers `{"created": [BOOL, ...]}` in the order of the records. One bad
+    record refuses the whole batch (422 naming it), so nothing is half-done.
+    """
+    kind = _kind(request)
+    limits = request.app[LIMITS]
+    body = await read_body(request, MAX_BATCH_BODY, f"{kind} batch")
+    items = _parse_records(body, limits.body(kind), kind)
+
+    def verify_all() -> None:
+        for object_id, data in items:
+            verify_upload(kind, object_id, data, limits)
+
+    await asyncio.to_thread(verify_all)
+    created = await request.app[STORE].put_many(kind, items) if items else []
+    return _json({"created": created})
+
+
+def _parse_records(body: bytes, limit: int, kind: Kind) -> list[tuple[ObjectId, bytes]]:
+    view = memoryview(body)
+    items: list[tuple[ObjectId, bytes]] = []
+    offset = 0
+    while offset < len(view):
+        if len(items) == MAX_BATCH_OBJECTS:
+            raise UsageError(f"{kind} batch: more than {MAX_BATCH_OBJECTS} records")
+        if offset + RECORD_HEADER.size > len(view):
+            raise UsageError(f"{kind} batch: truncated record header at byte {offset}")
+        raw_id, length = RECORD_HEADER.unpack_from(view, offset)
+        offset += RECORD_HEADER.size
+        object_id = ObjectId(raw_id)
+        if length > limit:
+            raise Refusal(413, "TooLarge", f"{kind} {object_id}: {length} bytes exceeds {limit}")
+        if offset + length > len(view):
+            raise UsageError(f"{kind} batch: record {object_id} is truncated")
+        items.append((object_id, bytes(view[offset : offset + length])))
+        offset += length
+    return items
+
+
+@required_scope(Scope.READ)
+async def get_batch(request: web.Request) -> web.StreamResponse:
+    """Many objects in one streamed answer, as records in the order asked.
+
+    Body `{"ids": [HEX, ...], "max_size": N}`. An absent object is a record
+    with length `ABSENT`; a store failure ends the stream with a `FAILED`
+    record and a JSON error, so the client never takes a partial answer
+    for a whole one.
+    """
+    kind = _kind(request)
+    payload = await _read_json(request, f"{kind} batch get")
+    ids = payload.get("ids") if isinstance(payload, dict) else None
+    max_size = payload.get("max_size") if isinstance(payload, dict) else None
+    if not isinstance(ids, list) or not isinstance(max_size, int) or max_size < 0:
+        raise UsageError(f'{kind} batch get: body must be {{"ids": [HEX, ...], "max_size": N}}')
+    if len(ids) > MAX_BATCH_OBJECTS:
+        raise UsageError(f"{kind} batch get: at most {MAX_BATCH_OBJECTS} ids, got {len(ids)}")
+    wanted = [ObjectId.parse(i) for i in ids]
+    limit = min(max_size, request.app[LIMITS].body(kind))
+    store = request.app[STORE]
+
+    async def fetch(object_id: ObjectId) -> bytes | None:
+        try:
+            return await store.get(kind, object_id, max_size=limit)
+        except ObjectNotFound:
+            return None
+
+    response = web.StreamResponse(headers={"Content-Type": OCTETS})
+    await response.prepare(request)
+    try:
+        for start in range(0, len(wanted), _GET_WINDOW):
+            window = wanted[start : start + _GET_WINDOW]
+            for object_id, data in zip(
+                window, await asyncio.gather(*(fetch(i) for i in window)), strict=True
+            ):
+                if data is None:
+                    await response.write(RECORD_HEADER.pack(object_id, ABSENT))
+                else:
+                    await response.write(RECORD_HEADER.pack(object_id, len(data)) + data)
+    except CasError as exc:
+        error = json.dumps(error_body(exc)).encode()
+        await response.write(
+            RECORD_HEADER.pack(bytes(32), FAILED) + FAILURE_HEADER.pack(len(error)) + error
+        )
+    await response.write_eof()
+    return response
+
+
 @required_scope(Scope.ADMIN)
 async def delete_object(request: web.Request) -> web.Response:
     """Idempotent delete."""
@@ -245,9 +349,7 @@ async def _stream(
                 batch.clear()
         batch.append(json.dumps({END_KEY: True, "count": count}).encode() + b"\n")
     except CasError as exc:
-        batch.append(
-            json.dumps({ERROR_KEY: type(exc).__name__, "message": str(exc)}).encode() + b"\n"
-        )
+        batch.append(json.dumps(error_body(exc)).encode() + b"\n")
     await response.write(b"".join(batch))
     await response.write_eof()
     return response
@@ -263,6 +365,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put(f"{p}/refs/{{name:.+}}", create_ref)
     app.router.add_delete(f"{p}/refs/{{name:.+}}", delete_ref)
     app.router.add_post(f"{p}/{{kind}}/missing", missing)
+    app.router.add_post(f"{p}/{{kind}}/put", put_batch)
+    app.router.add_post(f"{p}/{{kind}}/get", get_batch)
     app.router.add_get(f"{p}/{{kind}}", list_objects, allow_head=False)
     app.router.add_get(f"{p}/{{kind}}/{{object_id}}", get_object, allow_head=False)
     app.router.add_head(f"{p}/{{kind}}/{{object_id}}", stat_object)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
@@ -39,12 +39,18 @@ from cas.errors import (
     UsageError,
 )
 from cas.httpapi import (
+    ABSENT,
     API_PREFIX,
     END_KEY,
     ERROR_KEY,
+    FAILED,
+    FAILURE_HEADER,
+    MAX_BATCH_BODY,
+    MAX_BATCH_OBJECTS,
     MAX_MISSING_IDS,
     MTIME_HEADER,
     OCTETS,
+    RECORD_HEADER,
     SIZE_HEADER,
 )
 from cas.ids import ObjectId, is_object_id
@@ -204,7 +210,7 @@ class HttpStore(Store):
         if status in (400, 413):
             return UsageError(f"{on}: {reason or f'HTTP {status}'}")
         if status == 422:
-            return IntegrityError("upload", what, reason or "refused by the server")
+            return _error_from_record(_json_object(body), on)
         if status == 429 or status >= 500:
             return StoreUnavailable(f"{on}: HTTP {status}" + (f" ({reason})" if reason else ""))
         return CasError(f"{on}: unexpected HTTP {status}" + (f" ({reason})" if reason else ""))
@@ -243,6 +249,86 @@ class HttpStore(Store):
                         str(kind), str(object_id), f"stored size exceeds {max_size}"
                     )
             return bytes(body)
+
+    async def put_many(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
+        """Batches of up to `MAX_BATCH_OBJECTS` objects (and ~`MAX_BATCH_BODY` bytes) per request.
+
+        A latency-bound link pays one round trip per batch, not per object.
+        An object too large to share a batch goes alone, as a plain `PUT`.
+        """
+        for object_id, _ in items:
+            check_id(object_id)
+        created: list[bool] = []
+        for batch in _batches(items):
+            if len(batch) == 1:
+                created.append(await self.put_if_absent(kind, *batch[0]))
+                continue
+            body = b"".join(RECORD_HEADER.pack(i, len(d)) + d for i, d in batch)
+            _, answer, _ = await self._call(
+                "POST",
+                f"/{Kind(kind).value}/put",
+                f"{kind} batch of {len(batch)}",
+                "write",
+                data=body,
+                headers={"Content-Type": OCTETS},
+            )
+            flags = _json_field(answer, "created", list, self.url)
+            if len(flags) != len(batch) or not all(isinstance(f, bool) for f in flags):
+                raise StoreUnavailable(f"{self.url}: batch answer does not match the batch")
+            created.extend(flags)
+        return created
+
+    async def get_many(
+        self, kind: Kind, ids: Sequence[ObjectId], *, max_size: int
+    ) -> dict[ObjectId, bytes]:
+        """Up to `MAX_BATCH_OBJECTS` objects per request, streamed back in order."""
+        wanted = list(dict.fromkeys(check_id(i) for i in ids))
+        found: dict[ObjectId, bytes] = {}
+        for start in range(0, len(wanted), MAX_BATCH_OBJECTS):
+            batch = wanted[start : start + MAX_BATCH_OBJECTS]
+            what = f"{kind} batch of {len(batch)}"
+            async with self._response(
+                "POST",
+                f"/{Kind(kind).value}/get",
+                what,
+                "read",
+                json={"ids": [str(i) for i in batch], "max_size": max_size},
+            ) as response:
+                found.update(await self._read_records(response, kind, batch, max_size, what))
+        return found
+
+    async def _read_records(
+        self,
+        response: aiohttp.ClientResponse,
+        kind: Kind,
+        batch: list[ObjectId],
+        max_size: int,
+        what: str,
+    ) -> dict[ObjectId, bytes]:
+        """The records of a batch get, each checked against the id asked for in its place."""
+        out: dict[ObjectId, bytes] = {}
+        content = response.content
+        try:
+            for expected in batch:
+                raw_id, length = RECORD_HEADER.unpack(await content.readexactly(RECORD_HEADER.size))
+                if length == FAILED:
+                    (size,) = FAILURE_HEADER.unpack(await content.readexactly(FAILURE_HEADER.size))
+                    error = json.loads(await content.readexactly(min(size, 1 << 16)))
+                    raise _error_from_record(error, f"{what} on {self.url}")
+                if raw_id != expected:
+                    raise StoreUnavailable(f"{what} on {self.url}: answer out of order")
+                if length == ABSENT:
+                    raise ObjectNotFound(f"{kind} {expected} not found on {self.url}")
+                if length > max_size:
+                    raise IntegrityError(
+                        str(kind), str(expected), f"stored size {length} exceeds {max_size}"
+                    )
+                out[expected] = await content.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise StoreUnavailable(f"{what} on {self.url}: answer was cut off") from None
+        except (ValueError, AttributeError) as exc:
+            raise StoreUnavailable(f"{what} on {self.url}: garbled answer ({exc})") from None
+        return out
 
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
         """HEAD: size and creation time from the server's headers."""
@@ -364,8 +450,7 @@ class HttpStore(Store):
                 if record.get(END_KEY):
                     return
                 if ERROR_KEY in record:
-                    cls = _NAMED_ERRORS.get(str(record[ERROR_KEY]), StoreUnavailable)
-                    raise cls(f"{what} on {self.url}: {record.get('message', '')}")
+                    raise _error_from_record(record, f"{what} on {self.url}")
                 yield record
 
     def _parse(self, record: dict[str, Any], build: Callable[[dict[str, Any]], T]) -> T:
@@ -384,13 +469,46 @@ class HttpStore(Store):
                 await session.close()
 
 
+def _batches(items: Sequence[tuple[ObjectId, bytes]]) -> Iterator[list[tuple[ObjectId, bytes]]]:
+    """Consecutive groups within the server's batch limits (headers counted)."""
+    batch: list[tuple[ObjectId, bytes]] = []
+    size = 0
+    for item in items:
+        cost = RECORD_HEADER.size + len(item[1])
+        if batch and (len(batch) == MAX_BATCH_OBJECTS or size + cost > MAX_BATCH_BODY):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += cost
+    if batch:
+        yield batch
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _server_reason(body: bytes) -> str:
     """The `message` of the server's JSON error body, cut to one line."""
-    try:
-        message = json.loads(body).get("message", "")
-    except (ValueError, AttributeError):
-        return ""
+    message = _json_object(body).get("message", "")
     return str(message).splitlines()[0][:300] if message else ""
+
+
+def _error_from_record(record: dict[str, Any], where: str) -> CasError:
+    """The typed error a server's JSON error body or record describes."""
+    name = str(record.get(ERROR_KEY, ""))
+    message = str(record.get("message", "")).splitlines()[0][:300] if record.get("message") else ""
+    if name == "IntegrityError":
+        return IntegrityError(
+            str(record.get("kind", "object")),
+            str(record.get("id", "?")),
+            f"{record.get('detail', message)} (reported by {where})",
+        )
+    return _NAMED_ERRORS.get(name, StoreUnavailable)(f"{where}: {message}")
 
 
 def _json_field(body: bytes, key: str, expected: type, url: str) -> Any:
