@@ -46,6 +46,7 @@ from cas.errors import (
     CasError,
     IntegrityError,
     ObjectNotFound,
+    StoreUnavailable,
     UsageError,
 )
 from cas.ids import ObjectId, is_object_id
@@ -92,16 +93,45 @@ def _crc32c(data: bytes) -> str:
     return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
 
 
-def _mtime(item: dict[str, Any]) -> datetime:
+def _parse(body: bytes, call: GcsCall, location: GcsLocation) -> dict[str, Any]:
+    """A JSON answer; anything else (say, a proxy's HTML page) is worth another try."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise StoreUnavailable(
+            f"GCS sent an answer that is not a JSON object for {call.what} ({location.url})"
+        )
+    return parsed
+
+
+def _info(
+    kind: Kind, object_id: ObjectId, item: dict[str, Any], call: GcsCall, location: GcsLocation
+) -> ObjectInfo:
+    try:
+        size = int(item["size"])
+    except (KeyError, ValueError, TypeError):
+        raise StoreUnavailable(
+            f"GCS sent object metadata without a valid size for {call.what} ({location.url})"
+        ) from None
+    return ObjectInfo(Kind(kind), object_id, size, _mtime(item, call, location))
+
+
+def _mtime(item: dict[str, Any], call: GcsCall, location: GcsLocation) -> datetime:
     """The later of creation and metadata-update time: never earlier than creation.
 
     Objects here are never rewritten, so this is the creation time unless
     someone changed the metadata; gc's grace period only gets longer then.
     """
-    times = [datetime.fromisoformat(item[k]) for k in ("timeCreated", "updated") if item.get(k)]
-    if not times:
-        raise CasError(f"GCS listing entry {item.get('name')!r} has no timestamps")
-    return max(times)
+    try:
+        return max(
+            datetime.fromisoformat(item[k]) for k in ("timeCreated", "updated") if item.get(k)
+        )
+    except (ValueError, TypeError):
+        raise StoreUnavailable(
+            f"GCS sent object metadata without a valid time for {call.what} ({location.url})"
+        ) from None
 
 
 class GcsStore(Store):
@@ -240,7 +270,7 @@ class GcsStore(Store):
 
     async def _metadata(self, name: str, call: GcsCall, fields: str) -> dict[str, Any]:
         _, body = await self._send("GET", self._object_url(name), call, params={"fields": fields})
-        return json.loads(body)
+        return _parse(body, call, self.location)
 
     async def _download(self, name: str, call: GcsCall, max_size: int) -> bytes:
         _, body = await self._send(
@@ -249,10 +279,13 @@ class GcsStore(Store):
         return body
 
     async def _exists(self, name: str, call: GcsCall) -> bool:
-        status, _ = await self._send(
-            "GET", self._object_url(name), call, expect=(200, 404), params={"fields": "name"}
-        )
-        return status == 200
+        try:
+            await self._send("GET", self._object_url(name), call, params={"fields": "name"})
+        except BucketNotFound:
+            raise
+        except ObjectNotFound:
+            return False
+        return True
 
     async def _remove(self, name: str, call: GcsCall) -> None:
         """Delete; an absent object is fine, an absent bucket is not."""
@@ -268,9 +301,10 @@ class GcsStore(Store):
         params = {"prefix": prefix, "maxResults": str(_PAGE_SIZE), "fields": _LIST_FIELDS}
         while True:
             _, body = await self._send("GET", self._objects_url, call, params=params)
-            page = json.loads(body)
-            for item in page.get("items", ()):
-                yield item
+            page = _parse(body, call, self.location)
+            for item in page.get("items") or ():
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    yield item
             token = page.get("nextPageToken")
             if not token:
                 return
@@ -313,10 +347,9 @@ class GcsStore(Store):
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
         """Size and creation time from the object's metadata."""
         name = self.location.object_name(kind, object_id)
-        item = await self._metadata(
-            name, read_call(f"{kind} {object_id}"), "name,size,timeCreated,updated"
-        )
-        return ObjectInfo(Kind(kind), object_id, int(item["size"]), _mtime(item))
+        call = read_call(f"{kind} {object_id}")
+        item = await self._metadata(name, call, "name,size,timeCreated,updated")
+        return _info(kind, object_id, item, call, self.location)
 
     async def missing(self, kind: Kind, ids: Collection[ObjectId]) -> set[ObjectId]:
         """Metadata probes, `max_concurrency` at a time, as one call."""
@@ -336,10 +369,11 @@ class GcsStore(Store):
         if prefix and not all(c in "0123456789abcdef" for c in prefix):
             raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
         base = self.location.kind_prefix(kind)
-        async for item in self._list(base + prefix, list_call(f"{kind} listing")):
+        call = list_call(f"{kind} listing")
+        async for item in self._list(base + prefix, call):
             rest = item["name"][len(base) :]
             if is_object_id(rest):
-                yield ObjectInfo(Kind(kind), ObjectId.parse(rest), int(item["size"]), _mtime(item))
+                yield _info(kind, ObjectId.parse(rest), item, call, self.location)
 
     async def delete(self, kind: Kind, object_id: ObjectId) -> None:
         """Delete; absent is fine."""
@@ -384,19 +418,22 @@ class GcsStore(Store):
     async def list_refs(self, prefix: str = "") -> AsyncIterator[RefInfo]:
         """Refs in name order; targets come from metadata, else from the ref's content."""
         base = self.location.refs_prefix
+        call = list_call("refs listing")
         found: list[RefInfo] = []
-        async for item in self._list(base + prefix, list_call("refs listing")):
+        async for item in self._list(base + prefix, call):
             name = item["name"][len(base) :]
             try:
                 validate_ref_name(name)
             except UsageError:
                 continue
-            target = (item.get("metadata") or {}).get(_TARGET_KEY, "")
+            mtime = _mtime(item, call, self.location)
+            metadata = item.get("metadata")
+            target = metadata.get(_TARGET_KEY, "") if isinstance(metadata, dict) else ""
             if is_object_id(target):
-                found.append(RefInfo(name, ObjectId.parse(target), _mtime(item)))
+                found.append(RefInfo(name, ObjectId.parse(target), mtime))
                 continue
             try:
-                found.append(RefInfo(name, await self.read_ref(name), _mtime(item)))
+                found.append(RefInfo(name, await self.read_ref(name), mtime))
             except (ObjectNotFound, IntegrityError):
                 continue  # deleted meanwhile, or not a ref
         for info in sorted(found, key=lambda r: r.name):

@@ -79,8 +79,9 @@ def _translate_auth_error(exc: Exception, where: str) -> CasError:
 
     if isinstance(exc, exceptions.DefaultCredentialsError):
         return PermissionDenied(
-            f"no Google credentials found for {where}: set GOOGLE_APPLICATION_CREDENTIALS, "
-            "run 'gcloud auth application-default login', or run on GCP with a service account"
+            f"no usable Google credentials for {where} ({exc}): set "
+            "GOOGLE_APPLICATION_CREDENTIALS, run 'gcloud auth application-default login', "
+            "or run on GCP with a service account"
         )
     if isinstance(exc, exceptions.RefreshError) and not getattr(exc, "retryable", False):
         return PermissionDenied(f"Google credentials for {where} were refused: {exc}")
