@@ -1,0 +1,135 @@
+"""Retry transient store failures with exponential back-off and full jitter.
+
+Backends raise `StoreUnavailable` for failures worth retrying (429, 5xx,
+timeouts, dropped connections) and a permanent typed error for everything
+else, so one policy here serves every backend. Every store call is safe to
+repeat: objects are immutable and named by content, and a create that
+succeeded before its answer was lost shows up on the retry as "present".
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from cas.errors import AlreadyExists, StoreUnavailable
+from cas.ids import ObjectId
+from cas.store.base import Kind, ObjectInfo, RefInfo, Store
+from cas.store.wrapping import WrappingStore
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long to keep trying: whichever of `attempts` or `deadline` comes first."""
+
+    attempts: int = 8
+    initial: float = 0.2
+    maximum: float = 10.0
+    deadline: float = 120.0
+
+    def retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
+            wait=wait_random_exponential(multiplier=self.initial, max=self.maximum),
+            reraise=True,
+        )
+
+
+class RetryingStore(WrappingStore):
+    """Repeats calls that failed with `StoreUnavailable`; other errors pass at once."""
+
+    def __init__(self, inner: Store, policy: RetryPolicy | None = None) -> None:
+        super().__init__(inner)
+        self.policy = policy or RetryPolicy()
+
+    def rewrap(self) -> Callable[[Store], Store]:
+        return functools.partial(RetryingStore, policy=self.policy)
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        async for attempt in self.policy.retrying():
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
+        return await self._call(lambda: self.inner.put_if_absent(kind, object_id, data))
+
+    async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
+        return await self._call(lambda: self.inner.get(kind, object_id, max_size=max_size))
+
+    async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
+        return await self._call(lambda: self.inner.stat(kind, object_id))
+
+    async def delete(self, kind: Kind, object_id: ObjectId) -> None:
+        await self._call(lambda: self.inner.delete(kind, object_id))
+
+    async def read_ref(self, name: str) -> ObjectId:
+        return await self._call(lambda: self.inner.read_ref(name))
+
+    async def delete_ref(self, name: str) -> None:
+        await self._call(lambda: self.inner.delete_ref(name))
+
+    async def missing(self, kind: Kind, ids: Collection[ObjectId]) -> set[ObjectId]:
+        return await self._call(lambda: self.inner.missing(kind, ids))
+
+    async def put_many(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
+        return await self._call(lambda: self.inner.put_many(kind, items))
+
+    async def get_many(
+        self, kind: Kind, ids: Sequence[ObjectId], *, max_size: int
+    ) -> dict[ObjectId, bytes]:
+        return await self._call(lambda: self.inner.get_many(kind, ids, max_size=max_size))
+
+    async def create_ref(self, name: str, target: ObjectId) -> None:
+        """A retry that finds the ref already pointing at `target` is our own lost success."""
+        retried = False
+
+        async def once() -> None:
+            nonlocal retried
+            try:
+                await self.inner.create_ref(name, target)
+            except StoreUnavailable:
+                retried = True
+                raise
+            except AlreadyExists:
+                if retried and await self.inner.read_ref(name) == target:
+                    return
+                raise
+
+        await self._call(once)
+
+    def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        return self._restartable(lambda: self.inner.list(kind, prefix))
+
+    def list_refs(self, prefix: str = "") -> AsyncIterator[RefInfo]:
+        return self._restartable(lambda: self.inner.list_refs(prefix))
+
+    async def _restartable(self, start: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """Retry a listing that fails before its first item; later failures propagate.
+
+        Listings have no set order, so a listing cut off halfway cannot be
+        resumed without repeating or skipping names.
+        """
+        async for attempt in self.policy.retrying():
+            with attempt:
+                iterator = start()
+                try:
+                    first = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+        yield first
+        async for item in iterator:
+            yield item
