@@ -464,3 +464,45 @@ async def test_malformed_batches_are_refused(server, http):
     for payload in ({"ids": ["xyz"], "max_size": 10}, {"ids": []}, {"ids": [], "max_size": -1}):
         async with http.post(get_url, json=payload, headers=auth("read")) as response:
             assert response.status == 400, payload
+
+
+# ---------------------------------------------------------------- https
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    import trustme
+
+    workdir = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(workdir / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(workdir / "cert.pem"))
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(str(workdir / "cert.pem"), append=True)
+    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+    server = start_serve(
+        workdir, "--tls-cert", str(workdir / "cert.pem"), "--tls-key", str(workdir / "key.pem")
+    )
+    yield server, workdir / "ca.pem"
+    server.stop()
+
+
+def test_https_round_trip_and_an_untrusted_certificate_fails_at_once(tls_server, tmp_path):
+    from tests.conftest import snapshot
+    from tests.test_cli import cas
+
+    server, ca = tls_server
+    assert server.url.startswith("https://")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(100_000))
+    trusted = {"CAS_TOKEN": TOKENS["write"], "SSL_CERT_FILE": str(ca)}
+    manifest_id = cas("put", "--store", server.url, str(src), "-q", env=trusted).stdout.strip()
+    cas("get", "--store", server.url, manifest_id.decode(), str(tmp_path / "out"), env=trusted)
+    assert snapshot(tmp_path / "out") == snapshot(src)
+    started = time.monotonic()
+    proc = cas("put", "--store", server.url, str(src), env={"CAS_TOKEN": "x"}, check=False)
+    assert proc.returncode == UsageError.exit_code
+    assert "TLS certificate is not trusted" in proc.stderr.decode()
+    assert time.monotonic() - started < 20  # not retried as if it were transient

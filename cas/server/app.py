@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -148,9 +149,13 @@ async def serve(
     host: str,
     port: int,
     *,
+    tls: ssl.SSLContext | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Listen until SIGINT or SIGTERM, then finish requests in flight and return."""
+    """Listen (HTTPS when given a TLS context) until SIGINT or SIGTERM, then return.
+
+    Requests in flight are finished first.
+    """
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
@@ -159,7 +164,7 @@ async def serve(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         try:
             await site.start()
         except OSError as exc:
@@ -167,7 +172,8 @@ async def serve(
         if announce is not None:
             bound_host, bound_port = runner.addresses[0][:2]
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            announce(f"http://{shown}:{bound_port}")
+            scheme = "https" if tls is not None else "http"
+            announce(f"{scheme}://{shown}:{bound_port}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

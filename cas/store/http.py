@@ -9,7 +9,8 @@ event loop carries every call; `missing` is one request per up to
   `RetryingStore` around this backend retries those);
 - 401 / 403 -> `PermissionDenied` naming the server and the scope needed;
 - 404 -> `ObjectNotFound`; 409 / 412 -> `AlreadyExists` (refs);
-- 400 / 413 -> `UsageError`; 422 -> `IntegrityError`.
+- 400 / 413 -> `UsageError`; 422 -> `IntegrityError`;
+- an untrusted TLS certificate -> `UsageError` (fix the CA bundle, do not retry).
 
 The server verifies uploads, but reads are still verified by the
 `Repository` like those of every other backend. Listings must end with the
@@ -170,6 +171,11 @@ class HttpStore(Store):
                 yield response
         except CasError:
             raise
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise UsageError(
+                f"{what} on {self.url}: the server's TLS certificate is not trusted "
+                f"({exc.certificate_error}); set SSL_CERT_FILE to its CA bundle"
+            ) from None
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise self._transport_error(exc, what) from None
 

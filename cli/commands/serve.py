@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 
 from cas.errors import UsageError
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="serve a store over HTTP to other machines",
         description="Serve the store given by --store over HTTP (see docs/http-api.md). "
         "Uploads are verified (hash and size) before they are stored. Clients use "
-        "--store http://HOST:PORT with their token in CAS_TOKEN.",
+        "--store http(s)://HOST:PORT with their token in CAS_TOKEN.",
     )
     p.add_argument(
         "--listen",
@@ -41,6 +42,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         action="store_true",
         help="let requests without a token read (never write)",
     )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate chain")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
     p.add_argument(
         "--max-chunk-size",
         metavar="SIZE",
@@ -59,6 +62,20 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files, or None for plain HTTP."""
+    if cert is None and key is None:
+        return None
+    if cert is None:
+        raise UsageError("--tls-key needs --tls-cert")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load TLS certificate {cert}: {exc}") from None
+    return context
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute `cas serve`."""
     from cas.server import Limits, TokenTable, build_app, configure_logging, serve
@@ -68,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("cas serve needs --token-file, --anonymous-read, or both")
     tokens = TokenTable.load(args.token_file) if args.token_file else TokenTable()
     limits = Limits(max_chunk=parse_size(args.max_chunk_size, "--max-chunk-size"))
+    tls = tls_context(args.tls_cert, args.tls_key)
     configure_logging(args.quiet)
 
     async def body() -> None:
@@ -78,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
         app = build_app(store, tokens, anonymous_read=args.anonymous_read, limits=limits)
         async with store:
-            await serve(app, host, port, announce=announce)
+            await serve(app, host, port, tls=tls, announce=announce)
 
     asyncio.run(body())
     return 0
