@@ -44,6 +44,7 @@ from cas.server.context import (
     SCOPE,
     STORE,
     TOKENS,
+    UPLOAD_SLOTS,
     Refusal,
     error_body,
 )
@@ -52,6 +53,8 @@ from cas.server.routes import add_routes
 from cas.server.tokens import Scope, TokenTable
 from cas.server.verify import Limits
 from cas.store.base import Store
+
+DEFAULT_MAX_UPLOADS: Final = 16
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -131,8 +134,13 @@ def build_app(
     *,
     anonymous_read: bool = False,
     limits: Limits | None = None,
+    max_uploads: int = DEFAULT_MAX_UPLOADS,
 ) -> web.Application:
-    """An application serving `store`; the caller owns (and closes) the store."""
+    """An application serving `store`; the caller owns (and closes) the store.
+
+    At most `max_uploads` upload bodies are buffered at once (others wait),
+    so memory stays near `max_uploads` times the largest body.
+    """
     limits = limits or Limits()
     app = web.Application(middlewares=[errors, refuse_dot_segments, authorize])
     app[STORE] = store
@@ -140,6 +148,7 @@ def build_app(
     app[ANONYMOUS_READ] = anonymous_read
     app[LIMITS] = limits
     app[METRICS] = Metrics()
+    app[UPLOAD_SLOTS] = asyncio.Semaphore(max(1, max_uploads))
     add_routes(app)
     return app
 

@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         action="store_true",
         help="let requests without a token read (never write)",
     )
+    p.add_argument(
+        "--max-uploads",
+        metavar="N",
+        type=int,
+        default=16,
+        help="upload bodies buffered at once; more wait (default 16; memory ~ N x 32 MiB at most)",
+    )
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate chain")
     p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
     p.add_argument(
@@ -94,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
         def announce(url: str) -> None:
             print(f"cas serve: {store.url} on {url}", file=sys.stderr, flush=True)
 
-        app = build_app(store, tokens, anonymous_read=args.anonymous_read, limits=limits)
+        app = build_app(
+            store,
+            tokens,
+            anonymous_read=args.anonymous_read,
+            limits=limits,
+            max_uploads=args.max_uploads,
+        )
         async with store:
             await serve(app, host, port, tls=tls, announce=announce)
 
