@@ -82,6 +82,23 @@ register("http", _open_http)
 register("https", _open_http)
 
 
+def _open_gcs(url: str, create: bool) -> Store:
+    """`gs://BUCKET/PREFIX`; buckets are made by their owners, never by `create`."""
+    try:
+        import google.auth  # noqa: F401 (only to report a missing extra clearly)
+        import google_crc32c  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            f"{url}: gs:// stores need the gcs extra: pip install 'cas[gcs]'"
+        ) from None
+    from cas.store.gcs import GcsStore
+
+    return wrap_remote(GcsStore.from_url(url))
+
+
+register("gs", _open_gcs)
+
+
 def open_store(url: str | None = None, *, create: bool = False) -> Store:
     """Open the store named by `url` (see `resolve_store_url`).
 
