@@ -101,7 +101,7 @@ async def _read_json(request: web.Request, what: str) -> Any:
     body = await read_body(request, MAX_JSON_BODY, what)
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise UsageError(f"{what}: body is not valid JSON") from None
 
 

@@ -71,6 +71,7 @@ DEFAULT_CONCURRENCY: Final = 32
 _CONNECT_TIMEOUT: Final = 10.0
 _READ_TIMEOUT: Final = 120.0
 _MAX_LIST_LINE: Final = 1 << 16
+_MAX_ERROR_BODY: Final = 1 << 16
 
 # Server-side error classes a client re-raises as the same typed error.
 _NAMED_ERRORS: Final[dict[str, type[CasError]]] = {
@@ -166,7 +167,7 @@ class HttpStore(Store):
         try:
             async with self._session().request(method, self._api + path, **kwargs) as response:
                 if response.status not in ok:
-                    body = await response.read()
+                    body = await response.content.read(_MAX_ERROR_BODY)
                     raise self._translate_status(response.status, body, what, scope)
                 yield response
         except CasError:
