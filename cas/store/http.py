@@ -164,6 +164,7 @@ class HttpStore(Store):
 
         Failures while the caller reads the body are translated too.
         """
+        kwargs.setdefault("allow_redirects", False)  # the token goes to this server only
         try:
             async with self._session().request(method, self._api + path, **kwargs) as response:
                 if response.status not in ok:

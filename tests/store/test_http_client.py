@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cas.errors import (
     AlreadyExists,
+    CasError,
     IntegrityError,
     ObjectNotFound,
     PermissionDenied,
@@ -209,3 +210,22 @@ async def test_a_missing_answer_naming_ids_not_asked_is_refused(hostile):
     store = await hostile(routes)
     with pytest.raises(StoreUnavailable, match="not asked"):
         await store.missing(Kind.CHUNK, [OID])
+
+
+async def test_redirects_are_not_followed_so_the_token_stays_with_the_server(hostile):
+    stolen = []
+    routes = web.RouteTableDef()
+
+    @routes.get("/v1/refs/{name:.+}")
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/elsewhere")
+
+    @routes.get("/elsewhere")
+    async def elsewhere(request: web.Request) -> web.Response:
+        stolen.append(request.headers.get("Authorization"))
+        return web.json_response({"target": str(OID)})
+
+    store = await hostile(routes)
+    with pytest.raises(CasError, match="unexpected HTTP 307"):
+        await store.read_ref("ci/1")
+    assert stolen == []
