@@ -15,9 +15,9 @@ from typing import NoReturn
 
 from cas import __version__
 from cas.errors import CasError, UsageError
-from cas_cli.commands import cache, cat, get, ls, put, serve
+from cas_cli.commands import cache, cat, diff, get, ls, put, serve
 
-COMMANDS = (put, get, ls, cat, cache, serve)
+COMMANDS = (put, get, ls, cat, diff, cache, serve)
 
 
 class _Parser(argparse.ArgumentParser):
