@@ -503,3 +503,20 @@ def test_https_round_trip_and_an_untrusted_certificate_fails_at_once(tls_server,
     assert proc.returncode == UsageError.exit_code
     assert "TLS certificate is not trusted" in proc.stderr.decode()
     assert time.monotonic() - started < 20  # not retried as if it were transient
+
+
+async def test_a_public_read_only_server_and_a_clean_stop(tmp_path, http):
+    """`--anonymous-read` alone: anyone reads, nobody writes; SIGTERM stops it with status 0."""
+    server = start_serve(tmp_path / "public", "--anonymous-read", tokens=None)
+    try:
+        object_id, blob = encode_object(b"public only", 3)
+        url = f"{server.url}/v1/chunk/{object_id}"
+        async with http.put(url, data=blob) as response:
+            assert response.status == 401
+        async with http.put(url, data=blob, headers=auth("admin")) as response:
+            assert response.status == 401  # no token is valid on this server
+        async with http.get(url) as response:
+            assert response.status == 404
+    finally:
+        server.proc.terminate()
+        assert server.proc.wait(10) == 0
