@@ -58,7 +58,7 @@ DEFAULT_MAX_UPLOADS: Final = 16
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Most specific first: ObjectNotFound and AlreadyExists are also OSErrors.
+# The status each typed error is answered with; any other `CasError` is a 500.
 _STATUS: Final[tuple[tuple[type[CasError], int], ...]] = (
     (UsageError, 400),
     (PermissionDenied, 403),
