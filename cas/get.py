@@ -59,6 +59,7 @@ _UNIT_CONCURRENCY: Final = 4
 _BATCH_BYTES: Final = 8 << 20
 _BATCH_FILES: Final = 256
 _DESCRIBE_BATCH: Final = 256
+_SEGMENT_WINDOW: Final = 4
 _MODE_MASK: Final = 0o1777
 SOURCES: Final = ("cache", "destination", "seed", "store")
 
@@ -488,44 +489,61 @@ class Downloader:
             self._count_file(entry.size)
 
     async def _write_large(self, out: Destination, located: Located, max_chunk: int) -> None:
-        """A large file in segments: the next segment is fetched while this one is written."""
+        """A large file in 8 MiB segments, several fetched and written at their offsets at once.
+
+        Up to `_SEGMENT_WINDOW` segments are in flight (fetch, verify, `pwrite`), so
+        decompression and verification of one file use every core; the whole-file
+        digest is fed in order as segments finish, which bounds memory to the window.
+        """
         entry = located.entry
         assert isinstance(entry, FileEntry)
         segments = _segments(entry)
+        offsets = [0]
+        for segment in segments[:-1]:
+            offsets.append(offsets[-1] + sum(ref.length for ref in segment))
         hasher = new_hasher()
         pending = await asyncio.to_thread(out.open_file, located.parts, entry.name)
-        fetch = asyncio.ensure_future(self._chunks([c.id for c in segments[0]], max_chunk))
+        inflight: dict[int, asyncio.Future[list[bytes]]] = {}
+
+        def start(index: int) -> None:
+            inflight[index] = asyncio.ensure_future(
+                self._fetch_segment(pending, segments[index], offsets[index], max_chunk, located)
+            )
+
         try:
-            for index, segment in enumerate(segments):
-                chunks = await fetch
-                if index + 1 < len(segments):
-                    ids = [c.id for c in segments[index + 1]]
-                    fetch = asyncio.ensure_future(self._chunks(ids, max_chunk))
-                await asyncio.to_thread(
-                    self._write_segment, pending, segment, chunks, hasher, located.path
-                )
+            await asyncio.to_thread(pending.truncate, entry.size)
+            for index in range(min(_SEGMENT_WINDOW, len(segments))):
+                start(index)
+            for index in range(len(segments)):
+                pieces = await inflight.pop(index)
+                if index + _SEGMENT_WINDOW < len(segments):
+                    start(index + _SEGMENT_WINDOW)
+                await asyncio.to_thread(_feed, hasher, pieces)
             check_digest(entry, hasher, located.path)
             await asyncio.to_thread(pending.commit, entry.mode, entry.mtime_ns)
         except BaseException:
-            fetch.cancel()
+            for task in inflight.values():
+                task.cancel()
+            await asyncio.gather(*inflight.values(), return_exceptions=True)
             await asyncio.to_thread(pending.abort)
             raise
-        self.stats.files += 1
-        self.stats.bytes_written += entry.size
+        with self._lock:
+            self.stats.files += 1
+            self.stats.bytes_written += entry.size
 
-    def _write_segment(
+    async def _fetch_segment(
         self,
         pending: PendingFile,
         segment: list[ChunkRef],
-        chunks: dict[ObjectId, bytes],
-        hasher: object,
-        where: str,
-    ) -> None:
-        for ref in segment:
-            data = checked_length(chunks[ref.id], ref.length, where)
-            hasher.update(data)  # type: ignore[attr-defined]
-            pending.write(data)
-            self.progress.advance(len(data))
+        offset: int,
+        max_chunk: int,
+        located: Located,
+    ) -> list[bytes]:
+        chunks = await self._chunks([ref.id for ref in segment], max_chunk)
+        pieces = [checked_length(chunks[ref.id], ref.length, located.path) for ref in segment]
+        await asyncio.to_thread(pending.write_at, pieces, offset)
+        self.progress.advance(sum(map(len, pieces)))
+        return pieces
 
     def _count_file(self, size: int) -> None:
         with self._lock:
@@ -545,6 +563,11 @@ class Downloader:
             entry = located.entry
             assert isinstance(entry, DirEntry)
             out.finish_dir((*located.parts, entry.name), entry.mode, entry.mtime_ns)
+
+
+def _feed(hasher: object, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        hasher.update(piece)  # type: ignore[attr-defined]
 
 
 def _units(files: list[Located]) -> list[list[Located]]:
