@@ -87,7 +87,7 @@ def test_in_place_get_of_a_changed_large_file_stays_small(tmp_path):
     assert (tmp_path / "out" / "big.bin").read_bytes() == (
         tmp_path / "src1" / "big.bin"
     ).read_bytes()
-    # Same bound as above: room for allocator arenas (four segments in flight on several
-    # threads once peaked at 328 MB with a smaller file), and still under the file's size.
+    # Typically 80-110 MB; the bound leaves room for glibc's per-thread arenas under
+    # load (see above) and still fails if the 512 MiB file were held whole.
     assert rss < 400, f"in-place get peak RSS {rss:.0f} MB"
     print(f"peak RSS: in-place get {rss:.0f} MB")

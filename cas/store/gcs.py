@@ -1,10 +1,10 @@
 """A store in a Google Cloud Storage bucket: `--store gs://BUCKET/PREFIX`.
 
 It speaks the GCS JSON API over `aiohttp` from the event loop. Measured
-against the emulator (benchmarks/gcs_clients.py, docs/gcs.md), that moved
-several times more small requests per second than the `google-cloud-storage`
-client in a thread pool, for a fifth of the client CPU, which put needs for
-chunking and compression.
+against the emulator (benchmarks/gcs_clients.py, docs/gcs.md), that beat the
+`google-cloud-storage` client in a thread pool on every phase but uploads
+(where the emulator was the limit) and used a fourth to a fifth of its
+client CPU, which put needs for chunking and compression.
 
 1. Every object is one bucket object named `PREFIX/<kind>/<hex id>`; a ref is
    `PREFIX/refs/<name>` holding the target id (also kept in the object's

@@ -43,6 +43,7 @@ def object_resource(name: str, size: int = 1) -> tuple[int, bytes]:
 class Recorded:
     method: str
     path: str
+    raw_path: str
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
@@ -92,6 +93,7 @@ class ScriptedGcs:
             Recorded(
                 request.method,
                 request.path,
+                request.raw_path,
                 dict(request.query),
                 dict(request.headers),
                 await request.read(),

@@ -208,6 +208,21 @@ async def test_uploads_are_create_only_multipart_with_crc32c(scripted, scripted_
     assert parts[2].split(b"\r\n\r\n", 1)[1] == data + b"\r\n"
 
 
+async def test_object_names_are_one_escaped_path_segment(scripted):
+    """Real GCS needs `/` in an object name sent as %2F (the emulator accepts either)."""
+    store = GcsStore(GcsLocation("b", "team/cas"), endpoint=scripted.url, anonymous=True)
+    scripted.default = gcs_error(404, "No such object")
+    async with store:
+        with pytest.raises(ObjectNotFound):
+            await store.get(Kind.CHUNK, ID, max_size=10)
+        with pytest.raises(ObjectNotFound):
+            await store.read_ref("ci/main/1")
+    assert [r.raw_path.split("?")[0] for r in scripted.requests] == [
+        f"/storage/v1/b/b/o/team%2Fcas%2Fchunk%2F{ID}",
+        "/storage/v1/b/b/o/team%2Fcas%2Frefs%2Fci%2Fmain%2F1",
+    ]
+
+
 async def test_precondition_failure_means_present(scripted, scripted_store):
     scripted.script = [
         gcs_error(412, "At least one of the pre-conditions you specified did not hold.")
