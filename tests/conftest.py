@@ -1,8 +1,9 @@
 """Shared fixtures: real stores, isolated cache/data dirs, tree helpers.
 
 The `store` fixture is parametrised over backend fixture names, so the
-conformance suite runs once per backend (local today; remote backends add
-their fixture name to `STORE_BACKENDS`).
+conformance suite runs once per backend (local directory, the remote layers,
+a real `cas serve` on loopback and the GCS emulator; a new backend adds its
+fixture name to `STORE_BACKENDS`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from cas.store.base import Kind, Store
 from cas.store.local import LocalStore
 from tests.gcs_emulator import BUCKET as GCS_BUCKET
 from tests.gcs_emulator import Emulator, gcs_emulator  # noqa: F401 (session fixture)
+from tests.serve_process import TOKENS, ServeProcess, start_serve
 
 STORE_BACKENDS = [
     "local_backend",
     "local_durable_backend",
     "local_named_temp_backend",
     "wrapped_local_backend",
+    "serve_backend",
     "gcs_backend",
 ]
 
@@ -127,6 +130,30 @@ def wrapped_local_backend(tmp_path: Path) -> Iterator[Backend]:
 
     root = tmp_path / "store"
     yield LocalBackend(wrap_remote(LocalStore(root, fsync=False)), root)
+
+
+@pytest.fixture(scope="session")
+def serve_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """One real `cas serve` subprocess for the session (start-up costs about a second)."""
+    server = start_serve(tmp_path_factory.mktemp("serve"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def serve_backend(serve_process: ServeProcess) -> AsyncIterator[Backend]:
+    """The http backend (with the remote layers) against `cas serve` over a local store.
+
+    The store is emptied first, so each test starts fresh; ground truth is the
+    server's own directory.
+    """
+    from cas.store.http import HttpStore
+    from cas.store.registry import wrap_remote
+
+    serve_process.reset()
+    store = wrap_remote(HttpStore(serve_process.url, TOKENS["admin"]))
+    yield LocalBackend(store, serve_process.root)
+    await store.aclose()
 
 
 class GcsBackend(Backend):
