@@ -41,6 +41,7 @@ from cas.filescache import (
     reusable_candidates,
     still_stored,
 )
+from cas.gcfence import ConcurrentGcError, GcFence
 from cas.ids import ObjectId
 from cas.objects import (
     DirEntry,
@@ -55,6 +56,7 @@ from cas.objects import (
 from cas.progress import NullProgress, Progress
 from cas.repo import Repository
 from cas.store.base import Kind, validate_ref_name
+from cas.verify import manifest_complete
 from cas.walk import Excludes, SourceEntry, list_directory
 
 DEFAULT_INLINE_MAX: Final = 4096
@@ -108,6 +110,7 @@ class PutStats:
     chunks_new: int = 0
     bytes_new_raw: int = 0
     bytes_uploaded: int = 0
+    gc_waits: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -205,6 +208,8 @@ class Uploader:
         self._settings = CutSettings(opts.params, opts.inline_max, opts.mtimes)
         self._pool: ProcessPoolExecutor | None = None
         self._small_bytes = 0
+        self.gc_fence = True
+        """Settle the manifest against concurrent collections (docs/gc.md); off only in tests."""
 
     # ------------------------------------------------------------ entry point
 
@@ -220,23 +225,9 @@ class Uploader:
         if not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"not a directory: {root}")
 
-        self._started_ns = time.time_ns()
-        self._loop = asyncio.get_running_loop()
-        self._batcher = _MissingBatcher(self.repo)
-        workers = self.options.workers
-        self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
-        self._cpu_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
-        self._worker_slots = asyncio.Semaphore(2 * workers)
-        try:
-            root_tree, totals = await self._put_dir(root, "")
-        except BaseException:
-            self._abort.set()
-            raise
-        finally:
-            await asyncio.to_thread(self._file_pool.shutdown, True, cancel_futures=True)
-            await asyncio.to_thread(self._cpu_pool.shutdown, True, cancel_futures=True)
-            if self._pool is not None:
-                await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+        fence = GcFence(self.repo.store, enabled=self.gc_fence)
+        await fence.begin()  # before the store is asked about any object
+        root_tree, totals = await self._upload(root)
 
         opts = self.options
         manifest = Manifest(
@@ -250,6 +241,11 @@ class Uploader:
             tool=None if opts.reproducible else f"cas {__version__}",
         )
         manifest_id = await self.repo.put_manifest(manifest)
+        await fence.settle(
+            lambda: manifest_complete(self.repo, manifest_id),
+            lambda: self._repair(root, root_tree),
+        )
+        self.stats.gc_waits = fence.rounds
         if opts.ref is not None:
             try:
                 await self.repo.store.create_ref(opts.ref, manifest_id)
@@ -259,6 +255,48 @@ class Uploader:
                     "but not named"
                 ) from None
         return PutResult(manifest_id, manifest, self.stats)
+
+    async def _upload(self, root: str) -> tuple[ObjectId, Totals]:
+        """Store everything below `root` in write order; return the root tree."""
+        self._started_ns = time.time_ns()
+        self._loop = asyncio.get_running_loop()
+        self._batcher = _MissingBatcher(self.repo)
+        workers = self.options.workers
+        self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
+        self._cpu_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
+        self._worker_slots = asyncio.Semaphore(2 * workers)
+        try:
+            return await self._put_dir(root, "")
+        except BaseException:
+            self._abort.set()
+            raise
+        finally:
+            await asyncio.to_thread(self._file_pool.shutdown, True, cancel_futures=True)
+            await asyncio.to_thread(self._cpu_pool.shutdown, True, cancel_futures=True)
+            if self._pool is not None:
+                await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+
+    async def _repair(self, root: str, root_tree: ObjectId) -> None:
+        """Upload again what a concurrent collection removed from under the manifest.
+
+        Ids are content hashes, so storing the unchanged source again recreates
+        exactly the missing objects; a changed source cannot repair the manifest.
+        """
+        again = Uploader(
+            self.repo,
+            self.options,
+            self.progress,
+            self._chunker_factory,
+            self.files_cache,
+            self._skip_dirs,
+        )
+        tree_id, _ = await again._upload(root)
+        self._count(chunks_new=again.stats.chunks_new, bytes_uploaded=again.stats.bytes_uploaded)
+        if tree_id != root_tree:
+            raise ConcurrentGcError(
+                "garbage collection removed objects this put relied on, and the source "
+                "changed before they could be uploaded again; run the put again"
+            )
 
     # ------------------------------------------------------------ directories
 

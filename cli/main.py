@@ -15,9 +15,9 @@ from typing import NoReturn
 
 from cas import __version__
 from cas.errors import CasError, UsageError
-from cas_cli.commands import cache, cat, get, ls, put
+from cas_cli.commands import cache, cat, gc, get, ls, put, refs, verify
 
-COMMANDS = (put, get, ls, cat, cache)
+COMMANDS = (put, get, ls, cat, refs, gc, verify, cache)
 
 
 class _Parser(argparse.ArgumentParser):
