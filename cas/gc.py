@@ -90,6 +90,8 @@ class GcReport:
     )
     unreadable: list[tuple[Kind, ObjectId, str]] = field(default_factory=list)
     records_removed: int = 0
+    sweep_skipped: bool = False
+    """A reachable tree was unreadable, so trees and chunks were kept."""
 
     @property
     def bytes_reclaimed(self) -> int:
@@ -227,7 +229,7 @@ class Collector:
                     for ref in expired:
                         self._lease.check()
                         await self.store.delete_ref(ref.name)
-                for kind in SWEEP_ORDER:
+                for kind in self._sweepable():
                     await self._sweep(kind, cutoff, reachable)
             if self._lease is not None:
                 await self._housekeep_records(started)
@@ -238,6 +240,18 @@ class Collector:
             if self._lease is not None:
                 await self._lease.stop()
         return self.report
+
+    def _sweepable(self) -> tuple[Kind, ...]:
+        """All namespaces, unless a reachable tree could not be read.
+
+        What lies below an unreadable tree is unknown, so no tree or chunk is
+        deleted (restic's prune likewise stops when reachable data is
+        missing). A put repairing that tree relies on this (docs/gc.md).
+        """
+        if any(kind is Kind.TREE for kind, _, _ in self.report.unreadable):
+            self.report.sweep_skipped = True
+            return (Kind.MANIFEST,)
+        return SWEEP_ORDER
 
     # ------------------------------------------------------------ mark
 

@@ -8,13 +8,14 @@ collection records instead (docs/gc.md has the argument):
 
 1. `begin`, before the put asks the store about any object, notes which
    runs have already finished.
-2. `settle`, after the manifest is written, lists the records again. A run
-   that is visible now and was not finished at the last snapshot may have
-   deleted something the manifest needs. The put waits until each such run
-   has finished (its done record, or a lapsed lease), takes a new snapshot,
-   checks that everything the manifest reaches exists, re-uploads what is
-   missing, and looks again. A run that is not visible now started after the
-   manifest existed, and will treat the manifest as a root.
+2. `settle`, after the manifest (and its ref) are written, lists the
+   records again. A run that is visible now and had not finished at `begin`
+   may have deleted something the manifest needs: the put waits until each
+   such run has finished (its done record, or a lapsed lease), checks that
+   everything the manifest reaches exists, and uploads again what is
+   missing. A run that is not visible now started after the manifest
+   existed: it marks the manifest as a root and never sweeps past a tree it
+   cannot read, so it deletes nothing the manifest reaches.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from cas.store.base import Store
 
 RECORD_KEEP_SECONDS: Final = 7 * 86400
 """Records of finished runs are kept this long; a longer put always re-checks."""
-MAX_ROUNDS: Final = 20
 _SLACK: Final = 1.0
 
 
@@ -70,25 +70,25 @@ class GcFence:
 
         `complete` checks that every object the manifest reaches exists;
         `repair` uploads the missing ones again (and raises if it cannot).
+        Runs that start after the manifest exists mark it (and never sweep
+        past a tree they cannot read), so only the runs visible now matter.
         """
         if not self.enabled:
             return
-        for _ in range(MAX_ROUNDS):
-            runs = await self._tracker.refresh()
-            risky = [r for r in runs.values() if r.run not in self._settled]
-            too_long = time.monotonic() - self._since >= RECORD_KEEP_SECONDS
-            if not risky and not too_long:
-                return
-            self.rounds += 1
-            await self._wait_finished({r.run for r in risky})
-            self._since = time.monotonic()
-            await self._snapshot()
-            if not await complete():
-                await repair()
-        raise ConcurrentGcError(
-            f"garbage collection kept running during {MAX_ROUNDS} checks of this put; "
-            "run the put again"
-        )
+        runs = await self._tracker.refresh()
+        risky = {r.run for r in runs.values() if r.run not in self._settled}
+        if not risky and time.monotonic() - self._since < RECORD_KEEP_SECONDS:
+            return
+        self.rounds += 1
+        await self._wait_finished(risky)
+        if await complete():
+            return
+        await repair()
+        if not await complete():
+            raise ConcurrentGcError(
+                "garbage collection removed objects this put relied on and they could not "
+                "be uploaded again; run the put again"
+            )
 
     async def _wait_finished(self, runs: set[str]) -> None:
         while True:

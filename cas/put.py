@@ -241,19 +241,24 @@ class Uploader:
             tool=None if opts.reproducible else f"cas {__version__}",
         )
         manifest_id = await self.repo.put_manifest(manifest)
+        taken = None
+        if opts.ref is not None:
+            try:
+                await self.repo.store.create_ref(opts.ref, manifest_id)
+            except AlreadyExists:
+                taken = AlreadyExists(
+                    f"ref {opts.ref!r} already exists; manifest {manifest_id} was stored "
+                    "but not named"
+                )
+        # The ref (a root) comes before settling so that the manifest stays a root
+        # however long settling takes, even with a short grace period.
         await fence.settle(
             lambda: manifest_complete(self.repo, manifest_id),
             lambda: self._repair(root, root_tree),
         )
         self.stats.gc_waits = fence.rounds
-        if opts.ref is not None:
-            try:
-                await self.repo.store.create_ref(opts.ref, manifest_id)
-            except AlreadyExists:
-                raise AlreadyExists(
-                    f"ref {opts.ref!r} already exists; manifest {manifest_id} was stored "
-                    "but not named"
-                ) from None
+        if taken is not None:
+            raise taken
         return PutResult(manifest_id, manifest, self.stats)
 
     async def _upload(self, root: str) -> tuple[ObjectId, Totals]:

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 "kept_young": {k.value: vars(c) for k, c in report.kept_young.items()},
                 "kept_reachable": {k.value: vars(c) for k, c in report.kept_reachable.items()},
                 "bytes_reclaimed": report.bytes_reclaimed,
+                "sweep_skipped": report.sweep_skipped,
                 "unreadable": [
                     {"kind": k.value, "id": str(i), "problem": p} for k, i, p in report.unreadable
                 ],
@@ -105,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{verb} ref {ref.name} -> {ref.target}")
         for kind, object_id, problem in report.unreadable:
             print(f"cas: warning: reachable {kind} {object_id} is {problem}", flush=True)
+        if report.sweep_skipped:
+            print(
+                "cas: warning: trees and chunks were kept because a reachable tree is "
+                "unreadable; `cas verify --all` names the manifests, re-put or `cas ref rm` them",
+                flush=True,
+            )
         parts = ", ".join(f"{c.objects} {k.value}s" for k, c in report.deleted.items())
         info(
             args,

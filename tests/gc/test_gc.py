@@ -32,7 +32,9 @@ def write_tree(root: Path, blobs: dict[str, bytes]) -> Path:
 
 async def put(store: Store, src: Path, **options) -> ObjectId:
     uploader = Uploader(Repository(store), PutOptions(**options))
-    return (await uploader.put(src)).manifest_id
+    manifest_id = (await uploader.put(src)).manifest_id
+    await asyncio.sleep(0.02)  # file-system clocks tick coarsely; be older than a gc started now
+    return manifest_id
 
 
 async def ids_of(store: Store, kind: Kind) -> set[ObjectId]:
@@ -98,12 +100,16 @@ async def test_run_leaves_a_done_record_and_no_heartbeats(store, tmp_path):
     assert state.done and len(state.records) == 2  # start and done; beats removed
 
 
-async def test_a_reachable_missing_tree_is_reported_not_fatal(store, tmp_path):
-    kept = await put(store, write_tree(tmp_path / "a", {"d": b""}), ref="r")
+async def test_a_reachable_missing_tree_stops_the_sweep_of_trees_and_chunks(store, tmp_path):
+    kept = await put(store, write_tree(tmp_path / "a", {"d": os.urandom(9000)}), ref="r")
+    await put(store, write_tree(tmp_path / "b", {"e": os.urandom(9000)}))  # garbage
     manifest = await Repository(store).get_manifest(kept)
     await store.delete(Kind.TREE, manifest.root)
+    chunks = await ids_of(store, Kind.CHUNK)
     report = await collect(Repository(store), NOW_GRACE)
     assert [(k, i) for k, i, _ in report.unreadable] == [(Kind.TREE, manifest.root)]
+    assert report.sweep_skipped and report.deleted[Kind.MANIFEST].objects == 1
+    assert await ids_of(store, Kind.CHUNK) == chunks
 
 
 class GcBeforeManifest(WrappingStore):
