@@ -33,6 +33,8 @@ def validate_pattern(pattern: str) -> str:
             f"invalid ref pattern {pattern!r}: use ref-name characters [A-Za-z0-9._+@=/-] "
             "and the wildcards * ? [...]"
         )
+    if any(segment in ("", ".", "..") for segment in pattern.split("/")):
+        raise UsageError(f"invalid ref pattern {pattern!r}: empty, '.' or '..' segment")
     if pattern.count("[") != pattern.count("]"):
         raise UsageError(f"invalid ref pattern {pattern!r}: unbalanced [ ]")
     return pattern
