@@ -51,6 +51,7 @@ async def walk(
     manifest: Manifest,
     root: ObjectId | None = None,
     start: tuple[str, ...] = (),
+    enter: Callable[[tuple[str, ...]], bool] | None = None,
 ) -> AsyncIterator[Located]:
     """Every entry under `root` (default: the manifest root), parents before children.
 
@@ -58,7 +59,8 @@ async def walk(
     a few small objects can describe an exponential number of paths. The walk
     therefore stops as soon as it has seen more entries than the manifest's
     totals declare, and refuses manifests that declare more than
-    `MAX_ENTRIES`.
+    `MAX_ENTRIES`. `enter(parts)` False prunes a directory: its entry is
+    yielded, its tree is never fetched.
     """
     totals = manifest.totals
     allowed = totals.files + totals.dirs + totals.symlinks
@@ -93,7 +95,9 @@ async def walk(
                 if isinstance(entry, FileEntry):
                     check_chunks(entry, max_chunk, located.path)
                 elif isinstance(entry, DirEntry):
-                    next_level.append(((*parts, entry.name), entry.tree))
+                    child = (*parts, entry.name)
+                    if enter is None or enter(child):
+                        next_level.append((child, entry.tree))
                 yield located
         level = next_level
 

@@ -135,6 +135,17 @@ class ChunkCache:
             self._touch(key, now, size)
         return found
 
+    def has_many(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
+        """The ids among `ids` the cache holds (no data read; for planning)."""
+        try:
+            with self._env.begin() as txn:
+                return {i for i in ids if txn.get(bytes(i), db=self._meta) is not None}
+        except lmdb.MapResizedError:
+            self._env.set_mapsize(0)
+            return self.has_many(ids)
+        except lmdb.Error:
+            return set()
+
     def put_many(self, items: Iterable[tuple[ObjectId, bytes]]) -> None:
         """Insert verified blobs in one transaction (commits are the expensive part)."""
         batch = [(bytes(i), b) for i, b in items if len(b) <= self.capacity // 4]

@@ -14,6 +14,12 @@ Rules that make a hostile manifest harmless:
 4. Symlinks are created after all files are written, so nothing is ever
    written through one; directory modes and mtimes are set last, deepest
    first (a read-only directory would otherwise block its own children).
+5. In-place updates never leave a half-written file: a directory in the way
+   of a file or symlink is renamed aside (to a temporary name) just before
+   the rename that replaces it, a file in the way of a directory likewise,
+   and both are removed at the end (`remove_asides`). Files whose old bytes
+   later writes will copy are first hard-linked to a temporary name in the
+   root (`pin`), so replacing them does not take those bytes away.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import stat
 import time
 from collections.abc import Iterator, Sequence
 from typing import Final
 
-from cas.errors import DestinationError, UnsafeManifest
+from cas.errors import CasError, DestinationError, UnsafeManifest
 from cas.objects import check_name
 
 TEMP_PREFIX: Final = ".cas-tmp-"
@@ -63,6 +70,8 @@ class Destination:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.fspath(root)
+        self._asides: list[tuple[tuple[str, ...], str]] = []
+        self._pins: list[str] = []
         try:
             os.makedirs(self.root, exist_ok=True)
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -140,7 +149,99 @@ class Destination:
         except OSError as exc:
             os.close(parent)
             raise _fail(exc, "creating", _describe(parts, name)) from None
-        return PendingFile(parent, fd, temp, name, _describe(parts, name))
+        return PendingFile(self, tuple(parts), parent, fd, temp, name, _describe(parts, name))
+
+    def rename_into_place(self, parts: Parts, dir_fd: int, temp: str, name: str) -> None:
+        """Rename `temp` over `name`; a directory in the way is first renamed aside."""
+        try:
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            self._set_aside(parts, dir_fd, name)
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def _set_aside(self, parts: Parts, dir_fd: int, name: str) -> None:
+        aside = TEMP_PREFIX + secrets.token_hex(8)
+        os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self._asides.append((tuple(parts), aside))
+
+    def move_aside(self, parts: Parts, name: str) -> None:
+        """Rename `parts/name` to a temporary name, removed by `remove_asides`."""
+        check_name(name, _describe(parts, name))
+        with self.directory(parts) as fd:
+            try:
+                self._set_aside(parts, fd, name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise _fail(exc, "replacing", _describe(parts, name)) from None
+
+    def remove_asides(self) -> None:
+        """Delete whatever `move_aside` and replacing renames set aside."""
+        for parts, aside in self._asides:
+            with contextlib.suppress(CasError, OSError), self.directory(parts) as fd:
+                _remove_entry(fd, aside)
+        self._asides.clear()
+
+    def pin(self, parts: Parts, name: str) -> str | None:
+        """Hard-link `parts/name` to a temporary name in the root; its path, or None.
+
+        The link keeps the old bytes readable after this get replaces or
+        removes the file. None where links are impossible (another file
+        system, no permission): reads from the old path are then verified
+        and fall back to the store.
+        """
+        pin = TEMP_PREFIX + secrets.token_hex(8)
+        try:
+            with self.directory(parts) as fd:
+                os.link(name, pin, src_dir_fd=fd, dst_dir_fd=self._root_fd, follow_symlinks=False)
+        except (CasError, OSError):
+            return None
+        self._pins.append(pin)
+        return os.path.join(self.root, pin)
+
+    def remove_pins(self) -> None:
+        """Drop the links `pin` made."""
+        for pin in self._pins:
+            with contextlib.suppress(OSError):
+                os.unlink(pin, dir_fd=self._root_fd)
+        self._pins.clear()
+
+    def remove(self, parts: Parts, name: str) -> None:
+        """Delete `parts/name` (a directory with everything in it), never through a symlink."""
+        check_name(name, _describe(parts, name))
+        with self.directory(parts) as fd:
+            try:
+                _remove_entry(fd, name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise _fail(exc, "removing", _describe(parts, name)) from None
+
+    def set_metadata(self, parts: Parts, name: str, mode: int, mtime_ns: int | None) -> None:
+        """Give an unchanged file the manifest's mode and mtime without rewriting it."""
+        check_name(name, _describe(parts, name))
+        where = _describe(parts, name)
+        with self.directory(parts) as dir_fd:
+            try:
+                fd = os.open(
+                    name,
+                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    dir_fd=dir_fd,
+                )
+            except OSError as exc:
+                raise _fail(exc, "setting metadata of", where) from None
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise DestinationError(f"{where} changed while being updated")
+                os.fchmod(fd, mode & _MODE_MASK)
+                if mtime_ns is not None:
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+            except OSError as exc:
+                raise _fail(exc, "setting metadata of", where) from None
+            finally:
+                os.close(fd)
 
     def symlink(self, parts: Parts, name: str, target: str, mtime_ns: int | None) -> None:
         """Create or replace a symlink atomically; its target is stored, never followed."""
@@ -152,7 +253,7 @@ class Destination:
                 os.symlink(target, temp, dir_fd=fd)
                 if mtime_ns is not None:
                     os.utime(temp, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
-                os.rename(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                self.rename_into_place(parts, fd, temp, name)
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(temp, dir_fd=fd)
@@ -186,16 +287,55 @@ def remove_stale_temporaries(dir_fd: int) -> int:
     for name in names:
         with contextlib.suppress(OSError):
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if st.st_ctime < cutoff and not stat.S_ISDIR(st.st_mode):
-                os.unlink(name, dir_fd=dir_fd)
+            if st.st_ctime < cutoff:
+                _remove_entry(dir_fd, name)
                 removed += 1
     return removed
+
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    """Unlink a file or symlink, or remove a directory tree (fd-relative, no symlink followed)."""
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        _make_tree_writable(dir_fd, name)
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _make_tree_writable(dir_fd: int, name: str) -> None:
+    """Owner-writable directories, so a read-only tree can be removed."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        mode = os.fstat(fd).st_mode
+        if mode & 0o700 != 0o700:
+            os.fchmod(fd, (mode | 0o700) & 0o7777)
+        for child in os.listdir(fd):
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode):
+                    _make_tree_writable(fd, child)
+    finally:
+        os.close(fd)
 
 
 class PendingFile:
     """A file being written under a temporary name in its final directory."""
 
-    def __init__(self, dir_fd: int, fd: int, temp: str, name: str, where: str) -> None:
+    def __init__(
+        self,
+        dest: Destination,
+        parts: tuple[str, ...],
+        dir_fd: int,
+        fd: int,
+        temp: str,
+        name: str,
+        where: str,
+    ) -> None:
+        self._dest = dest
+        self._parts = parts
         self._dir_fd = dir_fd
         self._fd = fd
         self._temp = temp
@@ -222,7 +362,7 @@ class PendingFile:
                 os.utime(self._fd, ns=(mtime_ns, mtime_ns))
             os.close(self._fd)
             self._fd = -1
-            os.rename(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            self._dest.rename_into_place(self._parts, self._dir_fd, self._temp, self._name)
         except OSError as exc:
             self.abort()
             raise _fail(exc, "writing", self.where) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from cas import codec
@@ -108,24 +108,63 @@ class Repository:
             await asyncio.to_thread(cache.put, object_id, blob)
         return data
 
-    async def get_chunks(self, ids: Sequence[ObjectId], max_size: int) -> dict[ObjectId, bytes]:
+    async def get_chunks(
+        self,
+        ids: Sequence[ObjectId],
+        max_size: int,
+        local: Callable[[list[ObjectId]], dict[ObjectId, bytes]] | None = None,
+    ) -> dict[ObjectId, bytes]:
         """Verified bytes of many chunks, with one thread hop per source.
 
-        Cache hits are decoded and verified in the hop that reads them (a
-        damaged entry is dropped and fetched again); the rest come from the
-        store in one batch, are verified, and are added to the cache.
+        Sources in order: the cache (hits decoded and verified in the hop that
+        reads them; a damaged entry is dropped), then `local` (a callable run
+        in a thread that returns only chunks it verified itself), then the
+        store in one batch, verified and added to the cache. A chunk another
+        call is already fetching from the store is awaited, not fetched twice.
         """
         wanted = list(dict.fromkeys(ids))
         found: dict[ObjectId, bytes] = {}
         if self.cache is not None and wanted:
             found = await asyncio.to_thread(self._from_cache, wanted, max_size)
         rest = [i for i in wanted if i not in found]
-        if rest:
-            blobs = await self.store.get_many(
-                Kind.CHUNK, rest, max_size=stored_size_bound(max_size)
-            )
-            found.update(await asyncio.to_thread(self._verify_and_keep, blobs, max_size))
+        if rest and local is not None:
+            found.update(await asyncio.to_thread(local, rest))
+            rest = [i for i in rest if i not in found]
+        waiting = {i: self._inflight[i] for i in rest if i in self._inflight}
+        mine = [i for i in rest if i not in waiting]
+        if mine:
+            found.update(await self._fetch_shared(mine, max_size))
+        for object_id, future in waiting.items():
+            found[object_id] = await asyncio.shield(future)
         return found
+
+    async def _fetch_shared(self, ids: list[ObjectId], max_size: int) -> dict[ObjectId, bytes]:
+        """One batched store read that concurrent callers can wait on per id."""
+        loop = asyncio.get_running_loop()
+        futures = {i: loop.create_future() for i in ids}
+        self._inflight.update(futures)
+        try:
+            blobs = await self.store.get_many(Kind.CHUNK, ids, max_size=stored_size_bound(max_size))
+            data = await asyncio.to_thread(self._verify_and_keep, blobs, max_size)
+        except BaseException as exc:
+            for future in futures.values():
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
+                    future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            for object_id in ids:
+                if self._inflight.get(object_id) is futures[object_id]:
+                    del self._inflight[object_id]
+        for object_id, future in futures.items():
+            if object_id in data:
+                future.set_result(data[object_id])
+            else:
+                future.set_exception(ObjectNotFound(f"chunk {object_id} not found"))
+                future.exception()
+        return data
 
     def _from_cache(self, ids: list[ObjectId], max_size: int) -> dict[ObjectId, bytes]:
         assert self.cache is not None

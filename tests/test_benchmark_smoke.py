@@ -31,3 +31,24 @@ def test_compare_smoke_restores_exactly(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "exact" in proc.stderr
+
+
+def test_delta_get_smoke_fetches_only_what_the_machine_lacks(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "delta_get.py"),
+            "--smoke",
+            "--work",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("(")]
+    assert len(rows) == 4 and all(line.endswith("yes") for line in rows)
+    assert [line.split()[-2] for line in rows[1:]] == ["1.00", "1.00", "1.00"]

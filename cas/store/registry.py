@@ -1,7 +1,8 @@
 """Open a store from a URL: the scheme picks the backend.
 
 `--store /path`, `--store file:///path` and the default (a directory in the
-user's data dir) give a `LocalStore`. Backends register a factory per
+user's data dir) give a `LocalStore`; `http(s)://HOST:PORT` gives an
+`HttpStore` talking to `cas serve`. Backends register a factory per
 scheme; optional dependencies are imported only when their scheme is used.
 """
 
@@ -68,6 +69,34 @@ def wrap_remote(store: Store, policy: RetryPolicy | None = None) -> Store:
     hold a slot that another call could use.
     """
     return RetryingStore(LimitedStore(store), policy)
+
+
+def _open_http(url: str, create: bool) -> Store:
+    """A `cas serve` server; the bearer token comes from `CAS_TOKEN`."""
+    from cas.store.http import HttpStore
+
+    return wrap_remote(HttpStore(url, os.environ.get("CAS_TOKEN") or None))
+
+
+register("http", _open_http)
+register("https", _open_http)
+
+
+def _open_gcs(url: str, create: bool) -> Store:
+    """`gs://BUCKET/PREFIX`; buckets are made by their owners, never by `create`."""
+    try:
+        import google.auth  # noqa: F401 (only to report a missing extra clearly)
+        import google_crc32c  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            f"{url}: gs:// stores need the gcs extra: pip install 'cas[gcs]'"
+        ) from None
+    from cas.store.gcs import GcsStore
+
+    return wrap_remote(GcsStore.from_url(url))
+
+
+register("gs", _open_gcs)
 
 
 def open_store(url: str | None = None, *, create: bool = False) -> Store:

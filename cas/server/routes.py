@@ -1,0 +1,374 @@
+"""The handlers of the HTTP API (docs/http-api.md is the specification).
+
+Every name in a URL is parsed strictly (kinds from `Kind`, ids as 64
+lower-case hex, refs by `validate_ref_name`) before the store is touched,
+so `..`, encoded slashes and other path tricks end as `400`. Uploads are
+read with a size cap and verified (`cas.server.verify`) before the store
+sees them. Listings stream newline-delimited JSON and end with an `end`
+record, so a cut-off listing is never taken for a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from cas import __version__
+from cas.errors import CasError, ObjectNotFound, UsageError
+from cas.httpapi import (
+    ABSENT,
+    API_PREFIX,
+    END_KEY,
+    FAILED,
+    FAILURE_HEADER,
+    JSON_LINES,
+    MAX_BATCH_BODY,
+    MAX_BATCH_OBJECTS,
+    MAX_JSON_BODY,
+    MAX_MISSING_IDS,
+    MTIME_HEADER,
+    OCTETS,
+    RECORD_HEADER,
+    SIZE_HEADER,
+)
+from cas.ids import ObjectId
+from cas.server.context import (
+    BYTES_IN,
+    LIMITS,
+    METRICS,
+    STORE,
+    Refusal,
+    error_body,
+    required_scope,
+)
+from cas.server.metrics import CONTENT_TYPE
+from cas.server.tokens import Scope
+from cas.server.verify import verify_upload
+from cas.store.base import Kind, validate_ref_name
+
+_MAX_PREFIX = 64
+_GET_WINDOW = 8  # objects fetched from the store at once for one batch get
+_KINDS = ", ".join(k.value for k in Kind)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _kind(request: web.Request) -> Kind:
+    text = request.match_info["kind"]
+    try:
+        return Kind(text)
+    except ValueError:
+        raise UsageError(f"unknown object kind {text[:40]!r}: expected one of {_KINDS}") from None
+
+
+def _object_id(request: web.Request) -> ObjectId:
+    return ObjectId.parse(request.match_info["object_id"])
+
+
+def _ref_name(request: web.Request) -> str:
+    return validate_ref_name(request.match_info["name"])
+
+
+def _hex_prefix(request: web.Request) -> str:
+    prefix = request.query.get("prefix", "")
+    if len(prefix) > _MAX_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
+        raise UsageError(f"list prefix must be at most 64 lower-case hex digits: {prefix[:80]!r}")
+    return prefix
+
+
+async def read_body(request: web.Request, limit: int, what: str) -> bytes:
+    """The whole request body, refusing (413) anything past `limit` bytes without reading it all."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise Refusal(413, "TooLarge", f"{what}: body of {declared} bytes exceeds {limit}")
+    body = bytearray()
+    async for piece in request.content.iter_any():
+        body += piece
+        request[BYTES_IN] = len(body)
+        if len(body) > limit:
+            raise Refusal(413, "TooLarge", f"{what}: body exceeds {limit} bytes")
+    return bytes(body)
+
+
+async def _read_json(request: web.Request, what: str) -> Any:
+    body = await read_body(request, MAX_JSON_BODY, what)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"{what}: body is not valid JSON") from None
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.json_response(obj, status=status)
+
+
+# ---------------------------------------------------------------- service
+
+
+async def health(request: web.Request) -> web.Response:
+    """Answer 200 when the store answers; 503 (via StoreUnavailable) when it does not."""
+    store = request.app[STORE]
+    with contextlib.suppress(ObjectNotFound):
+        await store.stat(Kind.MANIFEST, ObjectId(bytes(32)))
+    return _json({"status": "ok", "version": __version__})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition text."""
+    body = request.app[METRICS].render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+# ---------------------------------------------------------------- objects
+
+
+@required_scope(Scope.READ)
+async def missing(request: web.Request) -> web.Response:
+    """Which of up to `MAX_MISSING_IDS` ids the store lacks, in one request."""
+    kind = _kind(request)
+    payload = await _read_json(request, "missing")
+    ids = payload.get("ids") if isinstance(payload, dict) else None
+    if not isinstance(ids, list):
+        raise UsageError('missing: body must be {"ids": [HEX, ...]}')
+    if len(ids) > MAX_MISSING_IDS:
+        raise UsageError(f"missing: at most {MAX_MISSING_IDS} ids per request, got {len(ids)}")
+    parsed = [ObjectId.parse(i) for i in ids]
+    absent = await request.app[STORE].missing(kind, parsed)
+    return _json({"missing": sorted(str(i) for i in absent)})
+
+
+@required_scope(Scope.READ)
+async def get_object(request: web.Request) -> web.Response:
+    """The stored bytes, as uploaded."""
+    kind, object_id = _kind(request), _object_id(request)
+    limit = request.app[LIMITS].body(kind)
+    data = await request.app[STORE].get(kind, object_id, max_size=limit)
+    return web.Response(body=data, content_type=OCTETS)
+
+
+@required_scope(Scope.READ)
+async def stat_object(request: web.Request) -> web.Response:
+    """Size and creation time in headers, no body."""
+    kind, object_id = _kind(request), _object_id(request)
+    info = await request.app[STORE].stat(kind, object_id)
+    return web.Response(headers={SIZE_HEADER: str(info.size), MTIME_HEADER: info.mtime.isoformat()})
+
+
+@required_scope(Scope.WRITE)
+async def put_object(request: web.Request) -> web.Response:
+    """Create-only upload: 201 created, 200 already present; the body is verified first."""
+    kind, object_id = _kind(request), _object_id(request)
+    limits = request.app[LIMITS]
+    body = await read_body(request, limits.body(kind), f"{kind} {object_id}")
+    await asyncio.to_thread(verify_upload, kind, object_id, body, limits)
+    created = await request.app[STORE].put_if_absent(kind, object_id, body)
+    return web.Response(status=201 if created else 200)
+
+
+@required_scope(Scope.WRITE)
+async def put_batch(request: web.Request) -> web.Response:
+    """Many create-only uploads in one request; all are verified before any is stored.
+
+    Answers `{"created": [BOOL, ...]}` in the order of the records. One bad
+    record refuses the whole batch (422 naming it), so nothing is half-done.
+    """
+    kind = _kind(request)
+    limits = request.app[LIMITS]
+    body = await read_body(request, MAX_BATCH_BODY, f"{kind} batch")
+    items = _parse_records(body, limits.body(kind), kind)
+
+    def verify_all() -> None:
+        for object_id, data in items:
+            verify_upload(kind, object_id, data, limits)
+
+    await asyncio.to_thread(verify_all)
+    created = await request.app[STORE].put_many(kind, items) if items else []
+    return _json({"created": created})
+
+
+def _parse_records(body: bytes, limit: int, kind: Kind) -> list[tuple[ObjectId, bytes]]:
+    view = memoryview(body)
+    items: list[tuple[ObjectId, bytes]] = []
+    offset = 0
+    while offset < len(view):
+        if len(items) == MAX_BATCH_OBJECTS:
+            raise UsageError(f"{kind} batch: more than {MAX_BATCH_OBJECTS} records")
+        if offset + RECORD_HEADER.size > len(view):
+            raise UsageError(f"{kind} batch: truncated record header at byte {offset}")
+        raw_id, length = RECORD_HEADER.unpack_from(view, offset)
+        offset += RECORD_HEADER.size
+        object_id = ObjectId(raw_id)
+        if length > limit:
+            raise Refusal(413, "TooLarge", f"{kind} {object_id}: {length} bytes exceeds {limit}")
+        if offset + length > len(view):
+            raise UsageError(f"{kind} batch: record {object_id} is truncated")
+        items.append((object_id, bytes(view[offset : offset + length])))
+        offset += length
+    return items
+
+
+@required_scope(Scope.READ)
+async def get_batch(request: web.Request) -> web.StreamResponse:
+    """Many objects in one streamed answer, as records in the order asked.
+
+    Body `{"ids": [HEX, ...], "max_size": N}`. An absent object is a record
+    with length `ABSENT`; a store failure ends the stream with a `FAILED`
+    record and a JSON error, so the client never takes a partial answer
+    for a whole one.
+    """
+    kind = _kind(request)
+    payload = await _read_json(request, f"{kind} batch get")
+    ids = payload.get("ids") if isinstance(payload, dict) else None
+    max_size = payload.get("max_size") if isinstance(payload, dict) else None
+    if not isinstance(ids, list) or not isinstance(max_size, int) or max_size < 0:
+        raise UsageError(f'{kind} batch get: body must be {{"ids": [HEX, ...], "max_size": N}}')
+    if len(ids) > MAX_BATCH_OBJECTS:
+        raise UsageError(f"{kind} batch get: at most {MAX_BATCH_OBJECTS} ids, got {len(ids)}")
+    wanted = [ObjectId.parse(i) for i in ids]
+    limit = min(max_size, request.app[LIMITS].body(kind))
+    store = request.app[STORE]
+
+    async def fetch(object_id: ObjectId) -> bytes | None:
+        try:
+            return await store.get(kind, object_id, max_size=limit)
+        except ObjectNotFound:
+            return None
+
+    response = web.StreamResponse(headers={"Content-Type": OCTETS})
+    await response.prepare(request)
+    try:
+        for start in range(0, len(wanted), _GET_WINDOW):
+            window = wanted[start : start + _GET_WINDOW]
+            for object_id, data in zip(
+                window, await asyncio.gather(*(fetch(i) for i in window)), strict=True
+            ):
+                if data is None:
+                    await response.write(RECORD_HEADER.pack(object_id, ABSENT))
+                else:
+                    await response.write(RECORD_HEADER.pack(object_id, len(data)) + data)
+    except CasError as exc:
+        error = json.dumps(error_body(exc)).encode()
+        await response.write(
+            RECORD_HEADER.pack(bytes(32), FAILED) + FAILURE_HEADER.pack(len(error)) + error
+        )
+    await response.write_eof()
+    return response
+
+
+@required_scope(Scope.ADMIN)
+async def delete_object(request: web.Request) -> web.Response:
+    """Idempotent delete."""
+    kind, object_id = _kind(request), _object_id(request)
+    await request.app[STORE].delete(kind, object_id)
+    return web.Response(status=204)
+
+
+@required_scope(Scope.READ)
+async def list_objects(request: web.Request) -> web.StreamResponse:
+    """Every complete object of a kind (optionally under a hex prefix), as JSON lines."""
+    kind, prefix = _kind(request), _hex_prefix(request)
+
+    async def records() -> AsyncIterator[dict[str, Any]]:
+        async for info in request.app[STORE].list(kind, prefix):
+            yield {"id": str(info.id), "size": info.size, "mtime": info.mtime.isoformat()}
+
+    return await _stream(request, records())
+
+
+# ---------------------------------------------------------------- refs
+
+
+@required_scope(Scope.READ)
+async def list_refs(request: web.Request) -> web.StreamResponse:
+    """Refs under a name prefix, as JSON lines."""
+    prefix = request.query.get("prefix", "")
+
+    async def records() -> AsyncIterator[dict[str, Any]]:
+        async for ref in request.app[STORE].list_refs(prefix):
+            yield {"name": ref.name, "target": str(ref.target), "mtime": ref.mtime.isoformat()}
+
+    return await _stream(request, records())
+
+
+@required_scope(Scope.READ)
+async def read_ref(request: web.Request) -> web.Response:
+    """The ref's target id."""
+    name = _ref_name(request)
+    target = await request.app[STORE].read_ref(name)
+    return _json({"name": name, "target": str(target)})
+
+
+@required_scope(Scope.WRITE)
+async def create_ref(request: web.Request) -> web.Response:
+    """Create-only: 201, or 409 if the name is taken (whatever its target)."""
+    name = _ref_name(request)
+    payload = await _read_json(request, f"ref {name}")
+    target = payload.get("target") if isinstance(payload, dict) else None
+    if not isinstance(target, str):
+        raise UsageError(f'ref {name}: body must be {{"target": HEX}}')
+    await request.app[STORE].create_ref(name, ObjectId.parse(target))
+    return web.Response(status=201)
+
+
+@required_scope(Scope.ADMIN)
+async def delete_ref(request: web.Request) -> web.Response:
+    """Idempotent delete."""
+    await request.app[STORE].delete_ref(_ref_name(request))
+    return web.Response(status=204)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+async def _stream(
+    request: web.Request, records: AsyncIterator[dict[str, Any]]
+) -> web.StreamResponse:
+    """Send records as JSON lines, then an `end` record with the count.
+
+    The status is sent before the store is read, so a failure half-way is
+    reported as a final `error` record instead; the client raises it.
+    """
+    response = web.StreamResponse(headers={"Content-Type": JSON_LINES})
+    await response.prepare(request)
+    count = 0
+    batch: list[bytes] = []
+    try:
+        async for record in records:
+            batch.append(json.dumps(record).encode() + b"\n")
+            count += 1
+            if len(batch) >= 256:
+                await response.write(b"".join(batch))
+                batch.clear()
+        batch.append(json.dumps({END_KEY: True, "count": count}).encode() + b"\n")
+    except CasError as exc:
+        batch.append(json.dumps(error_body(exc)).encode() + b"\n")
+    await response.write(b"".join(batch))
+    await response.write_eof()
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    """The URL map; refs come first so `refs` is never read as an object kind."""
+    p = API_PREFIX
+    app.router.add_get(f"{p}/health", health, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get(f"{p}/refs", list_refs, allow_head=False)
+    app.router.add_get(f"{p}/refs/{{name:.+}}", read_ref, allow_head=False)
+    app.router.add_put(f"{p}/refs/{{name:.+}}", create_ref)
+    app.router.add_delete(f"{p}/refs/{{name:.+}}", delete_ref)
+    app.router.add_post(f"{p}/{{kind}}/missing", missing)
+    app.router.add_post(f"{p}/{{kind}}/put", put_batch)
+    app.router.add_post(f"{p}/{{kind}}/get", get_batch)
+    app.router.add_get(f"{p}/{{kind}}", list_objects, allow_head=False)
+    app.router.add_get(f"{p}/{{kind}}/{{object_id}}", get_object, allow_head=False)
+    app.router.add_head(f"{p}/{{kind}}/{{object_id}}", stat_object)
+    app.router.add_put(f"{p}/{{kind}}/{{object_id}}", put_object)
+    app.router.add_delete(f"{p}/{{kind}}/{{object_id}}", delete_object)

@@ -1,0 +1,460 @@
+"""A store in a Google Cloud Storage bucket: `--store gs://BUCKET/PREFIX`.
+
+It speaks the GCS JSON API over `aiohttp` from the event loop. Measured
+against the emulator (benchmarks/gcs_clients.py, docs/gcs.md), that moved
+several times more small requests per second than the `google-cloud-storage`
+client in a thread pool, for a fifth of the client CPU, which put needs for
+chunking and compression.
+
+1. Every object is one bucket object named `PREFIX/<kind>/<hex id>`; a ref is
+   `PREFIX/refs/<name>` holding the target id (also kept in the object's
+   custom metadata, so listing refs needs no extra reads).
+2. Writes are single multipart uploads with `ifGenerationMatch=0`: GCS creates
+   the object only if no live object has that name (412 otherwise), so
+   nothing is ever overwritten and a runner needs `storage.objects.create`
+   but never `storage.objects.delete`. An upload is invisible until it is
+   complete, so listings never show partial objects. The CRC32C of the data
+   travels with the upload and GCS refuses the object if the bytes arrived
+   different, so a flipped bit in transit cannot become a permanent,
+   create-only corrupt object.
+3. `missing` asks for each id's metadata (`fields=name`, a few bytes each),
+   `capabilities.max_concurrency` requests at a time, as one call.
+4. Failures are mapped once, in cas/store/gcs_errors.py; retries happen in
+   `RetryingStore` around this class (`registry.wrap_remote`).
+
+Credentials come from Application Default Credentials (cas/store/gcs_auth.py);
+with `STORAGE_EMULATOR_HOST` set, requests go to that emulator, unauthenticated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from datetime import datetime
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+
+from cas import __version__
+from cas.errors import (
+    AlreadyExists,
+    CasError,
+    IntegrityError,
+    ObjectNotFound,
+    StoreUnavailable,
+    UsageError,
+)
+from cas.ids import ObjectId, is_object_id
+from cas.store.base import (
+    Capabilities,
+    Kind,
+    ObjectInfo,
+    RefInfo,
+    Store,
+    check_id,
+    validate_ref_name,
+)
+from cas.store.gcs_auth import GcsAuth
+from cas.store.gcs_errors import (
+    BucketNotFound,
+    GcsCall,
+    create_call,
+    delete_call,
+    list_call,
+    read_call,
+    translate_exception,
+    translate_status,
+)
+from cas.store.gcs_location import DEFAULT_ENDPOINT, GcsLocation, emulator_endpoint
+
+DEFAULT_CONCURRENCY: Final = 64
+_PAGE_SIZE: Final = 1000
+_REF_MAX_BYTES: Final = 1024
+_TARGET_KEY: Final = "cas-target"
+_LIST_FIELDS: Final = "items(name,size,timeCreated,updated,metadata),nextPageToken"
+
+
+class _BodyTooLarge(Exception):
+    """A download longer than the caller allows (becomes an `IntegrityError`)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _crc32c(data: bytes) -> str:
+    """Base64 of the big-endian CRC32C, the form GCS metadata uses."""
+    import google_crc32c
+
+    return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
+
+
+def _parse(body: bytes, call: GcsCall, location: GcsLocation) -> dict[str, Any]:
+    """A JSON answer; anything else (say, a proxy's HTML page) is worth another try."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise StoreUnavailable(
+            f"GCS sent an answer that is not a JSON object for {call.what} ({location.url})"
+        )
+    return parsed
+
+
+def _info(
+    kind: Kind, object_id: ObjectId, item: dict[str, Any], call: GcsCall, location: GcsLocation
+) -> ObjectInfo:
+    try:
+        size = int(item["size"])
+    except (KeyError, ValueError, TypeError):
+        raise StoreUnavailable(
+            f"GCS sent object metadata without a valid size for {call.what} ({location.url})"
+        ) from None
+    return ObjectInfo(Kind(kind), object_id, size, _mtime(item, call, location))
+
+
+def _mtime(item: dict[str, Any], call: GcsCall, location: GcsLocation) -> datetime:
+    """The later of creation and metadata-update time: never earlier than creation.
+
+    Objects here are never rewritten, so this is the creation time unless
+    someone changed the metadata; gc's grace period only gets longer then.
+    """
+    try:
+        return max(
+            datetime.fromisoformat(item[k]) for k in ("timeCreated", "updated") if item.get(k)
+        )
+    except (ValueError, TypeError):
+        raise StoreUnavailable(
+            f"GCS sent object metadata without a valid time for {call.what} ({location.url})"
+        ) from None
+
+
+class GcsStore(Store):
+    """A `Store` in `gs://BUCKET/PREFIX` over the GCS JSON API."""
+
+    def __init__(
+        self,
+        location: GcsLocation,
+        *,
+        endpoint: str | None = None,
+        anonymous: bool | None = None,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float = 120.0,
+    ) -> None:
+        emulator = emulator_endpoint()
+        self.location = location
+        self.endpoint = (endpoint or emulator or DEFAULT_ENDPOINT).rstrip("/")
+        self.anonymous = emulator is not None if anonymous is None else anonymous
+        self.url = location.url
+        self.capabilities = Capabilities(max_concurrency=max_concurrency, atomic_create=True)
+        self._timeout = timeout
+        self._auth = GcsAuth(anonymous=self.anonymous, where=location.url)
+        self._objects_url = f"{self.endpoint}/storage/v1/b/{quote(location.bucket, safe='')}/o"
+        self._upload_url = (
+            f"{self.endpoint}/upload/storage/v1/b/{quote(location.bucket, safe='')}/o"
+        )
+        self._http: aiohttp.ClientSession | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> GcsStore:
+        """Open `gs://BUCKET/PREFIX` (the endpoint and credentials come from the environment)."""
+        return cls(GcsLocation.parse(url))
+
+    def opener(self) -> Callable[[], Store]:
+        """The same bucket and prefix, with its own connections, in another process."""
+        return functools.partial(
+            GcsStore,
+            self.location,
+            endpoint=self.endpoint,
+            anonymous=self.anonymous,
+            max_concurrency=self.capabilities.max_concurrency,
+            timeout=self._timeout,
+        )
+
+    # ------------------------------------------------------------ HTTP
+
+    def _session(self) -> aiohttp.ClientSession:
+        """One connection pool per event loop (a session cannot move between loops)."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http.closed or self._http_loop is not loop:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.capabilities.max_concurrency),
+                timeout=aiohttp.ClientTimeout(
+                    total=self._timeout, sock_connect=15, sock_read=self._timeout / 2
+                ),
+                headers={"User-Agent": f"cas/{__version__}"},
+                # Bytes exactly as stored: never let a transport encoding change them.
+                auto_decompress=False,
+                raise_for_status=False,
+            )
+            self._http_loop = loop
+        return self._http
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        call: GcsCall,
+        *,
+        expect: Collection[int] = (200,),
+        params: dict[str, str] | None = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        max_body: int | None = None,
+    ) -> tuple[int, bytes]:
+        """One request; an expected status gives (status, body), any other a typed error.
+
+        A 401 is answered once by refreshing the token and trying again, since
+        a token can expire between the check and the request.
+        """
+        for attempt in range(2):
+            request_headers = dict(headers or {})
+            request_headers.update(await self._auth.headers())
+            try:
+                async with self._session().request(
+                    method, url, params=params, data=data, headers=request_headers
+                ) as resp:
+                    if resp.status in expect:
+                        return resp.status, await _read_body(resp, max_body)
+                    body = await resp.content.read(8192)
+                    if resp.status == 401 and attempt == 0 and not self.anonymous:
+                        await self._auth.force_refresh()
+                        continue
+                    raise translate_status(resp.status, body, call, self.location)
+            except (CasError, _BodyTooLarge):
+                raise
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise translate_exception(exc, call, self.location) from None
+        raise AssertionError("unreachable: the second 401 raises")
+
+    async def _create(
+        self, name: str, data: bytes, call: GcsCall, metadata: dict[str, str] | None = None
+    ) -> bool:
+        """Create-only multipart upload: True if created, False if the name was taken."""
+        boundary = secrets.token_hex(16)
+        resource: dict[str, Any] = {
+            "name": name,
+            "contentType": "application/octet-stream",
+            "crc32c": _crc32c(data),
+        }
+        if metadata:
+            resource["metadata"] = metadata
+        body = b"".join(
+            (
+                f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n".encode(),
+                json.dumps(resource).encode(),
+                f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode(),
+                data,
+                f"\r\n--{boundary}--\r\n".encode(),
+            )
+        )
+        status, _ = await self._send(
+            "POST",
+            self._upload_url,
+            call,
+            expect=(200, 412),
+            params={"uploadType": "multipart", "ifGenerationMatch": "0", "fields": "name"},
+            data=body,
+            headers={"Content-Type": f"multipart/related; boundary={boundary}"},
+        )
+        return status == 200
+
+    def _object_url(self, name: str) -> str:
+        return f"{self._objects_url}/{quote(name, safe='')}"
+
+    async def _metadata(self, name: str, call: GcsCall, fields: str) -> dict[str, Any]:
+        _, body = await self._send("GET", self._object_url(name), call, params={"fields": fields})
+        return _parse(body, call, self.location)
+
+    async def _download(self, name: str, call: GcsCall, max_size: int) -> bytes:
+        _, body = await self._send(
+            "GET", self._object_url(name), call, params={"alt": "media"}, max_body=max_size
+        )
+        return body
+
+    async def _exists(self, name: str, call: GcsCall) -> bool:
+        try:
+            await self._send("GET", self._object_url(name), call, params={"fields": "name"})
+        except BucketNotFound:
+            raise
+        except ObjectNotFound:
+            return False
+        return True
+
+    async def _remove(self, name: str, call: GcsCall) -> None:
+        """Delete; an absent object is fine, an absent bucket is not."""
+        try:
+            await self._send("DELETE", self._object_url(name), call, expect=(200, 204))
+        except BucketNotFound:
+            raise
+        except ObjectNotFound:
+            pass
+
+    async def _list(self, prefix: str, call: GcsCall) -> AsyncIterator[dict[str, Any]]:
+        """Every object whose name starts with `prefix`, page by page."""
+        params = {"prefix": prefix, "maxResults": str(_PAGE_SIZE), "fields": _LIST_FIELDS}
+        while True:
+            _, body = await self._send("GET", self._objects_url, call, params=params)
+            page = _parse(body, call, self.location)
+            for item in page.get("items") or ():
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    yield item
+            token = page.get("nextPageToken")
+            if not token:
+                return
+            params = {**params, "pageToken": token}
+
+    async def _for_each(self, items: Iterable[Any], work: Callable[[Any], Awaitable[None]]) -> None:
+        """Run `work` over `items` with at most `max_concurrency` in flight; stop all on error."""
+        pending = iter(items)
+
+        async def worker() -> None:
+            for item in pending:
+                await work(item)
+
+        tasks = [asyncio.ensure_future(worker()) for _ in range(self.capabilities.max_concurrency)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    # ------------------------------------------------------------ objects
+
+    async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
+        """One create-only upload; False when the object already exists (same name, same bytes)."""
+        name = self.location.object_name(kind, object_id)
+        return await self._create(name, data, create_call(f"{kind} {object_id}"))
+
+    async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
+        """Download, refusing to read past `max_size`."""
+        name = self.location.object_name(kind, object_id)
+        try:
+            return await self._download(name, read_call(f"{kind} {object_id}"), max_size)
+        except _BodyTooLarge as exc:
+            raise IntegrityError(
+                str(kind), str(object_id), f"stored size {exc.size} exceeds {max_size}"
+            ) from None
+
+    async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
+        """Size and creation time from the object's metadata."""
+        name = self.location.object_name(kind, object_id)
+        call = read_call(f"{kind} {object_id}")
+        item = await self._metadata(name, call, "name,size,timeCreated,updated")
+        return _info(kind, object_id, item, call, self.location)
+
+    async def missing(self, kind: Kind, ids: Collection[ObjectId]) -> set[ObjectId]:
+        """Metadata probes, `max_concurrency` at a time, as one call."""
+        unique = list(dict.fromkeys(check_id(i) for i in ids))
+        absent: set[ObjectId] = set()
+
+        async def probe(object_id: ObjectId) -> None:
+            name = self.location.object_name(kind, object_id)
+            if not await self._exists(name, read_call(f"{kind} {object_id}")):
+                absent.add(object_id)
+
+        await self._for_each(unique, probe)
+        return absent
+
+    async def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Objects of one kind; names that are not ids (foreign files) are skipped."""
+        if prefix and not all(c in "0123456789abcdef" for c in prefix):
+            raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
+        base = self.location.kind_prefix(kind)
+        call = list_call(f"{kind} listing")
+        async for item in self._list(base + prefix, call):
+            rest = item["name"][len(base) :]
+            if is_object_id(rest):
+                yield _info(kind, ObjectId.parse(rest), item, call, self.location)
+
+    async def delete(self, kind: Kind, object_id: ObjectId) -> None:
+        """Delete; absent is fine."""
+        name = self.location.object_name(kind, object_id)
+        await self._remove(name, delete_call(f"{kind} {object_id}"))
+
+    async def aclose(self) -> None:
+        """Close the connection pool of the current event loop."""
+        http, self._http = self._http, None
+        if http is not None and not http.closed:
+            loop = asyncio.get_running_loop()
+            if self._http_loop is loop:
+                await http.close()
+
+    # ------------------------------------------------------------ refs
+
+    async def create_ref(self, name: str, target: ObjectId) -> None:
+        """Create-only, like objects; `AlreadyExists` when the name is taken."""
+        object_name = self.location.ref_name(name)
+        check_id(target)
+        created = await self._create(
+            object_name,
+            f"{target}\n".encode(),
+            create_call(f"ref {name!r}"),
+            metadata={_TARGET_KEY: str(target)},
+        )
+        if not created:
+            raise AlreadyExists(f"ref {name!r} already exists in {self.location.url}")
+
+    async def read_ref(self, name: str) -> ObjectId:
+        """Read and parse the ref object."""
+        object_name = self.location.ref_name(name)
+        try:
+            data = await self._download(object_name, read_call(f"ref {name!r}"), _REF_MAX_BYTES)
+        except _BodyTooLarge:
+            raise IntegrityError("ref", name, "is too large to hold an id") from None
+        text = data.decode("ascii", "replace").strip()
+        if not is_object_id(text):
+            raise IntegrityError("ref", name, "does not hold a valid id")
+        return ObjectId.parse(text)
+
+    async def list_refs(self, prefix: str = "") -> AsyncIterator[RefInfo]:
+        """Refs in name order; targets come from metadata, else from the ref's content."""
+        base = self.location.refs_prefix
+        call = list_call("refs listing")
+        found: list[RefInfo] = []
+        async for item in self._list(base + prefix, call):
+            name = item["name"][len(base) :]
+            try:
+                validate_ref_name(name)
+            except UsageError:
+                continue
+            mtime = _mtime(item, call, self.location)
+            metadata = item.get("metadata")
+            target = metadata.get(_TARGET_KEY, "") if isinstance(metadata, dict) else ""
+            if is_object_id(target):
+                found.append(RefInfo(name, ObjectId.parse(target), mtime))
+                continue
+            try:
+                found.append(RefInfo(name, await self.read_ref(name), mtime))
+            except (ObjectNotFound, IntegrityError):
+                continue  # deleted meanwhile, or not a ref
+        for info in sorted(found, key=lambda r: r.name):
+            yield info
+
+    async def delete_ref(self, name: str) -> None:
+        """Delete; absent is fine."""
+        await self._remove(self.location.ref_name(name), delete_call(f"ref {name!r}"))
+
+
+async def _read_body(resp: aiohttp.ClientResponse, limit: int | None) -> bytes:
+    """The whole body, or `_BodyTooLarge` as soon as it exceeds `limit`."""
+    if limit is None:
+        return await resp.read()
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            raise _BodyTooLarge(resp.content_length)
+        return await resp.read()
+    received = bytearray()
+    async for piece in resp.content.iter_chunked(1 << 16):
+        received += piece
+        if len(received) > limit:
+            raise _BodyTooLarge(len(received))
+    return bytes(received)

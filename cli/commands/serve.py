@@ -1,0 +1,84 @@
+"""`cas serve --store URL --listen HOST:PORT`: share a store over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from cas.errors import UsageError
+from cas.repo import DEFAULT_MAX_CHUNK
+from cas.sizes import parse_size
+from cas.store import open_store
+
+DEFAULT_LISTEN = "127.0.0.1:8750"
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the `serve` command."""
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve a store over HTTP to other machines",
+        description="Serve the store given by --store over HTTP (see docs/http-api.md). "
+        "Uploads are verified (hash and size) before they are stored. Clients use "
+        "--store http://HOST:PORT with their token in CAS_TOKEN.",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default=DEFAULT_LISTEN,
+        help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free one)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="bearer tokens, one 'SCOPE TOKEN' per line; scopes: read, write (create only), "
+        "admin (delete)",
+    )
+    p.add_argument(
+        "--anonymous-read",
+        action="store_true",
+        help="let requests without a token read (never write)",
+    )
+    p.add_argument(
+        "--max-chunk-size",
+        metavar="SIZE",
+        default=str(DEFAULT_MAX_CHUNK),
+        help="largest chunk accepted, uncompressed (default 16M, the largest chunk put makes)",
+    )
+    p.set_defaults(run=run)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT`."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen wants HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute `cas serve`."""
+    from cas.server import Limits, TokenTable, build_app, configure_logging, serve
+
+    host, port = parse_listen(args.listen)
+    if args.token_file is None and not args.anonymous_read:
+        raise UsageError("cas serve needs --token-file, --anonymous-read, or both")
+    tokens = TokenTable.load(args.token_file) if args.token_file else TokenTable()
+    limits = Limits(max_chunk=parse_size(args.max_chunk_size, "--max-chunk-size"))
+    configure_logging(args.quiet)
+
+    async def body() -> None:
+        store = open_store(args.store, create=True)
+
+        def announce(url: str) -> None:
+            print(f"cas serve: {store.url} on {url}", file=sys.stderr, flush=True)
+
+        app = build_app(store, tokens, anonymous_read=args.anonymous_read, limits=limits)
+        async with store:
+            await serve(app, host, port, announce=announce)
+
+    asyncio.run(body())
+    return 0

@@ -1,0 +1,90 @@
+"""A get killed (SIGKILL) in the middle of an in-place update leaves every file old or new."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import snapshot
+from tests.delta_helpers import get, put
+
+ROOT = Path(__file__).parent.parent
+A_TIME = 1_600_000_000 * 10**9
+B_TIME = A_TIME + 10**9
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_pair(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, stamp in ((a, A_TIME), (b, B_TIME)):
+        for i in range(300):
+            path = root / f"d{i % 7}" / f"f{i:03}.bin"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(os.urandom(100_000))
+            os.utime(path, ns=(stamp, stamp))
+        big = root / "big.bin"
+        big.write_bytes(os.urandom(12 << 20))
+        os.utime(big, ns=(stamp, stamp))
+    return a, b
+
+
+def test_sigkill_mid_update_leaves_each_file_old_or_new(tmp_path):
+    a, b = make_pair(tmp_path)
+    store = tmp_path / "store"
+    from cas.chunking import ChunkParams
+
+    id_a, id_b = put(store, a, ChunkParams()), put(store, b, ChunkParams())
+    old = {str(p.relative_to(a)): digest(p) for p in a.rglob("*.bin")}
+    new = {str(p.relative_to(b)): digest(p) for p in b.rglob("*.bin")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    dest = tmp_path / "dest"
+    mixed_seen = False
+    for attempt in range(6):
+        get(store, id_a, dest, delete=True)
+        files = [dest / rel for rel in old]
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cas_cli.main",
+                "get",
+                "-q",
+                "--no-cache",
+                "--no-files-cache",
+                "--store",
+                str(store),
+                str(id_b),
+                str(dest),
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            stamps = [p.stat().st_mtime_ns for p in files]
+            if B_TIME in stamps and attempt % 2 == 0:
+                break  # some files are new already: kill now
+            if stamps.count(B_TIME) > len(stamps) // 3:
+                break
+        proc.kill()
+        proc.wait()
+        state = {}
+        for rel in old:
+            got = digest(dest / rel)
+            assert got in (old[rel], new[rel]), f"{rel} is neither the old nor the new file"
+            state[rel] = got == new[rel]
+        if any(state.values()) and not all(state.values()):
+            mixed_seen = True
+            break
+    assert mixed_seen, "no kill landed in the middle of the update"
+    # A later get finishes the job; the killed one's temporaries are not files of the tree.
+    get(store, id_b, dest, delete=True)
+    leftovers = {k for k in snapshot(dest) if k.split("/")[-1].startswith(".cas-tmp-")}
+    assert {k: v for k, v in snapshot(dest).items() if k not in leftovers} == snapshot(b)
