@@ -32,7 +32,7 @@ from typing import Final
 from cas import __version__, codec, putworker
 from cas.batching import batch_by_size
 from cas.chunking import ChunkParams, FastCdcChunker
-from cas.errors import AlreadyExists, CasError, SourceError, UsageError
+from cas.errors import AlreadyExists, CasError, ObjectNotFound, SourceError, UsageError
 from cas.filecut import CutSettings, FileCutter, entry_from_cache
 from cas.filescache import (
     CachedFile,
@@ -252,10 +252,18 @@ class Uploader:
                 )
         # The ref (a root) comes before settling so that the manifest stays a root
         # however long settling takes, even with a short grace period.
-        await fence.settle(
-            lambda: manifest_complete(self.repo, manifest_id),
-            lambda: self._repair(root, root_tree),
-        )
+        try:
+            await fence.settle(
+                lambda: manifest_complete(self.repo, manifest_id),
+                lambda: self._repair(root, root_tree),
+            )
+        except ConcurrentGcError as exc:
+            if opts.ref is not None and taken is None and not await self._ref_exists(opts.ref):
+                raise ConcurrentGcError(
+                    f"ref {opts.ref!r} was removed while the put was settling (expired by "
+                    f"gc's retention rules?), and gc then collected part of {manifest_id}"
+                ) from None
+            raise exc
         self.stats.gc_waits = fence.rounds
         if taken is not None:
             raise taken
@@ -280,6 +288,13 @@ class Uploader:
             await asyncio.to_thread(self._cpu_pool.shutdown, True, cancel_futures=True)
             if self._pool is not None:
                 await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+
+    async def _ref_exists(self, name: str) -> bool:
+        try:
+            await self.repo.store.read_ref(name)
+        except ObjectNotFound:
+            return False
+        return True
 
     async def _repair(self, root: str, root_tree: ObjectId) -> None:
         """Upload again what a concurrent collection removed from under the manifest.
