@@ -166,15 +166,24 @@ class Lease:
 
 async def list_concurrently(
     store: Store, kind: Kind, concurrency: int
-) -> AsyncIterator[ObjectInfo]:
-    """Every object of `kind`, listing the 16 hex prefixes side by side (bounded queue)."""
-    queue: asyncio.Queue[ObjectInfo | None] = asyncio.Queue(maxsize=4 * _BATCH)
+) -> AsyncIterator[list[ObjectInfo]]:
+    """Every object of `kind` in batches, listing the 16 hex prefixes side by side.
+
+    A bounded queue of batches keeps memory flat whatever the store holds.
+    """
+    queue: asyncio.Queue[list[ObjectInfo] | None] = asyncio.Queue(maxsize=2 * len(_HEX))
     limit = asyncio.Semaphore(max(1, min(concurrency, len(_HEX))))
 
     async def one(prefix: str) -> None:
         async with limit:
+            batch: list[ObjectInfo] = []
             async for info in store.list(kind, prefix):
-                await queue.put(info)
+                batch.append(info)
+                if len(batch) >= _BATCH:
+                    await queue.put(batch)
+                    batch = []
+            if batch:
+                await queue.put(batch)
 
     async def all_prefixes() -> None:
         try:
@@ -184,8 +193,8 @@ async def list_concurrently(
 
     producer = asyncio.create_task(all_prefixes())
     try:
-        while (info := await queue.get()) is not None:
-            yield info
+        while (batch := await queue.get()) is not None:
+            yield batch
         await producer  # re-raise a listing failure: never sweep on a partial listing
     finally:
         if not producer.done():
@@ -220,9 +229,8 @@ class Collector:
                 self.report.refs_expired = expired
                 gone = {r.name for r in expired}
                 roots = {r.target for r in refs if r.name not in gone}
-                async for info in list_concurrently(self.store, Kind.MANIFEST, self.concurrency):
-                    if info.mtime >= cutoff:
-                        roots.add(info.id)
+                async for listed in list_concurrently(self.store, Kind.MANIFEST, self.concurrency):
+                    roots.update(info.id for info in listed if info.mtime >= cutoff)
                 self.report.roots = len(roots)
                 await self._mark(sorted(roots), reachable)
                 if self._lease is not None:
@@ -318,11 +326,13 @@ class Collector:
                 self.report.deleted[kind].add(info.size)
 
         try:
-            async for info in list_concurrently(self.store, kind, self.concurrency):
-                if info.mtime >= cutoff:
-                    self.report.kept_young[kind].add(info.size)
-                    continue
-                batch.append(info)
+            async for listed in list_concurrently(self.store, kind, self.concurrency):
+                young = self.report.kept_young[kind]
+                for info in listed:
+                    if info.mtime >= cutoff:
+                        young.add(info.size)
+                    else:
+                        batch.append(info)
                 if len(batch) >= _BATCH:
                     await slots.acquire()  # bound the batches waiting, hence memory
                     slots.release()

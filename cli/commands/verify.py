@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.all:
                 async for listed in list_concurrently(repo.store, Kind.MANIFEST, 16):
-                    await checker.check_manifest(listed.id)
+                    for info in listed:
+                        await checker.check_manifest(info.id)
                 await checker.check_orphans(DEFAULT_MAX_CHUNK)
             else:
                 for name in args.manifests:
