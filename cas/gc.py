@@ -145,7 +145,7 @@ class Lease:
         """Raise unless a delete may start now."""
         if time.monotonic() - self._renewed >= self.lease / 2:
             raise LeaseLost(
-                f"garbage collection could not renew its lease for {self.lease / 2:.0f}s "
+                f"garbage collection could not renew its lease within {self.lease / 2:g}s "
                 "and stopped deleting; run it again"
             )
 

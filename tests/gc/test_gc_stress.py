@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cas.gc import GcOptions, collect
+from cas.gc import GcOptions, LeaseLost, collect
 from cas.gcfence import ConcurrentGcError
 from cas.put import PutOptions, Uploader
 from cas.repo import Repository
@@ -88,7 +88,7 @@ def putter(
         errors.append(exc)
 
 
-def collector(open_store, stop: threading.Event, reports: list, errors: list) -> None:
+def collector(open_store, stop: threading.Event, reports: list, lost: list, errors: list) -> None:
     options = GcOptions(
         retention=Retention(expire=(ExpireRule("stress/*", 1.0),)), grace=0.2, lease=1.0
     )
@@ -97,7 +97,10 @@ def collector(open_store, stop: threading.Event, reports: list, errors: list) ->
         store = open_store()
         try:
             while not stop.is_set():
-                reports.append(await collect(Repository(store), options))
+                try:
+                    reports.append(await collect(Repository(store), options))
+                except LeaseLost:
+                    lost.append(1)  # a slow heartbeat: the run stopped deleting, as it must
         finally:
             await store.aclose()
 
@@ -116,12 +119,13 @@ def test_concurrent_puts_and_collections_never_break_a_completed_manifest(
     stop = threading.Event()
     done: list = []
     expired: list = []
+    lost: list = []
     reports: list = []
     errors: list = []
     threads = [
         threading.Thread(target=putter, args=(open_store, tmp_path, i, stop, done, expired, errors))
         for i in range(PUTTERS)
-    ] + [threading.Thread(target=collector, args=(open_store, stop, reports, errors))]
+    ] + [threading.Thread(target=collector, args=(open_store, stop, reports, lost, errors))]
     for thread in threads:
         thread.start()
     time.sleep(DURATION)
@@ -156,7 +160,8 @@ def test_concurrent_puts_and_collections_never_break_a_completed_manifest(
     deleted_chunks = sum(r.deleted[Kind.CHUNK].objects for r in reports)
     waits = sum(w for _, _, w in done)
     print(
-        f"\nstress: {len(done)} puts, {len(reports)} collections, {deleted_chunks} chunks "
+        f"\nstress: {len(done)} puts, {len(reports)} collections ({len(lost)} lost their "
+        f"lease), {deleted_chunks} chunks "
         f"deleted, {waits} settle rounds, {len(expired)} refs expired before their put "
         f"finished, {len(broken)} broken manifests"
     )
