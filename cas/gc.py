@@ -296,8 +296,8 @@ class Collector:
             chunks = [c.id for e in tree.entries if isinstance(e, FileEntry) for c in e.chunks]
             return subtrees, chunks
 
-        while pending:
-            wave, pending = pending[: 4 * self.concurrency], pending[4 * self.concurrency :]
+        while pending:  # waves of a few trees: memory holds a wave, not the whole graph
+            wave, pending = pending[: 2 * self.concurrency], pending[2 * self.concurrency :]
             results = await asyncio.gather(*(tree_children(t) for t in wave))
             subtrees = [s for subs, _ in results for s in subs]
             reachable.add_many(Kind.CHUNK.value, [c for _, chunks in results for c in chunks])
@@ -308,6 +308,7 @@ class Collector:
     async def _sweep(self, kind: Kind, cutoff: datetime, reachable: IdSet) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.concurrency)
+        pending_batches = asyncio.Semaphore(2 * self.concurrency)
         batch: list[ObjectInfo] = []
 
         async def flush(items: list[ObjectInfo]) -> None:
@@ -334,11 +335,11 @@ class Collector:
                     else:
                         batch.append(info)
                 if len(batch) >= _BATCH:
-                    await slots.acquire()  # bound the batches waiting, hence memory
-                    slots.release()
+                    await pending_batches.acquire()  # bound the batches held, hence memory
                     task = asyncio.create_task(flush(batch))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(lambda _: pending_batches.release())
                     batch = []
             if batch:
                 await flush(batch)
