@@ -33,7 +33,7 @@ from cas import __version__, codec, putworker
 from cas.batching import batch_by_size
 from cas.chunking import ChunkParams, FastCdcChunker
 from cas.coalesce import Coalescer
-from cas.errors import AlreadyExists, CasError, SourceError, UsageError
+from cas.errors import AlreadyExists, CasError, ObjectNotFound, SourceError, UsageError
 from cas.filecut import CutSettings, FileCutter, entry_from_cache
 from cas.filescache import (
     CachedFile,
@@ -42,6 +42,7 @@ from cas.filescache import (
     reusable_candidates,
     still_stored,
 )
+from cas.gcfence import ConcurrentGcError, GcFence
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import (
     DirEntry,
@@ -56,6 +57,7 @@ from cas.objects import (
 from cas.progress import NullProgress, Progress
 from cas.repo import Repository
 from cas.store.base import Kind, validate_ref_name
+from cas.verify import manifest_complete
 from cas.walk import Excludes, SourceEntry, list_directory
 
 DEFAULT_INLINE_MAX: Final = 4096
@@ -111,6 +113,7 @@ class PutStats:
     chunks_new: int = 0
     bytes_new_raw: int = 0
     bytes_uploaded: int = 0
+    gc_waits: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -158,6 +161,8 @@ class Uploader:
         self._settings = CutSettings(opts.params, opts.inline_max, opts.mtimes)
         self._pool: ProcessPoolExecutor | None = None
         self._small_bytes = 0
+        self.gc_fence = True
+        """Settle the manifest against concurrent collections (docs/gc.md); off only in tests."""
 
     # ------------------------------------------------------------ entry point
 
@@ -173,24 +178,9 @@ class Uploader:
         if not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"not a directory: {root}")
 
-        self._started_ns = time.time_ns()
-        self._loop = asyncio.get_running_loop()
-        self._batcher = Coalescer(self._ask_missing, max_items=_BATCH_MAX, wait=_BATCH_WAIT)
-        self._trees = Coalescer(self.repo.put_tree_batch, max_items=_TREE_BATCH, wait=_BATCH_WAIT)
-        workers = self.options.workers
-        self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
-        self._cpu_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
-        self._worker_slots = asyncio.Semaphore(2 * workers)
-        try:
-            root_tree, totals = await self._put_dir(root, "")
-        except BaseException:
-            self._abort.set()
-            raise
-        finally:
-            await asyncio.to_thread(self._file_pool.shutdown, True, cancel_futures=True)
-            await asyncio.to_thread(self._cpu_pool.shutdown, True, cancel_futures=True)
-            if self._pool is not None:
-                await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+        fence = GcFence(self.repo.store, enabled=self.gc_fence)
+        await fence.begin()  # before the store is asked about any object
+        root_tree, totals = await self._upload(root)
 
         opts = self.options
         manifest = Manifest(
@@ -204,15 +194,83 @@ class Uploader:
             tool=None if opts.reproducible else f"cas {__version__}",
         )
         manifest_id = await self.repo.put_manifest(manifest)
+        taken = None
         if opts.ref is not None:
             try:
                 await self.repo.store.create_ref(opts.ref, manifest_id)
             except AlreadyExists:
-                raise AlreadyExists(
+                taken = AlreadyExists(
                     f"ref {opts.ref!r} already exists; manifest {manifest_id} was stored "
                     "but not named"
+                )
+        # The ref (a root) comes before settling so that the manifest stays a root
+        # however long settling takes, even with a short grace period.
+        try:
+            await fence.settle(
+                lambda: manifest_complete(self.repo, manifest_id),
+                lambda: self._repair(root, root_tree),
+            )
+        except ConcurrentGcError as exc:
+            if opts.ref is not None and taken is None and not await self._ref_exists(opts.ref):
+                raise ConcurrentGcError(
+                    f"ref {opts.ref!r} was removed while the put was settling (expired by "
+                    f"gc's retention rules?), and gc then collected part of {manifest_id}"
                 ) from None
+            raise exc
+        self.stats.gc_waits = fence.rounds
+        if taken is not None:
+            raise taken
         return PutResult(manifest_id, manifest, self.stats)
+
+    async def _upload(self, root: str) -> tuple[ObjectId, Totals]:
+        """Store everything below `root` in write order; return the root tree."""
+        self._started_ns = time.time_ns()
+        self._loop = asyncio.get_running_loop()
+        self._batcher = Coalescer(self._ask_missing, max_items=_BATCH_MAX, wait=_BATCH_WAIT)
+        self._trees = Coalescer(self.repo.put_tree_batch, max_items=_TREE_BATCH, wait=_BATCH_WAIT)
+        workers = self.options.workers
+        self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
+        self._cpu_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
+        self._worker_slots = asyncio.Semaphore(2 * workers)
+        try:
+            return await self._put_dir(root, "")
+        except BaseException:
+            self._abort.set()
+            raise
+        finally:
+            await asyncio.to_thread(self._file_pool.shutdown, True, cancel_futures=True)
+            await asyncio.to_thread(self._cpu_pool.shutdown, True, cancel_futures=True)
+            if self._pool is not None:
+                await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+
+    async def _ref_exists(self, name: str) -> bool:
+        try:
+            await self.repo.store.read_ref(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+    async def _repair(self, root: str, root_tree: ObjectId) -> None:
+        """Upload again what a concurrent collection removed from under the manifest.
+
+        Ids are content hashes, so storing the unchanged source again recreates
+        exactly the missing objects; a changed source cannot repair the manifest.
+        """
+        again = Uploader(
+            self.repo,
+            self.options,
+            self.progress,
+            self._chunker_factory,
+            self.files_cache,
+            self._skip_dirs,
+        )
+        tree_id, _ = await again._upload(root)
+        self._count(chunks_new=again.stats.chunks_new, bytes_uploaded=again.stats.bytes_uploaded)
+        if tree_id != root_tree:
+            raise ConcurrentGcError(
+                "garbage collection removed objects this put relied on, and the source "
+                "changed before they could be uploaded again; run the put again"
+            )
 
     async def _ask_missing(self, ids: dict[ObjectId, None]) -> dict[ObjectId, bool]:
         absent = await self.repo.store.missing(Kind.CHUNK, list(ids))

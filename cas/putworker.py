@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
-import ctypes
 import os
+import select
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class WorkerConfig:
     open_store: Callable[[], Store]
     settings: CutSettings
     level: int
+    put_pid: int = field(default_factory=os.getpid)
+    """The put process: workers exit when it is gone."""
 
 
 @dataclass
@@ -98,7 +101,6 @@ class _Worker:
         return result
 
 
-_PR_SET_PDEATHSIG = 1
 _worker: _Worker | None = None
 
 
@@ -107,17 +109,44 @@ def start(config: WorkerConfig) -> None:
     global _worker
     # Ctrl-C reaches the whole process group; the put process decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    _die_with(config.put_pid)
     _worker = _Worker(config)
     atexit.register(_worker.close)
 
 
-def _die_with_parent() -> None:
-    """If the put is killed, its workers must not go on writing to the store alone."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before the request took effect
+def _die_with(put_pid: int) -> None:
+    """If the put is killed, its workers must not go on writing to the store alone.
+
+    A worker's parent is the forkserver, not the put, and the forkserver lives
+    as long as any worker holds its pipe, so a parent-death signal never
+    comes: a thread waits on the put process itself (a pidfd) instead.
+    """
+    try:
+        pidfd: int | None = os.pidfd_open(put_pid)
+    except ProcessLookupError:
         os._exit(1)
+    except (OSError, AttributeError):  # no pidfd here: poll for the process instead
+        pidfd = None
+
+    def watch() -> None:
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+        else:
+            while _alive(put_pid):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="cas-put-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def put_batch(batch: list[SourceEntry]) -> BatchResult:

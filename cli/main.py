@@ -15,9 +15,9 @@ from typing import NoReturn
 
 from cas import __version__
 from cas.errors import CasError, UsageError
-from cas_cli.commands import cache, cat, diff, get, ls, put, serve
+from cas_cli.commands import cache, cat, diff, gc, get, ls, put, refs, serve, verify
 
-COMMANDS = (put, get, ls, cat, diff, cache, serve)
+COMMANDS = (put, get, ls, cat, diff, refs, gc, verify, cache, serve)
 
 
 class _Parser(argparse.ArgumentParser):

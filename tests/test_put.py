@@ -106,6 +106,42 @@ def all_trees_complete(store_root: Path) -> None:
     asyncio.run(check())
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (worker processes hang off a forkserver child)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def wait_gone(pids: set[int], timeout: float = 60) -> None:
+    """Until none of `pids` runs any more (a zombie counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes {sorted(pids)} outlived the killed put")
+
+
 def settled_count(directory: Path) -> int:
     """The number of files once it has stopped changing for a moment."""
     count, since = count_files(directory), time.monotonic()
@@ -146,11 +182,13 @@ def test_killed_put_leaves_no_manifest_and_rerun_completes(tmp_path):
         if chunk_dir.exists() and count_files(chunk_dir) >= 20:
             break
         time.sleep(0.005)
+    workers = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "put finished before it could be killed"
+    wait_gone(workers)  # worker processes die with the put, not at the same instant
     assert count_files(store_dir / "manifest") == 0
-    stored_before = settled_count(chunk_dir)  # worker processes die with the put, not at once
+    stored_before = settled_count(chunk_dir)
     all_trees_complete(store_dir)
     done = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, check=True)
     import json

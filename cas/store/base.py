@@ -34,11 +34,13 @@ from cas.ids import ObjectId
 
 
 class Kind(StrEnum):
-    """The three object namespaces."""
+    """The object namespaces; backends treat every one alike."""
 
     CHUNK = "chunk"
     TREE = "tree"
     MANIFEST = "manifest"
+    GC = "gc"
+    """Records of garbage-collection runs (docs/gc.md): start, heartbeat, done."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,22 @@ class Store(ABC):
                 return object_id, await self.get(kind, object_id, max_size=max_size)
 
         return dict(await asyncio.gather(*(one(i) for i in dict.fromkeys(ids))))
+
+    async def delete_many(self, kind: Kind, ids: Sequence[ObjectId]) -> None:
+        """`delete` for each id; absent ones are fine.
+
+        The default runs up to `capabilities.max_concurrency` at a time;
+        backends with a batch delete override it.
+        """
+        for object_id in ids:
+            check_id(object_id)
+        limit = asyncio.Semaphore(max(1, self.capabilities.max_concurrency))
+
+        async def one(object_id: ObjectId) -> None:
+            async with limit:
+                await self.delete(kind, object_id)
+
+        await asyncio.gather(*(one(i) for i in dict.fromkeys(ids)))
 
     def opener(self) -> Callable[[], Store] | None:
         """A picklable way to open this same store in another process, or None.

@@ -51,6 +51,10 @@ class LimitedStore(WrappingStore):
         async with self._slot():
             await self.inner.delete(kind, object_id)
 
+    async def delete_many(self, kind: Kind, ids: Sequence[ObjectId]) -> None:
+        async with self._slot():
+            await self.inner.delete_many(kind, ids)
+
     async def create_ref(self, name: str, target: ObjectId) -> None:
         async with self._slot():
             await self.inner.create_ref(name, target)

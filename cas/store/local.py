@@ -387,10 +387,13 @@ class LocalStore(Store):
             raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
 
         def shards() -> list[str]:
-            with os.scandir(base) as it:
-                return sorted(
-                    e.name for e in it if len(e.name) == 2 and e.name.startswith(prefix[:2])
-                )
+            try:
+                with os.scandir(base) as it:
+                    return sorted(
+                        e.name for e in it if len(e.name) == 2 and e.name.startswith(prefix[:2])
+                    )
+            except FileNotFoundError:  # a namespace added after the store was created
+                return []
 
         def scan(shard: str) -> list[ObjectInfo]:
             out = []
@@ -425,6 +428,17 @@ class LocalStore(Store):
                 os.unlink(path)
 
         await self._run(work, f"{kind} {object_id}")
+
+    async def delete_many(self, kind: Kind, ids: Sequence[ObjectId]) -> None:
+        """All unlinks of a batch in one thread hop."""
+        paths = [self._path(kind, i) for i in ids]
+
+        def work() -> None:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+        await self._run(work, f"{kind} batch delete")
 
     async def aclose(self) -> None:
         """Stop the I/O threads."""

@@ -76,6 +76,9 @@ class RetryingStore(WrappingStore):
     async def delete(self, kind: Kind, object_id: ObjectId) -> None:
         await self._call(lambda: self.inner.delete(kind, object_id))
 
+    async def delete_many(self, kind: Kind, ids: Sequence[ObjectId]) -> None:
+        await self._call(lambda: self.inner.delete_many(kind, ids))
+
     async def read_ref(self, name: str) -> ObjectId:
         return await self._call(lambda: self.inner.read_ref(name))
 

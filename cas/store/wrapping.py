@@ -56,6 +56,9 @@ class WrappingStore(Store):
     async def delete(self, kind: Kind, object_id: ObjectId) -> None:
         await self.inner.delete(kind, object_id)
 
+    async def delete_many(self, kind: Kind, ids: Sequence[ObjectId]) -> None:
+        await self.inner.delete_many(kind, ids)
+
     async def create_ref(self, name: str, target: ObjectId) -> None:
         await self.inner.create_ref(name, target)
 

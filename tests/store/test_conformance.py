@@ -247,3 +247,36 @@ async def test_put_then_get_round_trip_through_the_backend(store, tmp_path):
     result = await Uploader(Repository(store), PutOptions(processes=False)).put(source)
     await Downloader(Repository(store)).get(result.manifest_id, tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(source)
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+async def test_every_namespace_stores_lists_and_deletes(store, kind):
+    """Every `Kind`, including the gc records namespace, behaves the same."""
+    objects = [obj(b"%s-%d" % (kind.value.encode(), i)) for i in range(5)]
+    ids = [i for i, _ in objects]
+    assert [await store.put_if_absent(kind, i, b) for i, b in objects] == [True] * 5
+    assert {info.id async for info in store.list(kind)} == set(ids)
+    assert await store.get(kind, ids[0], max_size=1000) == objects[0][1]
+    for other in (k for k in Kind if k is not kind):
+        assert await store.missing(other, ids) == set(ids)
+    await store.delete(kind, ids[0])
+    assert {info.id async for info in store.list(kind)} == set(ids[1:])
+
+
+async def test_delete_many_removes_present_and_ignores_absent(store):
+    objects = [obj(b"dm%d" % i) for i in range(40)]
+    ids = [i for i, _ in objects]
+    await store.put_many(Kind.CHUNK, objects[:30])
+    await store.delete_many(Kind.CHUNK, ids[:20] + ids[30:] + ids[:5])
+    assert await store.missing(Kind.CHUNK, ids) == set(ids[:20] + ids[30:])
+    assert await store.missing(Kind.CHUNK, ids[20:30]) == set()
+    await store.delete_many(Kind.CHUNK, [])
+
+
+async def test_mtime_of_a_new_object_is_not_before_an_older_one(store):
+    """gc compares store times of objects with the time of its start record."""
+    (first, blob1), (second, blob2) = obj(b"t1"), obj(b"t2")
+    await store.put_if_absent(Kind.GC, first, blob1)
+    await asyncio.sleep(0.02)
+    await store.put_if_absent(Kind.CHUNK, second, blob2)
+    assert (await store.stat(Kind.CHUNK, second)).mtime >= (await store.stat(Kind.GC, first)).mtime

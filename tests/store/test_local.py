@@ -32,3 +32,18 @@ def test_refuses_a_non_empty_directory_that_is_not_a_store(tmp_path):
     with pytest.raises(UsageError, match="not a cas store"):
         LocalStore(tmp_path / "home")
     assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["precious.txt"]
+
+
+async def test_a_store_created_before_the_gc_namespace_lists_it_empty(tmp_path):
+    """Stores made by earlier versions have no gc/ directory until the first record."""
+    import shutil
+
+    from cas.ids import hash_bytes
+    from cas.store.base import Kind
+    from cas.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "s", fsync=False)
+    shutil.rmtree(tmp_path / "s" / "gc")
+    assert [i async for i in store.list(Kind.GC)] == []
+    assert await store.put_if_absent(Kind.GC, hash_bytes(b"r"), b"r") is True
+    assert [i.id async for i in store.list(Kind.GC)] == [hash_bytes(b"r")]

@@ -1,0 +1,373 @@
+"""Garbage collection: keep what the roots reach, delete the rest once it is old enough.
+
+1. Write a start record (`cas.gcrecords`) and keep a lease alive with
+   heartbeat records; deletes happen only while the lease is fresh.
+2. Roots: every ref the retention rules keep, plus every manifest younger
+   than the grace period (a run passed on by id but never named).
+3. Mark: walk the roots' trees; reachable ids go to an on-disk `IdSet`, so
+   memory stays flat for millions of chunks.
+4. Sweep manifests, then trees, then chunks: list each namespace (16
+   prefixes concurrently) and delete, in batches and concurrently, what is
+   unreachable and older than the grace period, measured from the start
+   record's store time.
+5. Write a done record; drop records of runs finished long ago.
+
+Why concurrent puts stay correct is argued in docs/gc.md; the put side is
+`cas.gcfence`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
+from cas.gcfence import RECORD_KEEP_SECONDS
+from cas.gcrecords import BEAT, DONE, START, RunTracker, new_run_id, record_body, write_record
+from cas.ids import ObjectId
+from cas.idset import IdSet
+from cas.objects import DirEntry, FileEntry
+from cas.repo import Repository
+from cas.retention import Retention
+from cas.store.base import Kind, ObjectInfo, RefInfo, Store
+
+DEFAULT_GRACE: Final = 86400.0
+DEFAULT_LEASE: Final = 300.0
+_BATCH: Final = 1000
+_HEX: Final = "0123456789abcdef"
+SWEEP_ORDER: Final = (Kind.MANIFEST, Kind.TREE, Kind.CHUNK)
+"""Referrers first: a half-finished sweep never leaves a manifest naming a deleted tree."""
+
+
+class LeaseLost(CasError):
+    """The collection could not renew its lease in time and stopped deleting."""
+
+
+@dataclass(frozen=True)
+class GcOptions:
+    """What to keep and how carefully."""
+
+    retention: Retention = field(default_factory=Retention)
+    grace: float = DEFAULT_GRACE
+    lease: float = DEFAULT_LEASE
+    dry_run: bool = False
+    concurrency: int | None = None
+
+
+@dataclass
+class KindCount:
+    """Objects and stored bytes of one namespace."""
+
+    objects: int = 0
+    bytes: int = 0
+
+    def add(self, size: int) -> None:
+        """Count one object of `size` stored bytes."""
+        self.objects += 1
+        self.bytes += size
+
+
+@dataclass
+class GcReport:
+    """What a run kept, deleted (or would delete), and could not read."""
+
+    dry_run: bool
+    refs_expired: list[RefInfo] = field(default_factory=list)
+    roots: int = 0
+    deleted: dict[Kind, KindCount] = field(
+        default_factory=lambda: {k: KindCount() for k in SWEEP_ORDER}
+    )
+    kept_young: dict[Kind, KindCount] = field(
+        default_factory=lambda: {k: KindCount() for k in SWEEP_ORDER}
+    )
+    kept_reachable: dict[Kind, KindCount] = field(
+        default_factory=lambda: {k: KindCount() for k in SWEEP_ORDER}
+    )
+    unreadable: list[tuple[Kind, ObjectId, str]] = field(default_factory=list)
+    records_removed: int = 0
+    sweep_skipped: bool = False
+    """A reachable tree was unreadable, so trees and chunks were kept."""
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        """Stored bytes deleted (or, in a dry run, that would be)."""
+        return sum(c.bytes for c in self.deleted.values())
+
+
+class Lease:
+    """A run's right to delete, renewed by heartbeat records (docs/gc.md, "leases").
+
+    A delete may start only within `lease / 2` of the start of the last
+    heartbeat write that succeeded; puts treat a run whose records stayed
+    unchanged for a whole lease as unable to delete anything more.
+    """
+
+    def __init__(self, store: Store, lease: float, grace: float) -> None:
+        self.store = store
+        self.lease = lease
+        self.grace = grace
+        self.run = new_run_id()
+        self._renewed = 0.0
+        self._beats: list[ObjectId] = []
+        self._task: asyncio.Task[None] | None = None
+        self.started: datetime | None = None
+
+    async def start(self) -> datetime:
+        """Write the start record; its store time is the run's clock for the grace period."""
+        began = time.monotonic()
+        info = await write_record(
+            self.store,
+            record_body(START, self.run, lease_seconds=self.lease, grace_seconds=self.grace),
+        )
+        self._renewed = began
+        self._beats.append(info.id)
+        self.started = info.mtime
+        self._task = asyncio.create_task(self._beat_forever())
+        return info.mtime
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 4)
+            began = time.monotonic()
+            with contextlib.suppress(CasError):  # a failed beat just lets the lease run out
+                info = await write_record(
+                    self.store, record_body(BEAT, self.run, lease_seconds=self.lease)
+                )
+                self._beats.append(info.id)
+                self._renewed = began
+
+    def check(self) -> None:
+        """Raise unless a delete may start now."""
+        if time.monotonic() - self._renewed >= self.lease / 2:
+            raise LeaseLost(
+                f"garbage collection could not renew its lease within {self.lease / 2:g}s "
+                "and stopped deleting; run it again"
+            )
+
+    async def finish(self, summary: dict[str, int]) -> None:
+        """Stop beating, record that no delete of this run is outstanding, drop the beats."""
+        await self.stop()
+        await write_record(self.store, record_body(DONE, self.run, **summary))
+        await self.store.delete_many(Kind.GC, self._beats[1:])
+
+    async def stop(self) -> None:
+        """Stop the heartbeat (on success or failure)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+async def list_concurrently(
+    store: Store, kind: Kind, concurrency: int
+) -> AsyncIterator[list[ObjectInfo]]:
+    """Every object of `kind` in batches, listing the 16 hex prefixes side by side.
+
+    A bounded queue of batches keeps memory flat whatever the store holds.
+    """
+    queue: asyncio.Queue[list[ObjectInfo] | None] = asyncio.Queue(maxsize=2 * len(_HEX))
+    limit = asyncio.Semaphore(max(1, min(concurrency, len(_HEX))))
+
+    async def one(prefix: str) -> None:
+        async with limit:
+            batch: list[ObjectInfo] = []
+            async for info in store.list(kind, prefix):
+                batch.append(info)
+                if len(batch) >= _BATCH:
+                    await queue.put(batch)
+                    batch = []
+            if batch:
+                await queue.put(batch)
+
+    async def all_prefixes() -> None:
+        try:
+            await asyncio.gather(*(one(p) for p in _HEX))
+        finally:
+            await queue.put(None)
+
+    producer = asyncio.create_task(all_prefixes())
+    try:
+        while (batch := await queue.get()) is not None:
+            yield batch
+        await producer  # re-raise a listing failure: never sweep on a partial listing
+    finally:
+        if not producer.done():
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CasError):
+                await producer
+
+
+class Collector:
+    """One run of `cas gc`."""
+
+    def __init__(self, repo: Repository, options: GcOptions) -> None:
+        self.repo = repo
+        self.store = repo.store
+        self.options = options
+        self.concurrency = options.concurrency or max(1, self.store.capabilities.max_concurrency)
+        self.report = GcReport(dry_run=options.dry_run)
+        self._lease: Lease | None = None
+
+    async def run(self) -> GcReport:
+        """Mark and sweep; with `dry_run` nothing is written or deleted."""
+        if self.options.dry_run:
+            started = datetime.now(UTC)
+        else:
+            self._lease = Lease(self.store, self.options.lease, self.options.grace)
+            started = await self._lease.start()
+        cutoff = started - timedelta(seconds=self.options.grace)
+        try:
+            with IdSet([k.value for k in SWEEP_ORDER]) as reachable:
+                refs = [r async for r in self.store.list_refs()]
+                expired = self.options.retention.expired(refs, started)
+                self.report.refs_expired = expired
+                gone = {r.name for r in expired}
+                roots = {r.target for r in refs if r.name not in gone}
+                async for listed in list_concurrently(self.store, Kind.MANIFEST, self.concurrency):
+                    roots.update(info.id for info in listed if info.mtime >= cutoff)
+                self.report.roots = len(roots)
+                await self._mark(sorted(roots), reachable)
+                if self._lease is not None:
+                    for ref in expired:
+                        self._lease.check()
+                        await self.store.delete_ref(ref.name)
+                for kind in self._sweepable():
+                    await self._sweep(kind, cutoff, reachable)
+            if self._lease is not None:
+                await self._housekeep_records(started)
+                await self._lease.finish(
+                    {f"deleted_{k.value}s": c.objects for k, c in self.report.deleted.items()}
+                )
+        finally:
+            if self._lease is not None:
+                await self._lease.stop()
+        return self.report
+
+    def _sweepable(self) -> tuple[Kind, ...]:
+        """All namespaces, unless a reachable tree could not be read.
+
+        What lies below an unreadable tree is unknown, so no tree or chunk is
+        deleted (restic's prune likewise stops when reachable data is
+        missing). A put repairing that tree relies on this (docs/gc.md).
+        """
+        if any(kind is Kind.TREE for kind, _, _ in self.report.unreadable):
+            self.report.sweep_skipped = True
+            return (Kind.MANIFEST,)
+        return SWEEP_ORDER
+
+    # ------------------------------------------------------------ mark
+
+    async def _mark(self, roots: list[ObjectId], reachable: IdSet) -> None:
+        """Everything reachable from `roots` into `reachable`; unreadable objects are reported."""
+        fresh_roots = reachable.new_of(Kind.MANIFEST.value, roots)
+        pending: list[ObjectId] = []
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def manifest_root(manifest_id: ObjectId) -> ObjectId | None:
+            async with limit:
+                try:
+                    return (await self.repo.get_manifest(manifest_id)).root
+                except ObjectNotFound:
+                    self.report.unreadable.append((Kind.MANIFEST, manifest_id, "missing"))
+                except (IntegrityError, FormatError) as exc:
+                    self.report.unreadable.append((Kind.MANIFEST, manifest_id, f"corrupt: {exc}"))
+                return None
+
+        tops = await asyncio.gather(*(manifest_root(m) for m in fresh_roots))
+        pending = reachable.new_of(Kind.TREE.value, [t for t in tops if t is not None])
+
+        async def tree_children(tree_id: ObjectId) -> tuple[list[ObjectId], list[ObjectId]]:
+            async with limit:
+                try:
+                    tree = await self.repo.get_tree(tree_id)
+                except ObjectNotFound:
+                    self.report.unreadable.append((Kind.TREE, tree_id, "missing"))
+                    return [], []
+                except (IntegrityError, FormatError) as exc:
+                    self.report.unreadable.append((Kind.TREE, tree_id, f"corrupt: {exc}"))
+                    return [], []
+            subtrees = [e.tree for e in tree.entries if isinstance(e, DirEntry)]
+            chunks = [c.id for e in tree.entries if isinstance(e, FileEntry) for c in e.chunks]
+            return subtrees, chunks
+
+        while pending:  # waves of a few trees: memory holds a wave, not the whole graph
+            wave, pending = pending[: 2 * self.concurrency], pending[2 * self.concurrency :]
+            results = await asyncio.gather(*(tree_children(t) for t in wave))
+            subtrees = [s for subs, _ in results for s in subs]
+            reachable.add_many(Kind.CHUNK.value, [c for _, chunks in results for c in chunks])
+            pending.extend(reachable.new_of(Kind.TREE.value, subtrees))
+
+    # ------------------------------------------------------------ sweep
+
+    async def _sweep(self, kind: Kind, cutoff: datetime, reachable: IdSet) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self.concurrency)
+        pending_batches = asyncio.Semaphore(2 * self.concurrency)
+        batch: list[ObjectInfo] = []
+
+        async def flush(items: list[ObjectInfo]) -> None:
+            known = reachable.contains_many(kind.value, [i.id for i in items])
+            doomed = []
+            for info, keep in zip(items, known, strict=True):
+                if keep:
+                    self.report.kept_reachable[kind].add(info.size)
+                else:
+                    doomed.append(info)
+            if doomed and self._lease is not None:
+                async with slots:
+                    self._lease.check()
+                    await self.store.delete_many(kind, [i.id for i in doomed])
+            for info in doomed:
+                self.report.deleted[kind].add(info.size)
+
+        try:
+            async for listed in list_concurrently(self.store, kind, self.concurrency):
+                young = self.report.kept_young[kind]
+                for info in listed:
+                    if info.mtime >= cutoff:
+                        young.add(info.size)
+                    else:
+                        batch.append(info)
+                if len(batch) >= _BATCH:
+                    await pending_batches.acquire()  # bound the batches held, hence memory
+                    task = asyncio.create_task(flush(batch))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(lambda _: pending_batches.release())
+                    batch = []
+            if batch:
+                await flush(batch)
+            await asyncio.gather(*in_flight)
+        except BaseException:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            raise
+
+    async def _housekeep_records(self, started: datetime) -> None:
+        """Drop the records of runs that finished (or went silent) long before this one."""
+        assert self._lease is not None
+        tracker = RunTracker(self.store)
+        runs = await tracker.refresh()
+        limit = started - timedelta(seconds=RECORD_KEEP_SECONDS)
+        old = [
+            ids
+            for run, state in runs.items()
+            if run != self._lease.run and state.newest is not None and state.newest < limit
+            for ids in state.records
+        ]
+        if old:
+            self._lease.check()
+            await self.store.delete_many(Kind.GC, old)
+            self.report.records_removed = len(old)
+
+
+async def collect(repo: Repository, options: GcOptions) -> GcReport:
+    """Run one collection."""
+    return await Collector(repo, options).run()

@@ -1,0 +1,103 @@
+"""The put side of safe garbage collection: settle a manifest against concurrent runs.
+
+A put decides "already stored, do not upload" for chunks and trees, in its
+own process and in its worker processes. A collection running at the same
+time may have found those very objects unreachable and deleted them. The
+put cannot lock the store, so after writing its manifest it looks at the
+collection records instead (docs/gc.md has the argument):
+
+1. `begin`, before the put asks the store about any object, notes which
+   runs have already finished.
+2. `settle`, after the manifest (and its ref) are written, lists the
+   records again. A run that is visible now and had not finished at `begin`
+   may have deleted something the manifest needs: the put waits until each
+   such run has finished (its done record, or a lapsed lease), checks that
+   everything the manifest reaches exists, and uploads again what is
+   missing. A run that is not visible now started after the manifest
+   existed: it marks the manifest as a root and never sweeps past a tree it
+   cannot read, so it deletes nothing the manifest reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from cas.errors import CasError
+from cas.gcrecords import RunTracker
+from cas.store.base import Store
+
+RECORD_KEEP_SECONDS: Final = 7 * 86400
+"""Records of finished runs are kept this long; a longer put always re-checks."""
+_SLACK: Final = 1.0
+
+
+class ConcurrentGcError(CasError):
+    """Collections kept deleting what a put needed; the put could not settle."""
+
+
+class GcFence:
+    """One put's view of the collection runs, from its first store call to its manifest."""
+
+    def __init__(self, store: Store, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._tracker = RunTracker(store)
+        self._settled: set[str] = set()
+        self._since = time.monotonic()
+        self.rounds = 0
+        """How many times the put had to wait for a run and re-check its manifest."""
+
+    async def begin(self) -> None:
+        """Snapshot: the runs that have finished before this put relies on anything."""
+        if not self.enabled:
+            return
+        self._since = time.monotonic()
+        await self._snapshot()
+
+    async def _snapshot(self) -> None:
+        runs = await self._tracker.refresh()
+        now = time.monotonic()
+        self._settled = {r.run for r in runs.values() if r.finished(now, _SLACK)}
+
+    async def settle(
+        self,
+        complete: Callable[[], Awaitable[bool]],
+        repair: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Return once no collection can still remove what the written manifest reaches.
+
+        `complete` checks that every object the manifest reaches exists;
+        `repair` uploads the missing ones again (and raises if it cannot).
+        Runs that start after the manifest exists mark it (and never sweep
+        past a tree they cannot read), so only the runs visible now matter.
+        """
+        if not self.enabled:
+            return
+        runs = await self._tracker.refresh()
+        risky = {r.run for r in runs.values() if r.run not in self._settled}
+        if not risky and time.monotonic() - self._since < RECORD_KEEP_SECONDS:
+            return
+        self.rounds += 1
+        await self._wait_finished(risky)
+        if await complete():
+            return
+        await repair()
+        if not await complete():
+            raise ConcurrentGcError(
+                "garbage collection removed objects this put relied on and they could not "
+                "be uploaded again; run the put again"
+            )
+
+    async def _wait_finished(self, runs: set[str]) -> None:
+        while True:
+            state = await self._tracker.refresh()
+            now = time.monotonic()
+            waiting = [
+                r for r in runs if r in state and not state[r].finished(now, _SLACK)
+            ]  # a run whose records are gone was removed by housekeeping: long finished
+            if not waiting:
+                return
+            poll = min(1.0, max(0.05, min(state[r].lease for r in waiting) / 8))
+            await asyncio.sleep(poll)

@@ -1,0 +1,214 @@
+"""gc: what it keeps, what it deletes, and the put protocol that makes it safe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cas.gc import GcOptions, collect
+from cas.gcrecords import RunTracker
+from cas.ids import ObjectId
+from cas.put import PutOptions, Uploader
+from cas.repo import Repository
+from cas.retention import ExpireRule, KeepLastRule, Retention
+from cas.store.base import Kind, Store
+from cas.store.local import LocalStore
+from cas.store.wrapping import WrappingStore
+from cas.verify import manifest_complete, verify_manifests
+
+NOW_GRACE = GcOptions(grace=0.0, lease=2.0)
+
+
+def write_tree(root: Path, blobs: dict[str, bytes]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, data in blobs.items():
+        (root / name).write_bytes(data)
+    return root
+
+
+async def put(store: Store, src: Path, **options) -> ObjectId:
+    uploader = Uploader(Repository(store), PutOptions(**options))
+    manifest_id = (await uploader.put(src)).manifest_id
+    await asyncio.sleep(0.02)  # file-system clocks tick coarsely; be older than a gc started now
+    return manifest_id
+
+
+async def ids_of(store: Store, kind: Kind) -> set[ObjectId]:
+    return {i.id async for i in store.list(kind)}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store", fsync=False)
+
+
+async def test_refs_keep_their_data_and_unnamed_old_manifests_go(store, tmp_path):
+    shared = os.urandom(20_000)
+    kept = await put(
+        store, write_tree(tmp_path / "a", {"s": shared, "a": os.urandom(9000)}), ref="ci/main/1"
+    )
+    gone = await put(store, write_tree(tmp_path / "b", {"s": shared, "b": os.urandom(9000)}))
+    before = await ids_of(store, Kind.CHUNK)
+    report = await collect(Repository(store), NOW_GRACE)
+    assert report.deleted[Kind.MANIFEST].objects == 1
+    assert report.deleted[Kind.CHUNK].objects == 1  # only b's own chunk; the shared one stays
+    assert await ids_of(store, Kind.MANIFEST) == {kept}
+    assert len(await ids_of(store, Kind.CHUNK)) == len(before) - 1
+    assert (await verify_manifests(Repository(store), [kept])).ok
+    assert gone not in await ids_of(store, Kind.MANIFEST)
+
+
+async def test_grace_keeps_young_unnamed_manifests_and_objects(store, tmp_path):
+    young = await put(store, write_tree(tmp_path / "a", {"x": os.urandom(9000)}))
+    report = await collect(Repository(store), GcOptions(grace=3600, lease=2.0))
+    assert report.bytes_reclaimed == 0
+    assert report.kept_young[Kind.MANIFEST].objects == 1
+    assert (await verify_manifests(Repository(store), [young])).ok
+
+
+async def test_dry_run_reports_bytes_and_changes_nothing(tmp_path):
+    root = tmp_path / "store"
+    store = LocalStore(root, fsync=False)
+    await put(store, write_tree(tmp_path / "a", {"x": os.urandom(9000)}), ref="old")
+    await store.delete_ref("old")
+    files_before = sorted(p for p in root.rglob("*"))
+    report = await collect(Repository(store), GcOptions(grace=0.0, dry_run=True))
+    assert report.deleted[Kind.MANIFEST].objects == 1 and report.bytes_reclaimed > 9000 // 2
+    assert sorted(p for p in root.rglob("*")) == files_before  # no records, no deletes
+
+
+async def test_expired_refs_are_removed_and_their_data_collected(store, tmp_path):
+    keep = await put(store, write_tree(tmp_path / "k", {"k": os.urandom(9000)}), ref="ci/main/1")
+    await put(store, write_tree(tmp_path / "p", {"p": os.urandom(9000)}), ref="ci/pr/7/build")
+    options = GcOptions(
+        retention=Retention(expire=(ExpireRule("ci/pr/*", 0.0),)), grace=0.0, lease=2.0
+    )
+    report = await collect(Repository(store), options)
+    assert [r.name for r in report.refs_expired] == ["ci/pr/7/build"]
+    assert [r.name async for r in store.list_refs()] == ["ci/main/1"]
+    assert await ids_of(store, Kind.MANIFEST) == {keep}
+
+
+async def test_run_leaves_a_done_record_and_no_heartbeats(store, tmp_path):
+    await collect(Repository(store), NOW_GRACE)
+    runs = await RunTracker(store).refresh()
+    (state,) = runs.values()
+    assert state.done and len(state.records) == 2  # start and done; beats removed
+
+
+async def test_a_reachable_missing_tree_stops_the_sweep_of_trees_and_chunks(store, tmp_path):
+    kept = await put(store, write_tree(tmp_path / "a", {"d": os.urandom(9000)}), ref="r")
+    await put(store, write_tree(tmp_path / "b", {"e": os.urandom(9000)}))  # garbage
+    manifest = await Repository(store).get_manifest(kept)
+    await store.delete(Kind.TREE, manifest.root)
+    chunks = await ids_of(store, Kind.CHUNK)
+    report = await collect(Repository(store), NOW_GRACE)
+    assert [(k, i) for k, i, _ in report.unreadable] == [(Kind.TREE, manifest.root)]
+    assert report.sweep_skipped and report.deleted[Kind.MANIFEST].objects == 1
+    assert await ids_of(store, Kind.CHUNK) == chunks
+
+
+class GcBeforeManifest(WrappingStore):
+    """Runs a whole collection at the worst moment: after a put decided what to reuse,
+    just before its manifest is written."""
+
+    def __init__(self, inner: Store, options: GcOptions) -> None:
+        super().__init__(inner)
+        self.options = options
+        self.ran = False
+
+    async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
+        if kind is Kind.MANIFEST and not self.ran:
+            self.ran = True
+            await collect(Repository(self.inner), self.options)
+        return await self.inner.put_if_absent(kind, object_id, data)
+
+
+async def race(store: LocalStore, tmp_path: Path, *, fence: bool) -> tuple[ObjectId, bool]:
+    """An old unnamed tree shares a chunk with a new put; gc runs between check and manifest."""
+    shared = os.urandom(50_000)
+    await put(store, write_tree(tmp_path / "old", {"shared": shared}))
+    await asyncio.sleep(0.05)
+    racing = GcBeforeManifest(store, NOW_GRACE)
+    uploader = Uploader(Repository(racing), PutOptions())
+    uploader.gc_fence = fence
+    src = write_tree(tmp_path / "new", {"shared": shared, "own": os.urandom(30_000)})
+    result = await uploader.put(src)
+    assert racing.ran
+    return result.manifest_id, await manifest_complete(Repository(store), result.manifest_id)
+
+
+async def test_put_repairs_what_a_concurrent_gc_deleted(store, tmp_path):
+    manifest_id, complete = await race(store, tmp_path, fence=True)
+    assert complete
+    assert (await verify_manifests(Repository(store), [manifest_id])).ok
+
+
+async def test_without_the_protocol_the_same_race_loses_data(store, tmp_path):
+    """The protocol step is what prevents the loss: disabled, the manifest is broken."""
+    _, complete = await race(store, tmp_path, fence=False)
+    assert not complete
+
+
+async def test_put_waits_for_a_running_collection(store, tmp_path):
+    """A run that is still going (start record, fresh heartbeat) holds the put's commit."""
+    from cas.gc import Lease
+
+    lease = Lease(store, lease=1.0, grace=0.0)
+    await lease.start()
+    try:
+        src = write_tree(tmp_path / "a", {"x": os.urandom(9000)})
+        task = asyncio.create_task(put(store, src))
+        await asyncio.sleep(0.6)
+        assert not task.done()  # waiting for the run to finish
+        await lease.finish({})
+        manifest_id = await asyncio.wait_for(task, 5)
+    finally:
+        await lease.stop()
+    assert await manifest_complete(Repository(store), manifest_id)
+
+
+async def test_put_gives_up_waiting_on_a_dead_collection_after_its_lease(store, tmp_path):
+    from cas.gc import Lease
+
+    lease = Lease(store, lease=0.5, grace=0.0)
+    await lease.start()
+    await lease.stop()  # died: no more heartbeats, no done record
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await put(store, write_tree(tmp_path / "a", {"x": os.urandom(9000)}))
+    assert 0.4 < loop.time() - t0 < 5
+
+
+async def test_a_lease_that_cannot_be_renewed_stops_deletes(store):
+    from cas.gc import Lease, LeaseLost
+
+    lease = Lease(store, lease=0.2, grace=0.0)
+    await lease.start()
+    await lease.stop()
+    await asyncio.sleep(0.15)
+    with pytest.raises(LeaseLost):
+        lease.check()
+
+
+def test_keep_last_and_expire_rules():
+    from cas.store.base import RefInfo
+
+    now = datetime(2026, 1, 10, tzinfo=UTC)
+    refs = [
+        RefInfo(f"ci/main/{i}", ObjectId(bytes([i]) * 32), now - timedelta(days=i))
+        for i in range(5)
+    ] + [RefInfo("ci/pr/1/x", ObjectId(b"\xff" * 32), now - timedelta(days=8))]
+    rules = Retention(
+        expire=(ExpireRule("ci/pr/*", 7 * 86400),), keep_last=(KeepLastRule("ci/main/*", 2),)
+    )
+    assert [r.name for r in rules.expired(refs, now)] == [
+        "ci/main/2",
+        "ci/main/3",
+        "ci/main/4",
+        "ci/pr/1/x",
+    ]
