@@ -61,7 +61,10 @@ def resolve(name: str, corpus_dir: Path) -> Path:
 
 
 def corpora_from(args: list[str], corpus_dir: Path) -> list[runner.Corpus]:
-    if len(args) == 2 and not any(a in PAIR_NAMES or ":" in a for a in args):
+    if len(args) == 2 and (
+        PAIR_NAMES.get(args[0], ("", ""))[1] == args[1]  # the old form: build build-B
+        or not any(a in PAIR_NAMES or ":" in a for a in args)  # any two trees: numpy-A numpy-B
+    ):
         return [runner.Corpus(resolve(args[0], corpus_dir), resolve(args[1], corpus_dir))]
     out = []
     for arg in args:

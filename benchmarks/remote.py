@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.doc and not args.smoke:
             from report import write_doc
 
-            write_doc(args.doc, f"remote {a.name}-{b.name} {where.split(':')[0]}", text)
+            kind = "gs" if where == "gcs-emulator" or where.startswith("gs://") else "serve"
+            write_doc(args.doc, f"remote {a.name}-{b.name} {kind}", text)
     for f in bench.failures:
         print(f"FAILED: {f}", file=sys.stderr)
     if not bench.failures and args.smoke:
