@@ -3,6 +3,8 @@
     python benchmarks/netproxy.py --upstream http://127.0.0.1:8750 \
         --latency 20-50ms --bandwidth 100Mbit --listen 127.0.0.1:0
 
+prints its URL as the first line on stdout, then serves until SIGINT/SIGTERM.
+
 It sits in front of any HTTP store endpoint (`cas serve`, a GCS emulator) and
 forwards every request unchanged after waiting the request's latency (drawn
 uniformly from the range, from a seed, so runs are repeatable). Bodies in
@@ -218,6 +220,7 @@ def parse_latency(text: str) -> tuple[float, float]:
 async def serve(upstream: str, link: LinkSettings, host: str, port: int) -> None:
     proxy = NetProxy(upstream, link)
     url = await proxy.start(host, port)
+    print(url, flush=True)  # the first line on stdout, for scripts that start the proxy
     print(f"netproxy: {upstream} on {url}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
