@@ -97,7 +97,9 @@ def pick_tools(names: str | None) -> tuple[list[type[tools.Tool]], dict[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("corpus", nargs="*", help="pair names, tree names or A:B (see above)")
     ap.add_argument("--corpus-dir", type=Path, default=corpus.default_dir())
     ap.add_argument("-n", "--runs", type=int, default=3)
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             read = sum(warm_page_cache(p) for p in (c.a, c.b) if p is not None)
             runner.log(f"read {read / 1e6:,.0f} MB to warm the page cache")
-            res = runner.measure(c, chosen, work / "runs", runs, args.level)
+            res = runner.run_corpus(c, chosen, work / "runs", runs, args.level)
             image = None
             if args.doc or args.smoke:
                 png = (args.doc.parent if args.doc else work) / f"benchmarks-{c.label}.png"

@@ -286,7 +286,9 @@ def describe(settings: netproxy.LinkSettings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("pair", nargs="?", default="build", help="a pair name or A:B (default build)")
     ap.add_argument("--corpus-dir", type=Path, default=corpus.default_dir())
     ap.add_argument(
@@ -296,8 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         "http(s)://HOST:PORT of a running cas serve, or gs://BUCKET/PREFIX with "
         "STORAGE_EMULATOR_HOST",
     )
-    ap.add_argument("--latency", type=netproxy.parse_latency, default=(0.02, 0.05))
-    ap.add_argument("--bandwidth", type=netproxy.parse_bandwidth, default=12.5e6)
+    ap.add_argument(
+        "--latency", type=netproxy.parse_latency, default=(0.02, 0.05), help="default 20-50ms"
+    )
+    ap.add_argument(
+        "--bandwidth",
+        type=netproxy.parse_bandwidth,
+        default=12.5e6,
+        help="cap each way (default 100Mbit)",
+    )
     ap.add_argument("--cas", default=None, help="cas command (default: the one beside python)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: temp)")
     ap.add_argument("--doc", type=Path, default=None, help="write the table into this file")

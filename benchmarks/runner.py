@@ -161,7 +161,9 @@ class Round:
         rmtree(self.work)
 
 
-def measure(corpus: Corpus, tools: list[type[Tool]], work: Path, runs: int, level: int) -> Results:
+def run_corpus(
+    corpus: Corpus, tools: list[type[Tool]], work: Path, runs: int, level: int
+) -> Results:
     res = Results()
     for rep in range(runs):
         r = Round(corpus, tools, work, rep, level, res)
