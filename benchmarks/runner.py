@@ -105,7 +105,7 @@ class Round:
         b_name, b_tree = ("B", b) if b is not None else ("A", a)
         self.each("setup", lambda t: t.setup())
 
-        def put(step: str, src: Path, name: str) -> Callable[[Tool], Sample]:
+        def put(src: Path, name: str) -> Callable[[Tool], Sample]:
             def action(tool: Tool) -> Sample:
                 before = tool.stored()
                 s = tool.put(src, name)
@@ -115,10 +115,10 @@ class Round:
 
             return action
 
-        self.each(PUT_A, put(PUT_A, a, "A"))
-        self.each(REPUT_A, put(REPUT_A, a, "A2"))
+        self.each(PUT_A, put(a, "A"))
+        self.each(REPUT_A, put(a, "A2"))
         if b is not None:
-            self.each(PUT_B, put(PUT_B, b, "B"))
+            self.each(PUT_B, put(b, "B"))
 
         def get_empty(tool: Tool) -> Sample:
             dest = tool.root / "get-empty"
