@@ -188,15 +188,15 @@ CLIENTS = {"gcs-threads": run_threads, "aiohttp": run_aiohttp, "GcsStore": run_s
 
 
 def start_proxy(upstream: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
-    """benchmarks/latency_proxy.py in its own process, so its CPU is not the client's."""
+    """benchmarks/netproxy.py in its own process, so its CPU is not the client's."""
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(Path(__file__).parent / "latency_proxy.py"),
+            str(Path(__file__).parent / "netproxy.py"),
             "--upstream",
             upstream,
-            "--latency-ms",
-            str(latency_ms),
+            "--latency",
+            f"{latency_ms}ms",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -216,7 +216,7 @@ def main() -> None:
         "--latency-ms",
         type=float,
         default=0,
-        help="put benchmarks/latency_proxy.py with this delay per request in front",
+        help="put benchmarks/netproxy.py with this delay per request in front",
     )
     args = parser.parse_args()
 
