@@ -308,9 +308,9 @@ class Bench:
         )
         return s, info["manifest"]
 
-    def cas_get(self, manifest: str, dest: Path, store: Path, cache: Path) -> Sample:
+    def cas_get(self, manifest: str, dest: Path, store: Path, cache: Path, *extra: str) -> Sample:
         s = run_pipeline(
-            [[*self.cas, "get", "--store", str(store), "--json", manifest, str(dest)]],
+            [[*self.cas, "get", "--store", str(store), "--json", *extra, manifest, str(dest)]],
             env=self.env(cache),
         )
         info = json.loads(s.stdout)
@@ -369,7 +369,8 @@ def one_round(bench: Bench, a: Path, b: Path | None, rep: int) -> None:
         pair(
             lambda: bench.record("tar update A->B", bench.tar_get(archive_b, tar_dest)),
             lambda: bench.record(
-                "cas update A->B", bench.cas_get(ids["b"], cold_dest, store, get_cache)
+                "cas update A->B",
+                bench.cas_get(ids["b"], cold_dest, store, get_cache, "--delete"),
             ),
         )
         n_tar = bench.check("tar update A->B (in place)", b, tar_dest / b.name, strict=False)
@@ -524,8 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--exact-update",
         action="store_true",
-        help="fail when `cas get` over a directory holding A does not leave exactly "
-        "B (stale files); off by default until get removes stale files",
+        help="fail when `cas get --delete` over a directory holding A does not leave "
+        "exactly B (always on with --smoke)",
     )
     ap.add_argument(
         "--smoke",
@@ -554,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
             f"read {mb(read)} once to warm the page cache in {time.monotonic() - t0:.1f}s",
             file=sys.stderr,
         )
-        bench = Bench(cas_cmd, work / "runs", level=args.level, exact_update=args.exact_update)
+        exact = args.exact_update or args.smoke
+        bench = Bench(cas_cmd, work / "runs", level=args.level, exact_update=exact)
         for rep in range(runs):
             t0 = time.monotonic()
             one_round(bench, a, b, rep)

@@ -342,6 +342,7 @@ class PendingFile:
         self._name = name
         self.where = where
         self.written = 0
+        """Bytes appended by `write` (not counted for `write_at`)."""
 
     def write(self, data: bytes | memoryview) -> None:
         """Append `data`."""
@@ -351,6 +352,25 @@ class PendingFile:
                 n = os.write(self._fd, view)
                 view = view[n:]
                 self.written += n
+        except OSError as exc:
+            raise _fail(exc, "writing", self.where) from None
+
+    def truncate(self, size: int) -> None:
+        """Give the file its final size up front (for `write_at` from several threads)."""
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise _fail(exc, "writing", self.where) from None
+
+    def write_at(self, pieces: Sequence[bytes], offset: int) -> None:
+        """Write `pieces` one after another from `offset`; safe from several threads."""
+        try:
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    n = os.pwrite(self._fd, view, offset)
+                    view = view[n:]
+                    offset += n
         except OSError as exc:
             raise _fail(exc, "writing", self.where) from None
 

@@ -59,6 +59,7 @@ _UNIT_CONCURRENCY: Final = 4
 _BATCH_BYTES: Final = 8 << 20
 _BATCH_FILES: Final = 256
 _DESCRIBE_BATCH: Final = 256
+_SEGMENT_WINDOW: Final = 4
 _MODE_MASK: Final = 0o1777
 SOURCES: Final = ("cache", "destination", "seed", "store")
 
@@ -187,6 +188,7 @@ class Downloader:
         self.stats = GetStats()
         self._lock = threading.Lock()
         self._local: LocalChunks | None = None
+        self._in_cache: set[ObjectId] = set()
         self._described: dict[str, Described] = {}
 
     async def get(
@@ -216,27 +218,67 @@ class Downloader:
             raise DestinationError(f"destination {dest_root} exists and is not a directory")
         existing = await asyncio.to_thread(survey, dest_root, options.selection)
         layout = Layout.build(existing, todo.entries(), options.selection, options.delete)
+        identical = await self._find_sources(manifest, dest_root, layout, todo, options)
+        to_write = [f for f in todo.files if f.path not in identical]
+        self._planned_stats(todo, to_write, identical, layout)
+        if not options.dry_run:
+            await self._apply(dest, manifest, todo, layout, identical, to_write, options)
+        self.stats.seconds = time.monotonic() - started
+        return self.stats
+
+    async def _find_sources(
+        self,
+        manifest: Manifest,
+        root: str,
+        layout: Layout,
+        todo: _Plan,
+        options: GetOptions,
+    ) -> set[str]:
+        """Identical files (returned), then local chunk sources for the rest (indexed)."""
         files_cache = None
-        if self.files_cache_dir is not None and (existing or options.seeds):
+        if self.files_cache_dir is not None and (layout.existing or options.seeds):
             files_cache = FilesCache(self.files_cache_dir, self.repo.store.url, manifest.chunker)
         try:
             describer = Describer(manifest.chunker, files_cache)
-            identical = await self._identical(dest_root, layout, describer)
+            identical = await self._identical(root, layout, describer)
             to_write = [f for f in todo.files if f.path not in identical]
-            await self._index_sources(dest_root, layout, describer, to_write, options)
+            await self._index_sources(root, layout, describer, to_write, options)
             await asyncio.to_thread(describer.record)
         finally:
+            self._described.clear()
             if files_cache is not None:
                 files_cache.close()
-        self.stats.planned = self.planned_sources(to_write)
-        self.stats.extra_files, self.stats.extra_bytes = layout.extra_files()
-        self.stats.extra_paths = list(layout.extras)
-        self.stats.files_untouched = len(identical)
-        self.stats.bytes_untouched = sum(f.entry.size for f in todo.files if f.path in identical)  # type: ignore[union-attr]
-        if options.dry_run:
-            self._dry_run_totals(todo, to_write)
-            self.stats.seconds = time.monotonic() - started
-            return self.stats
+        return identical
+
+    def _planned_stats(
+        self, todo: _Plan, to_write: list[Located], identical: set[str], layout: Layout
+    ) -> None:
+        s = self.stats
+        s.planned = self.planned_sources(to_write)
+        s.extra_files, s.extra_bytes = layout.extra_files()
+        s.extra_paths = list(layout.extras)
+        s.files_untouched = len(identical)
+        s.bytes_untouched = sum(f.entry.size for f in todo.files if f.path in identical)  # type: ignore[union-attr]
+        s.dry_run = True  # until `_apply` has written
+        s.files = len(to_write)
+        s.bytes_written = sum(f.entry.size for f in to_write)  # type: ignore[union-attr]
+        s.dirs = len(todo.dirs)
+        s.symlinks = len(todo.symlinks)
+
+    async def _apply(
+        self,
+        dest: str | os.PathLike[str],
+        manifest: Manifest,
+        todo: _Plan,
+        layout: Layout,
+        identical: set[str],
+        to_write: list[Located],
+        options: GetOptions,
+    ) -> None:
+        """Steps 4-6 of the module docstring: the only part that changes the destination."""
+        s = self.stats
+        s.dry_run = False
+        s.files = s.bytes_written = s.dirs = s.symlinks = 0
         self.progress.set_total(sum(f.entry.size for f in to_write))  # type: ignore[union-attr]
         before_cache = (self.repo.chunks_from_cache, self.repo.bytes_from_cache)
         before_store = (self.repo.chunks_from_store, self.repo.bytes_from_store)
@@ -252,17 +294,15 @@ class Downloader:
             finally:
                 await asyncio.to_thread(self._cleanup, out)
             await asyncio.to_thread(self._finish_dirs, out, todo.dirs)
-        self.stats.chunks_from_cache = self.repo.chunks_from_cache - before_cache[0]
-        self.stats.bytes_from_cache = self.repo.bytes_from_cache - before_cache[1]
-        self.stats.chunks_from_store = self.repo.chunks_from_store - before_store[0]
-        self.stats.bytes_from_store = self.repo.bytes_from_store - before_store[1]
+        s.chunks_from_cache = self.repo.chunks_from_cache - before_cache[0]
+        s.bytes_from_cache = self.repo.bytes_from_cache - before_cache[1]
+        s.chunks_from_store = self.repo.chunks_from_store - before_store[0]
+        s.bytes_from_store = self.repo.bytes_from_store - before_store[1]
         if self._local is not None:
-            self.stats.chunks_from_destination = self._local.chunks_read[Origin.DESTINATION]
-            self.stats.bytes_from_destination = self._local.bytes_read[Origin.DESTINATION]
-            self.stats.chunks_from_seeds = self._local.chunks_read[Origin.SEED]
-            self.stats.bytes_from_seeds = self._local.bytes_read[Origin.SEED]
-        self.stats.seconds = time.monotonic() - started
-        return self.stats
+            s.chunks_from_destination = self._local.chunks_read[Origin.DESTINATION]
+            s.bytes_from_destination = self._local.bytes_read[Origin.DESTINATION]
+            s.chunks_from_seeds = self._local.chunks_read[Origin.SEED]
+            s.bytes_from_seeds = self._local.bytes_read[Origin.SEED]
 
     async def _subtree(self, manifest: Manifest, subpath: str) -> ObjectId:
         if not split_path(subpath):
@@ -312,7 +352,6 @@ class Downloader:
         for located in to_write:
             for ref in located.entry.chunks:  # type: ignore[union-attr]
                 needed[ref.id] = ref.length
-        self._needed = needed
         cache = self.repo.cache
         self._in_cache = await asyncio.to_thread(cache.has_many, needed) if cache else set()
         wanted = set(needed) - self._in_cache
@@ -350,13 +389,6 @@ class Downloader:
                         local.add(LocalFile(path, Origin.SEED), described[path].chunks, wanted)
                 if len(local) >= len(wanted):
                     break
-
-    def _dry_run_totals(self, todo: _Plan, to_write: list[Located]) -> None:
-        self.stats.dry_run = True
-        self.stats.files = len(to_write)
-        self.stats.bytes_written = sum(f.entry.size for f in to_write)  # type: ignore[union-attr]
-        self.stats.dirs = len(todo.dirs)
-        self.stats.symlinks = len(todo.symlinks)
 
     def planned_sources(self, to_write: list[Located]) -> dict[str, SourceCount]:
         """Which source each chunk of the files to write is expected to come from."""
@@ -488,44 +520,61 @@ class Downloader:
             self._count_file(entry.size)
 
     async def _write_large(self, out: Destination, located: Located, max_chunk: int) -> None:
-        """A large file in segments: the next segment is fetched while this one is written."""
+        """A large file in 8 MiB segments, several fetched and written at their offsets at once.
+
+        Up to `_SEGMENT_WINDOW` segments are in flight (fetch, verify, `pwrite`), so
+        decompression and verification of one file use every core; the whole-file
+        digest is fed in order as segments finish, which bounds memory to the window.
+        """
         entry = located.entry
         assert isinstance(entry, FileEntry)
         segments = _segments(entry)
+        offsets = [0]
+        for segment in segments[:-1]:
+            offsets.append(offsets[-1] + sum(ref.length for ref in segment))
         hasher = new_hasher()
         pending = await asyncio.to_thread(out.open_file, located.parts, entry.name)
-        fetch = asyncio.ensure_future(self._chunks([c.id for c in segments[0]], max_chunk))
+        inflight: dict[int, asyncio.Future[list[bytes]]] = {}
+
+        def start(index: int) -> None:
+            inflight[index] = asyncio.ensure_future(
+                self._fetch_segment(pending, segments[index], offsets[index], max_chunk, located)
+            )
+
         try:
-            for index, segment in enumerate(segments):
-                chunks = await fetch
-                if index + 1 < len(segments):
-                    ids = [c.id for c in segments[index + 1]]
-                    fetch = asyncio.ensure_future(self._chunks(ids, max_chunk))
-                await asyncio.to_thread(
-                    self._write_segment, pending, segment, chunks, hasher, located.path
-                )
+            await asyncio.to_thread(pending.truncate, entry.size)
+            for index in range(min(_SEGMENT_WINDOW, len(segments))):
+                start(index)
+            for index in range(len(segments)):
+                pieces = await inflight.pop(index)
+                if index + _SEGMENT_WINDOW < len(segments):
+                    start(index + _SEGMENT_WINDOW)
+                await asyncio.to_thread(_feed, hasher, pieces)
             check_digest(entry, hasher, located.path)
             await asyncio.to_thread(pending.commit, entry.mode, entry.mtime_ns)
         except BaseException:
-            fetch.cancel()
+            for task in inflight.values():
+                task.cancel()
+            await asyncio.gather(*inflight.values(), return_exceptions=True)
             await asyncio.to_thread(pending.abort)
             raise
-        self.stats.files += 1
-        self.stats.bytes_written += entry.size
+        with self._lock:
+            self.stats.files += 1
+            self.stats.bytes_written += entry.size
 
-    def _write_segment(
+    async def _fetch_segment(
         self,
         pending: PendingFile,
         segment: list[ChunkRef],
-        chunks: dict[ObjectId, bytes],
-        hasher: object,
-        where: str,
-    ) -> None:
-        for ref in segment:
-            data = checked_length(chunks[ref.id], ref.length, where)
-            hasher.update(data)  # type: ignore[attr-defined]
-            pending.write(data)
-            self.progress.advance(len(data))
+        offset: int,
+        max_chunk: int,
+        located: Located,
+    ) -> list[bytes]:
+        chunks = await self._chunks([ref.id for ref in segment], max_chunk)
+        pieces = [checked_length(chunks[ref.id], ref.length, located.path) for ref in segment]
+        await asyncio.to_thread(pending.write_at, pieces, offset)
+        self.progress.advance(sum(map(len, pieces)))
+        return pieces
 
     def _count_file(self, size: int) -> None:
         with self._lock:
@@ -545,6 +594,11 @@ class Downloader:
             entry = located.entry
             assert isinstance(entry, DirEntry)
             out.finish_dir((*located.parts, entry.name), entry.mode, entry.mtime_ns)
+
+
+def _feed(hasher: object, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        hasher.update(piece)  # type: ignore[attr-defined]
 
 
 def _units(files: list[Located]) -> list[list[Located]]:

@@ -32,6 +32,7 @@ from typing import Final
 from cas import __version__, codec, putworker
 from cas.batching import batch_by_size
 from cas.chunking import ChunkParams, FastCdcChunker
+from cas.coalesce import Coalescer
 from cas.errors import AlreadyExists, CasError, ObjectNotFound, SourceError, UsageError
 from cas.filecut import CutSettings, FileCutter, entry_from_cache
 from cas.filescache import (
@@ -42,7 +43,7 @@ from cas.filescache import (
     still_stored,
 )
 from cas.gcfence import ConcurrentGcError, GcFence
-from cas.ids import ObjectId
+from cas.ids import ObjectId, hash_bytes
 from cas.objects import (
     DirEntry,
     Entry,
@@ -66,6 +67,8 @@ _BATCH_FILES: Final = 128
 _COMPRESS_IN_POOL_FROM: Final = 32 << 20
 _BATCH_MAX: Final = 1000
 _BATCH_WAIT: Final = 0.002
+_TREE_BATCH: Final = 200
+"""Trees per batch: their canonical bytes are held until the batch is stored."""
 _PROCESSES_FROM: Final = 64 << 20
 
 
@@ -121,56 +124,6 @@ class PutResult:
     manifest_id: ObjectId
     manifest: Manifest
     stats: PutStats
-
-
-class _MissingBatcher:
-    """Merges existence checks from many files into few `missing` calls."""
-
-    def __init__(self, repo: Repository) -> None:
-        self._repo = repo
-        self._pending: dict[ObjectId, asyncio.Future[bool]] = {}
-        self._flusher: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def missing(self, ids: list[ObjectId]) -> set[ObjectId]:
-        """Which of `ids` the store lacks, asked together with other callers' ids."""
-        futures = []
-        for object_id in ids:
-            future = self._pending.get(object_id)
-            if future is None:
-                future = asyncio.get_running_loop().create_future()
-                self._pending[object_id] = future
-            futures.append(future)
-        if len(self._pending) >= _BATCH_MAX:
-            self._flush_now()
-        elif self._flusher is None and self._pending:
-            self._flusher = asyncio.create_task(self._flush_soon())
-        answers = await asyncio.gather(*futures)
-        return {i for i, absent in zip(ids, answers, strict=True) if absent}
-
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(_BATCH_WAIT)
-        self._flusher = None
-        self._flush_now()
-
-    def _flush_now(self) -> None:
-        batch, self._pending = self._pending, {}
-        if batch:
-            task = asyncio.create_task(self._resolve(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _resolve(self, batch: dict[ObjectId, asyncio.Future[bool]]) -> None:
-        try:
-            absent = await self._repo.store.missing(Kind.CHUNK, list(batch))
-        except BaseException as exc:  # every waiter must learn of the failure
-            for future in batch.values():
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for object_id, future in batch.items():
-            if not future.done():
-                future.set_result(object_id in absent)
 
 
 class Uploader:
@@ -273,7 +226,8 @@ class Uploader:
         """Store everything below `root` in write order; return the root tree."""
         self._started_ns = time.time_ns()
         self._loop = asyncio.get_running_loop()
-        self._batcher = _MissingBatcher(self.repo)
+        self._batcher = Coalescer(self._ask_missing, max_items=_BATCH_MAX, wait=_BATCH_WAIT)
+        self._trees = Coalescer(self.repo.put_tree_batch, max_items=_TREE_BATCH, wait=_BATCH_WAIT)
         workers = self.options.workers
         self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
         self._cpu_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
@@ -317,6 +271,15 @@ class Uploader:
                 "garbage collection removed objects this put relied on, and the source "
                 "changed before they could be uploaded again; run the put again"
             )
+
+    async def _ask_missing(self, ids: dict[ObjectId, None]) -> dict[ObjectId, bool]:
+        absent = await self.repo.store.missing(Kind.CHUNK, list(ids))
+        return {object_id: object_id in absent for object_id in ids}
+
+    async def _missing(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
+        """The chunks the store lacks, asked together with other files' chunks."""
+        answers = await self._batcher.submit_many(dict.fromkeys(ids))
+        return {object_id for object_id, absent in answers.items() if absent}
 
     # ------------------------------------------------------------ directories
 
@@ -366,7 +329,9 @@ class Uploader:
         self.stats.symlinks += len(links)
         results = [item for group in await _gather_or_cancel(jobs) for item in group] + links
         tree = Tree.build(entry for entry, _ in results)
-        tree_id = await self.repo.put_tree(tree)
+        data = tree.to_bytes()
+        tree_id = hash_bytes(data)
+        await self._trees.submit(tree_id, data)  # batched with sibling directories' trees
         self.stats.dirs += 1
         totals = Totals(
             files=sum(t.files for _, t in results),
@@ -423,7 +388,7 @@ class Uploader:
         cached = reusable_candidates(self.files_cache, batch, self.options.inline_max)
         if not cached:
             return {}, []
-        hits = still_stored(cached, await self._batcher.missing(chunk_ids(cached)))
+        hits = still_stored(cached, await self._missing(chunk_ids(cached)))
         reused: dict[str, FileEntry] = {}
         for child in batch:
             hit = hits.get(child.path)
@@ -563,7 +528,7 @@ class Uploader:
                 claim.data[chunk_id] = data
         if claim.fresh:
             try:
-                absent = await self._batcher.missing(claim.fresh)
+                absent = await self._missing(claim.fresh)
             except BaseException as exc:
                 await self._settle(claim, exc)
                 raise

@@ -194,22 +194,35 @@ class Repository:
     # ------------------------------------------------------------ trees, manifests
 
     async def put_tree(self, tree: Tree) -> ObjectId:
-        """Store a tree; its chunks and subtrees must already be stored (write order).
-
-        The id is computed first and the store asked before compressing: on a
-        re-put most trees already exist, and compressing them was the largest
-        cost of an unchanged put.
-        """
+        """Store a tree; its chunks and subtrees must already be stored (write order)."""
         data = tree.to_bytes()
         object_id = hash_bytes(data)
-        if not await self.store.missing(Kind.TREE, [object_id]):
-            return object_id
-        if len(data) < _INLINE_ENCODE_MAX:  # cheaper than a thread hop
-            blob = codec.encode(data, self.level)
-        else:
-            blob = await asyncio.to_thread(codec.encode, data, self.level)
-        await self.store.put_if_absent(Kind.TREE, object_id, blob)
+        await self.put_tree_batch({object_id: data})
         return object_id
+
+    async def put_tree_batch(self, trees: dict[ObjectId, bytes]) -> dict[ObjectId, bool]:
+        """Store encoded trees (id -> canonical bytes) with one `missing` and one `put_many`.
+
+        The store is asked before compressing: on a re-put most trees already
+        exist, and compressing them was the largest cost of an unchanged put.
+        Answers True for the trees this call created.
+        """
+        absent = await self.store.missing(Kind.TREE, list(trees))
+        if not absent:
+            return dict.fromkeys(trees, False)
+        raw = [(object_id, trees[object_id]) for object_id in trees if object_id in absent]
+        if sum(len(data) for _, data in raw) < _INLINE_ENCODE_MAX:  # cheaper than a thread hop
+            blobs = [(i, codec.encode(data, self.level)) for i, data in raw]
+        else:
+            blobs = await asyncio.to_thread(
+                lambda: [(i, codec.encode(data, self.level)) for i, data in raw]
+            )
+        created = await self.store.put_many(Kind.TREE, blobs)
+        answers = dict.fromkeys(trees, False)
+        answers.update(
+            (object_id, made) for (object_id, _), made in zip(blobs, created, strict=True)
+        )
+        return answers
 
     async def get_tree(self, object_id: ObjectId) -> Tree:
         """Fetch, verify and strictly parse a tree."""

@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--store",
         metavar="URL",
-        help="store location: a path or file:///path (default: $CAS_STORE, "
-        "else $XDG_DATA_HOME/cas/store)",
+        help="store location: a path, file:///path, http(s)://HOST:PORT (cas serve) or "
+        "gs://BUCKET/PREFIX (default: $CAS_STORE, else $XDG_DATA_HOME/cas/store)",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     common.add_argument(

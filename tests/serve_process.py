@@ -19,7 +19,7 @@ TOKENS = {
     "write": "write-token-0123456789abcdef",
     "admin": "admin-token-0123456789abcdef",
 }
-_ANNOUNCE = re.compile(rb"cas serve: \S+ on (http://[0-9.]+:\d+)")
+_ANNOUNCE = re.compile(rb"cas serve: \S+ on (https?://[0-9.]+:\d+)")
 
 
 @dataclass

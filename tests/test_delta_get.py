@@ -276,7 +276,9 @@ def _describer_reads(store, manifest_id, dest, fc) -> int:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec_a=root_trees, spec_b=root_trees)
-def test_property_in_place_get_gives_exactly_b_and_fetches_only_new_chunks(spec_a, spec_b):
+def test_property_in_place_or_seeded_get_gives_exactly_b_and_fetches_only_new_chunks(
+    spec_a, spec_b
+):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         a, b = tmp / "a", tmp / "b"
@@ -294,5 +296,32 @@ def test_property_in_place_get_gives_exactly_b_and_fetches_only_new_chunks(spec_
             assert snapshot(dest) == snapshot(b)  # no temporaries, pins or asides left
             lacking = set(manifest_chunks(store, id_b)) - expected_local
             assert stats.bytes_from_store == sum(stored_size(store, i) for i in lacking)
+            # The same with A as a seed for a fresh directory.
+            fresh = tmp / "fresh"
+            stats = get(store, id_b, fresh, seeds=(str(a),), cache_dir=tmp / "cache2")
+            assert snapshot(fresh) == snapshot(b)
+            assert stats.bytes_from_store == sum(stored_size(store, i) for i in lacking)
         finally:
             make_writable(tmp)
+
+
+def test_large_file_in_many_segments_is_updated_in_place(tmp_path):
+    """Over 8 MiB, segments are fetched and written at their offsets several at a time."""
+    from cas.chunking import ChunkParams
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = bytearray(os.urandom(45 << 20))
+    write(a / "big.bin", bytes(data))
+    data[20 << 20 : (20 << 20) + 5000] = os.urandom(5000)
+    data[40 << 20 : 40 << 20] = b"inserted" * 100
+    write(b / "big.bin", bytes(data))
+    store = tmp_path / "store"
+    id_a, id_b = put(store, a, ChunkParams()), put(store, b, ChunkParams())
+    dest = tmp_path / "dest"
+    get(store, id_a, dest)
+    assert snapshot(dest) == snapshot(a)
+    stats = get(store, id_b, dest)
+    assert snapshot(dest) == snapshot(b)
+    assert stats.bytes_from_destination > 40 << 20
+    lacking = set(manifest_chunks(store, id_b)) - set(manifest_chunks(store, id_a))
+    assert stats.bytes_from_store == sum(stored_size(store, i) for i in lacking)

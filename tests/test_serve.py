@@ -170,11 +170,8 @@ def test_token_file_problems_stop_the_server_with_one_line(tmp_path):
     bad.write_text("# scopes\nsuperuser abcdefghijklmnopqrstuvwxyz\n")
     proc = cas("serve", "--store", str(tmp_path / "s"), "--token-file", str(bad), check=False)
     assert proc.returncode == 2
-    assert (
-        proc.stderr.decode()
-        .strip()
-        .endswith(f"{bad}:2: unknown scope 'superuser': expected read, write or admin")
-        or "unknown scope 'superuser'" in proc.stderr.decode()
+    assert proc.stderr.decode() == (
+        f"cas: error: {bad}:2: unknown scope 'superuser': expected read, write or admin\n"
     )
     bad.write_text("write short\n")
     proc = cas("serve", "--store", str(tmp_path / "s"), "--token-file", str(bad), check=False)
@@ -464,3 +461,62 @@ async def test_malformed_batches_are_refused(server, http):
     for payload in ({"ids": ["xyz"], "max_size": 10}, {"ids": []}, {"ids": [], "max_size": -1}):
         async with http.post(get_url, json=payload, headers=auth("read")) as response:
             assert response.status == 400, payload
+
+
+# ---------------------------------------------------------------- https
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    import trustme
+
+    workdir = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(workdir / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(workdir / "cert.pem"))
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(str(workdir / "cert.pem"), append=True)
+    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+    server = start_serve(
+        workdir, "--tls-cert", str(workdir / "cert.pem"), "--tls-key", str(workdir / "key.pem")
+    )
+    yield server, workdir / "ca.pem"
+    server.stop()
+
+
+def test_https_round_trip_and_an_untrusted_certificate_fails_at_once(tls_server, tmp_path):
+    from tests.conftest import snapshot
+    from tests.test_cli import cas
+
+    server, ca = tls_server
+    assert server.url.startswith("https://")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(100_000))
+    trusted = {"CAS_TOKEN": TOKENS["write"], "SSL_CERT_FILE": str(ca)}
+    manifest_id = cas("put", "--store", server.url, str(src), "-q", env=trusted).stdout.strip()
+    cas("get", "--store", server.url, manifest_id.decode(), str(tmp_path / "out"), env=trusted)
+    assert snapshot(tmp_path / "out") == snapshot(src)
+    started = time.monotonic()
+    proc = cas("put", "--store", server.url, str(src), env={"CAS_TOKEN": "x"}, check=False)
+    assert proc.returncode == UsageError.exit_code
+    assert "TLS certificate is not trusted" in proc.stderr.decode()
+    assert time.monotonic() - started < 20  # not retried as if it were transient
+
+
+async def test_a_public_read_only_server_and_a_clean_stop(tmp_path, http):
+    """`--anonymous-read` alone: anyone reads, nobody writes; SIGTERM stops it with status 0."""
+    server = start_serve(tmp_path / "public", "--anonymous-read", tokens=None)
+    try:
+        object_id, blob = encode_object(b"public only", 3)
+        url = f"{server.url}/v1/chunk/{object_id}"
+        async with http.put(url, data=blob) as response:
+            assert response.status == 401
+        async with http.put(url, data=blob, headers=auth("admin")) as response:
+            assert response.status == 401  # no token is valid on this server
+        async with http.get(url) as response:
+            assert response.status == 404
+    finally:
+        server.proc.terminate()
+        assert server.proc.wait(10) == 0

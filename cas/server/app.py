@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -43,6 +44,7 @@ from cas.server.context import (
     SCOPE,
     STORE,
     TOKENS,
+    UPLOAD_SLOTS,
     Refusal,
     error_body,
 )
@@ -52,9 +54,11 @@ from cas.server.tokens import Scope, TokenTable
 from cas.server.verify import Limits
 from cas.store.base import Store
 
+DEFAULT_MAX_UPLOADS: Final = 16
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Most specific first: ObjectNotFound and AlreadyExists are also OSErrors.
+# The status each typed error is answered with; any other `CasError` is a 500.
 _STATUS: Final[tuple[tuple[type[CasError], int], ...]] = (
     (UsageError, 400),
     (PermissionDenied, 403),
@@ -130,8 +134,13 @@ def build_app(
     *,
     anonymous_read: bool = False,
     limits: Limits | None = None,
+    max_uploads: int = DEFAULT_MAX_UPLOADS,
 ) -> web.Application:
-    """An application serving `store`; the caller owns (and closes) the store."""
+    """An application serving `store`; the caller owns (and closes) the store.
+
+    At most `max_uploads` upload bodies are buffered at once (others wait),
+    so memory stays near `max_uploads` times the largest body.
+    """
     limits = limits or Limits()
     app = web.Application(middlewares=[errors, refuse_dot_segments, authorize])
     app[STORE] = store
@@ -139,6 +148,7 @@ def build_app(
     app[ANONYMOUS_READ] = anonymous_read
     app[LIMITS] = limits
     app[METRICS] = Metrics()
+    app[UPLOAD_SLOTS] = asyncio.Semaphore(max(1, max_uploads))
     add_routes(app)
     return app
 
@@ -148,9 +158,13 @@ async def serve(
     host: str,
     port: int,
     *,
+    tls: ssl.SSLContext | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Listen until SIGINT or SIGTERM, then finish requests in flight and return."""
+    """Listen (HTTPS when given a TLS context) until SIGINT or SIGTERM, then return.
+
+    Requests in flight are finished first.
+    """
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
@@ -159,7 +173,7 @@ async def serve(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         try:
             await site.start()
         except OSError as exc:
@@ -167,7 +181,8 @@ async def serve(
         if announce is not None:
             bound_host, bound_port = runner.addresses[0][:2]
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            announce(f"http://{shown}:{bound_port}")
+            scheme = "https" if tls is not None else "http"
+            announce(f"{scheme}://{shown}:{bound_port}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

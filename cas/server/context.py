@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -19,6 +20,8 @@ LIMITS: Final = web.AppKey("limits", Limits)
 TOKENS: Final = web.AppKey("tokens", TokenTable)
 ANONYMOUS_READ: Final = web.AppKey("anonymous_read", bool)
 METRICS: Final = web.AppKey("metrics", Metrics)
+# Uploads buffered at once: bounds the server's memory to about this many bodies.
+UPLOAD_SLOTS: Final = web.AppKey("upload_slots", asyncio.Semaphore)
 
 # Per request: the scope it was allowed with, and the body bytes it sent.
 SCOPE: Final = "cas.scope"

@@ -42,6 +42,7 @@ from cas.server.context import (
     LIMITS,
     METRICS,
     STORE,
+    UPLOAD_SLOTS,
     Refusal,
     error_body,
     required_scope,
@@ -100,7 +101,7 @@ async def _read_json(request: web.Request, what: str) -> Any:
     body = await read_body(request, MAX_JSON_BODY, what)
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise UsageError(f"{what}: body is not valid JSON") from None
 
 
@@ -167,9 +168,10 @@ async def put_object(request: web.Request) -> web.Response:
     """Create-only upload: 201 created, 200 already present; the body is verified first."""
     kind, object_id = _kind(request), _object_id(request)
     limits = request.app[LIMITS]
-    body = await read_body(request, limits.body(kind), f"{kind} {object_id}")
-    await asyncio.to_thread(verify_upload, kind, object_id, body, limits)
-    created = await request.app[STORE].put_if_absent(kind, object_id, body)
+    async with request.app[UPLOAD_SLOTS]:
+        body = await read_body(request, limits.body(kind), f"{kind} {object_id}")
+        await asyncio.to_thread(verify_upload, kind, object_id, body, limits)
+        created = await request.app[STORE].put_if_absent(kind, object_id, body)
     return web.Response(status=201 if created else 200)
 
 
@@ -182,15 +184,17 @@ async def put_batch(request: web.Request) -> web.Response:
     """
     kind = _kind(request)
     limits = request.app[LIMITS]
-    body = await read_body(request, MAX_BATCH_BODY, f"{kind} batch")
-    items = _parse_records(body, limits.body(kind), kind)
 
-    def verify_all() -> None:
+    def verify_all(items: list[tuple[ObjectId, bytes]]) -> None:
         for object_id, data in items:
             verify_upload(kind, object_id, data, limits)
 
-    await asyncio.to_thread(verify_all)
-    created = await request.app[STORE].put_many(kind, items) if items else []
+    async with request.app[UPLOAD_SLOTS]:
+        body = await read_body(request, MAX_BATCH_BODY, f"{kind} batch")
+        items = _parse_records(body, limits.body(kind), kind)
+        del body
+        await asyncio.to_thread(verify_all, items)
+        created = await request.app[STORE].put_many(kind, items) if items else []
     return _json({"created": created})
 
 

@@ -66,7 +66,10 @@ class TokenTable:
             where = f"{path}:{number}"
             if len(fields) != 2:
                 raise UsageError(f"{where}: expected 'SCOPE TOKEN', got {len(fields)} fields")
-            scope = Scope.parse(fields[0])
+            try:
+                scope = Scope.parse(fields[0])
+            except UsageError as exc:
+                raise UsageError(f"{where}: {exc}") from None
             token = fields[1]
             if len(token) < MIN_TOKEN_CHARS:
                 raise UsageError(

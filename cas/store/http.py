@@ -9,7 +9,8 @@ event loop carries every call; `missing` is one request per up to
   `RetryingStore` around this backend retries those);
 - 401 / 403 -> `PermissionDenied` naming the server and the scope needed;
 - 404 -> `ObjectNotFound`; 409 / 412 -> `AlreadyExists` (refs);
-- 400 / 413 -> `UsageError`; 422 -> `IntegrityError`.
+- 400 / 413 -> `UsageError`; 422 -> `IntegrityError`;
+- an untrusted TLS certificate -> `UsageError` (fix the CA bundle, do not retry).
 
 The server verifies uploads, but reads are still verified by the
 `Repository` like those of every other backend. Listings must end with the
@@ -70,6 +71,7 @@ DEFAULT_CONCURRENCY: Final = 32
 _CONNECT_TIMEOUT: Final = 10.0
 _READ_TIMEOUT: Final = 120.0
 _MAX_LIST_LINE: Final = 1 << 16
+_MAX_ERROR_BODY: Final = 1 << 16
 
 # Server-side error classes a client re-raises as the same typed error.
 _NAMED_ERRORS: Final[dict[str, type[CasError]]] = {
@@ -162,14 +164,20 @@ class HttpStore(Store):
 
         Failures while the caller reads the body are translated too.
         """
+        kwargs.setdefault("allow_redirects", False)  # the token goes to this server only
         try:
             async with self._session().request(method, self._api + path, **kwargs) as response:
                 if response.status not in ok:
-                    body = await response.read()
+                    body = await response.content.read(_MAX_ERROR_BODY)
                     raise self._translate_status(response.status, body, what, scope)
                 yield response
         except CasError:
             raise
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise UsageError(
+                f"{what} on {self.url}: the server's TLS certificate is not trusted "
+                f"({exc.certificate_error}); set SSL_CERT_FILE to its CA bundle"
+            ) from None
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise self._transport_error(exc, what) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 
 from cas.errors import UsageError
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="serve a store over HTTP to other machines",
         description="Serve the store given by --store over HTTP (see docs/http-api.md). "
         "Uploads are verified (hash and size) before they are stored. Clients use "
-        "--store http://HOST:PORT with their token in CAS_TOKEN.",
+        "--store http(s)://HOST:PORT with their token in CAS_TOKEN.",
     )
     p.add_argument(
         "--listen",
@@ -42,6 +43,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="let requests without a token read (never write)",
     )
     p.add_argument(
+        "--max-uploads",
+        metavar="N",
+        type=int,
+        default=16,
+        help="upload bodies buffered at once; more wait (default 16; memory ~ N x 32 MiB at most)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate chain")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    p.add_argument(
         "--max-chunk-size",
         metavar="SIZE",
         default=str(DEFAULT_MAX_CHUNK),
@@ -59,6 +69,20 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files, or None for plain HTTP."""
+    if cert is None and key is None:
+        return None
+    if cert is None:
+        raise UsageError("--tls-key needs --tls-cert")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load TLS certificate {cert}: {exc}") from None
+    return context
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute `cas serve`."""
     from cas.server import Limits, TokenTable, build_app, configure_logging, serve
@@ -68,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("cas serve needs --token-file, --anonymous-read, or both")
     tokens = TokenTable.load(args.token_file) if args.token_file else TokenTable()
     limits = Limits(max_chunk=parse_size(args.max_chunk_size, "--max-chunk-size"))
+    tls = tls_context(args.tls_cert, args.tls_key)
     configure_logging(args.quiet)
 
     async def body() -> None:
@@ -76,9 +101,15 @@ def run(args: argparse.Namespace) -> int:
         def announce(url: str) -> None:
             print(f"cas serve: {store.url} on {url}", file=sys.stderr, flush=True)
 
-        app = build_app(store, tokens, anonymous_read=args.anonymous_read, limits=limits)
+        app = build_app(
+            store,
+            tokens,
+            anonymous_read=args.anonymous_read,
+            limits=limits,
+            max_uploads=args.max_uploads,
+        )
         async with store:
-            await serve(app, host, port, announce=announce)
+            await serve(app, host, port, tls=tls, announce=announce)
 
     asyncio.run(body())
     return 0
