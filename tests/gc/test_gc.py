@@ -243,3 +243,28 @@ def test_keep_last_and_expire_rules():
         "ci/main/4",
         "ci/pr/1/x",
     ]
+
+
+async def test_foreign_objects_in_the_gc_namespace_are_ignored(store, tmp_path):
+    """Anything that is not a well-formed record (garbage, other JSON, huge leases) is skipped."""
+    import json
+
+    from cas.repo import encode_object
+
+    hostile = [
+        b"not json",
+        json.dumps({"format": "cas.gc-record/1", "event": "start", "run": "x"}).encode()[:-1],
+        json.dumps({"format": "other", "event": "start", "run": "x"}).encode(),
+        json.dumps(
+            {"format": "cas.gc-record/1", "event": "start", "run": "x", "lease_seconds": 1e9}
+        ).encode(),
+        json.dumps({"format": "cas.gc-record/1", "event": "start", "run": 7}).encode(),
+        json.dumps({"format": "cas.gc-record/1", "event": "beat", "run": "x", "seq": -1}).encode(),
+    ]
+    for data in hostile:
+        await store.put_if_absent(Kind.GC, *encode_object(data, 3))
+    await store.put_if_absent(Kind.GC, ObjectId(bytes(32)), b"\x00not a zstd frame")
+    assert await RunTracker(store).refresh() == {}
+    manifest_id = await put(store, write_tree(tmp_path / "a", {"x": os.urandom(9000)}), ref="r")
+    await collect(Repository(store), NOW_GRACE)
+    assert await manifest_complete(Repository(store), manifest_id)
