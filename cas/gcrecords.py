@@ -27,7 +27,7 @@ from cas.store.base import Kind, ObjectInfo, Store
 
 FORMAT: Final = "cas.gc-record/1"
 MAX_RECORD_BYTES: Final = 4096
-MAX_LEASE_SECONDS: Final = 86400
+MAX_LEASE_SECONDS: Final = 3600
 START: Final = "start"
 BEAT: Final = "beat"
 DONE: Final = "done"

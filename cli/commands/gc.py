@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute `cas gc`."""
     lease = parse_duration(args.lease, "--lease")
     if not 0.4 <= lease <= MAX_LEASE_SECONDS:
-        raise UsageError("--lease must be between 0.4s and 1d")
+        raise UsageError("--lease must be between 0.4s and 1h")
     options = GcOptions(
         retention=rules_from_options(
             args.expire,
