@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -38,6 +38,8 @@ from cas.store.base import Kind, ObjectInfo, RefInfo, Store
 
 DEFAULT_GRACE: Final = 86400.0
 DEFAULT_LEASE: Final = 300.0
+BEAT_MAX_INTERVAL: Final = 10.0
+"""Beats (and re-listings of the roots) come at least this often; puts wait about two."""
 _BATCH: Final = 1000
 _HEX: Final = "0123456789abcdef"
 SWEEP_ORDER: Final = (Kind.MANIFEST, Kind.TREE, Kind.CHUNK)
@@ -100,19 +102,24 @@ class GcReport:
 
 
 class Lease:
-    """A run's right to delete, renewed by heartbeat records (docs/gc.md, "leases").
+    """A run's right to delete, renewed by heartbeat records (docs/gc.md, "The lease").
 
     A delete may start only within `lease / 2` of the start of the last
-    heartbeat write that succeeded; puts treat a run whose records stayed
-    unchanged for a whole lease as unable to delete anything more.
+    heartbeat that succeeded; puts treat a run whose records stayed
+    unchanged for a whole lease as unable to delete anything more. Before
+    each beat the collector re-lists its roots (`before_beat`), so beat `k`
+    also tells puts that every manifest visible before it began is marked.
     """
 
     def __init__(self, store: Store, lease: float, grace: float) -> None:
         self.store = store
         self.lease = lease
         self.grace = grace
+        self.interval = min(lease / 4, BEAT_MAX_INTERVAL)
         self.run = new_run_id()
+        self.before_beat: Callable[[], Awaitable[None]] | None = None
         self._renewed = 0.0
+        self._seq = 0
         self._beats: list[ObjectId] = []
         self._task: asyncio.Task[None] | None = None
         self.started: datetime | None = None
@@ -122,22 +129,25 @@ class Lease:
         began = time.monotonic()
         info = await write_record(
             self.store,
-            record_body(START, self.run, lease_seconds=self.lease, grace_seconds=self.grace),
+            record_body(START, self.run, seq=0, lease_seconds=self.lease, grace_seconds=self.grace),
         )
         self._renewed = began
-        self._beats.append(info.id)
         self.started = info.mtime
         self._task = asyncio.create_task(self._beat_forever())
         return info.mtime
 
     async def _beat_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.lease / 4)
+            await asyncio.sleep(self.interval)
             began = time.monotonic()
             with contextlib.suppress(CasError):  # a failed beat just lets the lease run out
+                if self.before_beat is not None:
+                    await self.before_beat()
                 info = await write_record(
-                    self.store, record_body(BEAT, self.run, lease_seconds=self.lease)
+                    self.store,
+                    record_body(BEAT, self.run, seq=self._seq + 1, lease_seconds=self.lease),
                 )
+                self._seq += 1
                 self._beats.append(info.id)
                 self._renewed = began
 
@@ -153,7 +163,7 @@ class Lease:
         """Stop beating, record that no delete of this run is outstanding, drop the beats."""
         await self.stop()
         await write_record(self.store, record_body(DONE, self.run, **summary))
-        await self.store.delete_many(Kind.GC, self._beats[1:])
+        await self.store.delete_many(Kind.GC, self._beats)
 
     async def stop(self) -> None:
         """Stop the heartbeat (on success or failure)."""
@@ -162,6 +172,40 @@ class Lease:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class _Gate:
+    """Deletes run together; marking waits for them to finish and holds new ones back."""
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._marking = False
+        self._cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def deleting(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._marking)
+            self._active += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def marking(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._marking)
+            self._marking = True
+            await self._cond.wait_for(lambda: self._active == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._marking = False
+                self._cond.notify_all()
 
 
 async def list_concurrently(
@@ -213,58 +257,93 @@ class Collector:
         self.concurrency = options.concurrency or max(1, self.store.capabilities.max_concurrency)
         self.report = GcReport(dry_run=options.dry_run)
         self._lease: Lease | None = None
+        self._gate = _Gate()
+        self._roots_lock = asyncio.Lock()
+        self._known_refs: set[str] | None = None
+        self._cutoff = datetime.now(UTC)
+        self._reachable: IdSet
 
     async def run(self) -> GcReport:
         """Mark and sweep; with `dry_run` nothing is written or deleted."""
+        with IdSet([k.value for k in SWEEP_ORDER]) as reachable:
+            self._reachable = reachable
+            try:
+                return await self._run()
+            finally:
+                if self._lease is not None:
+                    await self._lease.stop()
+
+    async def _run(self) -> GcReport:
         if self.options.dry_run:
             started = datetime.now(UTC)
         else:
             self._lease = Lease(self.store, self.options.lease, self.options.grace)
+            self._lease.before_beat = self._refresh_roots
             started = await self._lease.start()
-        cutoff = started - timedelta(seconds=self.options.grace)
-        try:
-            with IdSet([k.value for k in SWEEP_ORDER]) as reachable:
-                refs = [r async for r in self.store.list_refs()]
-                expired = self.options.retention.expired(refs, started)
-                self.report.refs_expired = expired
-                gone = {r.name for r in expired}
-                roots = {r.target for r in refs if r.name not in gone}
-                async for listed in list_concurrently(self.store, Kind.MANIFEST, self.concurrency):
-                    roots.update(info.id for info in listed if info.mtime >= cutoff)
-                self.report.roots = len(roots)
-                await self._mark(sorted(roots), reachable)
-                if self._lease is not None:
-                    for ref in expired:
-                        self._lease.check()
-                        await self.store.delete_ref(ref.name)
-                for kind in self._sweepable():
-                    await self._sweep(kind, cutoff, reachable)
-            if self._lease is not None:
-                await self._housekeep_records(started)
-                await self._lease.finish(
-                    {f"deleted_{k.value}s": c.objects for k, c in self.report.deleted.items()}
-                )
-        finally:
-            if self._lease is not None:
-                await self._lease.stop()
+        self._cutoff = cutoff = started - timedelta(seconds=self.options.grace)
+        async with self._roots_lock:
+            refs = [r async for r in self.store.list_refs()]
+            expired = self.options.retention.expired(refs, started)
+            self.report.refs_expired = expired
+            self._known_refs = {r.name for r in refs}
+            gone = {r.name for r in expired}
+            roots = {r.target for r in refs if r.name not in gone}
+            async for listed in list_concurrently(self.store, Kind.MANIFEST, self.concurrency):
+                roots.update(info.id for info in listed if info.mtime >= cutoff)
+        self.report.roots = len(roots)
+        await self._mark(sorted(roots))
+        if self._lease is not None:
+            for ref in expired:
+                self._lease.check()
+                await self.store.delete_ref(ref.name)
+        for kind in SWEEP_ORDER:
+            if self._sweepable(kind):
+                await self._sweep(kind, cutoff)
+        if self._lease is not None:
+            await self._housekeep_records(started)
+            await self._lease.finish(
+                {f"deleted_{k.value}s": c.objects for k, c in self.report.deleted.items()}
+            )
         return self.report
 
-    def _sweepable(self) -> tuple[Kind, ...]:
-        """All namespaces, unless a reachable tree could not be read.
+    async def _refresh_roots(self) -> None:
+        """Before a beat: mark the manifests and refs that appeared since the last listing.
+
+        Deletes wait meanwhile, and any delete decided before is finished
+        first, so after the beat no delete can touch what a new root reaches.
+        """
+        async with self._roots_lock:
+            if self._known_refs is None:
+                return  # the first listing has not started: it will see everything
+            async with self._gate.marking():
+                roots: set[ObjectId] = set()
+                async for ref in self.store.list_refs():
+                    if ref.name not in self._known_refs:
+                        self._known_refs.add(ref.name)
+                        roots.add(ref.target)
+                async for listed in list_concurrently(self.store, Kind.MANIFEST, self.concurrency):
+                    roots.update(info.id for info in listed if info.mtime >= self._cutoff)
+                await self._mark(sorted(roots))
+
+    def _sweepable(self, kind: Kind) -> bool:
+        """Manifests always; trees and chunks only while every reachable tree was readable.
 
         What lies below an unreadable tree is unknown, so no tree or chunk is
         deleted (restic's prune likewise stops when reachable data is
         missing). A put repairing that tree relies on this (docs/gc.md).
         """
-        if any(kind is Kind.TREE for kind, _, _ in self.report.unreadable):
+        if kind is Kind.MANIFEST:
+            return True
+        if any(k is Kind.TREE for k, _, _ in self.report.unreadable):
             self.report.sweep_skipped = True
-            return (Kind.MANIFEST,)
-        return SWEEP_ORDER
+            return False
+        return True
 
     # ------------------------------------------------------------ mark
 
-    async def _mark(self, roots: list[ObjectId], reachable: IdSet) -> None:
-        """Everything reachable from `roots` into `reachable`; unreadable objects are reported."""
+    async def _mark(self, roots: list[ObjectId]) -> None:
+        """Everything reachable from `roots` into the mark set; unreadable objects are reported."""
+        reachable = self._reachable
         fresh_roots = reachable.new_of(Kind.MANIFEST.value, roots)
         pending: list[ObjectId] = []
         limit = asyncio.Semaphore(self.concurrency)
@@ -305,26 +384,28 @@ class Collector:
 
     # ------------------------------------------------------------ sweep
 
-    async def _sweep(self, kind: Kind, cutoff: datetime, reachable: IdSet) -> None:
+    async def _sweep(self, kind: Kind, cutoff: datetime) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.concurrency)
         pending_batches = asyncio.Semaphore(2 * self.concurrency)
         batch: list[ObjectInfo] = []
 
         async def flush(items: list[ObjectInfo]) -> None:
-            known = reachable.contains_many(kind.value, [i.id for i in items])
-            doomed = []
-            for info, keep in zip(items, known, strict=True):
-                if keep:
-                    self.report.kept_reachable[kind].add(info.size)
-                else:
-                    doomed.append(info)
-            if doomed and self._lease is not None:
-                async with slots:
+            async with slots, self._gate.deleting():
+                if not self._sweepable(kind):
+                    return
+                known = self._reachable.contains_many(kind.value, [i.id for i in items])
+                doomed = []
+                for info, keep in zip(items, known, strict=True):
+                    if keep:
+                        self.report.kept_reachable[kind].add(info.size)
+                    else:
+                        doomed.append(info)
+                if doomed and self._lease is not None:
                     self._lease.check()
                     await self.store.delete_many(kind, [i.id for i in doomed])
-            for info in doomed:
-                self.report.deleted[kind].add(info.size)
+                for info in doomed:
+                    self.report.deleted[kind].add(info.size)
 
         try:
             async for listed in list_concurrently(self.store, kind, self.concurrency):

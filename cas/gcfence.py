@@ -11,9 +11,10 @@ collection records instead (docs/gc.md has the argument):
 2. `settle`, after the manifest (and its ref) are written, lists the
    records again. A run that is visible now and had not finished at `begin`
    may have deleted something the manifest needs: the put waits until each
-   such run has finished (its done record, or a lapsed lease), checks that
-   everything the manifest reaches exists, and uploads again what is
-   missing. A run that is not visible now started after the manifest
+   such run has finished (its done record, or a lapsed lease) or has written
+   two more heartbeats (before each, a run re-lists its roots and marks what
+   new manifests reach), checks that everything the manifest reaches exists,
+   and uploads again what is missing. A run that is not visible now started after the manifest
    existed: it marks the manifest as a root and never sweeps past a tree it
    cannot read, so it deletes nothing the manifest reaches.
 """
@@ -76,11 +77,11 @@ class GcFence:
         if not self.enabled:
             return
         runs = await self._tracker.refresh()
-        risky = {r.run for r in runs.values() if r.run not in self._settled}
+        risky = {r.run: r.seq for r in runs.values() if r.run not in self._settled}
         if not risky and time.monotonic() - self._since < RECORD_KEEP_SECONDS:
             return
         self.rounds += 1
-        await self._wait_finished(risky)
+        await self._wait_covered(risky)
         if await complete():
             return
         await repair()
@@ -90,14 +91,24 @@ class GcFence:
                 "be uploaded again; run the put again"
             )
 
-    async def _wait_finished(self, runs: set[str]) -> None:
+    async def _wait_covered(self, runs: dict[str, int]) -> None:
+        """Until each run has finished, or written two heartbeats after the manifest existed.
+
+        The first new beat was written after this put's listing began; the
+        second began with a re-listing after that, which saw the manifest,
+        marked what it reaches, and let every earlier delete finish.
+        """
         while True:
             state = await self._tracker.refresh()
             now = time.monotonic()
             waiting = [
-                r for r in runs if r in state and not state[r].finished(now, _SLACK)
-            ]  # a run whose records are gone was removed by housekeeping: long finished
+                r
+                for r, seen in runs.items()
+                if r in state  # a run whose records are gone was removed long after it finished
+                and not state[r].finished(now, _SLACK)
+                and state[r].seq < seen + 2
+            ]
             if not waiting:
                 return
-            poll = min(1.0, max(0.05, min(state[r].lease for r in waiting) / 8))
+            poll = min(1.0, max(0.05, min(state[r].lease for r in waiting) / 16))
             await asyncio.sleep(poll)

@@ -27,6 +27,7 @@ from cas.store.base import Kind, ObjectInfo, Store
 
 FORMAT: Final = "cas.gc-record/1"
 MAX_RECORD_BYTES: Final = 4096
+MAX_LEASE_SECONDS: Final = 3600
 START: Final = "start"
 BEAT: Final = "beat"
 DONE: Final = "done"
@@ -56,7 +57,10 @@ def parse_record(data: bytes) -> dict[str, Any] | None:
     if body.get("event") not in (START, BEAT, DONE) or not isinstance(body.get("run"), str):
         return None
     lease = body.get("lease_seconds", 0)
-    if not isinstance(lease, int | float) or not 0 <= lease <= 7 * 86400:
+    if not isinstance(lease, int | float) or not 0 <= lease <= MAX_LEASE_SECONDS:
+        return None
+    seq = body.get("seq", 0)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         return None
     return body
 
@@ -68,6 +72,8 @@ class RunState:
     run: str
     lease: float = 0.0
     done: bool = False
+    seq: int = -1
+    """The highest heartbeat number seen (0: the start record)."""
     records: set[ObjectId] = field(default_factory=set)
     newest: datetime | None = None
     changed_at: float = field(default_factory=time.monotonic)
@@ -121,6 +127,8 @@ class RunTracker:
             state.newest = mtime if state.newest is None else max(state.newest, mtime)
             if body["event"] == DONE:
                 state.done = True
+            else:
+                state.seq = max(state.seq, int(body.get("seq", 0)))
             state.lease = max(state.lease, float(body.get("lease_seconds", 0)))
         for run, state in seen.items():
             old = self.runs.get(run)

@@ -17,6 +17,7 @@ from typing import Final
 
 import lmdb
 
+from cas.cache import default_cache_dir
 from cas.ids import ObjectId
 from cas.lmdbenv import open_env
 
@@ -26,8 +27,11 @@ _MAP_SIZE: Final = 1 << 36  # address space only; the file grows with what is st
 class IdSet:
     """Named on-disk sets of ids in one temporary LMDB environment; delete on `close`."""
 
-    def __init__(self, names: Iterable[str], directory: str | None = None) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="cas-ids-", dir=directory))
+    def __init__(self, names: Iterable[str], directory: Path | None = None) -> None:
+        # Next to the caches (on disk), not in /tmp, which may be a RAM file system.
+        parent = directory or default_cache_dir()
+        parent.mkdir(parents=True, exist_ok=True)
+        self._dir = Path(tempfile.mkdtemp(prefix="ids-", dir=parent))
         self._env = open_env(self._dir, map_size=_MAP_SIZE, max_dbs=8, sync=False, what="id set")
         self._dbs = {name: self._env.open_db(name.encode()) for name in names}
 

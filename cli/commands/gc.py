@@ -6,6 +6,7 @@ import argparse
 
 from cas.errors import UsageError
 from cas.gc import DEFAULT_GRACE, DEFAULT_LEASE, GcOptions, GcReport, collect
+from cas.gcrecords import MAX_LEASE_SECONDS
 from cas.repo import Repository
 from cas.retention import rules_from_options
 from cas.sizes import format_duration, format_size, parse_duration
@@ -67,8 +68,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     """Execute `cas gc`."""
     lease = parse_duration(args.lease, "--lease")
-    if lease < 0.4:
-        raise UsageError("--lease must be at least 0.4s")
+    if not 0.4 <= lease <= MAX_LEASE_SECONDS:
+        raise UsageError("--lease must be between 0.4s and 1h")
     options = GcOptions(
         retention=rules_from_options(
             args.expire,

@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 "chunks_new": s.chunks_new,
                 "bytes_new": s.bytes_new_raw,
                 "bytes_uploaded": s.bytes_uploaded,
+                "gc_waits": s.gc_waits,
                 "skipped": [{"path": p, "reason": r} for p, r in s.skipped],
                 "seconds": round(seconds, 3),
             }

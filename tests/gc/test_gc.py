@@ -154,22 +154,53 @@ async def test_without_the_protocol_the_same_race_loses_data(store, tmp_path):
     assert not complete
 
 
-async def test_put_waits_for_a_running_collection(store, tmp_path):
-    """A run that is still going (start record, fresh heartbeat) holds the put's commit."""
+async def test_put_waits_for_two_heartbeats_of_a_running_collection_not_its_end(store, tmp_path):
     from cas.gc import Lease
 
-    lease = Lease(store, lease=1.0, grace=0.0)
+    lease = Lease(store, lease=1.0, grace=0.0)  # a beat every 0.25 s
     await lease.start()
     try:
         src = write_tree(tmp_path / "a", {"x": os.urandom(9000)})
-        task = asyncio.create_task(put(store, src))
-        await asyncio.sleep(0.6)
-        assert not task.done()  # waiting for the run to finish
-        await lease.finish({})
-        manifest_id = await asyncio.wait_for(task, 5)
+        uploader = Uploader(Repository(store), PutOptions())
+        task = asyncio.create_task(uploader.put(src))
+        await asyncio.sleep(0.2)
+        assert not task.done()  # the run is visible and has not beaten twice yet
+        result = await asyncio.wait_for(task, 5)
+        assert uploader.stats.gc_waits == 1
+        assert not (await RunTracker(store).refresh())[lease.run].done  # still running
     finally:
-        await lease.stop()
-    assert await manifest_complete(Repository(store), manifest_id)
+        await lease.finish({})
+    assert await manifest_complete(Repository(store), result.manifest_id)
+
+
+class SlowDeletes(WrappingStore):
+    def opener(self):
+        return None
+
+    async def delete_many(self, kind: Kind, ids) -> None:
+        await asyncio.sleep(0.3)
+        await self.inner.delete_many(kind, ids)
+
+    async def list(self, kind: Kind, prefix: str = ""):
+        if kind is Kind.CHUNK:
+            await asyncio.sleep(1.5)  # a big namespace
+        async for info in self.inner.list(kind, prefix):
+            yield info
+
+
+async def test_a_put_during_a_long_sweep_finishes_first_and_stays_whole(store, tmp_path):
+    """The run re-lists its roots before each beat: the put's ref is marked mid-sweep."""
+    files = {f"f{i}": os.urandom(6000) for i in range(30)}
+    await put(store, write_tree(tmp_path / "old", files))  # unnamed: garbage at grace 0
+    slow = SlowDeletes(store)
+    collection = asyncio.create_task(collect(Repository(slow), GcOptions(grace=0.0, lease=1.0)))
+    await asyncio.sleep(0.3)  # the run is sweeping manifests
+    uploader = Uploader(Repository(store), PutOptions(ref="ci/new"))
+    result = await uploader.put(write_tree(tmp_path / "new", files))
+    assert not collection.done() and uploader.stats.gc_waits == 1
+    report = await collection
+    assert report.deleted[Kind.CHUNK].objects == 0  # every old chunk was reused
+    assert (await verify_manifests(Repository(store), [result.manifest_id])).ok
 
 
 async def test_put_gives_up_waiting_on_a_dead_collection_after_its_lease(store, tmp_path):
@@ -212,3 +243,28 @@ def test_keep_last_and_expire_rules():
         "ci/main/4",
         "ci/pr/1/x",
     ]
+
+
+async def test_foreign_objects_in_the_gc_namespace_are_ignored(store, tmp_path):
+    """Anything that is not a well-formed record (garbage, other JSON, huge leases) is skipped."""
+    import json
+
+    from cas.repo import encode_object
+
+    hostile = [
+        b"not json",
+        json.dumps({"format": "cas.gc-record/1", "event": "start", "run": "x"}).encode()[:-1],
+        json.dumps({"format": "other", "event": "start", "run": "x"}).encode(),
+        json.dumps(
+            {"format": "cas.gc-record/1", "event": "start", "run": "x", "lease_seconds": 1e9}
+        ).encode(),
+        json.dumps({"format": "cas.gc-record/1", "event": "start", "run": 7}).encode(),
+        json.dumps({"format": "cas.gc-record/1", "event": "beat", "run": "x", "seq": -1}).encode(),
+    ]
+    for data in hostile:
+        await store.put_if_absent(Kind.GC, *encode_object(data, 3))
+    await store.put_if_absent(Kind.GC, ObjectId(bytes(32)), b"\x00not a zstd frame")
+    assert await RunTracker(store).refresh() == {}
+    manifest_id = await put(store, write_tree(tmp_path / "a", {"x": os.urandom(9000)}), ref="r")
+    await collect(Repository(store), NOW_GRACE)
+    assert await manifest_complete(Repository(store), manifest_id)
