@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cas import codec
+from cas.allocator import return_large_blocks
 from cas.chunking import FastCdcChunker
 from cas.filecut import CutSettings, FileCutter
 from cas.filescache import CachedFile
@@ -110,6 +111,7 @@ def start(config: WorkerConfig) -> None:
     # Ctrl-C reaches the whole process group; the put process decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with(config.put_pid)
+    return_large_blocks()
     _worker = _Worker(config)
     atexit.register(_worker.close)
 

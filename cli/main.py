@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from cas import __version__
+from cas.allocator import return_large_blocks
 from cas.errors import CasError, UsageError
 from cas_cli.commands import cache, cat, diff, gc, get, ls, put, refs, serve, verify
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
+    return_large_blocks()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
