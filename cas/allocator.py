@@ -2,9 +2,10 @@
 
 glibc raises its mmap threshold after large blocks are freed, so later
 multi-megabyte read and compression buffers come from per-thread arenas and
-stay resident after they are freed: a put that holds ~100 MB at a time was
-seen at 300-490 MB under load. A fixed threshold keeps every block of 1 MiB
-or more in its own mapping, returned to the system when it is freed.
+stay resident after they are freed. A fixed threshold keeps every block of
+1 MiB or more in its own mapping, returned to the system when it is freed:
+the main process of a put of the torch tree peaked at 150-180 MB instead of
+210-270 MB, at the same speed.
 """
 
 from __future__ import annotations

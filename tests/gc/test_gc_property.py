@@ -52,7 +52,7 @@ async def check(runs: list[tuple[set[int], bool]], keep: int) -> None:
         )
         await asyncio.sleep(0.02)
         await collect(Repository(store), options)
-        kept = named[len(named) - keep :] if keep else []
+        kept = named[max(0, len(named) - keep) :] if keep else []
         assert sorted([r.name async for r in store.list_refs()]) == sorted(r for r, _ in kept)
         wanted = {hash_bytes(POOL[i]) for _, files in kept for i in files}
         assert {i.id async for i in store.list(Kind.CHUNK)} == wanted
