@@ -532,3 +532,14 @@ async def test_refs_written_by_other_tools_are_read_from_their_content(gcs_backe
     refs = [(r.name, r.target) async for r in gcs_backend.store.list_refs()]
     assert refs == [("copied/1", target)]
     assert await gcs_backend.store.read_ref("copied/1") == target
+
+
+async def test_names_with_url_special_characters_survive_the_round_trip(gcs_emulator):
+    location = GcsLocation(BUCKET, f"a+b=c@d/{uuid.uuid4().hex}")
+    async with GcsStore(location, endpoint=gcs_emulator.url, anonymous=True) as store:
+        await store.create_ref("ci/x+y@z=1", ID)
+        assert await store.read_ref("ci/x+y@z=1") == ID
+        assert [r.name async for r in store.list_refs("ci/x+y")] == ["ci/x+y@z=1"]
+        assert await store.put_if_absent(Kind.CHUNK, ID, b"c") is True
+        assert [i.id async for i in store.list(Kind.CHUNK)] == [ID]
+        assert await store.missing(Kind.CHUNK, [ID]) == set()
