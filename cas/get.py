@@ -188,6 +188,7 @@ class Downloader:
         self.stats = GetStats()
         self._lock = threading.Lock()
         self._local: LocalChunks | None = None
+        self._in_cache: set[ObjectId] = set()
         self._described: dict[str, Described] = {}
 
     async def get(
@@ -217,27 +218,67 @@ class Downloader:
             raise DestinationError(f"destination {dest_root} exists and is not a directory")
         existing = await asyncio.to_thread(survey, dest_root, options.selection)
         layout = Layout.build(existing, todo.entries(), options.selection, options.delete)
+        identical = await self._find_sources(manifest, dest_root, layout, todo, options)
+        to_write = [f for f in todo.files if f.path not in identical]
+        self._planned_stats(todo, to_write, identical, layout)
+        if not options.dry_run:
+            await self._apply(dest, manifest, todo, layout, identical, to_write, options)
+        self.stats.seconds = time.monotonic() - started
+        return self.stats
+
+    async def _find_sources(
+        self,
+        manifest: Manifest,
+        root: str,
+        layout: Layout,
+        todo: _Plan,
+        options: GetOptions,
+    ) -> set[str]:
+        """Identical files (returned), then local chunk sources for the rest (indexed)."""
         files_cache = None
-        if self.files_cache_dir is not None and (existing or options.seeds):
+        if self.files_cache_dir is not None and (layout.existing or options.seeds):
             files_cache = FilesCache(self.files_cache_dir, self.repo.store.url, manifest.chunker)
         try:
             describer = Describer(manifest.chunker, files_cache)
-            identical = await self._identical(dest_root, layout, describer)
+            identical = await self._identical(root, layout, describer)
             to_write = [f for f in todo.files if f.path not in identical]
-            await self._index_sources(dest_root, layout, describer, to_write, options)
+            await self._index_sources(root, layout, describer, to_write, options)
             await asyncio.to_thread(describer.record)
         finally:
+            self._described.clear()
             if files_cache is not None:
                 files_cache.close()
-        self.stats.planned = self.planned_sources(to_write)
-        self.stats.extra_files, self.stats.extra_bytes = layout.extra_files()
-        self.stats.extra_paths = list(layout.extras)
-        self.stats.files_untouched = len(identical)
-        self.stats.bytes_untouched = sum(f.entry.size for f in todo.files if f.path in identical)  # type: ignore[union-attr]
-        if options.dry_run:
-            self._dry_run_totals(todo, to_write)
-            self.stats.seconds = time.monotonic() - started
-            return self.stats
+        return identical
+
+    def _planned_stats(
+        self, todo: _Plan, to_write: list[Located], identical: set[str], layout: Layout
+    ) -> None:
+        s = self.stats
+        s.planned = self.planned_sources(to_write)
+        s.extra_files, s.extra_bytes = layout.extra_files()
+        s.extra_paths = list(layout.extras)
+        s.files_untouched = len(identical)
+        s.bytes_untouched = sum(f.entry.size for f in todo.files if f.path in identical)  # type: ignore[union-attr]
+        s.dry_run = True  # until `_apply` has written
+        s.files = len(to_write)
+        s.bytes_written = sum(f.entry.size for f in to_write)  # type: ignore[union-attr]
+        s.dirs = len(todo.dirs)
+        s.symlinks = len(todo.symlinks)
+
+    async def _apply(
+        self,
+        dest: str | os.PathLike[str],
+        manifest: Manifest,
+        todo: _Plan,
+        layout: Layout,
+        identical: set[str],
+        to_write: list[Located],
+        options: GetOptions,
+    ) -> None:
+        """Steps 4-6 of the module docstring: the only part that changes the destination."""
+        s = self.stats
+        s.dry_run = False
+        s.files = s.bytes_written = s.dirs = s.symlinks = 0
         self.progress.set_total(sum(f.entry.size for f in to_write))  # type: ignore[union-attr]
         before_cache = (self.repo.chunks_from_cache, self.repo.bytes_from_cache)
         before_store = (self.repo.chunks_from_store, self.repo.bytes_from_store)
@@ -253,17 +294,15 @@ class Downloader:
             finally:
                 await asyncio.to_thread(self._cleanup, out)
             await asyncio.to_thread(self._finish_dirs, out, todo.dirs)
-        self.stats.chunks_from_cache = self.repo.chunks_from_cache - before_cache[0]
-        self.stats.bytes_from_cache = self.repo.bytes_from_cache - before_cache[1]
-        self.stats.chunks_from_store = self.repo.chunks_from_store - before_store[0]
-        self.stats.bytes_from_store = self.repo.bytes_from_store - before_store[1]
+        s.chunks_from_cache = self.repo.chunks_from_cache - before_cache[0]
+        s.bytes_from_cache = self.repo.bytes_from_cache - before_cache[1]
+        s.chunks_from_store = self.repo.chunks_from_store - before_store[0]
+        s.bytes_from_store = self.repo.bytes_from_store - before_store[1]
         if self._local is not None:
-            self.stats.chunks_from_destination = self._local.chunks_read[Origin.DESTINATION]
-            self.stats.bytes_from_destination = self._local.bytes_read[Origin.DESTINATION]
-            self.stats.chunks_from_seeds = self._local.chunks_read[Origin.SEED]
-            self.stats.bytes_from_seeds = self._local.bytes_read[Origin.SEED]
-        self.stats.seconds = time.monotonic() - started
-        return self.stats
+            s.chunks_from_destination = self._local.chunks_read[Origin.DESTINATION]
+            s.bytes_from_destination = self._local.bytes_read[Origin.DESTINATION]
+            s.chunks_from_seeds = self._local.chunks_read[Origin.SEED]
+            s.bytes_from_seeds = self._local.bytes_read[Origin.SEED]
 
     async def _subtree(self, manifest: Manifest, subpath: str) -> ObjectId:
         if not split_path(subpath):
@@ -313,7 +352,6 @@ class Downloader:
         for located in to_write:
             for ref in located.entry.chunks:  # type: ignore[union-attr]
                 needed[ref.id] = ref.length
-        self._needed = needed
         cache = self.repo.cache
         self._in_cache = await asyncio.to_thread(cache.has_many, needed) if cache else set()
         wanted = set(needed) - self._in_cache
@@ -351,13 +389,6 @@ class Downloader:
                         local.add(LocalFile(path, Origin.SEED), described[path].chunks, wanted)
                 if len(local) >= len(wanted):
                     break
-
-    def _dry_run_totals(self, todo: _Plan, to_write: list[Located]) -> None:
-        self.stats.dry_run = True
-        self.stats.files = len(to_write)
-        self.stats.bytes_written = sum(f.entry.size for f in to_write)  # type: ignore[union-attr]
-        self.stats.dirs = len(todo.dirs)
-        self.stats.symlinks = len(todo.symlinks)
 
     def planned_sources(self, to_write: list[Located]) -> dict[str, SourceCount]:
         """Which source each chunk of the files to write is expected to come from."""

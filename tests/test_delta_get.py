@@ -276,7 +276,9 @@ def _describer_reads(store, manifest_id, dest, fc) -> int:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec_a=root_trees, spec_b=root_trees)
-def test_property_in_place_get_gives_exactly_b_and_fetches_only_new_chunks(spec_a, spec_b):
+def test_property_in_place_or_seeded_get_gives_exactly_b_and_fetches_only_new_chunks(
+    spec_a, spec_b
+):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         a, b = tmp / "a", tmp / "b"
@@ -293,6 +295,11 @@ def test_property_in_place_get_gives_exactly_b_and_fetches_only_new_chunks(spec_
             stats = get(store, id_b, dest, delete=True, cache_dir=tmp / "cache")
             assert snapshot(dest) == snapshot(b)  # no temporaries, pins or asides left
             lacking = set(manifest_chunks(store, id_b)) - expected_local
+            assert stats.bytes_from_store == sum(stored_size(store, i) for i in lacking)
+            # The same with A as a seed for a fresh directory.
+            fresh = tmp / "fresh"
+            stats = get(store, id_b, fresh, seeds=(str(a),), cache_dir=tmp / "cache2")
+            assert snapshot(fresh) == snapshot(b)
             assert stats.bytes_from_store == sum(stored_size(store, i) for i in lacking)
         finally:
             make_writable(tmp)

@@ -90,3 +90,13 @@ def test_id_colon_path_and_include(tmp_path, pair):
     assert sorted(os.listdir(tmp_path / "r")) == ["README"]
     proc = cas("get", "--store", store, f"{id_b}:nope", str(tmp_path / "x"), check=False)
     assert proc.returncode == 3 and "nope" in proc.stderr.decode()
+
+
+def test_seed_that_is_not_a_directory_is_a_usage_error(tmp_path, pair):
+    _a, _b, store, _id_a, id_b = pair
+    dest = tmp_path / "dest"
+    proc = cas(
+        "get", "--store", store, "--seed", str(tmp_path / "nope"), id_b, str(dest), check=False
+    )
+    assert proc.returncode == 2 and "--seed" in proc.stderr.decode()
+    assert not dest.exists()

@@ -61,8 +61,8 @@ def test_in_place_get_of_a_changed_large_file_stays_small(tmp_path):
     for version in (0, 1):
         src = tmp_path / f"src{version}"
         src.mkdir()
-        with open(src / "big.bin", "wb") as f:  # 256 MiB; version 1 differs in one MiB
-            for i in range(256):
+        with open(src / "big.bin", "wb") as f:  # 512 MiB; version 1 differs in one MiB
+            for i in range(512):
                 f.write(
                     os.urandom(1 << 20)
                     if version and i == 100
@@ -87,5 +87,7 @@ def test_in_place_get_of_a_changed_large_file_stays_small(tmp_path):
     assert (tmp_path / "out" / "big.bin").read_bytes() == (
         tmp_path / "src1" / "big.bin"
     ).read_bytes()
-    assert rss < 250, f"in-place get peak RSS {rss:.0f} MB"  # the file alone is 256 MiB
+    # Typically 80-110 MB; the bound leaves room for glibc's per-thread arenas under
+    # load (see above) and still fails if the 512 MiB file were held whole.
+    assert rss < 400, f"in-place get peak RSS {rss:.0f} MB"
     print(f"peak RSS: in-place get {rss:.0f} MB")
