@@ -30,21 +30,16 @@ with `STORAGE_EMULATOR_HOST` set, requests go to that emulator, unauthenticated.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 from urllib.parse import quote
 
-import aiohttp
-
-from cas import __version__
 from cas.errors import (
     AlreadyExists,
-    CasError,
     IntegrityError,
     ObjectNotFound,
     StoreUnavailable,
@@ -60,7 +55,6 @@ from cas.store.base import (
     check_id,
     validate_ref_name,
 )
-from cas.store.gcs_auth import GcsAuth
 from cas.store.gcs_batch import MAX_CALLS as MAX_BATCH_CALLS
 from cas.store.gcs_batch import BatchGarbled, batch_body, parse_batch
 from cas.store.gcs_errors import (
@@ -70,9 +64,9 @@ from cas.store.gcs_errors import (
     delete_call,
     list_call,
     read_call,
-    translate_exception,
     translate_status,
 )
+from cas.store.gcs_http import BodyTooLarge, GcsHttp
 from cas.store.gcs_location import DEFAULT_ENDPOINT, GcsLocation, emulator_endpoint
 
 DEFAULT_CONCURRENCY: Final = 64
@@ -80,26 +74,6 @@ _PAGE_SIZE: Final = 1000
 _REF_MAX_BYTES: Final = 1024
 _TARGET_KEY: Final = "cas-target"
 _LIST_FIELDS: Final = "items(name,size,timeCreated,updated,metadata),nextPageToken"
-
-
-class _Answer(NamedTuple):
-    status: int
-    body: bytes
-    content_type: str
-
-
-class _BodyTooLarge(Exception):
-    """A download longer than the caller allows (becomes an `IntegrityError`)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-
-def _crc32c(data: bytes) -> str:
-    """Base64 of the big-endian CRC32C, the form GCS metadata uses."""
-    import google_crc32c
-
-    return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
 
 
 def _parse(body: bytes, call: GcsCall, location: GcsLocation) -> dict[str, Any]:
@@ -162,16 +136,15 @@ class GcsStore(Store):
         self.url = location.url
         self.capabilities = Capabilities(max_concurrency=max_concurrency, atomic_create=True)
         self._timeout = timeout
-        self._auth = GcsAuth(anonymous=self.anonymous, where=location.url)
-        self._objects_url = f"{self.endpoint}/storage/v1/b/{quote(location.bucket, safe='')}/o"
-        self._upload_url = (
-            f"{self.endpoint}/upload/storage/v1/b/{quote(location.bucket, safe='')}/o"
+        self._http = GcsHttp(
+            location,
+            endpoint=self.endpoint,
+            anonymous=self.anonymous,
+            max_connections=max_concurrency,
+            timeout=timeout,
         )
-        self._batch_url = f"{self.endpoint}/batch/storage/v1"
         # Each batch is up to 100 calls on the server side; a few at once is plenty.
         self._batches_in_flight = max(1, max_concurrency // 8)
-        self._http: aiohttp.ClientSession | None = None
-        self._http_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_url(cls, url: str) -> GcsStore:
@@ -189,112 +162,24 @@ class GcsStore(Store):
             timeout=self._timeout,
         )
 
-    # ------------------------------------------------------------ HTTP
-
-    def _session(self) -> aiohttp.ClientSession:
-        """One connection pool per event loop (a session cannot move between loops)."""
-        loop = asyncio.get_running_loop()
-        if self._http is None or self._http.closed or self._http_loop is not loop:
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.capabilities.max_concurrency),
-                timeout=aiohttp.ClientTimeout(
-                    total=self._timeout, sock_connect=15, sock_read=self._timeout / 2
-                ),
-                headers={"User-Agent": f"cas/{__version__}"},
-                # Bytes exactly as stored: never let a transport encoding change them.
-                auto_decompress=False,
-                raise_for_status=False,
-            )
-            self._http_loop = loop
-        return self._http
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        call: GcsCall,
-        *,
-        expect: Collection[int] = (200,),
-        params: dict[str, str] | None = None,
-        data: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        max_body: int | None = None,
-    ) -> _Answer:
-        """One request; an expected status gives its answer, any other a typed error.
-
-        A 401 is answered once by refreshing the token and trying again, since
-        a token can expire between the check and the request.
-        """
-        for attempt in range(2):
-            request_headers = dict(headers or {})
-            request_headers.update(await self._auth.headers())
-            try:
-                async with self._session().request(
-                    method, url, params=params, data=data, headers=request_headers
-                ) as resp:
-                    if resp.status in expect:
-                        body = await _read_body(resp, max_body)
-                        return _Answer(resp.status, body, resp.headers.get("Content-Type", ""))
-                    body = await resp.content.read(8192)
-                    if resp.status == 401 and attempt == 0 and not self.anonymous:
-                        await self._auth.force_refresh()
-                        continue
-                    raise translate_status(resp.status, body, call, self.location)
-            except (CasError, _BodyTooLarge):
-                raise
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise translate_exception(exc, call, self.location) from None
-        raise AssertionError("unreachable: the second 401 raises")
-
-    async def _create(
-        self, name: str, data: bytes, call: GcsCall, metadata: dict[str, str] | None = None
-    ) -> bool:
-        """Create-only multipart upload: True if created, False if the name was taken."""
-        boundary = secrets.token_hex(16)
-        resource: dict[str, Any] = {
-            "name": name,
-            "contentType": "application/octet-stream",
-            "crc32c": _crc32c(data),
-        }
-        if metadata:
-            resource["metadata"] = metadata
-        body = b"".join(
-            (
-                f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n".encode(),
-                json.dumps(resource).encode(),
-                f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode(),
-                data,
-                f"\r\n--{boundary}--\r\n".encode(),
-            )
-        )
-        answer = await self._send(
-            "POST",
-            self._upload_url,
-            call,
-            expect=(200, 412),
-            params={"uploadType": "multipart", "ifGenerationMatch": "0", "fields": "name"},
-            data=body,
-            headers={"Content-Type": f"multipart/related; boundary={boundary}"},
-        )
-        return answer.status == 200
-
-    def _object_url(self, name: str) -> str:
-        return f"{self._objects_url}/{quote(name, safe='')}"
+    # ------------------------------------------------------------ requests
 
     async def _metadata(self, name: str, call: GcsCall, fields: str) -> dict[str, Any]:
-        answer = await self._send("GET", self._object_url(name), call, params={"fields": fields})
+        answer = await self._http.send(
+            "GET", self._http.object_url(name), call, params={"fields": fields}
+        )
         return _parse(answer.body, call, self.location)
 
     async def _download(self, name: str, call: GcsCall, max_size: int) -> bytes:
-        answer = await self._send(
-            "GET", self._object_url(name), call, params={"alt": "media"}, max_body=max_size
+        answer = await self._http.send(
+            "GET", self._http.object_url(name), call, params={"alt": "media"}, max_body=max_size
         )
         return answer.body
 
     async def _remove(self, name: str, call: GcsCall) -> None:
         """Delete; an absent object is fine, an absent bucket is not."""
         try:
-            await self._send("DELETE", self._object_url(name), call, expect=(200, 204))
+            await self._http.send("DELETE", self._http.object_url(name), call, expect=(200, 204))
         except BucketNotFound:
             raise
         except ObjectNotFound:
@@ -304,7 +189,7 @@ class GcsStore(Store):
         """Every object whose name starts with `prefix`, page by page."""
         params = {"prefix": prefix, "maxResults": str(_PAGE_SIZE), "fields": _LIST_FIELDS}
         while True:
-            answer = await self._send("GET", self._objects_url, call, params=params)
+            answer = await self._http.send("GET", self._http.objects_url, call, params=params)
             page = _parse(answer.body, call, self.location)
             for item in page.get("items") or ():
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
@@ -339,14 +224,14 @@ class GcsStore(Store):
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
         """One create-only upload; False when the object already exists (same name, same bytes)."""
         name = self.location.object_name(kind, object_id)
-        return await self._create(name, data, create_call(f"{kind} {object_id}"))
+        return await self._http.create(name, data, create_call(f"{kind} {object_id}"))
 
     async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
         """Download, refusing to read past `max_size`."""
         name = self.location.object_name(kind, object_id)
         try:
             return await self._download(name, read_call(f"{kind} {object_id}"), max_size)
-        except _BodyTooLarge as exc:
+        except BodyTooLarge as exc:
             raise IntegrityError(
                 str(kind), str(object_id), f"stored size {exc.size} exceeds {max_size}"
             ) from None
@@ -378,9 +263,9 @@ class GcsStore(Store):
         paths = [
             f"{base}{quote(self.location.object_name(kind, i), safe='')}?fields=name" for i in group
         ]
-        answer = await self._send(
+        answer = await self._http.send(
             "POST",
-            self._batch_url,
+            self._http.batch_url,
             call,
             data=batch_body(paths, boundary),
             headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
@@ -421,12 +306,8 @@ class GcsStore(Store):
         await self._remove(name, delete_call(f"{kind} {object_id}"))
 
     async def aclose(self) -> None:
-        """Close the connection pool of the current event loop."""
-        http, self._http = self._http, None
-        if http is not None and not http.closed:
-            loop = asyncio.get_running_loop()
-            if self._http_loop is loop:
-                await http.close()
+        """Close the connection pool."""
+        await self._http.aclose()
 
     # ------------------------------------------------------------ refs
 
@@ -434,7 +315,7 @@ class GcsStore(Store):
         """Create-only, like objects; `AlreadyExists` when the name is taken."""
         object_name = self.location.ref_name(name)
         check_id(target)
-        created = await self._create(
+        created = await self._http.create(
             object_name,
             f"{target}\n".encode(),
             create_call(f"ref {name!r}"),
@@ -448,7 +329,7 @@ class GcsStore(Store):
         object_name = self.location.ref_name(name)
         try:
             data = await self._download(object_name, read_call(f"ref {name!r}"), _REF_MAX_BYTES)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             raise IntegrityError("ref", name, "is too large to hold an id") from None
         text = data.decode("ascii", "replace").strip()
         if not is_object_id(text):
@@ -482,19 +363,3 @@ class GcsStore(Store):
     async def delete_ref(self, name: str) -> None:
         """Delete; absent is fine."""
         await self._remove(self.location.ref_name(name), delete_call(f"ref {name!r}"))
-
-
-async def _read_body(resp: aiohttp.ClientResponse, limit: int | None) -> bytes:
-    """The whole body, or `_BodyTooLarge` as soon as it exceeds `limit`."""
-    if limit is None:
-        return await resp.read()
-    if resp.content_length is not None:
-        if resp.content_length > limit:
-            raise _BodyTooLarge(resp.content_length)
-        return await resp.read()
-    received = bytearray()
-    async for piece in resp.content.iter_chunked(1 << 16):
-        received += piece
-        if len(received) > limit:
-            raise _BodyTooLarge(len(received))
-    return bytes(received)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, Final
 
 from cas.errors import CasError, PermissionDenied, StoreUnavailable
@@ -65,7 +66,11 @@ class GcsAuth:
         import google.auth.transport.requests
 
         if self._credentials is None:
-            self._credentials, _project = google.auth.default(scopes=SCOPES)
+            with warnings.catch_warnings():
+                # gcloud user credentials warn about quota projects on stderr;
+                # the CLI keeps stderr for its own one-line messages.
+                warnings.simplefilter("ignore", UserWarning)
+                self._credentials, _project = google.auth.default(scopes=SCOPES)
         if force or not self._credentials.valid:
             if self._transport is None:
                 self._transport = google.auth.transport.requests.Request()

@@ -500,3 +500,46 @@ async def test_garbled_batch_answers_are_store_unavailable(scripted, scripted_st
     scripted.script = [garbled]
     with pytest.raises(StoreUnavailable, match="batch answer"):
         await scripted_store.missing(Kind.CHUNK, [ID, hash_bytes(b"other")])
+
+
+# ------------------------------------------------------------------ listings against the emulator
+
+
+async def test_listings_follow_every_page(gcs_backend, monkeypatch):
+    import cas.store.gcs as gcs_module
+
+    monkeypatch.setattr(gcs_module, "_PAGE_SIZE", 7)
+    store = gcs_backend.store
+    ids = {hash_bytes(b"page%d" % i) for i in range(23)}
+    await store.put_many(Kind.TREE, [(i, b"t") for i in ids])
+    assert {info.id async for info in store.list(Kind.TREE)} == ids
+    for n in range(16):
+        await store.create_ref(f"ci/main/{n:02d}", ID)
+    names = [r.name async for r in store.list_refs("ci/")]
+    assert names == [f"ci/main/{n:02d}" for n in range(16)]
+
+
+async def test_refs_written_by_other_tools_are_read_from_their_content(gcs_backend):
+    """A ref object without cas's metadata (copied with gcloud, say) still lists correctly;
+    objects under refs/ that are not refs are skipped."""
+    emulator, base = gcs_backend.emulator, gcs_backend.location.refs_prefix
+    target = hash_bytes(b"manifest")
+    for name, body in [("copied/1", f"{target}\n".encode()), ("junk/1", b"not an id")]:
+        status, _ = emulator.request(
+            "POST", f"/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={base}{name}", body
+        )
+        assert status == 200
+    refs = [(r.name, r.target) async for r in gcs_backend.store.list_refs()]
+    assert refs == [("copied/1", target)]
+    assert await gcs_backend.store.read_ref("copied/1") == target
+
+
+async def test_names_with_url_special_characters_survive_the_round_trip(gcs_emulator):
+    location = GcsLocation(BUCKET, f"a+b=c@d/{uuid.uuid4().hex}")
+    async with GcsStore(location, endpoint=gcs_emulator.url, anonymous=True) as store:
+        await store.create_ref("ci/x+y@z=1", ID)
+        assert await store.read_ref("ci/x+y@z=1") == ID
+        assert [r.name async for r in store.list_refs("ci/x+y")] == ["ci/x+y@z=1"]
+        assert await store.put_if_absent(Kind.CHUNK, ID, b"c") is True
+        assert [i.id async for i in store.list(Kind.CHUNK)] == [ID]
+        assert await store.missing(Kind.CHUNK, [ID]) == set()
