@@ -2,6 +2,7 @@
 
     pip install google-cloud-storage   # the client compared; cas itself does not use it
     python benchmarks/gcs_clients.py [--objects 2000] [--size 2048] [--inflight 32,64,128]
+                                     [--latency-ms 30]
 
 Starts `fake-gcs-server` on loopback (tests/gcs_emulator.py) and, for each
 client and each number of requests in flight, runs the calls a put and a get
@@ -25,6 +26,7 @@ import asyncio
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -185,6 +187,24 @@ def run_store(url: str, names: list[str], payloads: list[bytes], inflight: int) 
 CLIENTS = {"gcs-threads": run_threads, "aiohttp": run_aiohttp, "GcsStore": run_store}
 
 
+def start_proxy(upstream: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
+    """benchmarks/latency_proxy.py in its own process, so its CPU is not the client's."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "latency_proxy.py"),
+            "--upstream",
+            upstream,
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=2000)
@@ -192,11 +212,18 @@ def main() -> None:
     parser.add_argument("--inflight", default="32,64,128")
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0,
+        help="put benchmarks/latency_proxy.py with this delay per request in front",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="cas-gcs-bench-"))
     print(
-        f"{args.objects} objects of {args.size} B, a fresh emulator per row; "
+        f"{args.objects} objects of {args.size} B, a fresh emulator per row, "
+        f"{args.latency_ms:g} ms added per request; "
         "requests/s per phase; client CPU s over all phases",
         file=sys.stderr,
     )
@@ -211,12 +238,19 @@ def main() -> None:
                 names = [f"bench/{i:06d}" for i in range(args.objects)]
                 # The in-memory emulator slows down as it fills, so each row gets its own.
                 emulator = start_emulator(workdir)
+                proxy = None
                 try:
                     emulator.create_bucket(BUCKET)
+                    url = emulator.url
+                    if args.latency_ms:
+                        proxy, url = start_proxy(emulator.url, args.latency_ms)
                     cpu0, wall0 = time.process_time(), time.perf_counter()
-                    timings = CLIENTS[client](emulator.url, names, payloads, inflight)
+                    timings = CLIENTS[client](url, names, payloads, inflight)
                     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
                 finally:
+                    if proxy is not None:
+                        proxy.terminate()
+                        proxy.wait()
                     emulator.stop()
                 rates = " ".join(f"{args.objects / timings[p]:16.0f}" for p in PHASES)
                 print(f"{client:12} {inflight:8d} {rates} {wall:8.2f} {cpu:7.2f}", flush=True)

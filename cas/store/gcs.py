@@ -17,8 +17,9 @@ client CPU, which put needs for chunking and compression.
    travels with the upload and GCS refuses the object if the bytes arrived
    different, so a flipped bit in transit cannot become a permanent,
    create-only corrupt object.
-3. `missing` asks for each id's metadata (`fields=name`, a few bytes each),
-   `capabilities.max_concurrency` requests at a time, as one call.
+3. `missing` asks for each id's metadata (`fields=name`), 100 ids to a batch
+   request (cas/store/gcs_batch.py), so checking the chunks of a large put
+   costs a hundredth of the round trips.
 4. Failures are mapped once, in cas/store/gcs_errors.py; retries happen in
    `RetryingStore` around this class (`registry.wrap_remote`).
 
@@ -35,7 +36,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -60,6 +61,8 @@ from cas.store.base import (
     validate_ref_name,
 )
 from cas.store.gcs_auth import GcsAuth
+from cas.store.gcs_batch import MAX_CALLS as MAX_BATCH_CALLS
+from cas.store.gcs_batch import BatchGarbled, batch_body, parse_batch
 from cas.store.gcs_errors import (
     BucketNotFound,
     GcsCall,
@@ -77,6 +80,12 @@ _PAGE_SIZE: Final = 1000
 _REF_MAX_BYTES: Final = 1024
 _TARGET_KEY: Final = "cas-target"
 _LIST_FIELDS: Final = "items(name,size,timeCreated,updated,metadata),nextPageToken"
+
+
+class _Answer(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str
 
 
 class _BodyTooLarge(Exception):
@@ -158,6 +167,9 @@ class GcsStore(Store):
         self._upload_url = (
             f"{self.endpoint}/upload/storage/v1/b/{quote(location.bucket, safe='')}/o"
         )
+        self._batch_url = f"{self.endpoint}/batch/storage/v1"
+        # Each batch is up to 100 calls on the server side; a few at once is plenty.
+        self._batches_in_flight = max(1, max_concurrency // 8)
         self._http: aiohttp.ClientSession | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
 
@@ -207,8 +219,8 @@ class GcsStore(Store):
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
         max_body: int | None = None,
-    ) -> tuple[int, bytes]:
-        """One request; an expected status gives (status, body), any other a typed error.
+    ) -> _Answer:
+        """One request; an expected status gives its answer, any other a typed error.
 
         A 401 is answered once by refreshing the token and trying again, since
         a token can expire between the check and the request.
@@ -221,7 +233,8 @@ class GcsStore(Store):
                     method, url, params=params, data=data, headers=request_headers
                 ) as resp:
                     if resp.status in expect:
-                        return resp.status, await _read_body(resp, max_body)
+                        body = await _read_body(resp, max_body)
+                        return _Answer(resp.status, body, resp.headers.get("Content-Type", ""))
                     body = await resp.content.read(8192)
                     if resp.status == 401 and attempt == 0 and not self.anonymous:
                         await self._auth.force_refresh()
@@ -254,7 +267,7 @@ class GcsStore(Store):
                 f"\r\n--{boundary}--\r\n".encode(),
             )
         )
-        status, _ = await self._send(
+        answer = await self._send(
             "POST",
             self._upload_url,
             call,
@@ -263,29 +276,20 @@ class GcsStore(Store):
             data=body,
             headers={"Content-Type": f"multipart/related; boundary={boundary}"},
         )
-        return status == 200
+        return answer.status == 200
 
     def _object_url(self, name: str) -> str:
         return f"{self._objects_url}/{quote(name, safe='')}"
 
     async def _metadata(self, name: str, call: GcsCall, fields: str) -> dict[str, Any]:
-        _, body = await self._send("GET", self._object_url(name), call, params={"fields": fields})
-        return _parse(body, call, self.location)
+        answer = await self._send("GET", self._object_url(name), call, params={"fields": fields})
+        return _parse(answer.body, call, self.location)
 
     async def _download(self, name: str, call: GcsCall, max_size: int) -> bytes:
-        _, body = await self._send(
+        answer = await self._send(
             "GET", self._object_url(name), call, params={"alt": "media"}, max_body=max_size
         )
-        return body
-
-    async def _exists(self, name: str, call: GcsCall) -> bool:
-        try:
-            await self._send("GET", self._object_url(name), call, params={"fields": "name"})
-        except BucketNotFound:
-            raise
-        except ObjectNotFound:
-            return False
-        return True
+        return answer.body
 
     async def _remove(self, name: str, call: GcsCall) -> None:
         """Delete; an absent object is fine, an absent bucket is not."""
@@ -300,8 +304,8 @@ class GcsStore(Store):
         """Every object whose name starts with `prefix`, page by page."""
         params = {"prefix": prefix, "maxResults": str(_PAGE_SIZE), "fields": _LIST_FIELDS}
         while True:
-            _, body = await self._send("GET", self._objects_url, call, params=params)
-            page = _parse(body, call, self.location)
+            answer = await self._send("GET", self._objects_url, call, params=params)
+            page = _parse(answer.body, call, self.location)
             for item in page.get("items") or ():
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
                     yield item
@@ -310,15 +314,18 @@ class GcsStore(Store):
                 return
             params = {**params, "pageToken": token}
 
-    async def _for_each(self, items: Iterable[Any], work: Callable[[Any], Awaitable[None]]) -> None:
-        """Run `work` over `items` with at most `max_concurrency` in flight; stop all on error."""
+    @staticmethod
+    async def _for_each(
+        items: Iterable[Any], work: Callable[[Any], Awaitable[None]], in_flight: int
+    ) -> None:
+        """Run `work` over `items`, `in_flight` at a time; the first error stops the rest."""
         pending = iter(items)
 
         async def worker() -> None:
             for item in pending:
                 await work(item)
 
-        tasks = [asyncio.ensure_future(worker()) for _ in range(self.capabilities.max_concurrency)]
+        tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, in_flight))]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
@@ -352,16 +359,49 @@ class GcsStore(Store):
         return _info(kind, object_id, item, call, self.location)
 
     async def missing(self, kind: Kind, ids: Collection[ObjectId]) -> set[ObjectId]:
-        """Metadata probes, `max_concurrency` at a time, as one call."""
+        """Existence checks, 100 to a batch request, a few batches in flight, as one call."""
         unique = list(dict.fromkeys(check_id(i) for i in ids))
+        groups = [unique[i : i + MAX_BATCH_CALLS] for i in range(0, len(unique), MAX_BATCH_CALLS)]
         absent: set[ObjectId] = set()
 
-        async def probe(object_id: ObjectId) -> None:
-            name = self.location.object_name(kind, object_id)
-            if not await self._exists(name, read_call(f"{kind} {object_id}")):
-                absent.add(object_id)
+        async def probe(group: list[ObjectId]) -> None:
+            absent.update(await self._absent_among(kind, group))
 
-        await self._for_each(unique, probe)
+        await self._for_each(groups, probe, self._batches_in_flight)
+        return absent
+
+    async def _absent_among(self, kind: Kind, group: list[ObjectId]) -> set[ObjectId]:
+        """One batch of metadata GETs; 404 means absent, any other failure fails the call."""
+        call = read_call(f"existence checks of {len(group)} {kind} objects")
+        boundary = secrets.token_hex(16)
+        base = f"/storage/v1/b/{quote(self.location.bucket, safe='')}/o/"
+        paths = [
+            f"{base}{quote(self.location.object_name(kind, i), safe='')}?fields=name" for i in group
+        ]
+        answer = await self._send(
+            "POST",
+            self._batch_url,
+            call,
+            data=batch_body(paths, boundary),
+            headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
+        )
+        try:
+            subs = parse_batch(answer.content_type, answer.body, len(group))
+        except BatchGarbled as exc:
+            raise StoreUnavailable(
+                f"GCS sent a batch answer that cannot be read for {call.what} "
+                f"({self.location.url}): {exc}"
+            ) from None
+        absent: set[ObjectId] = set()
+        for object_id, sub in zip(group, subs, strict=True):
+            if sub.status == 200:
+                continue
+            error = translate_status(
+                sub.status, sub.body, read_call(f"{kind} {object_id}"), self.location
+            )
+            if type(error) is not ObjectNotFound:  # a missing bucket, a 403, a 503...
+                raise error
+            absent.add(object_id)
         return absent
 
     async def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:

@@ -103,7 +103,26 @@ class ScriptedGcs:
         if callable(answer):
             return await answer(request)
         status, body = answer
+        if request.path == "/batch/storage/v1":
+            return batch_of(status, body, self.requests[-1].body.count(b"Content-ID: <"))
         return web.Response(status=status, body=body, content_type="application/json")
+
+
+def batch_of(status: int, body: bytes, count: int) -> web.Response:
+    """A batch answer in which every inner call got `status` and `body`."""
+    boundary = "batch_b0undary"
+    parts = [
+        f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <response-{i}>\r\n\r\n"
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\r\n".encode()
+        + body
+        + b"\r\n"
+        for i in range(count)
+    ]
+    return web.Response(
+        status=200,
+        body=b"".join(parts) + f"--{boundary}--\r\n".encode(),
+        headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
+    )
 
 
 async def drop_connection(request: web.Request) -> web.StreamResponse:

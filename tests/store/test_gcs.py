@@ -322,7 +322,7 @@ async def test_dropped_connection_and_timeout_are_store_unavailable(scripted, sc
     scripted.script = [drop_connection, drop_connection]
     with pytest.raises(StoreUnavailable, match="connection to GCS failed"):
         await scripted_store.stat(Kind.CHUNK, ID)
-    scripted.script = [stall(3.0)]
+    scripted.script = [stall(1.2)]
     with pytest.raises(StoreUnavailable, match="timed out"):
         await scripted_store.stat(Kind.CHUNK, ID)
 
@@ -435,3 +435,68 @@ async def test_garbled_answers_are_store_unavailable_not_crashes(scripted, scrip
     scripted.script = [(200, body)]
     with pytest.raises(StoreUnavailable, match="GCS sent"):
         await scripted_store.stat(Kind.CHUNK, ID)
+
+
+# ------------------------------------------------------------------ batched existence checks
+
+
+async def test_missing_sends_100_checks_per_batch_request(scripted, scripted_store):
+    ids = [hash_bytes(b"%d" % i) for i in range(250)]
+    scripted.default = gcs_error(404, "No such object")
+    assert await scripted_store.missing(Kind.CHUNK, ids + ids[:10]) == set(ids)
+    assert sorted(r.body.count(b"Content-ID: <") for r in scripted.requests) == [50, 100, 100]
+    assert {r.path for r in scripted.requests} == {"/batch/storage/v1"}
+    assert b"GET /storage/v1/b/b/o/p%2Fchunk%2F" in scripted.requests[0].body
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "text"),
+    [
+        (gcs_error(503, "backend error"), StoreUnavailable, "503"),
+        (gcs_error(429, "slow down"), StoreUnavailable, "429"),
+        (gcs_error(403, "Forbidden"), PermissionDenied, "lack storage.objects.get on gs://b/p"),
+    ],
+)
+async def test_a_failed_check_inside_a_batch_fails_the_call(
+    scripted, scripted_store, answer, error, text
+):
+    scripted.default = answer
+    with pytest.raises(error, match=text):
+        await scripted_store.missing(Kind.CHUNK, [ID])
+
+
+async def test_batch_answers_are_matched_by_content_id_not_order(scripted, scripted_store):
+    present, absent = hash_bytes(b"present"), hash_bytes(b"absent")
+
+    async def reversed_answer(request):
+        from aiohttp import web
+
+        ok = object_resource("x")[1]
+        missing_body = gcs_error(404, "No such object")[1]
+        parts = [
+            b"--zz\r\nContent-Type: application/http\r\nContent-ID: <response-1>\r\n\r\n"
+            b"HTTP/1.1 404 Not Found\r\n\r\n" + missing_body + b"\r\n",
+            b"--zz\r\nContent-Type: application/http\r\nContent-ID: <response-0>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + ok + b"\r\n",
+        ]
+        return web.Response(
+            body=b"".join(parts) + b"--zz--\r\n",
+            headers={"Content-Type": "multipart/mixed; boundary=zz"},
+        )
+
+    scripted.script = [reversed_answer]
+    assert await scripted_store.missing(Kind.CHUNK, [present, absent]) == {absent}
+
+
+@pytest.mark.parametrize(
+    "body", [b"not multipart", b"--zz\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 200\r\n"]
+)
+async def test_garbled_batch_answers_are_store_unavailable(scripted, scripted_store, body):
+    from aiohttp import web
+
+    async def garbled(request):
+        return web.Response(body=body, headers={"Content-Type": "multipart/mixed; boundary=zz"})
+
+    scripted.script = [garbled]
+    with pytest.raises(StoreUnavailable, match="batch answer"):
+        await scripted_store.missing(Kind.CHUNK, [ID, hash_bytes(b"other")])
