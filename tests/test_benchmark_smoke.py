@@ -60,8 +60,8 @@ def test_delta_get_smoke_fetches_only_what_the_machine_lacks(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("(")]
-    assert len(rows) == 4 and all(line.endswith("yes") for line in rows)
-    assert [line.split()[-2] for line in rows[1:]] == ["1.00", "1.00", "1.00"]
+    assert len(rows) == 5 and all(line.endswith("yes") for line in rows)
+    assert [line.split()[-2] for line in rows[1:]] == ["1.00"] * 4
 
 
 @pytest.mark.skipif(

@@ -138,14 +138,18 @@ def test_symlink_where_a_directory_should_be_is_refused(tmp_path):
     manifest_id = put(store, src)
     dest = tmp_path / "dest"
     dest.mkdir()
-    (tmp_path / "elsewhere").mkdir()
-    os.symlink(tmp_path / "elsewhere", dest / "d")
+    elsewhere = tmp_path / "elsewhere"
+    write(elsewhere / "keep", b"outside")
+    write(elsewhere / "sub" / "keep", b"outside")
+    before = snapshot(elsewhere)
+    os.symlink(elsewhere, dest / "d")
+    os.symlink(elsewhere, dest / "extra-link")  # not in the manifest
     with pytest.raises(DestinationError, match="not a directory"):
         get(store, manifest_id, dest)
-    assert list((tmp_path / "elsewhere").iterdir()) == []
-    get(store, manifest_id, dest, delete=True)  # --delete replaces the link itself
+    assert snapshot(elsewhere) == before
+    get(store, manifest_id, dest, delete=True)  # --delete replaces/removes the links only
     assert snapshot(dest) == snapshot(src)
-    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert snapshot(elsewhere) == before
 
 
 def test_read_only_files_and_directories_are_updated(tmp_path):
