@@ -340,6 +340,8 @@ class PendingFile:
         self._fd = fd
         self._temp = temp
         self._name = name
+        self.final_stat: os.stat_result | None = None
+        """The file's `lstat` right after it was renamed into place (None before)."""
         self.where = where
         self.written = 0
         """Bytes appended by `write` (not counted for `write_at`)."""
@@ -386,6 +388,8 @@ class PendingFile:
         except OSError as exc:
             self.abort()
             raise _fail(exc, "writing", self.where) from None
+        with contextlib.suppress(OSError):  # what the files cache may remember of it
+            self.final_stat = os.stat(self._name, dir_fd=self._dir_fd, follow_symlinks=False)
         os.close(self._dir_fd)
         self._dir_fd = -1
 

@@ -37,7 +37,7 @@ from typing import Final
 from cas.batching import batch_by_size
 from cas.browse import Located, check_digest, checked_length, lookup, split_path, walk
 from cas.errors import DestinationError, ObjectNotFound, UsageError
-from cas.filescache import FilesCache
+from cas.filescache import CachedFile, FileIdentity, FilesCache
 from cas.fswrite import Destination, PendingFile
 from cas.ids import ObjectId, new_hasher
 from cas.localchunks import (
@@ -190,6 +190,7 @@ class Downloader:
         self._local: LocalChunks | None = None
         self._in_cache: set[ObjectId] = set()
         self._described: dict[str, Described] = {}
+        self._written: list[tuple[str, os.stat_result, FileEntry]] = []
 
     async def get(
         self,
@@ -223,6 +224,7 @@ class Downloader:
         self._planned_stats(todo, to_write, identical, layout)
         if not options.dry_run:
             await self._apply(dest, manifest, todo, layout, identical, to_write, options)
+            await asyncio.to_thread(self._remember_written, dest_root, manifest)
         self.stats.seconds = time.monotonic() - started
         return self.stats
 
@@ -460,6 +462,40 @@ class Downloader:
         out.remove_pins()
         out.remove_asides()
 
+    def _note_written(self, located: Located, final_stat: os.stat_result | None) -> None:
+        entry = located.entry
+        if final_stat is not None and isinstance(entry, FileEntry) and entry.chunks:
+            self._written.append((located.path, final_stat, entry))
+
+    def _remember_written(self, dest_root: str, manifest: Manifest) -> None:
+        """Remember the files just written, so the next get or put need not read them.
+
+        A file is recorded only if its `lstat` is still what it was right after its
+        rename (a change since moved its ctime) and its ctime lies outside the files
+        cache's racy window before this moment. A change within the same clock tick
+        as the rename itself would go unseen: the bound every stat-based cache has.
+        """
+        written, self._written = self._written, []
+        if self.files_cache_dir is None or not written:
+            return
+        remember = []
+        for rel, final_stat, entry in written:
+            path = os.path.join(dest_root, rel)
+            try:
+                now = os.lstat(path)
+            except OSError:
+                continue
+            identity = FileIdentity.of(final_stat)
+            if FileIdentity.of(now) == identity:
+                remember.append((path, CachedFile(identity, entry.digest, entry.chunks)))
+        if not remember:
+            return
+        files_cache = FilesCache(self.files_cache_dir, self.repo.store.url, manifest.chunker)
+        try:
+            files_cache.record_many(remember, time.time_ns())
+        finally:
+            files_cache.close()
+
     async def _write_files(
         self, out: Destination, manifest: Manifest, files: list[Located]
     ) -> None:
@@ -517,6 +553,7 @@ class Downloader:
             except BaseException:
                 pending.abort()
                 raise
+            self._note_written(located, pending.final_stat)
             self._count_file(entry.size)
 
     async def _write_large(self, out: Destination, located: Located, max_chunk: int) -> None:
@@ -552,6 +589,7 @@ class Downloader:
                 await asyncio.to_thread(_feed, hasher, pieces)
             check_digest(entry, hasher, located.path)
             await asyncio.to_thread(pending.commit, entry.mode, entry.mtime_ns)
+            self._note_written(located, pending.final_stat)
         except BaseException:
             for task in inflight.values():
                 task.cancel()
