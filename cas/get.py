@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cas.batching import batch_by_size
+from cas.aiotools import gather_or_cancel
+from cas.batching import batch_by_size, batched
 from cas.browse import Located, check_digest, checked_length, lookup, split_path, walk
 from cas.errors import DestinationError, ObjectNotFound, UsageError
 from cas.filescache import CachedFile, FileIdentity, FilesCache
@@ -46,7 +47,6 @@ from cas.localchunks import (
     LocalChunks,
     LocalFile,
     Origin,
-    batched,
     regular_files,
 )
 from cas.objects import ChunkRef, DirEntry, FileEntry, Manifest, SymlinkEntry
@@ -509,14 +509,7 @@ class Downloader:
                 else:
                     await self._write_batch(out, unit, max_chunk)
 
-        tasks = [asyncio.ensure_future(one(unit)) for unit in _units(files)]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel(one(unit) for unit in _units(files))
 
     async def _chunks(self, ids: list[ObjectId], max_chunk: int) -> dict[ObjectId, bytes]:
         local = self._local

@@ -18,7 +18,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -225,15 +225,3 @@ def regular_files(root: str) -> Iterator[tuple[str, os.stat_result]]:
                 stack.append(dirent.path)
             elif stat.S_ISREG(st.st_mode):
                 yield dirent.path, st
-
-
-def batched(items: Iterable[tuple[str, os.stat_result]], size: int) -> Iterator[list]:
-    """Lists of up to `size` items."""
-    batch: list[tuple[str, os.stat_result]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -23,13 +23,14 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Final
 
 from cas import __version__, codec, putworker
+from cas.aiotools import gather_or_cancel
 from cas.batching import batch_by_size
 from cas.chunking import ChunkParams, FastCdcChunker
 from cas.coalesce import Coalescer
@@ -327,7 +328,7 @@ class Uploader:
         for batch in self._file_batches([c for c in children if c.is_file]):
             jobs.append(files(batch))
         self.stats.symlinks += len(links)
-        results = [item for group in await _gather_or_cancel(jobs) for item in group] + links
+        results = [item for group in await gather_or_cancel(jobs) for item in group] + links
         tree = Tree.build(entry for entry, _ in results)
         data = tree.to_bytes()
         tree_id = hash_bytes(data)
@@ -613,18 +614,6 @@ class _GroupSender:
         if self._group:
             group, self._group, self._bytes = self._group, [], 0
             self.waits.append(self._uploader._submit_group(group, self.compress_here))
-
-
-async def _gather_or_cancel(coros: Sequence[object]) -> list:
-    """Like gather, but the first failure cancels the rest (a TaskGroup without ExceptionGroup)."""
-    tasks = [asyncio.ensure_future(c) for c in coros]  # type: ignore[arg-type]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 async def put_directory(

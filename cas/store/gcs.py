@@ -29,7 +29,6 @@ with `STORAGE_EMULATOR_HOST` set, requests go to that emulator, unauthenticated.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import secrets
@@ -38,6 +37,7 @@ from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
 
+from cas.aiotools import gather_or_cancel
 from cas.errors import (
     AlreadyExists,
     IntegrityError,
@@ -210,14 +210,7 @@ class GcsStore(Store):
             for item in pending:
                 await work(item)
 
-        tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, in_flight))]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel(worker() for _ in range(max(1, in_flight)))
 
     # ------------------------------------------------------------ objects
 
