@@ -83,12 +83,26 @@ class FilesCache:
         self.directory = directory
         path = directory / "files.lmdb"
         # A cache: a crash may lose the newest entries, nothing worse.
-        self._env = open_env(path, map_size=_MAP_SIZE, max_dbs=2, sync=False, what="files cache")
+        self._env = open_env(path, map_size=_MAP_SIZE, max_dbs=4, sync=False, what="files cache")
         self._db = self._env.open_db(b"files")
         self._meta = self._env.open_db(b"meta")
         scope = f"{store_url}\0{sorted(params.to_dict().items())}".encode()
         self._scope = blake3.blake3(scope).digest()
         self._now_s = int(time.time())
+
+    @property
+    def env(self) -> lmdb.Environment:
+        """The LMDB environment, shared with the directories cache."""
+        return self._env
+
+    @property
+    def scope(self) -> bytes:
+        """Digest of the store and chunking parameters every entry belongs to."""
+        return self._scope
+
+    def table(self, name: bytes) -> lmdb._Database:
+        """Another named table in the same environment."""
+        return self._env.open_db(name)
 
     def close(self) -> None:
         """Close this handle; other processes keep theirs."""

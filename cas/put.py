@@ -34,6 +34,7 @@ from cas.aiotools import gather_or_cancel
 from cas.batching import batch_by_size
 from cas.chunking import ChunkParams, FastCdcChunker
 from cas.coalesce import Coalescer
+from cas.dirscache import CachedDir, DirsCache, recordable
 from cas.errors import AlreadyExists, CasError, ObjectNotFound, SourceError, UsageError
 from cas.filecut import CutSettings, FileCutter, entry_from_cache
 from cas.filescache import (
@@ -146,10 +147,15 @@ class Uploader:
     ) -> None:
         self.repo = repo
         self.files_cache = files_cache
-        # Directories never stored even when inside the source: the store and caches themselves.
-        self._skip_dirs = {os.path.realpath(d) for d in skip_dirs}
-        self._started_ns = time.time_ns()
         self.options = options or PutOptions()
+        opts = self.options
+        self._settings = CutSettings(opts.params, opts.inline_max, opts.mtimes)
+        self.dirs_cache = None if files_cache is None else DirsCache(files_cache, self._settings)
+        self._dir_records: list[tuple[bytes, CachedDir]] = []
+        # Directories never stored even when inside the source: the store and caches themselves.
+        self._skip_dirs = list(skip_dirs)
+        self._skip_ids = _identities(self._skip_dirs)
+        self._started_ns = time.time_ns()
         self.progress: Progress = progress or NullProgress()
         self.stats = PutStats()
         self._chunker_factory = chunker_factory or FastCdcChunker
@@ -158,8 +164,6 @@ class Uploader:
         self._stats_lock = threading.Lock()
         self._budget = threading.Semaphore(max(2, 3 * self.options.workers))
         self._stored: dict[ObjectId, asyncio.Future[None]] = {}
-        opts = self.options
-        self._settings = CutSettings(opts.params, opts.inline_max, opts.mtimes)
         self._pool: ProcessPoolExecutor | None = None
         self._small_bytes = 0
         self.gc_fence = True
@@ -229,12 +233,19 @@ class Uploader:
         self._loop = asyncio.get_running_loop()
         self._batcher = Coalescer(self._ask_missing, max_items=_BATCH_MAX, wait=_BATCH_WAIT)
         self._trees = Coalescer(self.repo.put_tree_batch, max_items=_TREE_BATCH, wait=_BATCH_WAIT)
+        self._tree_checks = Coalescer(
+            self._ask_missing_trees, max_items=_BATCH_MAX, wait=_BATCH_WAIT
+        )
+        self._dir_records = []
         workers = self.options.workers
         self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
         self._cpu_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
         self._worker_slots = asyncio.Semaphore(2 * workers)
         try:
-            return await self._put_dir(root, "")
+            done = await self._put_dir(root, "")
+            if self.dirs_cache is not None and self._dir_records:
+                await asyncio.to_thread(self.dirs_cache.record_many, self._dir_records)
+            return done
         except BaseException:
             self._abort.set()
             raise
@@ -277,6 +288,10 @@ class Uploader:
         absent = await self.repo.store.missing(Kind.CHUNK, list(ids))
         return {object_id: object_id in absent for object_id in ids}
 
+    async def _ask_missing_trees(self, ids: dict[ObjectId, None]) -> dict[ObjectId, bool]:
+        absent = await self.repo.store.missing(Kind.TREE, list(ids))
+        return {object_id: object_id in absent for object_id in ids}
+
     async def _missing(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
         """The chunks the store lacks, asked together with other files' chunks."""
         answers = await self._batcher.submit_many(dict.fromkeys(ids))
@@ -292,6 +307,8 @@ class Uploader:
         for child_rel, reason in skipped:
             self.progress.warn(f"skipped {child_rel}: {reason}")
         self.stats.skipped.extend(skipped)
+        if self._skip_ids:
+            children = [c for c in children if not self._is_skipped(c)]
 
         async def subdir(child: SourceEntry) -> list[tuple[Entry, Totals]]:
             tree_id, sub = await self._put_dir(child.path, child.rel)
@@ -303,21 +320,9 @@ class Uploader:
             entries = await self._put_files(batch)
             return [(e, Totals(files=1, bytes=e.size, chunks=len(e.chunks))) for e in entries]
 
-        jobs = []
         links: list[tuple[Entry, Totals]] = []
-        if self._skip_dirs:
-            kept = []
-            for child in children:
-                if child.is_dir and os.path.realpath(child.path) in self._skip_dirs:
-                    self.progress.warn(f"skipped {child.rel}: it holds the store or a cache")
-                    self.stats.skipped.append((child.rel, "store or cache"))
-                else:
-                    kept.append(child)
-            children = kept
         for child in children:
-            if child.is_dir:
-                jobs.append(subdir(child))
-            elif child.is_symlink:
+            if child.is_symlink:
                 assert child.link_target is not None
                 links.append(
                     (
@@ -325,10 +330,25 @@ class Uploader:
                         Totals(symlinks=1),
                     )
                 )
-        for batch in self._file_batches([c for c in children if c.is_file]):
-            jobs.append(files(batch))
+        subdir_jobs = [subdir(c) for c in children if c.is_dir]
+        file_batches = self._file_batches([c for c in children if c.is_file])
+        key = cached = None
+        if self.dirs_cache is not None:
+            key = self.dirs_cache.fingerprint(children)
+            cached = self.dirs_cache.lookup(key)
+        if cached is None:
+            jobs = subdir_jobs + [files(batch) for batch in file_batches]
+            results = [item for group in await gather_or_cancel(jobs) for item in group]
+        else:
+            # Unchanged listing: the subtrees decide whether the whole tree can be reused.
+            results = [item for group in await gather_or_cancel(subdir_jobs) for item in group]
+            if await self._reusable(cached, [e for e, _ in results]):
+                self._count_reused(key, cached, results, len(links))
+                return cached.tree_id, cached.totals
+            jobs = [files(batch) for batch in file_batches]
+            results += [item for group in await gather_or_cancel(jobs) for item in group]
         self.stats.symlinks += len(links)
-        results = [item for group in await gather_or_cancel(jobs) for item in group] + links
+        results += links
         tree = Tree.build(entry for entry, _ in results)
         data = tree.to_bytes()
         tree_id = hash_bytes(data)
@@ -341,7 +361,46 @@ class Uploader:
             bytes=sum(t.bytes for _, t in results),
             chunks=sum(t.chunks for _, t in results),
         )
+        if key is not None and not skipped and recordable(children, self._started_ns):
+            self._dir_records.append((key, _remembered(tree_id, totals, results)))
         return tree_id, totals
+
+    async def _reusable(self, cached: CachedDir, subdirs: list[Entry]) -> bool:
+        """The same subtrees, and the store still holds the tree and its own chunks."""
+        if tuple(e.tree for e in subdirs if isinstance(e, DirEntry)) != cached.subtrees:
+            return False
+        tree_gone, chunks_gone = await asyncio.gather(
+            self._tree_checks.submit(cached.tree_id, None),
+            self._missing(cached.chunks),
+        )
+        return not tree_gone and not chunks_gone
+
+    def _count_reused(
+        self, key: bytes, cached: CachedDir, subdirs: list[tuple[Entry, Totals]], links: int
+    ) -> None:
+        """Count a reused directory's own files; its subdirectories counted theirs."""
+        own_files = cached.totals.files - sum(t.files for _, t in subdirs)
+        own_bytes = cached.totals.bytes - sum(t.bytes for _, t in subdirs)
+        own_chunks = cached.totals.chunks - sum(t.chunks for _, t in subdirs)
+        self._count(
+            files=own_files,
+            files_unchanged=own_files,
+            bytes_unchanged=own_bytes,
+            chunks=own_chunks,
+            symlinks=links,
+            dirs=1,
+        )
+        self.progress.advance(own_bytes)
+        assert self.dirs_cache is not None
+        if self.dirs_cache.needs_refresh(cached):
+            self._dir_records.append((key, cached))
+
+    def _is_skipped(self, child: SourceEntry) -> bool:
+        if child.is_dir and (child.st.st_dev, child.st.st_ino) in self._skip_ids:
+            self.progress.warn(f"skipped {child.rel}: it holds the store or a cache")
+            self.stats.skipped.append((child.rel, "store or cache"))
+            return True
+        return False
 
     def _file_batches(self, files: list[SourceEntry]) -> list[list[SourceEntry]]:
         """Small files travel together: one thread hop and one chunk group per batch."""
@@ -578,6 +637,27 @@ class Uploader:
         with self._stats_lock:
             for key, value in deltas.items():
                 setattr(self.stats, key, getattr(self.stats, key) + value)
+
+
+def _identities(paths: Iterable[str | os.PathLike[str]]) -> set[tuple[int, int]]:
+    """(device, inode) of each existing directory: compared without resolving every path."""
+    found = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def _remembered(
+    tree_id: ObjectId, totals: Totals, results: list[tuple[Entry, Totals]]
+) -> CachedDir:
+    """The directories-cache record of a tree just built from `results`."""
+    subtrees = tuple(e.tree for e, _ in results if isinstance(e, DirEntry))
+    own = (r.id for e, _ in results if isinstance(e, FileEntry) for r in e.chunks)
+    return CachedDir(tree_id, totals, subtrees, tuple(dict.fromkeys(own)))
 
 
 def _encode_all(items: list[tuple[ObjectId, bytes]], level: int) -> list[tuple[ObjectId, bytes]]:

@@ -57,8 +57,8 @@ def test_warm_put_reads_no_unchanged_file(tmp_path, monkeypatch):
     first = put(store, src, tmp_path / "cache")
     assert first.stats.files_unchanged == 0
     second = put(store, src, tmp_path / "cache")
-    assert second.stats.files_unchanged == 5
-    assert second.stats.bytes_read == len(b"inline")  # only the inline file
+    assert second.stats.files_unchanged == 6  # with the inline file, in its reused tree
+    assert second.stats.bytes_read == 0  # the directories cache covers the inline file too
     assert second.manifest.root == first.manifest.root
 
 
@@ -99,7 +99,7 @@ def test_chunks_missing_from_the_store_are_uploaded_again(tmp_path, monkeypatch)
     chunk_files = [p for p in (tmp_path / "store" / "chunk").rglob("*") if p.is_file()]
     chunk_files[0].unlink()  # as a garbage collection might
     second = put(store, src, tmp_path / "cache")
-    assert second.stats.files_unchanged == 4
+    assert second.stats.files_unchanged == 5  # d/'s other four, and the root's inline file
     assert second.stats.chunks_new == 1
     out = tmp_path / "out"
     asyncio.run(Downloader(Repository(store)).get(second.manifest_id, out))
@@ -151,7 +151,7 @@ def test_cli_reports_unchanged_files(tmp_path):
     ]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     report = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True).stdout)
-    assert report["files_unchanged"] == 5 and report["bytes_read"] == len(b"inline")
+    assert report["files_unchanged"] == 6 and report["bytes_read"] == 0
     again = json.loads(
         subprocess.run([*cmd, "--no-files-cache"], env=env, check=True, capture_output=True).stdout
     )

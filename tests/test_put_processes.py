@@ -83,15 +83,19 @@ def test_workers_use_and_fill_the_files_cache(tmp_path, tree, monkeypatch):
     monkeypatch.setattr(time, "time_ns", lambda: real() + 10 * 10**9)
     try:
         first = put(LocalStore(store), tree, files_cache=cache, processes=True)
+        regular = [p for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
+        # A new file in every directory: no tree is reused whole, so files are looked up one by one.
+        for directory in {p.parent for p in regular}:
+            (directory / "added-after-first-put").write_bytes(b"new")
         again = put(LocalStore(store), tree, files_cache=cache, processes=True)
     finally:
         cache.close()
-    regular = [p for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
     chunked = sum(1 for p in regular if p.stat().st_size > 4096)
     assert first.stats.files_unchanged == 0
     assert again.stats.files_unchanged == chunked
     assert again.stats.bytes_read <= 4096 * 250  # only inline-sized files are read again
-    assert again.manifest.root == first.manifest.root
+    assert again.manifest.root != first.manifest.root
+    assert again.manifest.root == put(LocalStore(store), tree).manifest.root  # as if uncached
 
 
 def test_worker_read_error_fails_the_put_with_the_path(tmp_path, tree):
