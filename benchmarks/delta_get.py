@@ -8,7 +8,8 @@ A and B are put into one local store. Then `cas get B` runs, each time with
 a fresh cache directory and destination, in four situations:
 
 - (a) empty cache, empty destination;
-- (b) cache holding A (filled by a get of A elsewhere), empty destination;
+- (b) cache holding A (filled by a get of A elsewhere), empty destination
+  (`--cache`: by default a store on a local disk is read directly, not cached);
 - (c) destination holding A (an earlier get of A), empty cache: in place;
 - (c2) the same, but the files cache already knows the destination's files
   (a `--dry-run` read them once), as on a runner's second update;
@@ -129,10 +130,10 @@ class DeltaBench:
         wall, doc = self.cas_get(id_b, root / "dest", root / "cache")
         self.row("(a) empty cache, empty dest", wall, doc, root / "dest", ratio=False)
 
-        root = self.fresh("b")
-        self.cas_get(id_a, root / "scratch", root / "cache")
+        root = self.fresh("b")  # the local store stands in for a remote one: cache it anyway
+        self.cas_get(id_a, root / "scratch", root / "cache", "--cache")
         compare.rmtree(root / "scratch")
-        wall, doc = self.cas_get(id_b, root / "dest", root / "cache")
+        wall, doc = self.cas_get(id_b, root / "dest", root / "cache", "--cache")
         self.row("(b) cache holds A", wall, doc, root / "dest")
 
         root = self.fresh("c")

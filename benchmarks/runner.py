@@ -140,7 +140,7 @@ class Round:
             s = tool.get_with_a(b_name, dest, "had-a", tool.root / "holds-a")
             if s is None:
                 self.res.note(
-                    f'{tool.label} has no local cache or seed to use for "{GET_B_CACHED}": '
+                    f'{tool.label} {tool.no_reuse_reason} for "{GET_B_CACHED}": '
                     f'that column is a plain restore, like "{GET_B}".'
                 )
                 s = tool.get(b_name, dest, "had-a-unused")

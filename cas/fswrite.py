@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 import shutil
@@ -34,6 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Final
 
+from cas.dirhandles import DirectoryHandles
 from cas.errors import CasError, DestinationError, UnsafeManifest
 from cas.objects import check_name
 
@@ -72,10 +74,17 @@ class Destination:
         self.root = os.fspath(root)
         self._asides: list[tuple[tuple[str, ...], str]] = []
         self._pins: list[str] = []
+        self._token = secrets.token_hex(6)
+        self._serial = itertools.count()
         try:
             os.makedirs(self.root, exist_ok=True)
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             remove_stale_temporaries(self._root_fd)
+            self._handles = DirectoryHandles(
+                self._root_fd,
+                lambda parts: check_name(parts[-1], _describe(parts)),
+                lambda exc, parts: _fail(exc, "opening", _describe(parts)),
+            )
         except FileExistsError:
             raise DestinationError(
                 f"destination {self.root} exists and is not a directory"
@@ -86,7 +95,8 @@ class Destination:
             raise _fail(exc, "creating", self.root) from None
 
     def close(self) -> None:
-        """Release the root descriptor."""
+        """Release the directory descriptors."""
+        self._handles.close()
         os.close(self._root_fd)
 
     def __enter__(self) -> Destination:
@@ -98,19 +108,14 @@ class Destination:
     @contextlib.contextmanager
     def directory(self, parts: Parts) -> Iterator[int]:
         """A descriptor of the directory at `parts`, never through a symlink."""
-        fd = os.dup(self._root_fd)
+        fd = self._handles.acquire(parts)
         try:
-            for index, name in enumerate(parts):
-                check_name(name, _describe(parts[: index + 1]))
-                try:
-                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    raise _fail(exc, "opening", _describe(parts[: index + 1])) from None
-                os.close(fd)
-                fd = child
             yield fd
         finally:
-            os.close(fd)
+            self._handles.release(fd)
+
+    def _temp_name(self) -> str:
+        return f"{TEMP_PREFIX}{self._token}{next(self._serial):x}"
 
     def make_dir(self, parts: Parts, name: str) -> None:
         """Create `parts/name`, owner-writable until `finish_dir`; an existing one is fine."""
@@ -136,9 +141,8 @@ class Destination:
     def open_file(self, parts: Parts, name: str) -> PendingFile:
         """Start writing `parts/name`; nothing appears at that name until `commit`."""
         check_name(name, _describe(parts, name))
-        with self.directory(parts) as dir_fd:
-            parent = os.dup(dir_fd)
-        temp = TEMP_PREFIX + secrets.token_hex(8)
+        parent = self._handles.acquire(parts)
+        temp = self._temp_name()
         try:
             fd = os.open(
                 temp,
@@ -147,9 +151,13 @@ class Destination:
                 dir_fd=parent,
             )
         except OSError as exc:
-            os.close(parent)
+            self._handles.release(parent)
             raise _fail(exc, "creating", _describe(parts, name)) from None
         return PendingFile(self, tuple(parts), parent, fd, temp, name, _describe(parts, name))
+
+    def release(self, dir_fd: int) -> None:
+        """A pending file is done with its directory's descriptor."""
+        self._handles.release(dir_fd)
 
     def rename_into_place(self, parts: Parts, dir_fd: int, temp: str, name: str) -> None:
         """Rename `temp` over `name`; a directory in the way is first renamed aside."""
@@ -162,8 +170,9 @@ class Destination:
             os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
     def _set_aside(self, parts: Parts, dir_fd: int, name: str) -> None:
-        aside = TEMP_PREFIX + secrets.token_hex(8)
+        aside = self._temp_name()
         os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self._handles.forget((*parts, name))
         self._asides.append((tuple(parts), aside))
 
     def move_aside(self, parts: Parts, name: str) -> None:
@@ -192,7 +201,7 @@ class Destination:
         system, no permission): reads from the old path are then verified
         and fall back to the store.
         """
-        pin = TEMP_PREFIX + secrets.token_hex(8)
+        pin = self._temp_name()
         try:
             with self.directory(parts) as fd:
                 os.link(name, pin, src_dir_fd=fd, dst_dir_fd=self._root_fd, follow_symlinks=False)
@@ -211,6 +220,7 @@ class Destination:
     def remove(self, parts: Parts, name: str) -> None:
         """Delete `parts/name` (a directory with everything in it), never through a symlink."""
         check_name(name, _describe(parts, name))
+        self._handles.forget((*parts, name))
         with self.directory(parts) as fd:
             try:
                 _remove_entry(fd, name)
@@ -248,7 +258,7 @@ class Destination:
         check_name(name, _describe(parts, name))
         where = _describe(parts, name)
         with self.directory(parts) as fd:
-            temp = TEMP_PREFIX + secrets.token_hex(8)
+            temp = self._temp_name()
             try:
                 os.symlink(target, temp, dir_fd=fd)
                 if mtime_ns is not None:
@@ -390,7 +400,7 @@ class PendingFile:
             raise _fail(exc, "writing", self.where) from None
         with contextlib.suppress(OSError):  # what the files cache may remember of it
             self.final_stat = os.stat(self._name, dir_fd=self._dir_fd, follow_symlinks=False)
-        os.close(self._dir_fd)
+        self._dest.release(self._dir_fd)
         self._dir_fd = -1
 
     def abort(self) -> None:
@@ -401,7 +411,7 @@ class PendingFile:
         if self._dir_fd >= 0:
             with contextlib.suppress(OSError):
                 os.unlink(self._temp, dir_fd=self._dir_fd)
-            os.close(self._dir_fd)
+            self._dest.release(self._dir_fd)
             self._dir_fd = -1
 
 

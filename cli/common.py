@@ -33,7 +33,7 @@ def run_with_repo(
     async def body() -> T:
         store: Store = open_store(args.store, create=create)
         cache = None
-        if use_cache and not getattr(args, "no_cache", False) and configured_cache_size() > 0:
+        if use_cache and wants_cache(args, store) and configured_cache_size() > 0:
             cache = ChunkCache()
         try:
             async with store:
@@ -43,6 +43,16 @@ def run_with_repo(
                 cache.close()
 
     return asyncio.run(body())
+
+
+def wants_cache(args: argparse.Namespace, store: Store) -> bool:
+    """The chunk cache sits in front of remote stores (and network mounts) unless told otherwise.
+
+    In front of a store on a local disk it would only copy every chunk a second time.
+    """
+    if getattr(args, "no_cache", False):
+        return False
+    return bool(getattr(args, "cache", False)) or store.capabilities.remote
 
 
 def emit_json(obj: Any) -> None:

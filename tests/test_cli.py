@@ -149,12 +149,15 @@ def test_cache_info_prune_clear(src, tmp_path):
     store = str(tmp_path / "s")
     env = {"CAS_CACHE_DIR": str(tmp_path / "cache")}
     manifest_id = cas("put", "--store", store, str(src), "-q", env=env).stdout.decode().strip()
-    cas("get", "--store", store, manifest_id, str(tmp_path / "out"), env=env)
+    cas("get", "--store", store, manifest_id, str(tmp_path / "out0"), env=env)
+    info = json.loads(cas("cache", "info", "--json", env=env).stdout)
+    assert info["entries"] == 0  # a store on a local disk is not copied into the cache
+    cas("get", "--cache", "--store", store, manifest_id, str(tmp_path / "out"), env=env)
     info = json.loads(cas("cache", "info", "--json", env=env).stdout)
     assert info["entries"] > 0 and info["bytes"] > 0
     pruned = json.loads(cas("cache", "prune", "--max-size", "0", "--json", env=env).stdout)
     assert pruned["bytes"] == 0 and pruned["freed_bytes"] == info["bytes"]
-    cas("get", "--store", store, manifest_id, str(tmp_path / "out2"), env=env)
+    cas("get", "--cache", "--store", store, manifest_id, str(tmp_path / "out2"), env=env)
     cleared = json.loads(cas("cache", "clear", "--json", env=env).stdout)
     assert cleared["entries"] == 0
     assert not (tmp_path / "cache" / "files.lmdb").exists()

@@ -64,6 +64,9 @@ class Tool(ABC):
         `extra["fetched"]` holds the bytes read from the store where known.
         """
 
+    no_reuse_reason: ClassVar[str] = "has no local cache or seed to use"
+    """Why `get_with_a` is None, for the note under the table."""
+
     def get_with_a(self, name: str, dest: Path, cache: str, a_dir: Path) -> Sample | None:
         """Restore into empty `dest` on a machine that got A before: `cache` was filled
         by that get and `a_dir` holds A. None: the tool has no way to use either."""

@@ -60,8 +60,13 @@ class Cas(Tool):
     def get(self, name: str, dest: Path, cache: str) -> Sample:
         return self._get(name, dest, cache, "--delete")
 
+    no_reuse_reason = (
+        "reads a store on the local disk directly (its chunk cache is for remote stores), "
+        "so it has nothing to reuse"
+    )
+
     def get_with_a(self, name: str, dest: Path, cache: str, a_dir: Path) -> Sample | None:
-        return self._get(name, dest, cache)
+        return None
 
     def stored(self) -> int:
         return dir_bytes(self.store, skip=STORE_SKIP)

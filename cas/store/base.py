@@ -69,6 +69,8 @@ class Capabilities:
     max_concurrency: int = 8
     atomic_create: bool = True
     native_missing: bool = False
+    remote: bool = True
+    """Reads cross a network, so a local chunk cache in front of the store pays off."""
 
 
 _REF_SEGMENT: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+@=-]*")

@@ -54,6 +54,7 @@ from cas.store.base import (
     check_id,
     validate_ref_name,
 )
+from cas.store.mounts import on_network_filesystem
 
 LAYOUT: Final = "cas.local-store/1"
 MARKER: Final = "cas-store.json"
@@ -132,8 +133,12 @@ class LocalStore(Store):
         self._executor: ThreadPoolExecutor | None = None
         self.url = f"file://{self.root}"
         self.fsync = fsync
-        self.capabilities = Capabilities(max_concurrency=16, atomic_create=True)
         self._open(create)
+        self.capabilities = Capabilities(
+            max_concurrency=16,
+            atomic_create=True,
+            remote=on_network_filesystem(self._root_str),
+        )
 
     def opener(self) -> Callable[[], Store]:
         """The same directory, opened with the same durability, in another process."""

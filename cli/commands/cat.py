@@ -22,7 +22,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("manifest", metavar="ID|REF", help="manifest id or ref name")
     p.add_argument("path", metavar="PATH", help="file path inside the manifest")
-    p.add_argument("--no-cache", action="store_true", help="bypass the local chunk cache")
+    caching = p.add_mutually_exclusive_group()
+    caching.add_argument("--no-cache", action="store_true", help="bypass the local chunk cache")
+    caching.add_argument(
+        "--cache",
+        action="store_true",
+        help="use the local chunk cache even for a store on a local disk "
+        "(by default only remote stores and network mounts are cached)",
+    )
     p.set_defaults(run=run)
 
 

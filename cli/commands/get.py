@@ -61,7 +61,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         action="store_true",
         help="write nothing; report what would come from each source",
     )
-    p.add_argument("--no-cache", action="store_true", help="bypass the local chunk cache")
+    caching = p.add_mutually_exclusive_group()
+    caching.add_argument("--no-cache", action="store_true", help="bypass the local chunk cache")
+    caching.add_argument(
+        "--cache",
+        action="store_true",
+        help="use the local chunk cache even for a store on a local disk "
+        "(by default only remote stores and network mounts are cached)",
+    )
     p.add_argument(
         "--no-files-cache",
         action="store_true",

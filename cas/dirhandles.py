@@ -1,0 +1,124 @@
+"""Open directory descriptors of a destination, reused across the files written into them.
+
+Reaching a directory safely means opening every component from the root with
+`O_NOFOLLOW | O_DIRECTORY`; done per file, that was most of a get's system
+calls (about five opens and closes for a file four levels deep). Descriptors
+are kept instead, least recently used closed first, and one is never closed
+while a caller holds it. A descriptor names the directory it was opened on,
+so a directory renamed or removed later must be forgotten (`forget`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Final
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DEFAULT_KEEP: Final = 256
+
+Key = tuple[str, ...]
+
+
+class DirectoryHandles:
+    """`parts` -> an open descriptor of root/parts, with reference counts."""
+
+    def __init__(
+        self,
+        root_fd: int,
+        check: Callable[[Key], None],
+        fail: Callable[[OSError, Key], Exception],
+        keep: int = DEFAULT_KEEP,
+    ) -> None:
+        self._root_fd = root_fd
+        self._check = check
+        """Validates a component (by its path so far) before it is opened; raises if bad."""
+        self._fail = fail
+        """The error to raise when opening the directory at a path failed."""
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._open: OrderedDict[Key, int] = OrderedDict()
+        self._users: dict[int, int] = {}
+        self._orphans: set[int] = set()
+        """Forgotten while held: closed when the last holder releases them."""
+
+    def acquire(self, parts: Sequence[str]) -> int:
+        """A descriptor of root/parts, held until `release`."""
+        key = tuple(parts)
+        if not key:
+            return self._root_fd
+        with self._lock:
+            fd = self._open.get(key)
+            if fd is not None:
+                self._open.move_to_end(key)
+                self._users[fd] = self._users.get(fd, 0) + 1
+                return fd
+        parent = self.acquire(key[:-1])
+        try:
+            self._check(key)
+            fd = os.open(key[-1], _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise self._fail(exc, key) from None
+        finally:
+            self.release(parent)
+        with self._lock:
+            known = self._open.get(key)
+            if known is not None:  # another thread opened it meanwhile
+                os.close(fd)
+                fd = known
+                self._open.move_to_end(key)
+            else:
+                self._open[key] = fd
+            self._users[fd] = self._users.get(fd, 0) + 1
+            self._trim()
+        return fd
+
+    def release(self, fd: int) -> None:
+        """Stop holding `fd`."""
+        if fd == self._root_fd:
+            return
+        with self._lock:
+            left = self._users[fd] - 1
+            if left:
+                self._users[fd] = left
+                return
+            del self._users[fd]
+            if fd in self._orphans:
+                self._orphans.discard(fd)
+                os.close(fd)
+            else:
+                self._trim()
+
+    def forget(self, parts: Sequence[str]) -> None:
+        """root/parts and everything below it were renamed or removed."""
+        prefix = tuple(parts)
+        with self._lock:
+            for key in [k for k in self._open if k[: len(prefix)] == prefix]:
+                fd = self._open.pop(key)
+                if fd in self._users:
+                    self._orphans.add(fd)
+                else:
+                    os.close(fd)
+
+    def close(self) -> None:
+        """Close every descriptor no one holds (all of them, once writing is over)."""
+        with self._lock:
+            for fd in self._open.values():
+                if fd not in self._users:
+                    os.close(fd)
+                else:
+                    self._orphans.add(fd)
+            self._open.clear()
+
+    def _trim(self) -> None:
+        if len(self._open) <= self._keep:
+            return
+        for key in list(self._open):
+            if len(self._open) <= self._keep:
+                break
+            fd = self._open[key]
+            if fd not in self._users:
+                del self._open[key]
+                os.close(fd)
