@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen, skipped = pick_tools(args.tools)
     for name, why in skipped.items():
         runner.log(f"{name} skipped: {why}")
+    for tool in chosen:
+        tool.prepare()
     failed = False
     with tempfile.TemporaryDirectory(prefix="cas-bench-", dir=args.work) as tmp:
         work = Path(tmp)

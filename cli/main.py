@@ -8,6 +8,7 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -16,9 +17,10 @@ from typing import NoReturn
 from cas import __version__
 from cas.allocator import return_large_blocks
 from cas.errors import CasError, UsageError
-from cas_cli.commands import cache, cat, diff, gc, get, ls, put, refs, serve, verify
 
-COMMANDS = (put, get, ls, cat, diff, refs, gc, verify, cache, serve)
+COMMANDS = ("put", "get", "ls", "cat", "diff", "refs", "ref", "gc", "verify", "cache", "serve")
+"""In help order; each lives in `cas_cli.commands.<name>` (`ref` shares `refs`)."""
+_MODULE = {"ref": "refs"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,8 +30,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(UsageError.exit_code, f"cas: error: {self.prog}: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """All commands with their options."""
+def _modules(argv: Sequence[str] | None) -> list[str]:
+    """Only the command being run is imported (start-up time); all of them for help."""
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    chosen = words[0] if words and words[0] in COMMANDS else None
+    names = [chosen] if chosen is not None else list(COMMANDS)
+    return list(dict.fromkeys(_MODULE.get(name, name) for name in names))
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The commands (those `argv` needs, or all) with their options."""
     parser = _Parser(
         prog="cas",
         description="Content-addressed chunk store: pass build directories between machines, "
@@ -50,15 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
-    for module in COMMANDS:
-        module.register(sub, common)
+    for name in _modules(argv):
+        importlib.import_module(f"cas_cli.commands.{name}").register(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     return_large_blocks()
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

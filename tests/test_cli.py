@@ -162,3 +162,21 @@ def test_cache_info_prune_clear(src, tmp_path):
     assert cleared["entries"] == 0
     assert not (tmp_path / "cache" / "files.lmdb").exists()
     assert b"chunks" in cas("cache", "info", env=env).stdout
+
+
+def test_a_command_imports_only_its_own_module():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from cas_cli.main import build_parser\n"
+        "build_parser(['put', '--store', 'x', 'dir'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cas_cli.commands.')))\n"
+        "build_parser([])\n"
+        "print(len([m for m in sys.modules if m.startswith('cas_cli.commands.')]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    only_put, every = out.stdout.decode().splitlines()
+    assert only_put == "['cas_cli.commands.put']"
+    assert int(every) == 10  # every command module, for `cas --help`

@@ -64,6 +64,11 @@ class Tool(ABC):
         `extra["fetched"]` holds the bytes read from the store where known.
         """
 
+    @classmethod
+    def prepare(cls) -> None:
+        """One-time set-up before any timed step (default: nothing)."""
+        return None
+
     no_reuse_reason: ClassVar[str] = "has no local cache or seed to use"
     """Why `get_with_a` is None, for the note under the table."""
 
