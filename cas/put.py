@@ -72,6 +72,8 @@ _BATCH_WAIT: Final = 0.002
 _TREE_BATCH: Final = 200
 """Trees per batch: their canonical bytes are held until the batch is stored."""
 _PROCESSES_FROM: Final = 64 << 20
+_LIST_INLINE_MAX: Final = 4096
+"""Directories whose own size (one file system block on ext4: ~100 names) is listed inline."""
 
 
 @dataclass(frozen=True)
@@ -299,11 +301,16 @@ class Uploader:
 
     # ------------------------------------------------------------ directories
 
-    async def _put_dir(self, path: str, rel: str) -> tuple[ObjectId, Totals]:
+    async def _put_dir(
+        self, path: str, rel: str, listing_bytes: int | None = None
+    ) -> tuple[ObjectId, Totals]:
         skipped: list[tuple[str, str]] = []
-        children = await asyncio.to_thread(
-            list_directory, path, rel, self.options.excludes, skipped
-        )
+        excludes = self.options.excludes
+        if listing_bytes is not None and listing_bytes <= _LIST_INLINE_MAX:
+            # A small directory lists faster than a hop to a thread and back.
+            children = list_directory(path, rel, excludes, skipped)
+        else:
+            children = await asyncio.to_thread(list_directory, path, rel, excludes, skipped)
         for child_rel, reason in skipped:
             self.progress.warn(f"skipped {child_rel}: {reason}")
         self.stats.skipped.extend(skipped)
@@ -311,7 +318,7 @@ class Uploader:
             children = [c for c in children if not self._is_skipped(c)]
 
         async def subdir(child: SourceEntry) -> list[tuple[Entry, Totals]]:
-            tree_id, sub = await self._put_dir(child.path, child.rel)
+            tree_id, sub = await self._put_dir(child.path, child.rel, child.st.st_size)
             mode = stat.S_IMODE(child.st.st_mode)
             entry = DirEntry(child.name, mode, self._mtime(child), tree_id)
             return [(entry, Totals(sub.files, sub.dirs + 1, sub.symlinks, sub.bytes, sub.chunks))]
