@@ -9,7 +9,9 @@
 
 Everything between cas and the store goes through benchmarks/netproxy.py
 (default 20-50 ms per request, 100 Mbit/s each way). For the pair (A, B)
-cas puts A into an empty store, puts B after A, gets A into an empty
+cas puts A into an empty store, puts B after A, puts B again unchanged
+(the same machine's caches: only existence checks should cross the link),
+gets A into an empty
 directory with an empty cache and gets B into the directory holding A. The
 baseline ships one `.tar.zst` through an identical link: `tar -I 'zstd -T0
 -3' -cf - | curl -T -` to a blob server and `curl | tar -x` back.
@@ -225,6 +227,8 @@ class RemoteBench:
             put_b = cas_run("put", "put", str(self.b))
             id_b = put_b.stdout.decode().strip()
             self.record("cas put B after A", put_b, link, self.b, True)
+            again = cas_run("put", "put", str(self.b))
+            self.record("cas re-put B unchanged", again, link, self.b, True)
             dest = self.work / "cas-dest"
             s = cas_run("get", "get", id_a, str(dest))
             self.record("cas get A, empty", s, link, self.a, self.check("cas get A", self.a, dest))

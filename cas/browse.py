@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
+from cas.batching import batched
 from cas.errors import FormatError, ObjectNotFound, UnsafeManifest, UsageError
 from cas.ids import ObjectId, new_hasher
 from cas.objects import ChunkRef, DirEntry, Entry, FileEntry, Manifest, Tree
@@ -21,7 +22,9 @@ from cas.repo import Repository
 
 MAX_DEPTH: Final = 1024
 MAX_ENTRIES: Final = 100_000_000
-_TREE_FETCH_CONCURRENCY: Final = 32
+_TREE_FETCH_CONCURRENCY: Final = 2
+_TREE_BATCH: Final = 32
+"""Trees per batched read: a level of a wide tree is read in a few batches at once."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,9 @@ async def walk(
     limit = asyncio.Semaphore(_TREE_FETCH_CONCURRENCY)
     max_chunk = manifest.chunker.max_size
 
-    async def fetch(tree_id: ObjectId) -> Tree:
+    async def fetch(batch: list[ObjectId]) -> dict[ObjectId, Tree]:
         async with limit:
-            return await repo.get_tree(tree_id)
+            return await repo.get_trees(batch)
 
     depth = 0
     while level:
@@ -81,7 +84,9 @@ async def walk(
         if depth > MAX_DEPTH:
             raise UnsafeManifest(f"tree is nested deeper than {MAX_DEPTH} levels")
         unique = list(dict.fromkeys(tree_id for _, tree_id in level))
-        fetched = dict(zip(unique, await asyncio.gather(*map(fetch, unique)), strict=True))
+        fetched: dict[ObjectId, Tree] = {}
+        for part in await asyncio.gather(*map(fetch, batched(unique, _TREE_BATCH))):
+            fetched.update(part)
         next_level: list[tuple[tuple[str, ...], ObjectId]] = []
         for parts, tree_id in level:
             tree = fetched[tree_id]

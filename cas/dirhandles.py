@@ -47,32 +47,39 @@ class DirectoryHandles:
     def acquire(self, parts: Sequence[str]) -> int:
         """A descriptor of root/parts, held until `release`."""
         key = tuple(parts)
-        if not key:
-            return self._root_fd
         with self._lock:
-            fd = self._open.get(key)
-            if fd is not None:
-                self._open.move_to_end(key)
-                self._users[fd] = self._users.get(fd, 0) + 1
-                return fd
-        parent = self.acquire(key[:-1])
+            depth = len(key)
+            while depth and key[:depth] not in self._open:
+                depth -= 1
+            fd = self._hold(key[:depth]) if depth else self._root_fd
         try:
-            self._check(key)
-            fd = os.open(key[-1], _DIR_FLAGS, dir_fd=parent)
-        except OSError as exc:
-            raise self._fail(exc, key) from None
-        finally:
-            self.release(parent)
-        with self._lock:
-            known = self._open.get(key)
-            if known is not None:  # another thread opened it meanwhile
-                os.close(fd)
-                fd = known
-                self._open.move_to_end(key)
-            else:
-                self._open[key] = fd
-            self._users[fd] = self._users.get(fd, 0) + 1
-            self._trim()
+            for end in range(depth + 1, len(key) + 1):  # open the rest, one level at a time
+                sub = key[:end]
+                self._check(sub)
+                try:
+                    child = os.open(sub[-1], _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise self._fail(exc, sub) from None
+                with self._lock:
+                    if sub in self._open:  # another thread opened it meanwhile
+                        os.close(child)
+                    else:
+                        self._open[sub] = child
+                    held = self._hold(sub)
+                self.release(fd)
+                fd = held
+                with self._lock:
+                    self._trim()
+        except BaseException:
+            self.release(fd)
+            raise
+        return fd
+
+    def _hold(self, key: Key) -> int:
+        """Under the lock: one more holder of the cached descriptor of `key`."""
+        fd = self._open[key]
+        self._open.move_to_end(key)
+        self._users[fd] = self._users.get(fd, 0) + 1
         return fd
 
     def release(self, fd: int) -> None:

@@ -46,6 +46,7 @@ class GcFence:
         self.enabled = enabled
         self._tracker = RunTracker(store)
         self._settled: set[str] = set()
+        self._seen: dict[str, bool] = {}
         self._since = time.monotonic()
         self.rounds = 0
         """How many times the put had to wait for a run and re-check its manifest."""
@@ -61,6 +62,11 @@ class GcFence:
         runs = await self._tracker.refresh()
         now = time.monotonic()
         self._settled = {r.run for r in runs.values() if r.finished(now, _SLACK)}
+        self._seen = {r.run: r.run in self._settled for r in runs.values()}
+
+    def runs_seen(self) -> dict[str, bool] | None:
+        """The runs visible at `begin` (run id -> finished); None when the fence is off."""
+        return dict(self._seen) if self.enabled else None
 
     async def settle(
         self,

@@ -46,6 +46,7 @@ from cas.filescache import (
 )
 from cas.gcfence import ConcurrentGcError, GcFence
 from cas.ids import ObjectId, hash_bytes
+from cas.knownpresent import KnownPresent, runs_fingerprint
 from cas.objects import (
     DirEntry,
     Entry,
@@ -118,6 +119,8 @@ class PutStats:
     bytes_new_raw: int = 0
     bytes_uploaded: int = 0
     gc_waits: int = 0
+    checks_skipped: int = 0
+    """Existence checks answered by the known-present cache instead of the store."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -146,9 +149,12 @@ class Uploader:
         chunker_factory: type[FastCdcChunker] | None = None,
         files_cache: FilesCache | None = None,
         skip_dirs: Iterable[str | os.PathLike[str]] = (),
+        known_present: KnownPresent | None = None,
     ) -> None:
         self.repo = repo
         self.files_cache = files_cache
+        self.known_present = known_present
+        """Answers "is it stored?" from memory where safe (remote stores; `cas.knownpresent`)."""
         self.options = options or PutOptions()
         opts = self.options
         self._settings = CutSettings(opts.params, opts.inline_max, opts.mtimes)
@@ -187,6 +193,17 @@ class Uploader:
 
         fence = GcFence(self.repo.store, enabled=self.gc_fence)
         await fence.begin()  # before the store is asked about any object
+        if self.known_present is not None:
+            runs = fence.runs_seen()
+            self.known_present.begin(None if runs is None else runs_fingerprint(runs))
+        try:
+            return await self._put(root, fence)
+        finally:
+            if self.known_present is not None:
+                self.stats.checks_skipped = self.known_present.skipped
+                await asyncio.to_thread(self.known_present.flush)
+
+    async def _put(self, root: str, fence: GcFence) -> PutResult:
         root_tree, totals = await self._upload(root)
 
         opts = self.options
@@ -234,7 +251,7 @@ class Uploader:
         self._started_ns = time.time_ns()
         self._loop = asyncio.get_running_loop()
         self._batcher = Coalescer(self._ask_missing, max_items=_BATCH_MAX, wait=_BATCH_WAIT)
-        self._trees = Coalescer(self.repo.put_tree_batch, max_items=_TREE_BATCH, wait=_BATCH_WAIT)
+        self._trees = Coalescer(self._put_trees, max_items=_TREE_BATCH, wait=_BATCH_WAIT)
         self._tree_checks = Coalescer(
             self._ask_missing_trees, max_items=_BATCH_MAX, wait=_BATCH_WAIT
         )
@@ -286,13 +303,24 @@ class Uploader:
                 "changed before they could be uploaded again; run the put again"
             )
 
+    async def _store_missing(self, kind: Kind, ids: list[ObjectId]) -> set[ObjectId]:
+        if self.known_present is None:
+            return await self.repo.store.missing(kind, ids)
+        return await self.known_present.missing(self.repo.store.missing, kind, ids)
+
     async def _ask_missing(self, ids: dict[ObjectId, None]) -> dict[ObjectId, bool]:
-        absent = await self.repo.store.missing(Kind.CHUNK, list(ids))
+        absent = await self._store_missing(Kind.CHUNK, list(ids))
         return {object_id: object_id in absent for object_id in ids}
 
     async def _ask_missing_trees(self, ids: dict[ObjectId, None]) -> dict[ObjectId, bool]:
-        absent = await self.repo.store.missing(Kind.TREE, list(ids))
+        absent = await self._store_missing(Kind.TREE, list(ids))
         return {object_id: object_id in absent for object_id in ids}
+
+    async def _put_trees(self, trees: dict[ObjectId, bytes]) -> dict[ObjectId, bool]:
+        created = await self.repo.put_tree_batch(trees, self._store_missing)
+        if self.known_present is not None:
+            self.known_present.note_present(Kind.TREE, trees)
+        return created
 
     async def _missing(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
         """The chunks the store lacks, asked together with other files' chunks."""
@@ -612,6 +640,8 @@ class Uploader:
                             self._cpu_pool, _encode_all, claim.todo, self.options.level
                         )
                     created = await self.repo.store.put_many(Kind.CHUNK, blobs)
+                    if self.known_present is not None:
+                        self.known_present.note_present(Kind.CHUNK, (i for i, _ in blobs))
                     for (_, data), (_, blob), new in zip(claim.todo, blobs, created, strict=True):
                         if new:
                             self._count(

@@ -88,4 +88,4 @@ def test_remote_smoke_through_the_delaying_proxy_restores_exactly(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "every restore through the link was exact" in proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| cas ")]
-    assert len(rows) == 4 and all(row.endswith("| yes |") for row in rows)
+    assert len(rows) == 5 and all(row.endswith("| yes |") for row in rows)

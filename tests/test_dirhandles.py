@@ -88,3 +88,27 @@ def test_file_replacing_a_directory_lands_at_the_final_path(tmp_path):
     assert (dest / "x").read_bytes() == b"file now"
     assert (dest / "y" / "g").read_bytes() == b"two"
     assert sorted(os.listdir(dest)) == ["x", "y"]
+
+
+def test_a_path_deeper_than_the_recursion_limit_opens(tmp_path):
+    import sys
+
+    depth = 300
+    parts = tuple(["d"] * depth)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):  # relative to descriptors: no single path that long is needed
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+    dirs, _ = handles(tmp_path, keep=8)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(__import__("inspect").stack()) + 100)  # far less than the depth
+    try:
+        deepest = dirs.acquire(parts)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert os.readlink(f"/proc/self/fd/{deepest}").endswith("/d" * depth)
+    dirs.release(deepest)
+    dirs.close()

@@ -10,6 +10,7 @@ from cas.cache import default_cache_dir
 from cas.chunking import ChunkParams
 from cas.errors import UsageError
 from cas.filescache import FilesCache
+from cas.knownpresent import KnownPresent
 from cas.objects import parse_label
 from cas.put import PutOptions, PutResult, Uploader
 from cas.repo import Repository
@@ -76,7 +77,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--no-files-cache",
         action="store_true",
-        help="read every file, even those unchanged since the last put",
+        help="read every file and ask the store about every object, even those "
+        "unchanged since the last put",
     )
     p.set_defaults(run=run)
 
@@ -102,15 +104,24 @@ def run(args: argparse.Namespace) -> int:
     progress = BarProgress(args, "put")
 
     async def action(repo: Repository) -> PutResult:
-        files_cache = None
+        files_cache = known = None
         if not args.no_files_cache:
             files_cache = FilesCache(default_cache_dir(), repo.store.url, options.params)
             files_cache.prune()
+            if repo.store.capabilities.remote:
+                known = KnownPresent(files_cache, repo.store.url)
         skip = [default_cache_dir()]
         if isinstance(repo.store, LocalStore):
             skip.append(repo.store.root)
         try:
-            uploader = Uploader(repo, options, progress, files_cache=files_cache, skip_dirs=skip)
+            uploader = Uploader(
+                repo,
+                options,
+                progress,
+                files_cache=files_cache,
+                skip_dirs=skip,
+                known_present=known,
+            )
             return await uploader.put(args.source)
         finally:
             if files_cache is not None:
@@ -134,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 "bytes": s.bytes_read + s.bytes_unchanged,
                 "bytes_read": s.bytes_read,
                 "files_unchanged": s.files_unchanged,
+                "checks_skipped": s.checks_skipped,
                 "chunks": s.chunks,
                 "chunks_new": s.chunks_new,
                 "bytes_new": s.bytes_new_raw,
@@ -151,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             args,
             f"put {s.files} files, {format_size(total)} in {seconds:.1f}s "
             f"({format_size(rate)}/s): {s.files_unchanged} unchanged files not read, "
-            f"{s.chunks_new}/{s.chunks} chunks new, {format_size(s.bytes_uploaded)} uploaded",
+            f"{s.chunks_new}/{s.chunks} chunks new, {format_size(s.bytes_uploaded)} uploaded"
+            + (f", {s.checks_skipped} store checks skipped" if s.checks_skipped else ""),
         )
     return 0
