@@ -41,6 +41,7 @@ import lmdb
 from cas.filecut import CutSettings
 from cas.filescache import MAX_AGE_S, RACY_WINDOW_NS, FilesCache
 from cas.ids import ID_BYTES, ObjectId
+from cas.lmdbenv import prune_daily, put_all
 from cas.objects import Totals
 from cas.walk import SourceEntry
 
@@ -112,35 +113,20 @@ class DirsCache:
     def record_many(self, entries: Iterable[tuple[bytes, CachedDir]]) -> None:
         """Remember directories just put (callers leave out racy ones)."""
         batch = [(key, _encode(cached, self._now_s)) for key, cached in entries]
-        if not batch:
-            return
-        try:
-            with self._env.begin(write=True) as txn:
-                for key, value in batch:
-                    txn.put(key, value, db=self._db)
-        except lmdb.MapFullError:
+        if batch and not put_all(self._env, self._db, batch):
             self.clear()
-        except lmdb.Error:
-            pass
 
     def prune(self, max_age_s: int = MAX_AGE_S) -> int:
         """Drop entries not used for `max_age_s`; at most once a day."""
-        cutoff = self._now_s - max_age_s
-        removed = 0
-        try:
-            with self._env.begin(write=True) as txn:
-                last = txn.get(_PRUNE_KEY, db=self._meta)
-                if last is not None and self._now_s - struct.unpack(">Q", last)[0] < 86400:
-                    return 0
-                with txn.cursor(db=self._db) as cursor:
-                    for key, value in list(cursor):
-                        if len(value) < _HEADER.size or _HEADER.unpack_from(value)[0] < cutoff:
-                            txn.delete(key, db=self._db)
-                            removed += 1
-                txn.put(_PRUNE_KEY, struct.pack(">Q", self._now_s), db=self._meta)
-        except lmdb.Error:
-            return removed
-        return removed
+        return prune_daily(
+            self._env,
+            self._db,
+            self._meta,
+            _PRUNE_KEY,
+            self._now_s,
+            self._now_s - max_age_s,
+            lambda value: _HEADER.unpack_from(value)[0] if len(value) >= _HEADER.size else None,
+        )
 
     def clear(self) -> None:
         """Forget every directory."""

@@ -38,6 +38,7 @@ import lmdb
 
 from cas.filescache import FilesCache
 from cas.ids import ObjectId
+from cas.lmdbenv import put_all
 from cas.store.base import Kind
 
 TTL_SECONDS: Final = 3600
@@ -119,14 +120,8 @@ class KnownPresent:
         if not pending or not self._active:
             return
         stamp = _STAMP.pack(self._now)
-        try:
-            with self._env.begin(write=True) as txn:
-                for key in pending:
-                    txn.put(key, stamp, db=self._db)
-        except lmdb.MapFullError:
+        if not put_all(self._env, self._db, ((key, stamp) for key in pending)):
             self.forget_all()
-        except lmdb.Error:
-            pass
 
     def forget_all(self) -> None:
         """Drop every entry of this store."""

@@ -260,6 +260,8 @@ class Uploader:
         self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
         self._cpu_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
         self._worker_slots = asyncio.Semaphore(2 * workers)
+        if self.dirs_cache is not None:
+            await asyncio.to_thread(self.dirs_cache.prune)  # at most once a day
         try:
             done = await self._put_dir(root, "")
             if self.dirs_cache is not None and self._dir_records:

@@ -45,6 +45,18 @@ def run_with_repo(
     return asyncio.run(body())
 
 
+def add_cache_options(parser: argparse.ArgumentParser) -> None:
+    """`--cache` / `--no-cache` for the commands that read chunks."""
+    caching = parser.add_mutually_exclusive_group()
+    caching.add_argument("--no-cache", action="store_true", help="bypass the local chunk cache")
+    caching.add_argument(
+        "--cache",
+        action="store_true",
+        help="use the local chunk cache even for a store on a local disk "
+        "(by default only remote stores and network mounts are cached)",
+    )
+
+
 def wants_cache(args: argparse.Namespace, store: Store) -> bool:
     """The chunk cache sits in front of remote stores (and network mounts) unless told otherwise.
 

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas.chunking import ChunkParams
+from cas.filecut import CutSettings
 from cas.filescache import FilesCache
 from cas.get import Downloader
 from cas.put import PutOptions, PutResult, Uploader
@@ -221,3 +222,21 @@ def test_cached_puts_match_uncached_puts(tmp_path_factory, settled, rounds):
             _apply(src, op, parts, data)
         cached = put(store, src, cache)
         assert cached.manifest.root == put(store, src, None).manifest.root
+
+
+def test_entries_unused_for_a_month_are_pruned(tmp_path, store, settled, monkeypatch):
+    import cas.dirscache as dirscache
+
+    src = tmp_path / "src"
+    make_tree(src)
+    cache = tmp_path / "cache"
+    put(store, src, cache)
+    files = FilesCache(cache, store.url, ChunkParams())
+    try:
+        dirs = dirscache.DirsCache(files, CutSettings(ChunkParams(), 4096, True))
+        assert dirs.prune(max_age_s=10**9) == 0  # nothing that old
+        monkeypatch.setattr(dirs, "_now_s", dirs._now_s + 86400 + 1)  # the next day
+        assert dirs.prune(max_age_s=0) == 4  # every directory
+    finally:
+        files.close()
+    assert put(store, src, cache).stats.bytes_read > 0

@@ -9,7 +9,7 @@ from cas.browse import lookup, stream_file
 from cas.errors import UsageError
 from cas.objects import FileEntry
 from cas.repo import Repository
-from cas_cli.common import run_with_repo
+from cas_cli.common import add_cache_options, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -22,14 +22,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("manifest", metavar="ID|REF", help="manifest id or ref name")
     p.add_argument("path", metavar="PATH", help="file path inside the manifest")
-    caching = p.add_mutually_exclusive_group()
-    caching.add_argument("--no-cache", action="store_true", help="bypass the local chunk cache")
-    caching.add_argument(
-        "--cache",
-        action="store_true",
-        help="use the local chunk cache even for a store on a local disk "
-        "(by default only remote stores and network mounts are cached)",
-    )
+    add_cache_options(p)
     p.set_defaults(run=run)
 
 

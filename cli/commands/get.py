@@ -10,7 +10,7 @@ from cas.get import SOURCES, Downloader, GetOptions, GetStats
 from cas.repo import Repository
 from cas.selection import Selection
 from cas.sizes import format_size
-from cas_cli.common import BarProgress, emit_json, info, run_with_repo
+from cas_cli.common import BarProgress, add_cache_options, emit_json, info, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -61,14 +61,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         action="store_true",
         help="write nothing; report what would come from each source",
     )
-    caching = p.add_mutually_exclusive_group()
-    caching.add_argument("--no-cache", action="store_true", help="bypass the local chunk cache")
-    caching.add_argument(
-        "--cache",
-        action="store_true",
-        help="use the local chunk cache even for a store on a local disk "
-        "(by default only remote stores and network mounts are cached)",
-    )
+    add_cache_options(p)
     p.add_argument(
         "--no-files-cache",
         action="store_true",
