@@ -41,7 +41,7 @@ import lmdb
 from cas.filecut import CutSettings
 from cas.filescache import MAX_AGE_S, RACY_WINDOW_NS, FilesCache
 from cas.ids import ID_BYTES, ObjectId
-from cas.lmdbenv import prune_daily, put_all
+from cas.lmdbenv import StampedTable
 from cas.objects import Totals
 from cas.walk import SourceEntry
 
@@ -50,7 +50,6 @@ _HEADER = struct.Struct(f">Q{ID_BYTES}sQQQQQII")  # used_at, tree, totals x5, su
 _ID = struct.Struct(f"{ID_BYTES}s")
 _FILE = struct.Struct(">cIQqqQ")  # type, mode, size, mtime, ctime, inode
 _DIR = struct.Struct(">cIq")  # type, mode, mtime
-_PRUNE_KEY: Final = b"dirs_pruned_at"
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,11 @@ class DirsCache:
 
     def __init__(self, files: FilesCache, settings: CutSettings) -> None:
         self._env = files.env
-        self._db = files.table(b"dirs")
-        self._meta = files.table(b"meta")
+        self._now_s = int(time.time())
+        self._table = StampedTable(files.env, b"dirs", _stamp_of, self._now_s)
+        self._db = self._table.db
         scope = f"{files.scope.hex()}\0{settings.inline_max}\0{settings.mtimes}".encode()
         self._scope = blake3.blake3(scope).digest()
-        self._now_s = int(time.time())
 
     def fingerprint(self, children: Sequence[SourceEntry]) -> bytes:
         """The key of a directory whose kept entries are `children` (in listing order)."""
@@ -113,25 +112,20 @@ class DirsCache:
     def record_many(self, entries: Iterable[tuple[bytes, CachedDir]]) -> None:
         """Remember directories just put (callers leave out racy ones)."""
         batch = [(key, _encode(cached, self._now_s)) for key, cached in entries]
-        if batch and not put_all(self._env, self._db, batch):
-            self.clear()
+        if batch:
+            self._table.write(batch)
 
     def prune(self, max_age_s: int = MAX_AGE_S) -> int:
         """Drop entries not used for `max_age_s`; at most once a day."""
-        return prune_daily(
-            self._env,
-            self._db,
-            self._meta,
-            _PRUNE_KEY,
-            self._now_s,
-            self._now_s - max_age_s,
-            lambda value: _HEADER.unpack_from(value)[0] if len(value) >= _HEADER.size else None,
-        )
+        return self._table.prune(max_age_s)
 
     def clear(self) -> None:
         """Forget every directory."""
-        with self._env.begin(write=True) as txn:
-            txn.drop(self._db, delete=False)
+        self._table.clear()
+
+
+def _stamp_of(value: bytes) -> int | None:
+    return _HEADER.unpack_from(value)[0] if len(value) >= _HEADER.size else None
 
 
 def recordable(children: Sequence[SourceEntry], started_ns: int) -> bool:

@@ -36,7 +36,7 @@ import lmdb
 
 from cas.chunking import ChunkParams
 from cas.ids import ID_BYTES, ObjectId
-from cas.lmdbenv import open_env, prune_daily, put_all
+from cas.lmdbenv import StampedTable, open_env
 from cas.objects import ChunkRef
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ _REFRESH_AFTER_S: Final = 24 * 3600
 _MAP_SIZE: Final = 2 << 30
 _HEADER = struct.Struct(">QqqQQ32sI")  # size, mtime, ctime, inode, used_at, digest, n
 _CHUNK = struct.Struct(f">{ID_BYTES}sI")
-_PRUNE_KEY: Final = b"pruned_at"
 
 
 @dataclass(frozen=True)
@@ -84,11 +83,11 @@ class FilesCache:
         path = directory / "files.lmdb"
         # A cache: a crash may lose the newest entries, nothing worse.
         self._env = open_env(path, map_size=_MAP_SIZE, max_dbs=4, sync=False, what="files cache")
-        self._db = self._env.open_db(b"files")
-        self._meta = self._env.open_db(b"meta")
+        self._now_s = int(time.time())
+        self._table = StampedTable(self._env, b"files", _stamp_of, self._now_s)
+        self._db = self._table.db
         scope = f"{store_url}\0{sorted(params.to_dict().items())}".encode()
         self._scope = blake3.blake3(scope).digest()
-        self._now_s = int(time.time())
 
     @property
     def env(self) -> lmdb.Environment:
@@ -135,25 +134,20 @@ class FilesCache:
             if not _is_racy(cached.identity, started_ns)
             and self._now_s - cached.used_at > _REFRESH_AFTER_S  # unchanged entries: daily
         ]
-        if batch and not put_all(self._env, self._db, batch):
-            self.clear()
+        if batch:
+            self._table.write(batch)
 
     def prune(self, max_age_s: int = MAX_AGE_S) -> int:
         """Drop entries not used for `max_age_s`; at most once a day."""
-        return prune_daily(
-            self._env,
-            self._db,
-            self._meta,
-            _PRUNE_KEY,
-            self._now_s,
-            self._now_s - max_age_s,
-            lambda value: _HEADER.unpack_from(value)[4] if len(value) >= _HEADER.size else None,
-        )
+        return self._table.prune(max_age_s)
 
     def clear(self) -> None:
         """Forget everything."""
-        with self._env.begin(write=True) as txn:
-            txn.drop(self._db, delete=False)
+        self._table.clear()
+
+
+def _stamp_of(value: bytes) -> int | None:
+    return _HEADER.unpack_from(value)[4] if len(value) >= _HEADER.size else None
 
 
 def _is_racy(identity: FileIdentity, started_ns: int) -> bool:

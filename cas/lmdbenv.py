@@ -52,29 +52,50 @@ def put_all(
     return True
 
 
-def prune_daily(
-    env: lmdb.Environment,
-    db: lmdb._Database,
-    meta: lmdb._Database,
-    marker: bytes,
-    now_s: int,
-    cutoff_s: int,
-    used_at: Callable[[bytes], int | None],
-) -> int:
-    """Drop entries last used before `cutoff_s` (or unreadable); at most once a day per `marker`."""
-    removed = 0
-    try:
-        with env.begin(write=True) as txn:
-            last = txn.get(marker, db=meta)
-            if last is not None and now_s - struct.unpack(">Q", last)[0] < 86400:
-                return 0
-            with txn.cursor(db=db) as cursor:
-                for key, value in list(cursor):
-                    stamp = used_at(value)
-                    if stamp is None or stamp < cutoff_s:
-                        txn.delete(key, db=db)
-                        removed += 1
-            txn.put(marker, struct.pack(">Q", now_s), db=meta)
-    except lmdb.Error:
+class StampedTable:
+    """A cache table whose values carry a last-used time: written in batches, pruned daily."""
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        name: bytes,
+        stamp_of: Callable[[bytes], int | None],
+        now_s: int,
+    ) -> None:
+        self.env = env
+        self.db = env.open_db(name)
+        self._meta = env.open_db(b"meta")
+        self._marker = name + b"_pruned_at"
+        self._stamp_of = stamp_of
+        """The last-used time (s) a value records; None for a value that does not parse."""
+        self._now_s = now_s
+
+    def write(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Store `items` in one transaction; a full map is emptied (a cache may forget)."""
+        if not put_all(self.env, self.db, items):
+            self.clear()
+
+    def prune(self, max_age_s: int) -> int:
+        """Drop entries last used over `max_age_s` ago (or unreadable); at most once a day."""
+        cutoff = self._now_s - max_age_s
+        removed = 0
+        try:
+            with self.env.begin(write=True) as txn:
+                last = txn.get(self._marker, db=self._meta)
+                if last is not None and self._now_s - struct.unpack(">Q", last)[0] < 86400:
+                    return 0
+                with txn.cursor(db=self.db) as cursor:
+                    for key, value in list(cursor):
+                        stamp = self._stamp_of(value)
+                        if stamp is None or stamp < cutoff:
+                            txn.delete(key, db=self.db)
+                            removed += 1
+                txn.put(self._marker, struct.pack(">Q", self._now_s), db=self._meta)
+        except lmdb.Error:
+            return removed
         return removed
-    return removed
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self.env.begin(write=True) as txn:
+            txn.drop(self.db, delete=False)

@@ -235,7 +235,7 @@ def test_entries_unused_for_a_month_are_pruned(tmp_path, store, settled, monkeyp
     try:
         dirs = dirscache.DirsCache(files, CutSettings(ChunkParams(), 4096, True))
         assert dirs.prune(max_age_s=10**9) == 0  # nothing that old
-        monkeypatch.setattr(dirs, "_now_s", dirs._now_s + 86400 + 1)  # the next day
+        monkeypatch.setattr(dirs._table, "_now_s", dirs._table._now_s + 86400 + 1)  # next day
         assert dirs.prune(max_age_s=0) == 4  # every directory
     finally:
         files.close()
