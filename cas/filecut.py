@@ -8,10 +8,11 @@ describe files identically and a tree's id never depends on which one ran.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cas.chunking import Chunker, ChunkParams
@@ -20,6 +21,8 @@ from cas.filescache import CachedFile, FileIdentity
 from cas.ids import ObjectId, hash_bytes, new_hasher
 from cas.objects import ChunkRef, FileEntry
 from cas.walk import SourceEntry
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 ChunkSink = Callable[[ObjectId, bytes], None]
 """Receives every chunk of a file, in order, as it is cut."""
@@ -59,6 +62,49 @@ class CutFile:
         return CachedFile(FileIdentity.of(child.st), self.entry.digest, self.entry.chunks)
 
 
+class OpenedAhead:
+    """A batch of small files opened together, their reads requested from the disk at once.
+
+    Read one by one, each file missing from the page cache waits for the
+    disk; asking for all of them first (`POSIX_FADV_WILLNEED`) lets the disk
+    serve them together (`benchmarks/read_advice.py`: a cold read of the torch
+    tree 0.76 s instead of 1.42 s). The files are opened once, here, so a warm
+    page cache costs one extra system call per file. Best effort: a file that
+    cannot be opened is left to `FileCutter.cut`, which reports the error.
+    """
+
+    def __init__(self, batch: Sequence[SourceEntry]) -> None:
+        self._fds: dict[str, int] = {}
+        try:
+            for child in batch:
+                try:
+                    fd = os.open(child.path, _OPEN_FLAGS)
+                except OSError:
+                    continue
+                self._fds[child.path] = fd
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except BaseException:
+            self.close()
+            raise
+
+    def take(self, child: SourceEntry) -> int | None:
+        """The descriptor of `child`, now owned by the caller; None if it was not opened."""
+        return self._fds.pop(child.path, None)
+
+    def close(self) -> None:
+        """Close what was not taken (an aborted batch)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> OpenedAhead:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def entry_from_cache(settings: CutSettings, child: SourceEntry, hit: CachedFile) -> FileEntry:
     """The tree entry of an unchanged file, from its files-cache record (no read)."""
     return FileEntry(
@@ -87,18 +133,22 @@ class FileCutter:
         self._abort = abort
         self._advance = advance or (lambda n: None)
 
-    def cut(self, child: SourceEntry, sink: ChunkSink) -> CutFile:
+    def cut(self, child: SourceEntry, sink: ChunkSink, fd: int | None = None) -> CutFile:
         """Read `child`, send its chunks to `sink`, return its entry.
 
-        A file that changes while being read is stored as read, with
-        `changed` set; it is never remembered by the files cache.
+        `fd`, if given, is `child` already opened (by `OpenedAhead`); it is
+        closed here either way. A file that changes while being read is
+        stored as read, with `changed` set; it is never remembered by the
+        files cache.
         """
-        self._check_abort()
+        if fd is None:
+            self._check_abort()
+            try:
+                fd = os.open(child.path, _OPEN_FLAGS)
+            except OSError as exc:
+                raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
         try:
-            fd = os.open(child.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
-        try:
+            self._check_abort()
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError(f"{child.path} changed type while being read")

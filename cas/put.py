@@ -36,7 +36,7 @@ from cas.chunking import ChunkParams, FastCdcChunker
 from cas.coalesce import Coalescer
 from cas.dirscache import CachedDir, DirsCache, recordable
 from cas.errors import AlreadyExists, CasError, ObjectNotFound, SourceError, UsageError
-from cas.filecut import CutSettings, FileCutter, entry_from_cache
+from cas.filecut import CutSettings, FileCutter, OpenedAhead, entry_from_cache
 from cas.filescache import (
     CachedFile,
     FilesCache,
@@ -560,8 +560,9 @@ class Uploader:
         entries = []
         remember: list[tuple[str, CachedFile]] = []
         cutter = self._cutter()
-        for child in batch:
-            cut = cutter.cut(child, groups.add)
+        with OpenedAhead(batch if len(batch) > 1 else []) as opened:
+            cuts = [cutter.cut(child, groups.add, opened.take(child)) for child in batch]
+        for child, cut in zip(batch, cuts, strict=True):
             self._count(files=1, bytes_read=cut.entry.size, chunks=len(cut.entry.chunks))
             warning = cut.warning(child)
             if warning is not None:

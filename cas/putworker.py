@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from cas import codec
 from cas.allocator import return_large_blocks
 from cas.chunking import FastCdcChunker
-from cas.filecut import CutSettings, FileCutter
+from cas.filecut import CutSettings, FileCutter, OpenedAhead
 from cas.filescache import CachedFile
 from cas.ids import ObjectId
 from cas.objects import FileEntry
@@ -76,8 +76,9 @@ class _Worker:
         result = BatchResult()
         counts = result.counts
         pending: dict[ObjectId, bytes] = {}
-        for child in batch:
-            cut = self.cutter.cut(child, pending.__setitem__)
+        with OpenedAhead(batch) as opened:
+            cuts = [self.cutter.cut(c, pending.__setitem__, opened.take(c)) for c in batch]
+        for child, cut in zip(batch, cuts, strict=True):
             counts.update(files=1, bytes_read=cut.entry.size, chunks=len(cut.entry.chunks))
             warning = cut.warning(child)
             if warning is not None:
