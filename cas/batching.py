@@ -6,7 +6,7 @@ small files travel in batches; a large item is a unit of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -50,6 +50,18 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Lists of up to `size` items, taken lazily (items may be a long directory walk)."""
     batch: list[T] = []
     for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def abatched(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
+    """`batched` for an async iterator (a store listing)."""
+    batch: list[T] = []
+    async for item in items:
         batch.append(item)
         if len(batch) >= size:
             yield batch

@@ -16,7 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Final
 
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How every destination directory is opened: never through a symlink."""
 DEFAULT_KEEP: Final = 256
 
 Key = tuple[str, ...]
@@ -57,7 +58,7 @@ class DirectoryHandles:
                 sub = key[:end]
                 self._check(sub)
                 try:
-                    child = os.open(sub[-1], _DIR_FLAGS, dir_fd=fd)
+                    child = os.open(sub[-1], DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
                     raise self._fail(exc, sub) from None
                 with self._lock:

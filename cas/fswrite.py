@@ -35,13 +35,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Final
 
-from cas.dirhandles import DirectoryHandles
+from cas.dirhandles import DIR_FLAGS, DirectoryHandles
 from cas.errors import CasError, DestinationError, UnsafeManifest
 from cas.objects import check_name
 
 TEMP_PREFIX: Final = ".cas-tmp-"
 STALE_TEMP_SECONDS: Final = 3600
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # setuid/setgid bits from a manifest are never applied.
 _MODE_MASK: Final = 0o1777
 
@@ -125,7 +124,7 @@ class Destination:
                 os.mkdir(name, 0o700, dir_fd=fd)
             except FileExistsError:
                 try:
-                    probe = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    probe = os.open(name, DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
                     raise _fail(exc, "creating directory", _describe(parts, name)) from None
                 try:
@@ -316,7 +315,7 @@ def _remove_entry(dir_fd: int, name: str) -> None:
 def _make_tree_writable(dir_fd: int, name: str) -> None:
     """Owner-writable directories, so a read-only tree can be removed."""
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
         return
     try:

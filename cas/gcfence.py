@@ -45,8 +45,8 @@ class GcFence:
     def __init__(self, store: Store, *, enabled: bool = True) -> None:
         self.enabled = enabled
         self._tracker = RunTracker(store)
-        self._settled: set[str] = set()
         self._seen: dict[str, bool] = {}
+        """The runs visible at `begin`: run id -> whether it had finished."""
         self._since = time.monotonic()
         self.rounds = 0
         """How many times the put had to wait for a run and re-check its manifest."""
@@ -61,8 +61,7 @@ class GcFence:
     async def _snapshot(self) -> None:
         runs = await self._tracker.refresh()
         now = time.monotonic()
-        self._settled = {r.run for r in runs.values() if r.finished(now, _SLACK)}
-        self._seen = {r.run: r.run in self._settled for r in runs.values()}
+        self._seen = {r.run: r.finished(now, _SLACK) for r in runs.values()}
 
     def runs_seen(self) -> dict[str, bool] | None:
         """The runs visible at `begin` (run id -> finished); None when the fence is off."""
@@ -83,7 +82,7 @@ class GcFence:
         if not self.enabled:
             return
         runs = await self._tracker.refresh()
-        risky = {r.run: r.seq for r in runs.values() if r.run not in self._settled}
+        risky = {r.run: r.seq for r in runs.values() if not self._seen.get(r.run, False)}
         if not risky and time.monotonic() - self._since < RECORD_KEEP_SECONDS:
             return
         self.rounds += 1

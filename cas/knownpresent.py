@@ -100,7 +100,8 @@ class KnownPresent:
         self.asked += len(unknown) + len(sample)
         if any(i in absent for i in sample):  # the store lost what we remembered: trust nothing
             self.forget_all()
-            rest = [i for i in known if i not in set(sample)]
+            asked = set(sample)
+            rest = [i for i in known if i not in asked]
             absent |= await ask(kind, rest)
             self.asked += len(rest)
         else:

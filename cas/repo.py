@@ -166,28 +166,34 @@ class Repository:
                 future.exception()
         return data
 
-    def _from_cache(self, ids: list[ObjectId], max_size: int) -> dict[ObjectId, bytes]:
+    def _from_cache(
+        self, ids: list[ObjectId], max_size: int, kind: Kind = Kind.CHUNK
+    ) -> dict[ObjectId, bytes]:
+        """Cached objects among `ids`, verified; a damaged entry is dropped (only a miss)."""
         assert self.cache is not None
         out = {}
         for object_id, blob in self.cache.get_many(ids).items():
             try:
-                out[object_id] = decode_object(Kind.CHUNK, object_id, blob, max_size)
+                out[object_id] = decode_object(kind, object_id, blob, max_size)
             except IntegrityError:
                 self.cache.discard(object_id)
                 continue
-            with self._counter_lock:
-                self.chunks_from_cache += 1
-                self.bytes_from_cache += len(blob)
+            if kind is Kind.CHUNK:
+                with self._counter_lock:
+                    self.chunks_from_cache += 1
+                    self.bytes_from_cache += len(blob)
         return out
 
     def _verify_and_keep(
-        self, blobs: dict[ObjectId, bytes], max_size: int
+        self, blobs: dict[ObjectId, bytes], max_size: int, kind: Kind = Kind.CHUNK
     ) -> dict[ObjectId, bytes]:
-        out = {i: decode_object(Kind.CHUNK, i, b, max_size) for i, b in blobs.items()}
-        with self._counter_lock:
-            self.chunks_from_store += len(blobs)
-            self.bytes_from_store += sum(len(b) for b in blobs.values())
-        if self.cache is not None:
+        """Verify objects fetched from the store and add them to the cache."""
+        out = {i: decode_object(kind, i, b, max_size) for i, b in blobs.items()}
+        if kind is Kind.CHUNK:
+            with self._counter_lock:
+                self.chunks_from_store += len(blobs)
+                self.bytes_from_store += sum(len(b) for b in blobs.values())
+        if self.cache is not None and blobs:
             self.cache.put_many(blobs.items())
         return out
 
@@ -243,35 +249,18 @@ class Repository:
         wanted = list(dict.fromkeys(ids))
         data: dict[ObjectId, bytes] = {}
         if self.cache is not None:
-            data = await asyncio.to_thread(self._trees_from_cache, wanted)
+            data = await asyncio.to_thread(self._from_cache, wanted, MAX_TREE_BYTES, Kind.TREE)
         rest = [i for i in wanted if i not in data]
         fetched: dict[ObjectId, bytes] = {}
         if rest:
             bound = stored_size_bound(MAX_TREE_BYTES)
             fetched = await self.store.get_many(Kind.TREE, rest, max_size=bound)
-        return await asyncio.to_thread(self._parse_trees, wanted, data, fetched)
 
-    def _trees_from_cache(self, ids: list[ObjectId]) -> dict[ObjectId, bytes]:
-        assert self.cache is not None
-        out = {}
-        for object_id, blob in self.cache.get_many(ids).items():
-            try:
-                out[object_id] = decode_object(Kind.TREE, object_id, blob, MAX_TREE_BYTES)
-            except IntegrityError:  # a damaged cache entry is only a miss
-                self.cache.discard(object_id)
-        return out
+        def parse() -> dict[ObjectId, Tree]:
+            data.update(self._verify_and_keep(fetched, MAX_TREE_BYTES, Kind.TREE))
+            return {i: Tree.from_bytes(data[i], where=f"tree {i}") for i in wanted}
 
-    def _parse_trees(
-        self,
-        wanted: list[ObjectId],
-        data: dict[ObjectId, bytes],
-        fetched: dict[ObjectId, bytes],
-    ) -> dict[ObjectId, Tree]:
-        for object_id, blob in fetched.items():
-            data[object_id] = decode_object(Kind.TREE, object_id, blob, MAX_TREE_BYTES)
-        if self.cache is not None and fetched:
-            self.cache.put_many(fetched.items())
-        return {i: Tree.from_bytes(data[i], where=f"tree {i}") for i in wanted}
+        return await asyncio.to_thread(parse)
 
     async def put_manifest(self, manifest: Manifest) -> ObjectId:
         """Store a manifest: the last write of a put, after everything it names."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from cas.batching import abatched
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.idset import IdSet
@@ -182,7 +183,7 @@ class Checker:
     async def check_orphans(self, max_chunk: int) -> None:
         """Read every stored tree and chunk no manifest led to (for `--all`)."""
         for kind, name in ((Kind.TREE, "tree"), (Kind.CHUNK, "chunk")):
-            async for batch in _batches(self.store.list(kind)):
+            async for batch in abatched(self.store.list(kind), _BATCH):
                 ids = [i.id for i in batch if kind is Kind.TREE or self._picked(i.id)]
                 known = self._good.contains_many(name, ids)
                 todo = [i for i, k in zip(ids, known, strict=True) if not k and i not in self._bad]
@@ -206,17 +207,6 @@ class Checker:
             return None
         problem = await self._read_chunk(object_id, max_chunk)
         return None if problem is not None and problem.detail == "missing" else problem
-
-
-async def _batches(items: AsyncIterator, size: int = _BATCH) -> AsyncIterator[list]:
-    batch = []
-    async for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 async def manifest_complete(repo: Repository, manifest_id: ObjectId) -> bool:
