@@ -171,13 +171,13 @@ def run_store(url: str, names: list[str], payloads: list[bytes], inflight: int) 
                 timings[name] = time.perf_counter() - start
                 return out
 
-            assert await phase("missing-absent", store.missing(Kind.CHUNK, ids)) == set(ids)
+            assert await phase("missing-absent", store.missing(Kind.PACK, ids)) == set(ids)
             created = await phase(
-                "create", store.put_many(Kind.CHUNK, list(zip(ids, payloads, strict=True)))
+                "create", store.put_many(Kind.PACK, list(zip(ids, payloads, strict=True)))
             )
             assert all(created)
-            assert await phase("missing-present", store.missing(Kind.CHUNK, ids)) == set()
-            got = await phase("get", store.get_many(Kind.CHUNK, ids, max_size=1 << 20))
+            assert await phase("missing-present", store.missing(Kind.PACK, ids)) == set()
+            got = await phase("get", store.get_many(Kind.PACK, ids, max_size=1 << 20))
             assert [got[i] for i in ids] == payloads
         return timings
 

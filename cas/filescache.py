@@ -36,7 +36,7 @@ import lmdb
 
 from cas.chunking import ChunkParams
 from cas.ids import ID_BYTES, ObjectId
-from cas.lmdbenv import StampedTable, open_env
+from cas.lmdbenv import StampedTable, open_env, put_all
 from cas.objects import ChunkRef
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class FilesCache:
         self.directory = directory
         path = directory / "files.lmdb"
         # A cache: a crash may lose the newest entries, nothing worse.
-        self._env = open_env(path, map_size=_MAP_SIZE, max_dbs=4, sync=False, what="files cache")
+        self._env = open_env(path, map_size=_MAP_SIZE, max_dbs=8, sync=False, what="files cache")
         self._now_s = int(time.time())
         self._table = StampedTable(self._env, b"files", _stamp_of, self._now_s)
         self._db = self._table.db
@@ -205,3 +205,78 @@ def still_stored(cached: dict[str, CachedFile], absent: set[ObjectId]) -> dict[s
     return {
         path: hit for path, hit in cached.items() if not any(r.id in absent for r in hit.chunks)
     }
+
+
+class LastPuts:
+    """The manifest each source directory was last put as, per store: a put's default parent.
+
+    A later put of the same directory reuses what that manifest's index
+    locates instead of uploading it again.
+    """
+
+    def __init__(self, files: FilesCache) -> None:
+        self._files = files
+        self._db = files.table(b"parents")
+
+    def _key(self, source: str) -> bytes:
+        scope = self._files.scope + b"\0" + os.fsencode(os.path.abspath(source))
+        return blake3.blake3(scope).digest()
+
+    def get(self, source: str) -> ObjectId | None:
+        """The manifest last put from `source`, if remembered."""
+        try:
+            with self._files.env.begin() as txn:
+                raw = txn.get(self._key(source), db=self._db)
+        except lmdb.Error:
+            return None
+        return ObjectId(bytes(raw)) if raw is not None and len(raw) == ID_BYTES else None
+
+    def remember(self, source: str, manifest_id: ObjectId) -> None:
+        """Record a completed put (a cache: failures only lose the hint)."""
+        put_all(self._files.env, self._db, [(self._key(source), bytes(manifest_id))])
+
+
+class PutJournal:
+    """Packs an unfinished put of a source directory has stored: what its re-run reuses.
+
+    A pack is not named by any index until its put writes one at the end, so
+    a put that dies leaves packs nothing points at. Each pack's trailer is
+    noted here after its upload; the next put of the same source into the
+    same store adopts the packs the store still holds (`PackWriter.adopt`)
+    and uploads only the rest. A completed put clears its journal.
+    """
+
+    def __init__(self, files: FilesCache, source: str) -> None:
+        self._files = files
+        self._db = files.table(b"journal")
+        scope = files.scope + b"\0" + os.fsencode(os.path.abspath(source))
+        self._prefix = blake3.blake3(scope).digest()
+
+    def note(self, pack_id: ObjectId, trailer: bytes) -> None:
+        """Remember one stored pack (a cache: failures only lose the hint)."""
+        put_all(self._files.env, self._db, [(self._prefix + bytes(pack_id), trailer)])
+
+    def packs(self) -> dict[ObjectId, bytes]:
+        """Pack id -> trailer of every pack noted since the last completed put."""
+        found: dict[ObjectId, bytes] = {}
+        try:
+            with self._files.env.begin() as txn:
+                cursor = txn.cursor(db=self._db)
+                if cursor.set_range(self._prefix):
+                    for key, value in cursor:
+                        if not key.startswith(self._prefix):
+                            break
+                        found[ObjectId(key[len(self._prefix) :])] = bytes(value)
+        except lmdb.Error:
+            return {}
+        return found
+
+    def clear(self) -> None:
+        """Forget the noted packs (the put that used them completed)."""
+        try:
+            with self._files.env.begin(write=True) as txn:
+                cursor = txn.cursor(db=self._db)
+                while cursor.set_range(self._prefix) and cursor.key().startswith(self._prefix):
+                    cursor.delete()
+        except lmdb.Error:
+            pass

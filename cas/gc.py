@@ -4,13 +4,18 @@
    heartbeat records; deletes happen only while the lease is fresh.
 2. Roots: every ref the retention rules keep, plus every manifest younger
    than the grace period (a run passed on by id but never named).
-3. Mark: walk the roots' trees; reachable ids go to an on-disk `IdSet`, so
-   memory stays flat for millions of chunks.
-4. Sweep manifests, then trees, then chunks: list each namespace (16
+3. Mark: every index of every root manifest, and every pack those indexes
+   name (an index lists everything its manifest reaches, so no tree is
+   read); names go to an on-disk `IdSet`, and the live bytes of each pack
+   are counted.
+4. Sweep manifests, then indexes, then packs: list each namespace (16
    prefixes concurrently) and delete, in batches and concurrently, what is
    unreachable and older than the grace period, measured from the start
    record's store time.
-5. Write a done record; drop records of runs finished long ago.
+5. Repack (`cas.repack`): copy the live frames of mostly dead packs into new
+   packs and replace the indexes naming them; the old packs, unreferenced
+   now, go in a later run.
+6. Write a done record; drop records of runs finished long ago.
 
 Why concurrent puts stay correct is argued in docs/gc.md; the put side is
 `cas.gcfence`.
@@ -31,7 +36,7 @@ from cas.gcfence import RECORD_KEEP_SECONDS
 from cas.gcrecords import BEAT, DONE, START, RunTracker, new_run_id, record_body, write_record
 from cas.ids import ObjectId
 from cas.idset import IdSet
-from cas.objects import DirEntry, FileEntry
+from cas.packindex import Location
 from cas.repo import Repository
 from cas.retention import Retention
 from cas.store.base import Kind, ObjectInfo, RefInfo, Store
@@ -42,8 +47,10 @@ BEAT_MAX_INTERVAL: Final = 10.0
 """Beats (and re-listings of the roots) come at least this often; puts wait about two."""
 _BATCH: Final = 1000
 _HEX: Final = "0123456789abcdef"
-SWEEP_ORDER: Final = (Kind.MANIFEST, Kind.TREE, Kind.CHUNK)
-"""Referrers first: a half-finished sweep never leaves a manifest naming a deleted tree."""
+SWEEP_ORDER: Final = (Kind.MANIFEST, Kind.INDEX, Kind.PACK)
+"""Referrers first: a half-finished sweep never leaves a manifest naming a deleted pack."""
+REPACK_BELOW: Final = 0.5
+"""A kept pack whose live frames fill less than this fraction of it is repacked."""
 
 
 class LeaseLost(CasError):
@@ -59,6 +66,8 @@ class GcOptions:
     lease: float = DEFAULT_LEASE
     dry_run: bool = False
     concurrency: int | None = None
+    repack_below: float = REPACK_BELOW
+    """0 disables repacking."""
 
 
 @dataclass
@@ -93,7 +102,12 @@ class GcReport:
     unreadable: list[tuple[Kind, ObjectId, str]] = field(default_factory=list)
     records_removed: int = 0
     sweep_skipped: bool = False
-    """A reachable tree was unreadable, so trees and chunks were kept."""
+    """A root manifest's index was unreadable, so packs were kept."""
+    repacked: KindCount = field(default_factory=KindCount)
+    """Sparse packs whose live frames were copied into new packs."""
+    repack_written: KindCount = field(default_factory=KindCount)
+    """New packs written by repacking."""
+    indexes_rewritten: int = 0
 
     @property
     def bytes_reclaimed(self) -> int:
@@ -262,6 +276,12 @@ class Collector:
         self._known_refs: set[str] | None = None
         self._cutoff = datetime.now(UTC)
         self._reachable: IdSet
+        self.live: dict[ObjectId, dict[int, tuple[str, ObjectId, Location]]] = {}
+        """Per marked pack: offset -> (kind, id, location) of each frame a root reaches."""
+        self.marked_indexes: dict[ObjectId, set[ObjectId]] = {}
+        """Per marked index name: the packs it names."""
+        self.pack_sizes: dict[ObjectId, int] = {}
+        """Sizes of the packs kept by the sweep (they are listed anyway)."""
 
     async def run(self) -> GcReport:
         """Mark and sweep; with `dry_run` nothing is written or deleted."""
@@ -299,6 +319,10 @@ class Collector:
         for kind in SWEEP_ORDER:
             if self._sweepable(kind):
                 await self._sweep(kind, cutoff)
+        if self.options.repack_below > 0 and self._sweepable(Kind.PACK):
+            from cas.repack import repack
+
+            await repack(self)
         if self._lease is not None:
             await self._housekeep_records(started)
             await self._lease.finish(
@@ -326,15 +350,15 @@ class Collector:
                 await self._mark(sorted(roots))
 
     def _sweepable(self, kind: Kind) -> bool:
-        """Manifests always; trees and chunks only while every reachable tree was readable.
+        """Manifests and indexes always; packs only while every root's index was readable.
 
-        What lies below an unreadable tree is unknown, so no tree or chunk is
-        deleted (restic's prune likewise stops when reachable data is
-        missing). A put repairing that tree relies on this (docs/gc.md).
+        Which packs a manifest without a readable index needs is unknown, so
+        no pack is deleted (restic's prune likewise stops when reachable data
+        is missing).
         """
-        if kind is Kind.MANIFEST:
+        if kind is not Kind.PACK:
             return True
-        if any(k is Kind.TREE for k, _, _ in self.report.unreadable):
+        if any(k is Kind.INDEX for k, _, _ in self.report.unreadable):
             self.report.sweep_skipped = True
             return False
         return True
@@ -342,45 +366,44 @@ class Collector:
     # ------------------------------------------------------------ mark
 
     async def _mark(self, roots: list[ObjectId]) -> None:
-        """Everything reachable from `roots` into the mark set; unreadable objects are reported."""
+        """Every index of `roots` and every pack they name into the mark set.
+
+        All indexes of a manifest count (a repaired put leaves two, and a
+        forged one can only keep more), so no pack any of them needs is lost.
+        """
         reachable = self._reachable
         fresh_roots = reachable.new_of(Kind.MANIFEST.value, roots)
-        pending: list[ObjectId] = []
         limit = asyncio.Semaphore(self.concurrency)
 
-        async def manifest_root(manifest_id: ObjectId) -> ObjectId | None:
+        async def one(manifest_id: ObjectId) -> None:
             async with limit:
                 try:
-                    return (await self.repo.get_manifest(manifest_id)).root
+                    await self.repo.get_manifest(manifest_id)
                 except ObjectNotFound:
                     self.report.unreadable.append((Kind.MANIFEST, manifest_id, "missing"))
+                    return
                 except (IntegrityError, FormatError) as exc:
                     self.report.unreadable.append((Kind.MANIFEST, manifest_id, f"corrupt: {exc}"))
-                return None
-
-        tops = await asyncio.gather(*(manifest_root(m) for m in fresh_roots))
-        pending = reachable.new_of(Kind.TREE.value, [t for t in tops if t is not None])
-
-        async def tree_children(tree_id: ObjectId) -> tuple[list[ObjectId], list[ObjectId]]:
-            async with limit:
+                    return
                 try:
-                    tree = await self.repo.get_tree(tree_id)
-                except ObjectNotFound:
-                    self.report.unreadable.append((Kind.TREE, tree_id, "missing"))
-                    return [], []
-                except (IntegrityError, FormatError) as exc:
-                    self.report.unreadable.append((Kind.TREE, tree_id, f"corrupt: {exc}"))
-                    return [], []
-            subtrees = [e.tree for e in tree.entries if isinstance(e, DirEntry)]
-            chunks = [c.id for e in tree.entries if isinstance(e, FileEntry) for c in e.chunks]
-            return subtrees, chunks
+                    indexes = await self.repo.indexes_of(manifest_id)
+                except IntegrityError as exc:
+                    indexes, problem = [], f"corrupt: {exc}"
+                else:
+                    problem = "missing"
+                if not indexes:
+                    self.report.unreadable.append((Kind.INDEX, manifest_id, problem))
+                    return
+                for index in indexes:
+                    packs = index.packs()
+                    reachable.add_many(Kind.PACK.value, sorted(packs))
+                    for kind, object_id, loc in index.items():
+                        self.live.setdefault(loc.pack, {})[loc.offset] = (kind, object_id, loc)
+                    assert index.name is not None
+                    self.marked_indexes[index.name] = packs
+                reachable.add_many(Kind.INDEX.value, [i.name for i in indexes if i.name])
 
-        while pending:  # waves of a few trees: memory holds a wave, not the whole graph
-            wave, pending = pending[: 2 * self.concurrency], pending[2 * self.concurrency :]
-            results = await asyncio.gather(*(tree_children(t) for t in wave))
-            subtrees = [s for subs, _ in results for s in subs]
-            reachable.add_many(Kind.CHUNK.value, [c for _, chunks in results for c in chunks])
-            pending.extend(reachable.new_of(Kind.TREE.value, subtrees))
+        await asyncio.gather(*(one(m) for m in fresh_roots))
 
     # ------------------------------------------------------------ sweep
 
@@ -399,6 +422,8 @@ class Collector:
                 for info, keep in zip(items, known, strict=True):
                     if keep:
                         self.report.kept_reachable[kind].add(info.size)
+                        if kind is Kind.PACK:
+                            self.pack_sizes[info.id] = info.size
                     else:
                         doomed.append(info)
                 if doomed and self._lease is not None:

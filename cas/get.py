@@ -245,6 +245,8 @@ class Downloader:
             identical = await self._identical(root, layout, describer)
             to_write = [f for f in todo.files if f.path not in identical]
             await self._index_sources(root, layout, describer, to_write, options)
+            if self.repo.store.capabilities.remote:
+                self.repo.plan(self._from_store(to_write))
             await asyncio.to_thread(describer.record)
         finally:
             self._described.clear()
@@ -391,6 +393,16 @@ class Downloader:
                         local.add(LocalFile(path, Origin.SEED), described[path].chunks, wanted)
                 if len(local) >= len(wanted):
                     break
+
+    def _from_store(self, to_write: list[Located]) -> list[ObjectId]:
+        """Chunks no local source holds: the store's ranged reads fetch their neighbours too."""
+        local = self._local
+        return [
+            ref.id
+            for located in to_write
+            for ref in located.entry.chunks  # type: ignore[union-attr]
+            if ref.id not in self._in_cache and (local is None or local.origin(ref.id) is None)
+        ]
 
     def planned_sources(self, to_write: list[Located]) -> dict[str, SourceCount]:
         """Which source each chunk of the files to write is expected to come from."""

@@ -40,13 +40,14 @@ from cas.filecut import CutSettings, FileCutter, OpenedAhead, entry_from_cache
 from cas.filescache import (
     CachedFile,
     FilesCache,
+    LastPuts,
+    PutJournal,
     chunk_ids,
     reusable_candidates,
     still_stored,
 )
 from cas.gcfence import ConcurrentGcError, GcFence
 from cas.ids import ObjectId, hash_bytes
-from cas.knownpresent import KnownPresent, runs_fingerprint
 from cas.objects import (
     DirEntry,
     Entry,
@@ -57,6 +58,9 @@ from cas.objects import (
     Tree,
     now_rfc3339,
 )
+from cas.pack import MAX_PACK_BYTES, TARGET_PACK_BYTES, ObjectKind, trailer_bytes
+from cas.packindex import PackIndex, encode_index
+from cas.packwriter import PackWriter
 from cas.progress import NullProgress, Progress
 from cas.repo import Repository
 from cas.store.base import Kind, validate_ref_name
@@ -68,9 +72,9 @@ _GROUP_BYTES: Final = 8 << 20
 _GROUP_CHUNKS: Final = 64
 _BATCH_FILES: Final = 128
 _COMPRESS_IN_POOL_FROM: Final = 32 << 20
-_BATCH_MAX: Final = 1000
 _BATCH_WAIT: Final = 0.002
 _TREE_BATCH: Final = 200
+_INLINE_ENCODE_MAX: Final = 64 << 10
 """Trees per batch: their canonical bytes are held until the batch is stored."""
 _PROCESSES_FROM: Final = 64 << 20
 _LIST_INLINE_MAX: Final = 4096
@@ -92,6 +96,14 @@ class PutOptions:
     workers: int = max(1, os.cpu_count() or 1)
     processes: bool | None = None
     """Worker processes for small files: None decides by tree size, False never, True always."""
+    parent: str | None = None
+    """A ref or manifest id whose stored objects this put reuses instead of uploading.
+
+    None: the newest ref beside `ref` (same prefix; without `ref`, the newest
+    ref of the store), plus the manifest this source was last put as from
+    this machine (files cache)."""
+    pack_size: int = TARGET_PACK_BYTES
+    """Seal packs at this many stored bytes."""
 
     def __post_init__(self) -> None:
         if self.reproducible:  # reproducible ids cannot depend on when files were touched
@@ -102,6 +114,8 @@ class PutOptions:
             validate_ref_name(self.ref)
         if not 0 <= self.inline_max <= 64 << 10:
             raise UsageError("inline_max must be 0..65536 bytes")
+        if not 64 << 10 <= self.pack_size <= MAX_PACK_BYTES // 2:
+            raise UsageError(f"pack size must be 64 KiB..{MAX_PACK_BYTES // 2 >> 20} MiB")
 
 
 @dataclass
@@ -119,8 +133,12 @@ class PutStats:
     bytes_new_raw: int = 0
     bytes_uploaded: int = 0
     gc_waits: int = 0
-    checks_skipped: int = 0
-    """Existence checks answered by the known-present cache instead of the store."""
+    packs: int = 0
+    """Packs uploaded."""
+    parents: list[str] = field(default_factory=list)
+    """Manifests whose stored objects this put reused (its parents)."""
+    resumed: int = 0
+    """Objects reused from packs an interrupted put of this source had stored."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -149,12 +167,9 @@ class Uploader:
         chunker_factory: type[FastCdcChunker] | None = None,
         files_cache: FilesCache | None = None,
         skip_dirs: Iterable[str | os.PathLike[str]] = (),
-        known_present: KnownPresent | None = None,
     ) -> None:
         self.repo = repo
         self.files_cache = files_cache
-        self.known_present = known_present
-        """Answers "is it stored?" from memory where safe (remote stores; `cas.knownpresent`)."""
         self.options = options or PutOptions()
         opts = self.options
         self._settings = CutSettings(opts.params, opts.inline_max, opts.mtimes)
@@ -172,6 +187,10 @@ class Uploader:
         self._stats_lock = threading.Lock()
         self._budget = threading.Semaphore(max(2, 3 * self.options.workers))
         self._stored: dict[ObjectId, asyncio.Future[None]] = {}
+        self._writer = PackWriter(repo.store, target=self.options.pack_size)
+        self._used_chunks: set[ObjectId] = set()
+        self._used_trees: set[ObjectId] = set()
+        """Every chunk and tree the manifest reaches: exactly what its index lists."""
         self._pool: ProcessPoolExecutor | None = None
         self._small_bytes = 0
         self.gc_fence = True
@@ -192,19 +211,53 @@ class Uploader:
             raise SourceError(f"not a directory: {root}")
 
         fence = GcFence(self.repo.store, enabled=self.gc_fence)
-        await fence.begin()  # before the store is asked about any object
-        if self.known_present is not None:
-            runs = fence.runs_seen()
-            self.known_present.begin(None if runs is None else runs_fingerprint(runs))
+        await fence.begin()  # before any parent's index is read
+        for parent in await self._parents(root):
+            try:
+                index = await self.repo.index(parent)
+            except ObjectNotFound:
+                continue  # collected since it was named: upload instead
+            if await self._writer.adopt(index):
+                self.stats.parents.append(str(parent))
+        journal = None
+        if self.files_cache is not None:
+            journal = PutJournal(self.files_cache, root)
+            self.stats.resumed = await self._writer.adopt_packs(
+                await asyncio.to_thread(journal.packs)
+            )
+            self._writer.on_stored = lambda sealed: journal.note(
+                sealed.id, trailer_bytes(sealed.entries)
+            )
         try:
-            return await self._put(root, fence)
-        finally:
-            if self.known_present is not None:
-                self.stats.checks_skipped = self.known_present.skipped
-                await asyncio.to_thread(self.known_present.flush)
+            result = await self._put(root, fence)
+        except BaseException:
+            await self._writer.abort()
+            raise
+        if self.files_cache is not None and journal is not None:
+            await asyncio.to_thread(LastPuts(self.files_cache).remember, root, result.manifest_id)
+            await asyncio.to_thread(journal.clear)
+        return result
+
+    async def _parents(self, root: str) -> list[ObjectId]:
+        """Manifests to reuse: `--parent`, else the newest ref nearby and the last put."""
+        opts = self.options
+        if opts.parent is not None:
+            return [await self.repo.resolve(opts.parent)]
+        found: list[ObjectId] = []
+        prefix = opts.ref.rsplit("/", 1)[0] + "/" if opts.ref and "/" in opts.ref else ""
+        refs = [r async for r in self.repo.store.list_refs(prefix)]
+        if refs:
+            found.append(max(refs, key=lambda r: (r.mtime, r.name)).target)
+        if self.files_cache is not None:
+            last = await asyncio.to_thread(LastPuts(self.files_cache).get, root)
+            if last is not None and last not in found:
+                found.append(last)
+        return found
 
     async def _put(self, root: str, fence: GcFence) -> PutResult:
         root_tree, totals = await self._upload(root)
+        await self._writer.close()
+        self.stats.packs += self._writer.stats.packs
 
         opts = self.options
         manifest = Manifest(
@@ -217,7 +270,9 @@ class Uploader:
             created=None if opts.reproducible else now_rfc3339(),
             tool=None if opts.reproducible else f"cas {__version__}",
         )
-        manifest_id = await self.repo.put_manifest(manifest)
+        manifest_id = hash_bytes(manifest.to_bytes())
+        index = self._writer.index(manifest_id, self._used_chunks, self._used_trees)
+        await self.repo.put_manifest(manifest, index)
         taken = None
         if opts.ref is not None:
             try:
@@ -232,7 +287,7 @@ class Uploader:
         try:
             await fence.settle(
                 lambda: manifest_complete(self.repo, manifest_id),
-                lambda: self._repair(root, root_tree),
+                lambda: self._repair(root, root_tree, index),
             )
         except ConcurrentGcError as exc:
             if opts.ref is not None and taken is None and not await self._ref_exists(opts.ref):
@@ -250,11 +305,7 @@ class Uploader:
         """Store everything below `root` in write order; return the root tree."""
         self._started_ns = time.time_ns()
         self._loop = asyncio.get_running_loop()
-        self._batcher = Coalescer(self._ask_missing, max_items=_BATCH_MAX, wait=_BATCH_WAIT)
         self._trees = Coalescer(self._put_trees, max_items=_TREE_BATCH, wait=_BATCH_WAIT)
-        self._tree_checks = Coalescer(
-            self._ask_missing_trees, max_items=_BATCH_MAX, wait=_BATCH_WAIT
-        )
         self._dir_records = []
         workers = self.options.workers
         self._file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-read")
@@ -283,11 +334,13 @@ class Uploader:
             return False
         return True
 
-    async def _repair(self, root: str, root_tree: ObjectId) -> None:
+    async def _repair(self, root: str, root_tree: ObjectId, written: PackIndex) -> None:
         """Upload again what a concurrent collection removed from under the manifest.
 
         Ids are content hashes, so storing the unchanged source again recreates
-        exactly the missing objects; a changed source cannot repair the manifest.
+        exactly the missing objects (the packs still held are reused through
+        the index just written); a changed source cannot repair the manifest.
+        The repaired locations go into a second index of the same manifest.
         """
         again = Uploader(
             self.repo,
@@ -297,37 +350,42 @@ class Uploader:
             self.files_cache,
             self._skip_dirs,
         )
-        tree_id, _ = await again._upload(root)
+        await again._writer.adopt(written)
+        try:
+            tree_id, _ = await again._upload(root)
+            await again._writer.close()
+        except BaseException:
+            await again._writer.abort()
+            raise
         self._count(chunks_new=again.stats.chunks_new, bytes_uploaded=again.stats.bytes_uploaded)
+        self.stats.packs += again._writer.stats.packs
         if tree_id != root_tree:
             raise ConcurrentGcError(
                 "garbage collection removed objects this put relied on, and the source "
                 "changed before they could be uploaded again; run the put again"
             )
-
-    async def _store_missing(self, kind: Kind, ids: list[ObjectId]) -> set[ObjectId]:
-        if self.known_present is None:
-            return await self.repo.store.missing(kind, ids)
-        return await self.known_present.missing(self.repo.store.missing, kind, ids)
-
-    async def _ask_missing(self, ids: dict[ObjectId, None]) -> dict[ObjectId, bool]:
-        absent = await self._store_missing(Kind.CHUNK, list(ids))
-        return {object_id: object_id in absent for object_id in ids}
-
-    async def _ask_missing_trees(self, ids: dict[ObjectId, None]) -> dict[ObjectId, bool]:
-        absent = await self._store_missing(Kind.TREE, list(ids))
-        return {object_id: object_id in absent for object_id in ids}
+        index = again._writer.index(written.manifest, again._used_chunks, again._used_trees)
+        name, blob = await asyncio.to_thread(encode_index, index, self.options.level)
+        await self.repo.store.put_if_absent(Kind.INDEX, name, blob)
 
     async def _put_trees(self, trees: dict[ObjectId, bytes]) -> dict[ObjectId, bool]:
-        created = await self.repo.put_tree_batch(trees, self._store_missing)
-        if self.known_present is not None:
-            self.known_present.note_present(Kind.TREE, trees)
-        return created
+        """Compress new trees and pack them (after the chunks they name, in write order)."""
+        raw = [(i, data) for i, data in trees.items() if not self._writer.has(ObjectKind.TREE, i)]
+        if sum(len(data) for _, data in raw) < _INLINE_ENCODE_MAX:  # cheaper than a thread hop
+            blobs = _encode_all(raw, self.options.level)
+        else:
+            blobs = await asyncio.to_thread(_encode_all, raw, self.options.level)
+        added = await self._writer.add(
+            ObjectKind.TREE,
+            [(i, len(data), blob) for (i, data), (_, blob) in zip(raw, blobs, strict=True)],
+        )
+        answers = dict.fromkeys(trees, False)
+        answers.update((i, made) for (i, _), made in zip(raw, added, strict=True))
+        return answers
 
     async def _missing(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
-        """The chunks the store lacks, asked together with other files' chunks."""
-        answers = await self._batcher.submit_many(dict.fromkeys(ids))
-        return {object_id for object_id, absent in answers.items() if absent}
+        """The chunks neither a parent's index nor this put has stored."""
+        return self._writer.missing(ObjectKind.CHUNK, ids)
 
     # ------------------------------------------------------------ directories
 
@@ -381,6 +439,8 @@ class Uploader:
             results = [item for group in await gather_or_cancel(subdir_jobs) for item in group]
             if await self._reusable(cached, [e for e, _ in results]):
                 self._count_reused(key, cached, results, len(links))
+                self._used_trees.add(cached.tree_id)
+                self._used_chunks.update(cached.chunks)
                 return cached.tree_id, cached.totals
             jobs = [files(batch) for batch in file_batches]
             results += [item for group in await gather_or_cancel(jobs) for item in group]
@@ -390,6 +450,10 @@ class Uploader:
         data = tree.to_bytes()
         tree_id = hash_bytes(data)
         await self._trees.submit(tree_id, data)  # batched with sibling directories' trees
+        self._used_trees.add(tree_id)
+        self._used_chunks.update(
+            ref.id for entry, _ in results if isinstance(entry, FileEntry) for ref in entry.chunks
+        )
         self.stats.dirs += 1
         totals = Totals(
             files=sum(t.files for _, t in results),
@@ -406,11 +470,10 @@ class Uploader:
         """The same subtrees, and the store still holds the tree and its own chunks."""
         if tuple(e.tree for e in subdirs if isinstance(e, DirEntry)) != cached.subtrees:
             return False
-        tree_gone, chunks_gone = await asyncio.gather(
-            self._tree_checks.submit(cached.tree_id, None),
-            self._missing(cached.chunks),
+        writer = self._writer
+        return writer.has(ObjectKind.TREE, cached.tree_id) and not writer.missing(
+            ObjectKind.CHUNK, cached.chunks
         )
-        return not tree_gone and not chunks_gone
 
     def _count_reused(
         self, key: bytes, cached: CachedDir, subdirs: list[tuple[Entry, Totals]], links: int
@@ -513,7 +576,7 @@ class Uploader:
         stays in threads.
         """
         choice = self.options.processes
-        if choice is False or self.options.workers < 2 or self.repo.store.opener() is None:
+        if choice is False or self.options.workers < 2:
             return False
         if choice is None and self._pool is None:
             self._small_bytes += sum(child.st.st_size for child in batch)
@@ -522,10 +585,10 @@ class Uploader:
 
     def _worker_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            opener = self.repo.store.opener()
-            assert opener is not None
             config = putworker.WorkerConfig(
-                open_store=opener, settings=self._settings, level=self.options.level
+                settings=self._settings,
+                level=self.options.level,
+                known=self._writer.known_chunks(),
             )
             self._pool = ProcessPoolExecutor(
                 self.options.workers,
@@ -549,6 +612,11 @@ class Uploader:
                 raise CasError("a put worker process died (out of memory or killed)") from None
         for warning in result.warnings:
             self.progress.warn(warning)
+        if result.frames:
+            added = await self._writer.add(ObjectKind.CHUNK, result.frames)
+            for (_, raw, frame), new in zip(result.frames, added, strict=True):
+                if new:
+                    self._count(chunks_new=1, bytes_new_raw=raw, bytes_uploaded=len(frame))
         self._count(**result.counts)
         self.progress.advance(result.counts["bytes_read"])
         return result.entries, result.remember
@@ -642,9 +710,10 @@ class Uploader:
                         blobs = await self._loop.run_in_executor(
                             self._cpu_pool, _encode_all, claim.todo, self.options.level
                         )
-                    created = await self.repo.store.put_many(Kind.CHUNK, blobs)
-                    if self.known_present is not None:
-                        self.known_present.note_present(Kind.CHUNK, (i for i, _ in blobs))
+                    created = await self._writer.add(
+                        ObjectKind.CHUNK,
+                        [(i, len(d), b) for (i, d), (_, b) in zip(claim.todo, blobs, strict=True)],
+                    )
                     for (_, data), (_, blob), new in zip(claim.todo, blobs, created, strict=True):
                         if new:
                             self._count(

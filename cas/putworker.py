@@ -4,24 +4,21 @@ Threads in one process share one interpreter lock. A tree of thousands of
 small files costs put a few Python steps per file and per chunk, and with
 several reader threads those steps queued on the lock: profiles showed
 the reader threads waiting, not working. A worker process has its own lock,
-so each core runs the whole per-file pipeline (read, FastCDC, BLAKE3,
-`missing`, zstd, store) for its batch, talks to the store itself, and sends
-back only the tree entries. The put process keeps the walk, the trees and
-the manifest, so a tree is still written only after the batches it names
-have returned, that is after their chunks are stored.
+so each core runs the whole per-file pipeline (read, FastCDC, BLAKE3, zstd)
+for its batch and sends back the tree entries and the compressed frames of
+chunks the put does not hold yet. The put process packs those frames (the
+one writer of a put, `cas.packwriter`), keeps the walk, the trees and the
+manifest. Workers never talk to the store.
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import os
 import select
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cas import codec
@@ -31,7 +28,6 @@ from cas.filecut import CutSettings, FileCutter, OpenedAhead
 from cas.filescache import CachedFile
 from cas.ids import ObjectId
 from cas.objects import FileEntry
-from cas.store.base import Kind, Store
 from cas.walk import SourceEntry
 
 
@@ -39,9 +35,10 @@ from cas.walk import SourceEntry
 class WorkerConfig:
     """Everything a worker needs, sent once when it starts (it must pickle)."""
 
-    open_store: Callable[[], Store]
     settings: CutSettings
     level: int
+    known: frozenset[ObjectId] = frozenset()
+    """Chunks the put already holds (its parents' and its own so far): not compressed again."""
     put_pid: int = field(default_factory=os.getpid)
     """The put process: workers exit when it is gone."""
 
@@ -54,25 +51,18 @@ class BatchResult:
     remember: list[tuple[str, CachedFile]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+    frames: list[tuple[ObjectId, int, bytes]] = field(default_factory=list)
+    """New chunks, compressed: (id, raw length, zstd frame)."""
 
 
 class _Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.runner = asyncio.Runner()
-        self.store = config.open_store()
         self.cutter = FileCutter(config.settings, FastCdcChunker(config.settings.params))
-
-    def close(self) -> None:
-        try:
-            self.runner.run(self.store.aclose())
-        finally:
-            self.runner.close()
+        self.sent: set[ObjectId] = set()
+        """Chunks this worker compressed and sent already (the put packs each once)."""
 
     def put_batch(self, batch: list[SourceEntry]) -> BatchResult:
-        return self.runner.run(self._put_batch(batch))
-
-    async def _put_batch(self, batch: list[SourceEntry]) -> BatchResult:
         result = BatchResult()
         counts = result.counts
         pending: dict[ObjectId, bytes] = {}
@@ -87,19 +77,12 @@ class _Worker:
             if record is not None:
                 result.remember.append((child.path, record))
             result.entries.append(cut.entry)
-        if pending:
-            absent = await self.store.missing(Kind.CHUNK, list(pending))
-            level = self.config.level
-            blobs = [(i, codec.encode(pending[i], level)) for i in pending if i in absent]
-            if blobs:
-                created = await self.store.put_many(Kind.CHUNK, blobs)
-                for (chunk_id, blob), new in zip(blobs, created, strict=True):
-                    if new:
-                        counts.update(
-                            chunks_new=1,
-                            bytes_new_raw=len(pending[chunk_id]),
-                            bytes_uploaded=len(blob),
-                        )
+        level = self.config.level
+        for chunk_id, data in pending.items():
+            if chunk_id in self.config.known or chunk_id in self.sent:
+                continue
+            self.sent.add(chunk_id)
+            result.frames.append((chunk_id, len(data), codec.encode(data, level)))
         return result
 
 
@@ -114,7 +97,6 @@ def start(config: WorkerConfig) -> None:
     _die_with(config.put_pid)
     return_large_blocks()
     _worker = _Worker(config)
-    atexit.register(_worker.close)
 
 
 def _die_with(put_pid: int) -> None:

@@ -1,28 +1,41 @@
-"""The repository: the one layer that hashes, compresses, verifies and caches.
+"""The repository: the one layer that hashes, compresses, verifies, packs and caches.
 
-Backends only move bytes. Everything read through a `Repository` is
-decompressed within a size cap and checked against its id before anyone sees
-it, whether it came from the store or from the local cache; a mismatch is an
-`IntegrityError` naming the object. CPU work (zstd, BLAKE3) runs in threads:
-both libraries release the GIL.
+Backends only move bytes. Chunks and trees live in packs (`cas.pack`); a
+manifest's index (`cas.packindex`) says where. Everything read through a
+`Repository` is decompressed within a size cap and checked against its id
+before anyone sees it, whether it came from the store or from the local
+cache; a mismatch is an `IntegrityError` naming the object. Reads of
+neighbouring frames of one pack are merged into one ranged read. CPU work
+(zstd, BLAKE3) runs in threads: both libraries release the GIL.
+
+Writes go through a `PackWriter` (`cas.packwriter`), opened per put with
+`Repository.writer`: it is the only code that packs and uploads chunks and
+trees, for threads and worker processes alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from cas import codec
 from cas.cache import ChunkCache
-from cas.errors import IntegrityError, ObjectNotFound
+from cas.errors import AlreadyExists, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId, hash_bytes, is_object_id, verify
 from cas.objects import MAX_MANIFEST_BYTES, MAX_TREE_BYTES, Manifest, Tree
+from cas.pack import ObjectKind, PackEntry, decode_frame
+from cas.packindex import Location, PackIndex, decode_index, encode_index, index_prefix
 from cas.store.base import Kind, Store, validate_ref_name
 
 DEFAULT_MAX_CHUNK: Final = 16 << 20
-_INLINE_ENCODE_MAX: Final = 64 << 10
+MAX_INDEX_BLOB: Final = 64 << 20
+"""Stored (compressed) size limit of an index."""
+MERGE_GAP: Final = 256 << 10
+"""Frames of one pack closer than this are read together (the gap is read and dropped)."""
+MAX_READ: Final = 16 << 20
+"""No merged ranged read is longer."""
 
 
 def stored_size_bound(max_size: int) -> int:
@@ -35,7 +48,7 @@ def encode_object(data: bytes | memoryview, level: int) -> tuple[ObjectId, bytes
     return hash_bytes(data), codec.encode(data, level)
 
 
-def decode_object(kind: Kind, object_id: ObjectId, blob: bytes, max_size: int) -> bytes:
+def decode_object(kind: str, object_id: ObjectId, blob: bytes, max_size: int) -> bytes:
     """Decompress within `max_size` and verify the id."""
     data = codec.decode(blob, max_size, kind=str(kind), object_id=str(object_id))
     verify(str(kind), object_id, data)
@@ -49,64 +62,198 @@ class Repository:
         self.store = store
         self.cache = cache
         self.level = level
-        self._inflight: dict[ObjectId, asyncio.Future[bytes]] = {}
+        self._inflight: dict[tuple[ObjectKind, ObjectId], asyncio.Future[bytes]] = {}
+        self._located: dict[ObjectKind, dict[ObjectId, Location]] = {
+            ObjectKind.CHUNK: {},
+            ObjectKind.TREE: {},
+        }
+        self._pending_indexes: dict[ObjectId, None] = {}
+        self._indexes: dict[ObjectId, PackIndex] = {}
+        self._index_lock = asyncio.Lock()
+        self._staged: dict[ObjectId, bytes] = {}
+        self._staged_bytes = 0
+        self._plan: dict[ObjectId, None] = {}
         self.bytes_from_store = 0
         self.bytes_from_cache = 0
         self.chunks_from_store = 0
         self.chunks_from_cache = 0
+        self.reads = 0
+        """Ranged reads of packs issued."""
         self._counter_lock = threading.Lock()
+
+    # ------------------------------------------------------------ indexes
+
+    async def indexes_of(self, manifest_id: ObjectId) -> list[PackIndex]:
+        """Every readable index of a manifest, newest first (one listing, one read each)."""
+        listed = [info async for info in self.store.list(Kind.INDEX, index_prefix(manifest_id))]
+        listed.sort(key=lambda info: info.mtime, reverse=True)
+        found = []
+        damaged: IntegrityError | None = None
+        for info in listed:
+            try:
+                blob = await self.store.get(Kind.INDEX, info.id, max_size=MAX_INDEX_BLOB)
+                index = await asyncio.to_thread(decode_index, info.id, blob)
+                if index.manifest != manifest_id:
+                    raise IntegrityError("index", str(info.id), f"serves {index.manifest}")
+            except ObjectNotFound:
+                continue  # replaced by a collection since the listing
+            except IntegrityError as exc:
+                damaged = damaged or exc  # another index of the manifest may do
+                continue
+            found.append(index)
+        if not found and damaged is not None:
+            raise damaged
+        return found
+
+    async def index(self, manifest_id: ObjectId) -> PackIndex:
+        """The index a reader uses: the newest one whose packs all exist."""
+        cached = self._indexes.get(manifest_id)
+        if cached is not None:
+            return cached
+        candidates = await self.indexes_of(manifest_id)
+        if not candidates:
+            raise ObjectNotFound(f"manifest {manifest_id} has no index (an interrupted put?)")
+        chosen = candidates[0]
+        if len(candidates) > 1:
+            for candidate in candidates:
+                if not await self.store.missing(Kind.PACK, list(candidate.packs())):
+                    chosen = candidate
+                    break
+        self._indexes[manifest_id] = chosen
+        for kind in ObjectKind:
+            self._located[kind].update(chosen.table(kind))
+        return chosen
+
+    def expect(self, manifest_id: ObjectId) -> None:
+        """Load `manifest_id`'s index before the next object that is not located yet."""
+        if manifest_id not in self._indexes:
+            self._pending_indexes[manifest_id] = None
+
+    async def locate(self, kind: ObjectKind, ids: Iterable[ObjectId]) -> dict[ObjectId, Location]:
+        """Locations of `ids`; `ObjectNotFound` for one that no index read so far lists."""
+        table = self._located[kind]
+        wanted = list(dict.fromkeys(ids))
+        if any(i not in table for i in wanted) and self._pending_indexes:
+            async with self._index_lock:
+                while self._pending_indexes:
+                    manifest_id = next(iter(self._pending_indexes))
+                    await self.index(manifest_id)
+                    del self._pending_indexes[manifest_id]
+        out = {}
+        for object_id in wanted:
+            loc = table.get(object_id)
+            if loc is None:
+                raise ObjectNotFound(f"{kind} {object_id} not found (in no index read)")
+            out[object_id] = loc
+        return out
+
+    def adopt(self, index: PackIndex) -> None:
+        """Make an index's locations readable (a put's own, before its manifest exists)."""
+        self._indexes[index.manifest] = index
+        for kind in ObjectKind:
+            self._located[kind].update(index.table(kind))
+
+    # ------------------------------------------------------------ reading packs
+
+    def plan(self, ids: Iterable[ObjectId]) -> None:
+        """Chunks this run will fetch: a ranged read also keeps their neighbours for later."""
+        self._plan.update(dict.fromkeys(ids))
+
+    async def read_located(
+        self, kind: ObjectKind, locations: dict[ObjectId, Location], max_size: int
+    ) -> dict[ObjectId, bytes]:
+        """Fetch, decompress and verify objects at known locations, merging neighbours."""
+        for object_id, loc in locations.items():
+            if loc.raw > max_size:
+                raise IntegrityError(
+                    str(kind), str(object_id), f"declares {loc.raw} bytes, more than {max_size}"
+                )
+        ranges = _merge_ranges(self._with_planned(kind, locations))
+        limit = asyncio.Semaphore(max(1, self.store.capabilities.max_concurrency))
+
+        async def read(pack: ObjectId, start: int, length: int) -> bytes:
+            async with limit:
+                return await self.store.get_range(Kind.PACK, pack, start, length)
+
+        blobs = await asyncio.gather(*(read(p, s, n) for p, s, n, _ in ranges))
+        with self._counter_lock:
+            self.reads += len(ranges)
+
+        def cut_and_verify() -> dict[ObjectId, bytes]:
+            out: dict[ObjectId, bytes] = {}
+            frames: list[tuple[ObjectId, bytes]] = []
+            for (_, start, _, members), blob in zip(ranges, blobs, strict=True):
+                view = memoryview(blob)
+                for object_id, loc in members:
+                    frame = bytes(view[loc.offset - start : loc.offset - start + loc.stored])
+                    entry = PackEntry(kind, object_id, loc.offset, loc.stored, loc.raw)
+                    if object_id in locations:
+                        out[object_id] = decode_frame(entry, frame)
+                        frames.append((object_id, frame))
+                    else:
+                        self._stage(object_id, frame)
+            if kind is ObjectKind.CHUNK:
+                with self._counter_lock:
+                    self.chunks_from_store += len(frames)
+                    self.bytes_from_store += sum(len(f) for _, f in frames)
+            if self.cache is not None and frames:
+                self.cache.put_many(frames)
+            return out
+
+        return await asyncio.to_thread(cut_and_verify)
+
+    def _with_planned(
+        self, kind: ObjectKind, locations: dict[ObjectId, Location]
+    ) -> list[tuple[ObjectId, Location]]:
+        """The requested frames plus planned chunks in the same packs (read ahead once)."""
+        members = list(locations.items())
+        if kind is not ObjectKind.CHUNK or not self._plan:
+            return members
+        for object_id in locations:
+            self._plan.pop(object_id, None)
+        packs = {loc.pack for loc in locations.values()}
+        table = self._located[kind]
+        ahead = []
+        budget = _AHEAD_MAX
+        for object_id in self._plan:
+            loc = table.get(object_id)
+            if loc is None or loc.pack not in packs or object_id in self._staged:
+                continue
+            budget -= loc.stored
+            if budget < 0:
+                break
+            ahead.append((object_id, loc))
+        for object_id, _ in ahead:
+            del self._plan[object_id]  # claimed by this read: no other read takes it
+        return members + ahead
+
+    def _stage(self, object_id: ObjectId, frame: bytes) -> None:
+        """Keep a read-ahead frame: in the cache if there is one, else in bounded memory."""
+        if self.cache is not None:
+            self.cache.put_many([(object_id, frame)])
+            return
+        if self._staged_bytes + len(frame) <= _STAGED_MAX:
+            self._staged[object_id] = frame
+            self._staged_bytes += len(frame)
+
+    def _take_staged(self, ids: list[ObjectId], max_size: int) -> dict[ObjectId, bytes]:
+        out = {}
+        for object_id in ids:
+            frame = self._staged.pop(object_id, None)
+            if frame is None:
+                continue
+            self._staged_bytes -= len(frame)
+            out[object_id] = decode_object("chunk", object_id, frame, max_size)
+            with self._counter_lock:
+                self.chunks_from_store += 1
+                self.bytes_from_store += len(frame)
+        return out
 
     # ------------------------------------------------------------ chunks
 
-    async def put_encoded(self, kind: Kind, object_id: ObjectId, blob: bytes) -> bool:
-        """Upload an already encoded object; True if it was new."""
-        return await self.store.put_if_absent(kind, object_id, blob)
-
     async def get_chunk(self, object_id: ObjectId, max_size: int) -> bytes:
-        """Verified chunk bytes, from the cache if there, else from the store.
-
-        Concurrent requests for one id share one fetch.
-        """
-        pending = self._inflight.get(object_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[object_id] = future
-        try:
-            data = await self._load(Kind.CHUNK, object_id, max_size)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        else:
-            future.set_result(data)
-            return data
-        finally:
-            del self._inflight[object_id]
-
-    async def _load(self, kind: Kind, object_id: ObjectId, max_size: int) -> bytes:
-        cache = self.cache
-        if cache is not None:
-            blob = await asyncio.to_thread(cache.get, object_id)
-            if blob is not None:
-                try:
-                    data = await asyncio.to_thread(decode_object, kind, object_id, blob, max_size)
-                except IntegrityError:
-                    # A damaged cache entry is only a miss: drop it, the store decides.
-                    await asyncio.to_thread(cache.discard, object_id)
-                else:
-                    if kind is Kind.CHUNK:
-                        self.chunks_from_cache += 1
-                        self.bytes_from_cache += len(blob)
-                    return data
-        blob = await self.store.get(kind, object_id, max_size=stored_size_bound(max_size))
-        data = await asyncio.to_thread(decode_object, kind, object_id, blob, max_size)
-        if kind is Kind.CHUNK:
-            self.chunks_from_store += 1
-            self.bytes_from_store += len(blob)
-        if cache is not None:
-            await asyncio.to_thread(cache.put, object_id, blob)
-        return data
+        """Verified chunk bytes, from the cache if there, else from the store."""
+        return (await self.get_chunks([object_id], max_size))[object_id]
 
     async def get_chunks(
         self,
@@ -117,35 +264,50 @@ class Repository:
         """Verified bytes of many chunks, with one thread hop per source.
 
         Sources in order: the cache (hits decoded and verified in the hop that
-        reads them; a damaged entry is dropped), then `local` (a callable run
-        in a thread that returns only chunks it verified itself), then the
-        store in one batch, verified and added to the cache. A chunk another
-        call is already fetching from the store is awaited, not fetched twice.
+        reads them; a damaged entry is dropped), frames read ahead earlier,
+        then `local` (a callable run in a thread that returns only chunks it
+        verified itself), then the store in merged ranged reads, verified and
+        added to the cache. A chunk another call is already fetching is
+        awaited, not fetched twice.
         """
+        return await self._get_objects(ObjectKind.CHUNK, ids, max_size, local)
+
+    async def _get_objects(
+        self,
+        kind: ObjectKind,
+        ids: Sequence[ObjectId],
+        max_size: int,
+        local: Callable[[list[ObjectId]], dict[ObjectId, bytes]] | None = None,
+    ) -> dict[ObjectId, bytes]:
         wanted = list(dict.fromkeys(ids))
         found: dict[ObjectId, bytes] = {}
         if self.cache is not None and wanted:
-            found = await asyncio.to_thread(self._from_cache, wanted, max_size)
+            found = await asyncio.to_thread(self._from_cache, wanted, max_size, kind)
         rest = [i for i in wanted if i not in found]
+        if rest and self._staged and kind is ObjectKind.CHUNK:
+            found.update(self._take_staged(rest, max_size))
+            rest = [i for i in rest if i not in found]
         if rest and local is not None:
             found.update(await asyncio.to_thread(local, rest))
             rest = [i for i in rest if i not in found]
-        waiting = {i: self._inflight[i] for i in rest if i in self._inflight}
+        waiting = {i: self._inflight[kind, i] for i in rest if (kind, i) in self._inflight}
         mine = [i for i in rest if i not in waiting]
         if mine:
-            found.update(await self._fetch_shared(mine, max_size))
+            found.update(await self._fetch_shared(kind, mine, max_size))
         for object_id, future in waiting.items():
             found[object_id] = await asyncio.shield(future)
         return found
 
-    async def _fetch_shared(self, ids: list[ObjectId], max_size: int) -> dict[ObjectId, bytes]:
-        """One batched store read that concurrent callers can wait on per id."""
+    async def _fetch_shared(
+        self, kind: ObjectKind, ids: list[ObjectId], max_size: int
+    ) -> dict[ObjectId, bytes]:
+        """One merged read of the store that concurrent callers can wait on per id."""
         loop = asyncio.get_running_loop()
         futures = {i: loop.create_future() for i in ids}
-        self._inflight.update(futures)
+        for object_id, future in futures.items():
+            self._inflight[kind, object_id] = future
         try:
-            blobs = await self.store.get_many(Kind.CHUNK, ids, max_size=stored_size_bound(max_size))
-            data = await asyncio.to_thread(self._verify_and_keep, blobs, max_size)
+            data = await self.read_located(kind, await self.locate(kind, ids), max_size)
         except BaseException as exc:
             for future in futures.values():
                 if isinstance(exc, asyncio.CancelledError):
@@ -156,128 +318,73 @@ class Repository:
             raise
         finally:
             for object_id in ids:
-                if self._inflight.get(object_id) is futures[object_id]:
-                    del self._inflight[object_id]
+                if self._inflight.get((kind, object_id)) is futures[object_id]:
+                    del self._inflight[kind, object_id]
         for object_id, future in futures.items():
-            if object_id in data:
-                future.set_result(data[object_id])
-            else:
-                future.set_exception(ObjectNotFound(f"chunk {object_id} not found"))
-                future.exception()
+            future.set_result(data[object_id])
         return data
 
     def _from_cache(
-        self, ids: list[ObjectId], max_size: int, kind: Kind = Kind.CHUNK
+        self, ids: list[ObjectId], max_size: int, kind: ObjectKind = ObjectKind.CHUNK
     ) -> dict[ObjectId, bytes]:
         """Cached objects among `ids`, verified; a damaged entry is dropped (only a miss)."""
         assert self.cache is not None
         out = {}
         for object_id, blob in self.cache.get_many(ids).items():
             try:
-                out[object_id] = decode_object(kind, object_id, blob, max_size)
+                out[object_id] = decode_object(str(kind), object_id, blob, max_size)
             except IntegrityError:
                 self.cache.discard(object_id)
                 continue
-            if kind is Kind.CHUNK:
+            if kind is ObjectKind.CHUNK:
                 with self._counter_lock:
                     self.chunks_from_cache += 1
                     self.bytes_from_cache += len(blob)
         return out
 
-    def _verify_and_keep(
-        self, blobs: dict[ObjectId, bytes], max_size: int, kind: Kind = Kind.CHUNK
-    ) -> dict[ObjectId, bytes]:
-        """Verify objects fetched from the store and add them to the cache."""
-        out = {i: decode_object(kind, i, b, max_size) for i, b in blobs.items()}
-        if kind is Kind.CHUNK:
-            with self._counter_lock:
-                self.chunks_from_store += len(blobs)
-                self.bytes_from_store += sum(len(b) for b in blobs.values())
-        if self.cache is not None and blobs:
-            self.cache.put_many(blobs.items())
-        return out
-
     # ------------------------------------------------------------ trees, manifests
-
-    async def put_tree(self, tree: Tree) -> ObjectId:
-        """Store a tree; its chunks and subtrees must already be stored (write order)."""
-        data = tree.to_bytes()
-        object_id = hash_bytes(data)
-        await self.put_tree_batch({object_id: data})
-        return object_id
-
-    async def put_tree_batch(
-        self,
-        trees: dict[ObjectId, bytes],
-        missing: Callable[[Kind, list[ObjectId]], Awaitable[set[ObjectId]]] | None = None,
-    ) -> dict[ObjectId, bool]:
-        """Store encoded trees (id -> canonical bytes) with one `missing` and one `put_many`.
-
-        The store is asked before compressing: on a re-put most trees already
-        exist, and compressing them was the largest cost of an unchanged put.
-        `missing` replaces the store's own check (put's known-present cache).
-        Answers True for the trees this call created.
-        """
-        absent = await (missing or self.store.missing)(Kind.TREE, list(trees))
-        if not absent:
-            return dict.fromkeys(trees, False)
-        raw = [(object_id, trees[object_id]) for object_id in trees if object_id in absent]
-        if sum(len(data) for _, data in raw) < _INLINE_ENCODE_MAX:  # cheaper than a thread hop
-            blobs = [(i, codec.encode(data, self.level)) for i, data in raw]
-        else:
-            blobs = await asyncio.to_thread(
-                lambda: [(i, codec.encode(data, self.level)) for i, data in raw]
-            )
-        created = await self.store.put_many(Kind.TREE, blobs)
-        answers = dict.fromkeys(trees, False)
-        answers.update(
-            (object_id, made) for (object_id, _), made in zip(blobs, created, strict=True)
-        )
-        return answers
 
     async def get_tree(self, object_id: ObjectId) -> Tree:
         """Fetch, verify and strictly parse a tree."""
-        data = await self._load(Kind.TREE, object_id, MAX_TREE_BYTES)
-        return Tree.from_bytes(data, where=f"tree {object_id}")
+        return (await self.get_trees([object_id]))[object_id]
 
     async def get_trees(self, ids: Sequence[ObjectId]) -> dict[ObjectId, Tree]:
-        """Many trees: one batched store read and one thread hop to verify and parse them.
-
-        A walk of thousands of small trees spent most of its time in two
-        thread hops per tree.
-        """
-        wanted = list(dict.fromkeys(ids))
-        data: dict[ObjectId, bytes] = {}
-        if self.cache is not None:
-            data = await asyncio.to_thread(self._from_cache, wanted, MAX_TREE_BYTES, Kind.TREE)
-        rest = [i for i in wanted if i not in data]
-        fetched: dict[ObjectId, bytes] = {}
-        if rest:
-            bound = stored_size_bound(MAX_TREE_BYTES)
-            fetched = await self.store.get_many(Kind.TREE, rest, max_size=bound)
+        """Many trees: merged ranged reads and one thread hop to parse them."""
+        data = await self._get_objects(ObjectKind.TREE, ids, MAX_TREE_BYTES)
 
         def parse() -> dict[ObjectId, Tree]:
-            data.update(self._verify_and_keep(fetched, MAX_TREE_BYTES, Kind.TREE))
-            return {i: Tree.from_bytes(data[i], where=f"tree {i}") for i in wanted}
+            return {i: Tree.from_bytes(data[i], where=f"tree {i}") for i in dict.fromkeys(ids)}
 
+        if sum(len(d) for d in data.values()) < 64 << 10:  # cheaper than a thread hop
+            return parse()
         return await asyncio.to_thread(parse)
 
-    async def put_manifest(self, manifest: Manifest) -> ObjectId:
-        """Store a manifest: the last write of a put, after everything it names."""
+    async def put_manifest(self, manifest: Manifest, index: PackIndex) -> ObjectId:
+        """Store a put's index, then its manifest: the last writes, after every pack."""
         data = manifest.to_bytes()
         object_id, blob = encode_object(data, self.level)
+        if index.manifest != object_id:
+            raise ValueError("index built for another manifest")
+        name, index_blob = await asyncio.to_thread(encode_index, index, self.level)
+        await self.store.put_if_absent(Kind.INDEX, name, index_blob)
         await self.store.put_if_absent(Kind.MANIFEST, object_id, blob)
+        self.adopt(index)
         return object_id
 
     async def get_manifest(self, object_id: ObjectId) -> Manifest:
-        """Fetch, verify and strictly parse a manifest (never from the cache)."""
+        """Fetch, verify and strictly parse a manifest (never from the cache).
+
+        Its index is read the first time one of its trees or chunks is.
+        """
         blob = await self.store.get(
             Kind.MANIFEST, object_id, max_size=stored_size_bound(MAX_MANIFEST_BYTES)
         )
         data = await asyncio.to_thread(
-            decode_object, Kind.MANIFEST, object_id, blob, MAX_MANIFEST_BYTES
+            decode_object, "manifest", object_id, blob, MAX_MANIFEST_BYTES
         )
-        return Manifest.from_bytes(data, where=f"manifest {object_id}")
+        manifest = Manifest.from_bytes(data, where=f"manifest {object_id}")
+        self.expect(object_id)
+        return manifest
 
     async def resolve(self, name: str) -> ObjectId:
         """A manifest id from 64 hex characters or a ref name."""
@@ -288,3 +395,43 @@ class Repository:
             return await self.store.read_ref(name)
         except ObjectNotFound:
             raise ObjectNotFound(f"no manifest id or ref named {name!r}") from None
+
+    async def create_ref_once(self, name: str, target: ObjectId) -> bool:
+        """Create a ref; False if the name is taken."""
+        try:
+            await self.store.create_ref(name, target)
+        except AlreadyExists:
+            return False
+        return True
+
+
+_STAGED_MAX: Final = 64 << 20
+"""Read-ahead frames kept in memory when there is no chunk cache."""
+_AHEAD_MAX: Final = 32 << 20
+"""Stored bytes of planned chunks one read may add to what was asked for."""
+
+
+def _merge_ranges(
+    members: list[tuple[ObjectId, Location]],
+) -> list[tuple[ObjectId, int, int, list[tuple[ObjectId, Location]]]]:
+    """(pack, start, length, frames) reads covering `members`, neighbours merged."""
+    by_pack: dict[ObjectId, list[tuple[ObjectId, Location]]] = {}
+    for object_id, loc in members:
+        by_pack.setdefault(loc.pack, []).append((object_id, loc))
+    out = []
+    for pack, items in by_pack.items():
+        items.sort(key=lambda item: item[1].offset)
+        start = end = -1
+        group: list[tuple[ObjectId, Location]] = []
+        for object_id, loc in items:
+            stop = loc.offset + loc.stored
+            if group and loc.offset - end <= MERGE_GAP and stop - start <= MAX_READ:
+                group.append((object_id, loc))
+                end = max(end, stop)
+                continue
+            if group:
+                out.append((pack, start, end - start, group))
+            start, end, group = loc.offset, stop, [(object_id, loc)]
+        if group:
+            out.append((pack, start, end - start, group))
+    return out

@@ -1,10 +1,12 @@
-"""Check that manifests can be read back whole: every tree and chunk present and intact.
+"""Check that manifests can be read back whole: index, trees and chunks present and intact.
 
 One walker serves `cas verify` (read every chunk, or a sample), and put's
-settling after a concurrent collection (existence only). Subtrees already
-found complete are remembered on disk (`IdSet`), so manifests sharing most
-of their trees cost little more than one; problems are few and kept in
-memory with the subtrees they break.
+settling after a concurrent collection (existence only). A manifest is
+checked through its index: every tree and chunk it reaches must be listed
+there, in a pack the store holds; with `read_chunks`, every frame is read
+(neighbours merged into ranged reads), decompressed and hashed. Objects
+already found intact at the same location are remembered on disk (`IdSet`),
+so manifests sharing most of their packs cost little more than one.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+import blake3
+
 from cas.batching import abatched
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.idset import IdSet
-from cas.objects import DirEntry, FileEntry
-from cas.repo import Repository, decode_object, stored_size_bound
+from cas.objects import MAX_TREE_BYTES, DirEntry, FileEntry, Tree
+from cas.pack import MAX_PACK_BYTES, ObjectKind, verify_pack
+from cas.packindex import Location, PackIndex, decode_index
+from cas.repo import MAX_INDEX_BLOB, Repository
 from cas.store.base import Kind
 
 _BATCH: Final = 1000
@@ -30,7 +36,7 @@ _BATCH: Final = 1000
 class Problem:
     """One object that is missing or does not verify."""
 
-    kind: Kind
+    kind: Kind | ObjectKind
     id: ObjectId
     detail: str
 
@@ -45,6 +51,7 @@ class VerifyReport:
     chunks_checked: int = 0
     bytes_checked: int = 0
     orphans_checked: int = 0
+    packs_checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -52,13 +59,19 @@ class VerifyReport:
         return not self.broken
 
 
-class Checker:
-    """Walks manifests and checks what they reach.
+def _good_key(object_id: ObjectId, loc: Location) -> ObjectId:
+    """An object counts as checked only at the location it was checked at."""
+    key = bytes(object_id) + bytes(loc.pack) + loc.offset.to_bytes(8, "little")
+    return ObjectId(blake3.blake3(key).digest())
 
-    `read_chunks=False` only asks the store whether chunks exist (one batch
-    call per tree); otherwise each chunk is fetched, decompressed and hashed.
-    `sample` (0 < f <= 1) checks that fraction of chunks, picked at random
-    per run; trees are always read, since they lead to the chunks.
+
+class Checker:
+    """Walks manifests through their indexes and checks what they reach.
+
+    `read_chunks=False` only checks that every chunk is indexed in a pack the
+    store holds; otherwise each chunk is read, decompressed and hashed.
+    `sample` (0 < f <= 1) reads that fraction of chunks, picked at random per
+    run; trees are always read, since they lead to the chunks.
     """
 
     def __init__(
@@ -79,53 +92,83 @@ class Checker:
         )
         self._good = IdSet(["tree", "chunk"])
         self._bad: dict[ObjectId, frozenset[Problem]] = {}
+        self._packs: dict[ObjectId, bool] = {}
         self.report = VerifyReport()
 
     def close(self) -> None:
         """Remove the on-disk memory of checked objects."""
         self._good.close()
 
-    async def check_manifest(self, manifest_id: ObjectId) -> frozenset[Problem]:
-        """Every problem that stops `manifest_id` from being read in full."""
+    async def check_manifest(
+        self, manifest_id: ObjectId, index: PackIndex | None = None
+    ) -> frozenset[Problem]:
+        """Every problem that stops `manifest_id` from being read in full (through `index`)."""
         self.report.manifests += 1
         try:
             manifest = await self.repo.get_manifest(manifest_id)
-        except ObjectNotFound:
-            problems = frozenset({Problem(Kind.MANIFEST, manifest_id, "missing")})
+            if index is None:
+                index = await self.repo.index(manifest_id)
+        except ObjectNotFound as exc:
+            problems = frozenset({Problem(Kind.MANIFEST, manifest_id, f"missing: {exc}")})
         except (IntegrityError, FormatError) as exc:
             problems = frozenset({Problem(Kind.MANIFEST, manifest_id, f"corrupt: {exc}")})
         else:
-            problems = await self._tree(manifest.root)
+            problems = await self._tree(index, manifest.root)
         for problem in problems:
             self.report.broken.setdefault(problem, []).append(manifest_id)
         return problems
 
-    async def _tree(self, tree_id: ObjectId) -> frozenset[Problem]:
-        if tree_id in self._bad:
-            return self._bad[tree_id]
-        if self._good.contains_many("tree", [tree_id])[0]:
-            return frozenset()
-        try:
+    async def _present(self, packs: set[ObjectId]) -> set[ObjectId]:
+        """Which of `packs` the store holds (asked once per run)."""
+        unknown = [p for p in packs if p not in self._packs]
+        if unknown:
             async with self._limit:
-                tree = await self.repo.get_tree(tree_id)
-        except ObjectNotFound:
-            problems = frozenset({Problem(Kind.TREE, tree_id, "missing")})
-        except (IntegrityError, FormatError) as exc:
-            problems = frozenset({Problem(Kind.TREE, tree_id, f"corrupt: {exc}")})
+                absent = await self.store.missing(Kind.PACK, unknown)
+            for pack in unknown:
+                self._packs[pack] = pack not in absent
+        return {p for p in packs if self._packs[p]}
+
+    async def _tree(self, index: PackIndex, tree_id: ObjectId) -> frozenset[Problem]:
+        loc = index.trees.get(tree_id)
+        if loc is None:
+            return frozenset({Problem(ObjectKind.TREE, tree_id, "missing: not in the index")})
+        key = _good_key(tree_id, loc)
+        if key in self._bad:
+            return self._bad[key]
+        if self._good.contains_many("tree", [key])[0]:
+            return frozenset()
+        problems: frozenset[Problem]
+        if not await self._present({loc.pack}):
+            problems = frozenset({Problem(ObjectKind.TREE, tree_id, f"missing: pack {loc.pack}")})
         else:
-            self.report.trees += 1
-            lengths = {
-                c.id: c.length for e in tree.entries if isinstance(e, FileEntry) for c in e.chunks
-            }
-            subtrees = [e.tree for e in tree.entries if isinstance(e, DirEntry)]
-            parts = await asyncio.gather(
-                self._chunks(lengths), *(self._tree(s) for s in dict.fromkeys(subtrees))
-            )
-            problems = frozenset().union(*parts)
+            try:
+                async with self._limit:
+                    data = await self.repo.read_located(
+                        ObjectKind.TREE, {tree_id: loc}, MAX_TREE_BYTES
+                    )
+                tree = Tree.from_bytes(data[tree_id], where=f"tree {tree_id}")
+            except ObjectNotFound:
+                problems = frozenset({Problem(ObjectKind.TREE, tree_id, "missing")})
+            except (IntegrityError, FormatError) as exc:
+                problems = frozenset({Problem(ObjectKind.TREE, tree_id, f"corrupt: {exc}")})
+            else:
+                self.report.trees += 1
+                lengths = {
+                    c.id: c.length
+                    for e in tree.entries
+                    if isinstance(e, FileEntry)
+                    for c in e.chunks
+                }
+                subtrees = [e.tree for e in tree.entries if isinstance(e, DirEntry)]
+                parts = await asyncio.gather(
+                    self._chunks(index, lengths),
+                    *(self._tree(index, s) for s in dict.fromkeys(subtrees)),
+                )
+                problems = frozenset().union(*parts)
         if problems:
-            self._bad[tree_id] = problems
+            self._bad[key] = problems
         else:
-            self._good.add_many("tree", [tree_id])
+            self._good.add_many("tree", [key])
         return problems
 
     def _picked(self, chunk_id: ObjectId) -> bool:
@@ -134,88 +177,130 @@ class Checker:
         mixed = int.from_bytes(bytes(a ^ b for a, b in zip(chunk_id[:8], self._salt, strict=True)))
         return mixed / 2**64 < self.sample
 
-    async def _chunks(self, lengths: dict[ObjectId, int]) -> frozenset[Problem]:
-        ids = [i for i in lengths if self._picked(i)]
+    async def _chunks(self, index: PackIndex, lengths: dict[ObjectId, int]) -> frozenset[Problem]:
         problems: set[Problem] = set()
+        located: dict[ObjectId, Location] = {}
+        for chunk_id, length in lengths.items():
+            loc = index.chunks.get(chunk_id)
+            if loc is None:
+                problems.add(Problem(ObjectKind.CHUNK, chunk_id, "missing: not in the index"))
+            elif loc.raw != length:
+                problems.add(
+                    Problem(ObjectKind.CHUNK, chunk_id, f"corrupt: indexed as {loc.raw} bytes")
+                )
+            else:
+                located[chunk_id] = loc
+        present = await self._present({loc.pack for loc in located.values()})
+        for chunk_id, loc in list(located.items()):
+            if loc.pack not in present:
+                problems.add(Problem(ObjectKind.CHUNK, chunk_id, f"missing: pack {loc.pack}"))
+                del located[chunk_id]
+        self.report.chunks_checked += len(lengths)
+        if not self.read_chunks:
+            return frozenset(problems)
+        todo: dict[ObjectId, Location] = {}
+        for chunk_id, loc in located.items():
+            if not self._picked(chunk_id):
+                continue
+            key = _good_key(chunk_id, loc)
+            if key in self._bad:
+                problems |= self._bad[key]
+            elif not self._good.contains_many("chunk", [key])[0]:
+                todo[chunk_id] = loc
+        ids = list(todo)
         for start in range(0, len(ids), _BATCH):
-            batch = ids[start : start + _BATCH]
-            known = self._good.contains_many("chunk", batch)
-            todo = []
-            for chunk_id, good in zip(batch, known, strict=True):
-                if good:
-                    continue
-                if chunk_id in self._bad:
-                    problems |= self._bad[chunk_id]
-                else:
-                    todo.append(chunk_id)
-            if todo:
-                problems |= await self._check_chunks({i: lengths[i] for i in todo})
+            batch = {i: todo[i] for i in ids[start : start + _BATCH]}
+            problems |= await self._read_chunks(batch)
         return frozenset(problems)
 
-    async def _check_chunks(self, lengths: dict[ObjectId, int]) -> set[Problem]:
-        async with self._limit:
-            absent = await self.store.missing(Kind.CHUNK, list(lengths))
-        problems = {Problem(Kind.CHUNK, i, "missing") for i in absent}
-        if self.read_chunks:
-            present = [i for i in lengths if i not in absent]
-            results = await asyncio.gather(*(self._read_chunk(i, lengths[i]) for i in present))
-            problems |= {p for p in results if p is not None}
-        for problem in problems:
-            self._bad[problem.id] = frozenset({problem})
-        self._good.add_many("chunk", [i for i in lengths if i not in self._bad])
-        self.report.chunks_checked += len(lengths)
-        return problems
-
-    async def _read_chunk(self, chunk_id: ObjectId, length: int) -> Problem | None:
+    async def _read_chunks(self, batch: dict[ObjectId, Location]) -> set[Problem]:
+        """Read a batch in merged ranges; on failure, one by one to name each damaged chunk."""
         try:
             async with self._limit:
-                blob = await self.store.get(
-                    Kind.CHUNK, chunk_id, max_size=stored_size_bound(length)
+                await self.repo.read_located(
+                    ObjectKind.CHUNK, batch, max(loc.raw for loc in batch.values())
                 )
-            await asyncio.to_thread(decode_object, Kind.CHUNK, chunk_id, blob, length)
+        except (IntegrityError, ObjectNotFound):
+            problems = set()
+            for chunk_id, loc in batch.items():
+                problem = await self._read_one(chunk_id, loc)
+                key = _good_key(chunk_id, loc)
+                if problem is None:
+                    self._good.add_many("chunk", [key])
+                else:
+                    self._bad[key] = frozenset({problem})
+                    problems.add(problem)
+            return problems
+        self.report.bytes_checked += sum(loc.stored for loc in batch.values())
+        self._good.add_many("chunk", [_good_key(i, loc) for i, loc in batch.items()])
+        return set()
+
+    async def _read_one(self, chunk_id: ObjectId, loc: Location) -> Problem | None:
+        try:
+            async with self._limit:
+                await self.repo.read_located(ObjectKind.CHUNK, {chunk_id: loc}, loc.raw)
         except ObjectNotFound:
-            return Problem(Kind.CHUNK, chunk_id, "missing")
+            return Problem(ObjectKind.CHUNK, chunk_id, f"missing: pack {loc.pack}")
         except IntegrityError as exc:
-            return Problem(Kind.CHUNK, chunk_id, f"corrupt: {exc.detail}")
-        self.report.bytes_checked += len(blob)
+            return Problem(ObjectKind.CHUNK, chunk_id, f"corrupt: {exc.detail}")
+        self.report.bytes_checked += loc.stored
         return None
 
     async def check_orphans(self, max_chunk: int) -> None:
-        """Read every stored tree and chunk no manifest led to (for `--all`)."""
-        for kind, name in ((Kind.TREE, "tree"), (Kind.CHUNK, "chunk")):
-            async for batch in abatched(self.store.list(kind), _BATCH):
-                ids = [i.id for i in batch if kind is Kind.TREE or self._picked(i.id)]
-                known = self._good.contains_many(name, ids)
-                todo = [i for i, k in zip(ids, known, strict=True) if not k and i not in self._bad]
-                results = await asyncio.gather(
-                    *(self._read_orphan(kind, i, max_chunk) for i in todo)
-                )
-                for problem in results:
-                    if problem is not None:
-                        self.report.broken.setdefault(problem, [])
-                self.report.orphans_checked += len(todo)
+        """Read every stored pack whole and every index (for `--all`)."""
+        async for batch in abatched(self.store.list(Kind.PACK), 16):
+            results = await asyncio.gather(*(self._read_pack(i.id, max_chunk) for i in batch))
+            for problem in results:
+                if problem is not None:
+                    self.report.broken.setdefault(problem, [])
+            self.report.packs_checked += len(batch)
+        async for batch in abatched(self.store.list(Kind.INDEX), _BATCH):
+            for info in batch:
+                problem = await self._read_index(info.id)
+                if problem is not None:
+                    self.report.broken.setdefault(problem, [])
+                self.report.orphans_checked += 1
 
-    async def _read_orphan(self, kind: Kind, object_id: ObjectId, max_chunk: int) -> Problem | None:
-        if kind is Kind.TREE:
-            try:
-                async with self._limit:
-                    await self.repo.get_tree(object_id)
-            except ObjectNotFound:
-                return None  # deleted since it was listed
-            except (IntegrityError, FormatError) as exc:
-                return Problem(Kind.TREE, object_id, f"corrupt: {exc}")
+    async def _read_pack(self, pack_id: ObjectId, max_chunk: int) -> Problem | None:
+        try:
+            async with self._limit:
+                data = await self.store.get(Kind.PACK, pack_id, max_size=MAX_PACK_BYTES)
+            await asyncio.to_thread(verify_pack, pack_id, data, max_chunk=max_chunk)
+        except ObjectNotFound:
+            return None  # deleted since it was listed
+        except IntegrityError as exc:
+            return Problem(Kind.PACK, pack_id, f"corrupt: {exc.detail}")
+        self.report.bytes_checked += len(data)
+        return None
+
+    async def _read_index(self, name: ObjectId) -> Problem | None:
+        try:
+            blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
+            await asyncio.to_thread(decode_index, name, blob)
+        except ObjectNotFound:
             return None
-        problem = await self._read_chunk(object_id, max_chunk)
-        return None if problem is not None and problem.detail == "missing" else problem
+        except IntegrityError as exc:
+            return Problem(Kind.INDEX, name, f"corrupt: {exc.detail}")
+        return None
 
 
 async def manifest_complete(repo: Repository, manifest_id: ObjectId) -> bool:
-    """Whether every object `manifest_id` reaches exists (existence only, no reads of chunks)."""
-    checker = Checker(repo, read_chunks=False)
+    """Whether some index of `manifest_id` locates everything it reaches in packs that exist.
+
+    Asks the store (indexes listed afresh, packs checked), never a cache.
+    """
     try:
-        return not await checker.check_manifest(manifest_id)
-    finally:
-        checker.close()
+        candidates = await repo.indexes_of(manifest_id)
+    except (IntegrityError, ObjectNotFound):
+        return False
+    for index in candidates:
+        checker = Checker(repo, read_chunks=False)
+        try:
+            if not await checker.check_manifest(manifest_id, index):
+                return True
+        finally:
+            checker.close()
+    return False
 
 
 async def verify_manifests(

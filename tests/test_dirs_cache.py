@@ -132,13 +132,13 @@ def test_chunk_removed_from_the_store_is_stored_again(tmp_path, store, settled):
     make_tree(src)
     cache = tmp_path / "cache"
     put(store, src, cache)
-    for chunk in (tmp_path / "store" / "chunk").rglob("*"):
+    for chunk in (tmp_path / "store" / "pack").rglob("*"):
         if chunk.is_file():
             chunk.unlink()
     second = put(store, src, cache)
     assert second.stats.chunks_new > 0
     assert asyncio.run(manifest_complete(Repository(store), second.manifest_id))
-    assert not asyncio.run(store.missing(Kind.CHUNK, []))
+    assert not asyncio.run(store.missing(Kind.PACK, []))
 
 
 def test_racy_directories_are_not_remembered(tmp_path, store):

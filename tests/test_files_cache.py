@@ -95,10 +95,13 @@ def test_chunks_missing_from_the_store_are_uploaded_again(tmp_path, monkeypatch)
     make_tree(src)
     settle(monkeypatch)
     store = LocalStore(tmp_path / "store", fsync=False)
-    first = put(store, src, tmp_path / "cache")
-    chunk_files = [p for p in (tmp_path / "store" / "chunk").rglob("*") if p.is_file()]
-    chunk_files[0].unlink()  # as a garbage collection might
-    second = put(store, src, tmp_path / "cache")
+    small = 64 << 10  # about one 200 KB chunk per pack
+    first = put(store, src, tmp_path / "cache", pack_size=small)
+    packs = [p for p in (tmp_path / "store" / "pack").rglob("*") if p.is_file()]
+    assert len(packs) >= 5
+    big = max(packs, key=lambda p: p.stat().st_size)  # a chunk's pack, not the trees'
+    big.unlink()  # as a garbage collection might
+    second = put(store, src, tmp_path / "cache", pack_size=small)
     assert second.stats.files_unchanged == 5  # d/'s other four, and the root's inline file
     assert second.stats.chunks_new == 1
     out = tmp_path / "out"
@@ -116,7 +119,7 @@ def test_cache_is_per_store_and_per_chunking(tmp_path, monkeypatch):
     put(a, src, tmp_path / "cache")
     other_store = put(b, src, tmp_path / "cache")
     assert other_store.stats.files_unchanged == 0
-    assert not asyncio.run(b.missing(Kind.CHUNK, []))
+    assert not asyncio.run(b.missing(Kind.PACK, []))
 
     async def other_params():
         params = ChunkParams.from_avg(256 << 10)

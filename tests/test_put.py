@@ -16,11 +16,13 @@ import pytest
 
 from cas import codec
 from cas.errors import StoreUnavailable
-from cas.objects import FileEntry, Tree
+from cas.filescache import FilesCache
+from cas.pack import read_entries
 from cas.put import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore
+from cas.verify import manifest_complete
 from cas.walk import Excludes
 from tests.store.faulty import FaultyStore
 
@@ -34,11 +36,22 @@ def make_tree(root: Path, files: int = 30, size: int = 300_000) -> None:
     os.symlink("tiny", root / "link")
 
 
-def put(store, src, **options):
+def put(store, src, files_cache=None, **options):
     async def run():
-        return await Uploader(Repository(store), PutOptions(**options)).put(src)
+        uploader = Uploader(Repository(store), PutOptions(**options), files_cache=files_cache)
+        return await uploader.put(src)
 
     return asyncio.run(run())
+
+
+def packed_chunks(store_root: Path) -> int:
+    """Chunks inside every pack stored (each pack read whole and parsed)."""
+    total = 0
+    for path in (store_root / "pack").rglob("*"):
+        if path.is_file():
+            entries = read_entries(bytes.fromhex(path.name), path.read_bytes(), max_chunk=16 << 20)
+            total += sum(1 for e in entries if e.kind == "chunk")
+    return total
 
 
 def count_files(path: Path) -> int:
@@ -50,11 +63,36 @@ def test_same_tree_twice_same_id_and_nothing_uploaded(tmp_path):
     make_tree(src, files=8)
     store = LocalStore(tmp_path / "store", fsync=False)
     first = put(store, src, reproducible=True)
-    objects = count_files(tmp_path / "store" / "chunk")
-    second = put(store, src, reproducible=True)
+    objects = count_files(tmp_path / "store" / "pack")
+    second = put(store, src, reproducible=True, parent=str(first.manifest_id))
     assert second.manifest_id == first.manifest_id
     assert second.stats.chunks_new == 0 and second.stats.bytes_uploaded == 0
-    assert count_files(tmp_path / "store" / "chunk") == objects
+    assert second.stats.packs == 0 and second.stats.parents == [str(first.manifest_id)]
+    assert count_files(tmp_path / "store" / "pack") == objects
+
+
+def test_a_ref_beside_the_new_one_is_the_default_parent(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, files=8)
+    store = LocalStore(tmp_path / "store", fsync=False)
+    first = put(store, src, ref="ci/main/1")
+    (src / "dir0" / "new.bin").write_bytes(os.urandom(100_000))  # one chunk
+    second = put(store, src, ref="ci/main/2")
+    assert second.stats.parents == [str(first.manifest_id)]
+    assert second.stats.chunks_new == 1 and second.stats.packs == 1
+    unrelated = put(store, src, ref="other", parent=None)
+    assert unrelated.stats.parents == [str(second.manifest_id)]  # the store's newest ref
+
+
+def test_without_a_parent_a_put_stores_everything_again_under_the_same_id(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, files=4)
+    store = LocalStore(tmp_path / "store", fsync=False)
+    first = put(store, src, reproducible=True)
+    second = put(store, src, reproducible=True)
+    assert second.manifest_id == first.manifest_id
+    assert second.stats.chunks_new == first.stats.chunks_new > 0
+    assert asyncio.run(manifest_complete(Repository(store), first.manifest_id))
 
 
 def test_copy_elsewhere_gives_same_id_reproducible(tmp_path):
@@ -87,21 +125,19 @@ def test_mtimes_change_the_id_unless_left_out(tmp_path):
 
 
 def all_trees_complete(store_root: Path) -> None:
-    """Invariant 2: every stored tree names only stored chunks and subtrees."""
+    """Invariant 2: every index names only stored packs; every manifest is complete."""
     store = LocalStore(store_root, create=False)
 
     async def check():
         repo = Repository(store)
-        async for info in store.list(Kind.TREE):
-            tree = await repo.get_tree(info.id)
-            for entry in tree.entries:
-                if isinstance(entry, FileEntry):
-                    absent = await store.missing(Kind.CHUNK, [c.id for c in entry.chunks])
-                    assert not absent, f"tree {info.id} names missing chunks"
-                elif isinstance(entry, Tree):
-                    raise AssertionError
-                elif entry.kind == "dir":
-                    assert not await store.missing(Kind.TREE, [entry.tree])
+        async for info in store.list(Kind.INDEX):
+            blob = await store.get(Kind.INDEX, info.id, max_size=64 << 20)
+            from cas.packindex import decode_index
+
+            index = decode_index(info.id, blob)
+            assert not await store.missing(Kind.PACK, list(index.packs()))
+        async for info in store.list(Kind.MANIFEST):
+            assert await manifest_complete(repo, info.id)
 
     asyncio.run(check())
 
@@ -158,28 +194,36 @@ def test_failed_upload_leaves_no_manifest_and_rerun_uploads_the_rest(tmp_path):
     make_tree(src, files=30)
     inner = LocalStore(tmp_path / "store", fsync=False)
     faulty = FaultyStore(inner, fail_on={"put_if_absent": 7})
+    cache = FilesCache(tmp_path / "cache", inner.url, PutOptions().params)
     with pytest.raises(StoreUnavailable):
-        put(faulty, src)
+        put(faulty, src, files_cache=cache, pack_size=256 << 10, processes=False)
     assert count_files(tmp_path / "store" / "manifest") == 0
+    assert count_files(tmp_path / "store" / "index") == 0
     all_trees_complete(tmp_path / "store")
-    stored_before = count_files(tmp_path / "store" / "chunk")
+    stored_before = packed_chunks(tmp_path / "store")
     assert stored_before > 0
-    result = put(inner, src)
+    result = put(inner, src, files_cache=cache, pack_size=256 << 10)
+    assert result.stats.resumed >= stored_before  # the journal's packs, chunks and trees
     assert result.stats.chunks_new == result.stats.chunks - stored_before
     assert count_files(tmp_path / "store" / "manifest") == 1
+    all_trees_complete(tmp_path / "store")
 
 
 def test_killed_put_leaves_no_manifest_and_rerun_completes(tmp_path):
     src = tmp_path / "src"
     make_tree(src, files=240, size=512 << 10)  # 120 MiB of incompressible data
     store_dir = tmp_path / "store"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+        "CAS_CACHE_DIR": str(tmp_path / "cache"),
+    }
     cmd = [sys.executable, "-m", "cas_cli.main", "put", "--store", str(store_dir), str(src)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    chunk_dir = store_dir / "chunk"
+    pack_dir = store_dir / "pack"
     while time.monotonic() < deadline:
-        if chunk_dir.exists() and count_files(chunk_dir) >= 20:
+        if pack_dir.exists() and count_files(pack_dir) >= 1:
             break
         time.sleep(0.005)
     workers = descendants(proc.pid)
@@ -188,7 +232,9 @@ def test_killed_put_leaves_no_manifest_and_rerun_completes(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "put finished before it could be killed"
     wait_gone(workers)  # worker processes die with the put, not at the same instant
     assert count_files(store_dir / "manifest") == 0
-    stored_before = settled_count(chunk_dir)
+    settled_count(pack_dir)
+    stored_before = packed_chunks(store_dir)
+    assert stored_before > 0
     all_trees_complete(store_dir)
     done = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, check=True)
     import json
@@ -258,5 +304,7 @@ def test_compression_level_changes_blobs_not_ids(tmp_path):
     b = put(LocalStore(tmp_path / "b", fsync=False), src, level=19, reproducible=True)
     assert a.manifest_id == b.manifest_id
     assert b.stats.bytes_uploaded < a.stats.bytes_uploaded
-    blob = next(p for p in (tmp_path / "b" / "chunk").rglob("*") if p.is_file()).read_bytes()
-    assert codec.decoded_size(blob) > 0
+    path = next(p for p in (tmp_path / "b" / "pack").rglob("*") if p.is_file())
+    data = path.read_bytes()
+    entry = read_entries(bytes.fromhex(path.name), data, max_chunk=16 << 20)[0]
+    assert codec.decoded_size(data[entry.offset : entry.offset + entry.stored]) == entry.raw

@@ -27,14 +27,14 @@ def test_batches_round_trip_through_the_parser(objects):
     for batch in _batches(objects):
         body = b"".join(RECORD_HEADER.pack(i, len(d)) + d for i, d in batch)
         assert len(batch) <= MAX_BATCH_OBJECTS and (len(batch) == 1 or len(body) <= MAX_BATCH_BODY)
-        parsed += _parse_records(body, 1000, Kind.CHUNK)
+        parsed += _parse_records(body, 1000, Kind.MANIFEST)
     assert parsed == objects
 
 
 @given(st.binary(max_size=2000))
 def test_hostile_bodies_are_refused_cleanly(body):
     try:
-        records = _parse_records(body, 1000, Kind.CHUNK)
+        records = _parse_records(body, 1000, Kind.MANIFEST)
     except UsageError:
         return
     except Refusal as exc:

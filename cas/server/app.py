@@ -41,6 +41,7 @@ from cas.server.context import (
     ANONYMOUS_READ,
     LIMITS,
     METRICS,
+    PACK_SLOTS,
     SCOPE,
     STORE,
     TOKENS,
@@ -55,6 +56,7 @@ from cas.server.verify import Limits
 from cas.store.base import Store
 
 DEFAULT_MAX_UPLOADS: Final = 16
+DEFAULT_MAX_PACK_UPLOADS: Final = 4
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -135,11 +137,13 @@ def build_app(
     anonymous_read: bool = False,
     limits: Limits | None = None,
     max_uploads: int = DEFAULT_MAX_UPLOADS,
+    max_pack_uploads: int = DEFAULT_MAX_PACK_UPLOADS,
 ) -> web.Application:
     """An application serving `store`; the caller owns (and closes) the store.
 
     At most `max_uploads` upload bodies are buffered at once (others wait),
-    so memory stays near `max_uploads` times the largest body.
+    and of those at most `max_pack_uploads` packs, so memory stays near
+    `max_pack_uploads` x 128 MiB plus the other bodies.
     """
     limits = limits or Limits()
     app = web.Application(middlewares=[errors, refuse_dot_segments, authorize])
@@ -149,6 +153,7 @@ def build_app(
     app[LIMITS] = limits
     app[METRICS] = Metrics()
     app[UPLOAD_SLOTS] = asyncio.Semaphore(max(1, max_uploads))
+    app[PACK_SLOTS] = asyncio.Semaphore(max(1, max_pack_uploads))
     add_routes(app)
     return app
 

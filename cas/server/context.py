@@ -22,6 +22,9 @@ ANONYMOUS_READ: Final = web.AppKey("anonymous_read", bool)
 METRICS: Final = web.AppKey("metrics", Metrics)
 # Uploads buffered at once: bounds the server's memory to about this many bodies.
 UPLOAD_SLOTS: Final = web.AppKey("upload_slots", asyncio.Semaphore)
+# Pack uploads buffered and verified at once (each up to 128 MiB): taken before
+# an upload slot, so a burst of packs cannot hold every slot or all the memory.
+PACK_SLOTS: Final = web.AppKey("pack_slots", asyncio.Semaphore)
 
 # Per request: the scope it was allowed with, and the body bytes it sent.
 SCOPE: Final = "cas.scope"

@@ -4,8 +4,11 @@ Every name in a URL is parsed strictly (kinds from `Kind`, ids as 64
 lower-case hex, refs by `validate_ref_name`) before the store is touched,
 so `..`, encoded slashes and other path tricks end as `400`. Uploads are
 read with a size cap and verified (`cas.server.verify`) before the store
-sees them. Listings stream newline-delimited JSON and end with an `end`
-record, so a cut-off listing is never taken for a complete one.
+sees them; packs, the large ones, travel one per `PUT` and only a few are
+buffered at once. A `GET` with `Range: bytes=FIRST-LAST` reads one pack
+frame (or any slice) through the store's `get_range`. Listings stream
+newline-delimited JSON and end with an `end` record, so a cut-off listing
+is never taken for a complete one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,6 +45,7 @@ from cas.server.context import (
     BYTES_IN,
     LIMITS,
     METRICS,
+    PACK_SLOTS,
     STORE,
     UPLOAD_SLOTS,
     Refusal,
@@ -54,6 +59,7 @@ from cas.store.base import Kind, validate_ref_name
 
 _MAX_PREFIX = 64
 _GET_WINDOW = 8  # objects fetched from the store at once for one batch get
+_RANGE_SPEC = re.compile(r"\s*(\d{0,19})\s*-\s*(\d{0,19})\s*")
 _KINDS = ", ".join(k.value for k in Kind)
 
 
@@ -146,13 +152,54 @@ async def missing(request: web.Request) -> web.Response:
     return _json({"missing": sorted(str(i) for i in absent)})
 
 
+def byte_range(header: str, limit: int, what: str) -> tuple[int, int]:
+    """(offset, length) of `Range: bytes=FIRST-LAST`, the one form served.
+
+    Garbage is `400`; a well-formed range the server does not serve
+    (several ranges, open-ended, suffix, or longer than any object of the
+    kind) is `416`.
+    """
+    malformed = f"{what}: malformed Range header {header[:80]!r}: use bytes=FIRST-LAST"
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes":
+        raise UsageError(malformed)
+    if "," in spec:
+        raise Refusal(416, "RangeNotSatisfiable", f"{what}: one range per request, not several")
+    match = _RANGE_SPEC.fullmatch(spec)
+    if match is None:
+        raise UsageError(malformed)
+    first, last = match.groups()
+    if not first or not last:
+        raise Refusal(
+            416, "RangeNotSatisfiable", f"{what}: only bytes=FIRST-LAST ranges are served"
+        )
+    offset, end = int(first), int(last)
+    if end < offset:
+        raise UsageError(f"{what}: Range {header[:80]!r} ends before it starts")
+    if end - offset + 1 > limit:
+        raise Refusal(
+            416, "RangeNotSatisfiable", f"{what}: range longer than the {limit}-byte limit"
+        )
+    return offset, end - offset + 1
+
+
 @required_scope(Scope.READ)
 async def get_object(request: web.Request) -> web.Response:
-    """The stored bytes, as uploaded."""
+    """The stored bytes, as uploaded; or one byte range of them (206)."""
     kind, object_id = _kind(request), _object_id(request)
     limit = request.app[LIMITS].body(kind)
-    data = await request.app[STORE].get(kind, object_id, max_size=limit)
-    return web.Response(body=data, content_type=OCTETS)
+    header = request.headers.get("Range")
+    if header is None:
+        data = await request.app[STORE].get(kind, object_id, max_size=limit)
+        return web.Response(body=data, content_type=OCTETS)
+    offset, length = byte_range(header, limit, f"{kind} {object_id}")
+    data = await request.app[STORE].get_range(kind, object_id, offset, length)
+    return web.Response(
+        status=206,
+        body=data,
+        content_type=OCTETS,
+        headers={"Content-Range": f"bytes {offset}-{offset + length - 1}/*"},
+    )
 
 
 @required_scope(Scope.READ)
@@ -165,10 +212,17 @@ async def stat_object(request: web.Request) -> web.Response:
 
 @required_scope(Scope.WRITE)
 async def put_object(request: web.Request) -> web.Response:
-    """Create-only upload: 201 created, 200 already present; the body is verified first."""
+    """Create-only upload: 201 created, 200 already present; the body is verified first.
+
+    A pack first waits for one of the few pack slots, so packs in memory
+    (read, hashed, every frame inflated) stay few however many clients push.
+    """
     kind, object_id = _kind(request), _object_id(request)
     limits = request.app[LIMITS]
-    async with request.app[UPLOAD_SLOTS]:
+    async with contextlib.AsyncExitStack() as slots:
+        if kind is Kind.PACK:
+            await slots.enter_async_context(request.app[PACK_SLOTS])
+        await slots.enter_async_context(request.app[UPLOAD_SLOTS])
         body = await read_body(request, limits.body(kind), f"{kind} {object_id}")
         await asyncio.to_thread(verify_upload, kind, object_id, body, limits)
         created = await request.app[STORE].put_if_absent(kind, object_id, body)
@@ -183,6 +237,8 @@ async def put_batch(request: web.Request) -> web.Response:
     record refuses the whole batch (422 naming it), so nothing is half-done.
     """
     kind = _kind(request)
+    if kind is Kind.PACK:
+        raise UsageError(f"pack batch: packs travel one per request (PUT {API_PREFIX}/pack/ID)")
     limits = request.app[LIMITS]
 
     def verify_all(items: list[tuple[ObjectId, bytes]]) -> None:
@@ -239,6 +295,7 @@ async def get_batch(request: web.Request) -> web.StreamResponse:
     wanted = [ObjectId.parse(i) for i in ids]
     limit = min(max_size, request.app[LIMITS].body(kind))
     store = request.app[STORE]
+    window = 1 if kind is Kind.PACK else _GET_WINDOW  # whole packs are big: one at a time
 
     async def fetch(object_id: ObjectId) -> bytes | None:
         try:
@@ -249,10 +306,10 @@ async def get_batch(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": OCTETS})
     await response.prepare(request)
     try:
-        for start in range(0, len(wanted), _GET_WINDOW):
-            window = wanted[start : start + _GET_WINDOW]
+        for start in range(0, len(wanted), window):
+            group = wanted[start : start + window]
             for object_id, data in zip(
-                window, await asyncio.gather(*(fetch(i) for i in window)), strict=True
+                group, await asyncio.gather(*(fetch(i) for i in group)), strict=True
             ):
                 if data is None:
                     await response.write(RECORD_HEADER.pack(object_id, ABSENT))

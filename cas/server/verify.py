@@ -2,10 +2,16 @@
 
 A client can only store what it could have produced honestly:
 
-1. the body must be one zstd frame that declares its content size, no
-   larger than the kind's limit (so a decompression bomb is refused without
-   inflating it);
-2. the content must hash (BLAKE3) to the name it is uploaded under.
+1. a pack (`Kind.PACK`) must hash (BLAKE3, all its bytes) to its name, be
+   at most `cas.pack.MAX_PACK_BYTES`, have a trailer that tiles its frames
+   exactly, and every frame must inflate within its kind's limit to content
+   that hashes to the id the trailer lists (`cas.pack.verify_pack`);
+2. a pack index (`Kind.INDEX`) must be one zstd frame declaring at most
+   `cas.packindex.MAX_INDEX_BYTES`, whose content matches both halves of
+   its name and parses strictly (`cas.packindex.verify_index_blob`);
+3. a manifest or gc record must be one zstd frame that declares its
+   content size, no larger than the kind's limit (so a decompression bomb
+   is refused without inflating it), whose content hashes to its name.
 
 Everyone who later reads the object verifies it again; this check keeps a
 buggy or hostile writer from planting garbage that would fail those reads.
@@ -14,32 +20,51 @@ buggy or hostile writer from planting garbage that would fail those reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-from cas.ids import ObjectId
-from cas.objects import MAX_MANIFEST_BYTES, MAX_TREE_BYTES
-from cas.repo import DEFAULT_MAX_CHUNK, decode_object, stored_size_bound
+from cas import codec
+from cas.ids import ObjectId, verify
+from cas.objects import MAX_MANIFEST_BYTES
+from cas.pack import MAX_PACK_BYTES, verify_pack
+from cas.packindex import verify_index_blob
 from cas.store.base import Kind
 
-# Trees and manifests have their own format limits; every other kind (chunks,
-# and any namespace added later) is capped by the chunk limit.
-_FORMAT_LIMITS: dict[Kind, int] = {Kind.TREE: MAX_TREE_BYTES, Kind.MANIFEST: MAX_MANIFEST_BYTES}
+DEFAULT_MAX_CHUNK: Final = 16 << 20
+"""The largest chunk `put` cuts (the same default as `cas.repo`)."""
+MAX_INDEX_BODY: Final = 64 << 20
+"""Compressed size cap of an index upload; its content is capped by its frame header."""
+
+
+def frame_bound(max_size: int) -> int:
+    """The largest zstd frame of `max_size` content (zstd's compress bound, with headroom)."""
+    return max_size + (max_size >> 7) + 4096
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Largest content accepted per kind."""
+    """Largest chunk accepted, and from it the upload caps per kind."""
 
     max_chunk: int = DEFAULT_MAX_CHUNK
 
     def content(self, kind: Kind) -> int:
-        """Largest uncompressed size accepted for `kind`."""
-        return _FORMAT_LIMITS.get(kind, self.max_chunk)
+        """Largest uncompressed size of a single-frame object (manifests, gc records)."""
+        return MAX_MANIFEST_BYTES if kind is Kind.MANIFEST else self.max_chunk
 
     def body(self, kind: Kind) -> int:
-        """Largest upload body accepted for `kind` (zstd's worst-case expansion)."""
-        return stored_size_bound(self.content(kind))
+        """Largest upload body (and stored object) accepted for `kind`."""
+        if kind is Kind.PACK:
+            return MAX_PACK_BYTES
+        if kind is Kind.INDEX:
+            return MAX_INDEX_BODY
+        return frame_bound(self.content(kind))
 
 
 def verify_upload(kind: Kind, object_id: ObjectId, body: bytes, limits: Limits) -> None:
-    """Raise `IntegrityError` unless `body` decodes within the limit to `object_id`'s content."""
-    decode_object(kind, object_id, body, limits.content(kind))
+    """Raise `IntegrityError` naming the object unless `body` is what `object_id` names."""
+    if kind is Kind.PACK:
+        verify_pack(object_id, body, max_chunk=limits.max_chunk)
+    elif kind is Kind.INDEX:
+        verify_index_blob(object_id, body)
+    else:
+        content = codec.decode(body, limits.content(kind), kind=str(kind), object_id=str(object_id))
+        verify(str(kind), object_id, content)

@@ -14,8 +14,12 @@ Guarantees every backend must give (the conformance suite checks each):
    period relies on.
 
 Backends only move bytes under names. They never hash, compress or verify
-content: the `Repository` above them does, for every backend alike. Ids and
-ref names are validated before any I/O.
+content: the `Repository` above them does, for every backend alike. Ids,
+ref names and byte ranges are validated before any I/O.
+
+Store format 2 has four namespaces (`Kind`): packs, pack indexes,
+manifests and gc records. Chunks and trees live inside packs and are read
+with `get_range`, one frame at a time.
 """
 
 from __future__ import annotations
@@ -29,15 +33,21 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
-from cas.errors import UsageError
+from cas.errors import IntegrityError, UsageError
 from cas.ids import ObjectId
 
 
 class Kind(StrEnum):
-    """The object namespaces; backends treat every one alike."""
+    """The store namespaces of format 2; backends treat every one alike.
 
-    CHUNK = "chunk"
-    TREE = "tree"
+    Chunks and trees never reach a store on their own: they live inside
+    packs (`cas.pack.ObjectKind` names them there).
+    """
+
+    PACK = "pack"
+    """Packs of chunk and tree frames (cas/pack.py), read by byte range."""
+    INDEX = "index"
+    """Per-manifest pack indexes (cas/packindex.py)."""
     MANIFEST = "manifest"
     GC = "gc"
     """Records of garbage-collection runs (docs/gc.md): start, heartbeat, done."""
@@ -101,6 +111,23 @@ def check_id(object_id: ObjectId) -> ObjectId:
     return object_id
 
 
+def check_range(offset: int, length: int) -> None:
+    """Refuse a byte range no caller should ask for, before any I/O."""
+    for name, value, least in (("offset", offset, 0), ("length", length, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise UsageError(f"range {name} must be an integer >= {least}, got {value!r}")
+
+
+def range_past_end(
+    kind: Kind, object_id: ObjectId, offset: int, length: int, size: int | None = None
+) -> IntegrityError:
+    """The error for a range beyond a stored object: an index said the bytes were there."""
+    where = f"is only {size} bytes long" if size is not None else "ends before that"
+    return IntegrityError(
+        str(kind), str(object_id), f"bytes {offset}-{offset + length - 1} asked, but it {where}"
+    )
+
+
 class Store(ABC):
     """A place that keeps immutable objects under their ids, plus create-only refs."""
 
@@ -114,6 +141,15 @@ class Store(ABC):
     @abstractmethod
     async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
         """Return the stored bytes; raise `ObjectNotFound`, or `IntegrityError` past `max_size`."""
+
+    @abstractmethod
+    async def get_range(self, kind: Kind, object_id: ObjectId, offset: int, length: int) -> bytes:
+        """Exactly `length` stored bytes from `offset` (a pack frame named by an index).
+
+        Raise `ObjectNotFound` for an absent object, `IntegrityError` for a
+        range that ends past the object (an index pointing outside its pack
+        means corruption), `UsageError` for offset < 0 or length < 1.
+        """
 
     @abstractmethod
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:

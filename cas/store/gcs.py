@@ -22,6 +22,15 @@ client CPU, which put needs for chunking and compression.
    costs a hundredth of the round trips.
 4. Failures are mapped once, in cas/store/gcs_errors.py; retries happen in
    `RetryingStore` around this class (`registry.wrap_remote`).
+5. Pack frames are read with `get_range`: one media GET with a `Range`
+   header, answered 206 with exactly the bytes asked.
+6. The store says what it is: `PREFIX/cas-store.json` holds
+   `{"layout": "cas.gcs-store/2"}` (also in its custom metadata). The first
+   call of a `GcsStore` lists the prefix's top level once (one request,
+   `delimiter=/`): a format 1 store (objects under `chunk/` or `tree/`) or a
+   marker of another layout is refused with a `UsageError`. The marker is
+   written, create-only, before the first write to a store that lacks it, so
+   read-only credentials never need to write.
 
 Credentials come from Application Default Credentials (cas/store/gcs_auth.py);
 with `STORAGE_EMULATOR_HOST` set, requests go to that emulator, unauthenticated.
@@ -29,8 +38,10 @@ with `STORAGE_EMULATOR_HOST` set, requests go to that emulator, unauthenticated.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from datetime import datetime
@@ -40,6 +51,7 @@ from urllib.parse import quote
 from cas.aiotools import gather_or_cancel
 from cas.errors import (
     AlreadyExists,
+    CasError,
     IntegrityError,
     ObjectNotFound,
     StoreUnavailable,
@@ -53,6 +65,8 @@ from cas.store.base import (
     RefInfo,
     Store,
     check_id,
+    check_range,
+    range_past_end,
     validate_ref_name,
 )
 from cas.store.gcs_batch import MAX_CALLS as MAX_BATCH_CALLS
@@ -60,6 +74,7 @@ from cas.store.gcs_batch import BatchGarbled, batch_body, parse_batch
 from cas.store.gcs_errors import (
     BucketNotFound,
     GcsCall,
+    RangeNotSatisfiable,
     create_call,
     delete_call,
     list_call,
@@ -74,6 +89,12 @@ _PAGE_SIZE: Final = 1000
 _REF_MAX_BYTES: Final = 1024
 _TARGET_KEY: Final = "cas-target"
 _LIST_FIELDS: Final = "items(name,size,timeCreated,updated,metadata),nextPageToken"
+LAYOUT: Final = "cas.gcs-store/2"
+_LAYOUT_KEY: Final = "cas-layout"
+_LAYOUT_FIELDS: Final = "items(name,metadata),prefixes,nextPageToken"
+_FORMAT_1_NAMESPACES: Final = ("chunk", "tree")
+_MARKER_MAX_BYTES: Final = 4096
+_CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def _parse(body: bytes, call: GcsCall, location: GcsLocation) -> dict[str, Any]:
@@ -145,6 +166,9 @@ class GcsStore(Store):
         )
         # Each batch is up to 100 calls on the server side; a few at once is plenty.
         self._batches_in_flight = max(1, max_concurrency // 8)
+        self._layout_checked = False
+        self._marker_missing = False
+        self._layout_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     @classmethod
     def from_url(cls, url: str) -> GcsStore:
@@ -212,16 +236,101 @@ class GcsStore(Store):
 
         await gather_or_cancel(worker() for _ in range(max(1, in_flight)))
 
+    # ------------------------------------------------------------ layout
+
+    async def _ready(self, *, writing: bool = False) -> None:
+        """Check the layout once per store; before the first write, make sure the marker exists."""
+        if self._layout_checked and not (writing and self._marker_missing):
+            return
+        async with self._layout_lock():
+            if not self._layout_checked:
+                await self._check_layout()
+            if writing and self._marker_missing:
+                await self._write_marker()
+
+    def _layout_lock(self) -> asyncio.Lock:
+        """One lock per event loop (a lock cannot move between loops)."""
+        loop = asyncio.get_running_loop()
+        lock = self._layout_locks.get(loop)
+        if lock is None:
+            self._layout_locks = {k: v for k, v in self._layout_locks.items() if not k.is_closed()}
+            lock = self._layout_locks[loop] = asyncio.Lock()
+        return lock
+
+    async def _top_level(self) -> tuple[dict[str, Any] | None, set[str]]:
+        """The marker's listing entry (or None) and the sub-prefixes directly under the store."""
+        call = list_call("store layout check")
+        marker: dict[str, Any] | None = None
+        prefixes: set[str] = set()
+        params = {"prefix": self.location.base, "delimiter": "/", "fields": _LAYOUT_FIELDS}
+        while True:
+            answer = await self._http.send("GET", self._http.objects_url, call, params=params)
+            page = _parse(answer.body, call, self.location)
+            for item in page.get("items") or ():
+                if isinstance(item, dict) and item.get("name") == self.location.marker_name:
+                    marker = item
+            prefixes.update(p for p in page.get("prefixes") or () if isinstance(p, str))
+            token = page.get("nextPageToken")
+            if not token:
+                return marker, prefixes
+            params = {**params, "pageToken": token}
+
+    async def _check_layout(self) -> None:
+        """Refuse a format 1 store or another layout; note whether the marker is still to write."""
+        marker, prefixes = await self._top_level()
+        base = self.location.base
+        old = [f"{name}/" for name in _FORMAT_1_NAMESPACES if f"{base}{name}/" in prefixes]
+        if old:
+            raise UsageError(
+                f"{self.location.url} is a format 1 store (objects under {' and '.join(old)}); "
+                "this cas reads and writes format 2 only: put into a new store"
+            )
+        if marker is not None:
+            layout = await self._marker_layout(marker)
+            if layout != LAYOUT:
+                raise UsageError(
+                    f"{self.location.url}: unsupported store layout {layout!r} "
+                    f"in {self.location.marker_name} (this cas reads {LAYOUT})"
+                )
+        self._marker_missing = marker is None
+        self._layout_checked = True
+
+    async def _marker_layout(self, item: dict[str, Any]) -> object:
+        """The layout a marker names: from its metadata, else (written by hand) from its content."""
+        metadata = item.get("metadata")
+        if isinstance(metadata, dict) and _LAYOUT_KEY in metadata:
+            return metadata[_LAYOUT_KEY]
+        call = read_call(f"store marker {self.location.marker_name}")
+        try:
+            body = await self._download(self.location.marker_name, call, _MARKER_MAX_BYTES)
+            info = json.loads(body)
+        except (BodyTooLarge, ValueError):
+            return None
+        return info.get("layout") if isinstance(info, dict) else None
+
+    async def _write_marker(self) -> None:
+        """Create the marker; another writer creating it first is just as good."""
+        body = (json.dumps({"layout": LAYOUT}) + "\n").encode()
+        await self._http.create(
+            self.location.marker_name,
+            body,
+            create_call(f"store marker {self.location.marker_name}"),
+            metadata={_LAYOUT_KEY: LAYOUT},
+        )
+        self._marker_missing = False
+
     # ------------------------------------------------------------ objects
 
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
         """One create-only upload; False when the object already exists (same name, same bytes)."""
         name = self.location.object_name(kind, object_id)
+        await self._ready(writing=True)
         return await self._http.create(name, data, create_call(f"{kind} {object_id}"))
 
     async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
         """Download, refusing to read past `max_size`."""
         name = self.location.object_name(kind, object_id)
+        await self._ready()
         try:
             return await self._download(name, read_call(f"{kind} {object_id}"), max_size)
         except BodyTooLarge as exc:
@@ -229,9 +338,58 @@ class GcsStore(Store):
                 str(kind), str(object_id), f"stored size {exc.size} exceeds {max_size}"
             ) from None
 
+    async def get_range(self, kind: Kind, object_id: ObjectId, offset: int, length: int) -> bytes:
+        """One media GET with `Range: bytes=FIRST-LAST`, answered 206 with exactly those bytes."""
+        name = self.location.object_name(kind, object_id)
+        check_range(offset, length)
+        await self._ready()
+        call = read_call(f"{kind} {object_id}")
+        try:
+            answer = await self._http.send(
+                "GET",
+                self._http.object_url(name),
+                call,
+                expect=(200, 206),
+                params={"alt": "media"},
+                headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+                max_body=length,
+            )
+        except RangeNotSatisfiable:
+            raise range_past_end(kind, object_id, offset, length) from None
+        except BodyTooLarge:
+            raise CasError(
+                f"GCS sent more than the {length} bytes asked for {call.what} "
+                f"({self.location.url}): was the Range header ignored?"
+            ) from None
+        start, size = self._answered_range(answer.status, answer.content_range, call)
+        if start != offset:
+            raise CasError(
+                f"GCS sent bytes from {start} instead of {offset} for {call.what} "
+                f"({self.location.url})"
+            )
+        if len(answer.body) != length:
+            raise range_past_end(kind, object_id, offset, length, size)
+        return answer.body
+
+    def _answered_range(
+        self, status: int, content_range: str, call: GcsCall
+    ) -> tuple[int, int | None]:
+        """(first byte, object size if known) of a range answer; a 200 is the whole object."""
+        if status == 200:
+            return 0, None
+        match = _CONTENT_RANGE.fullmatch(content_range.strip())
+        if match is None:
+            raise StoreUnavailable(
+                f"GCS sent a 206 without a valid Content-Range for {call.what} "
+                f"({self.location.url}): {content_range[:80]!r}"
+            )
+        total = match.group(3)
+        return int(match.group(1)), int(total) if total != "*" else None
+
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
         """Size and creation time from the object's metadata."""
         name = self.location.object_name(kind, object_id)
+        await self._ready()
         call = read_call(f"{kind} {object_id}")
         item = await self._metadata(name, call, "name,size,timeCreated,updated")
         return _info(kind, object_id, item, call, self.location)
@@ -239,6 +397,7 @@ class GcsStore(Store):
     async def missing(self, kind: Kind, ids: Collection[ObjectId]) -> set[ObjectId]:
         """Existence checks, 100 to a batch request, a few batches in flight, as one call."""
         unique = list(dict.fromkeys(check_id(i) for i in ids))
+        await self._ready()
         groups = [unique[i : i + MAX_BATCH_CALLS] for i in range(0, len(unique), MAX_BATCH_CALLS)]
         absent: set[ObjectId] = set()
 
@@ -287,6 +446,7 @@ class GcsStore(Store):
         if prefix and not all(c in "0123456789abcdef" for c in prefix):
             raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
         base = self.location.kind_prefix(kind)
+        await self._ready()
         call = list_call(f"{kind} listing")
         async for item in self._list(base + prefix, call):
             rest = item["name"][len(base) :]
@@ -296,6 +456,7 @@ class GcsStore(Store):
     async def delete(self, kind: Kind, object_id: ObjectId) -> None:
         """Delete; absent is fine."""
         name = self.location.object_name(kind, object_id)
+        await self._ready()
         await self._remove(name, delete_call(f"{kind} {object_id}"))
 
     async def aclose(self) -> None:
@@ -308,6 +469,7 @@ class GcsStore(Store):
         """Create-only, like objects; `AlreadyExists` when the name is taken."""
         object_name = self.location.ref_name(name)
         check_id(target)
+        await self._ready(writing=True)
         created = await self._http.create(
             object_name,
             f"{target}\n".encode(),
@@ -320,6 +482,7 @@ class GcsStore(Store):
     async def read_ref(self, name: str) -> ObjectId:
         """Read and parse the ref object."""
         object_name = self.location.ref_name(name)
+        await self._ready()
         try:
             data = await self._download(object_name, read_call(f"ref {name!r}"), _REF_MAX_BYTES)
         except BodyTooLarge:
@@ -332,6 +495,7 @@ class GcsStore(Store):
     async def list_refs(self, prefix: str = "") -> AsyncIterator[RefInfo]:
         """Refs in name order; targets come from metadata, else from the ref's content."""
         base = self.location.refs_prefix
+        await self._ready()
         call = list_call("refs listing")
         found: list[RefInfo] = []
         async for item in self._list(base + prefix, call):
@@ -355,4 +519,6 @@ class GcsStore(Store):
 
     async def delete_ref(self, name: str) -> None:
         """Delete; absent is fine."""
-        await self._remove(self.location.ref_name(name), delete_call(f"ref {name!r}"))
+        object_name = self.location.ref_name(name)
+        await self._ready()
+        await self._remove(object_name, delete_call(f"ref {name!r}"))

@@ -3,7 +3,8 @@
 Transient (`StoreUnavailable`, retried by `RetryingStore`): 408, 429, 5xx,
 403 rate-limit reasons, timeouts and dropped connections. Permanent: 400 is a
 `UsageError`, 401/403 a `PermissionDenied` naming the permission the call
-needs, 404 an `ObjectNotFound` naming either the object or the bucket.
+needs, 404 an `ObjectNotFound` naming either the object or the bucket, 416 a
+`RangeNotSatisfiable` that the store turns into an `IntegrityError`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def _parse_body(body: bytes) -> tuple[str, set[str]]:
         return body[:300].decode("utf-8", "replace").strip(), set()
 
 
+class RangeNotSatisfiable(CasError):
+    """A 416: the range asked starts at or past the object's end (`GcsStore` names the object)."""
+
+
 class BucketNotFound(ObjectNotFound):
     """The bucket itself does not exist, so no object can be read or written."""
 
@@ -99,6 +104,8 @@ def translate_status(status: int, body: bytes, call: GcsCall, location: GcsLocat
         return PermissionDenied(f"GCS did not accept the credentials for {location.url}{detail}")
     if status == 412:
         return AlreadyExists(f"{call.what} already exists in {location.url}")
+    if status == 416:
+        return RangeNotSatisfiable(f"{call.what}: range past its end in {location.url}")
     if status in (408, 429) or status >= 500:
         return StoreUnavailable(f"GCS unavailable for {call.what} on {location.url}{detail}")
     if status == 400:

@@ -2,8 +2,8 @@
 
 `GcsStore` decides what to ask; this module only knows how: one aiohttp
 session per event loop, a bearer token on every request (refreshed once on
-a 401), create-only multipart uploads, bounded downloads, and every failure
-mapped by cas/store/gcs_errors.py.
+a 401), create-only multipart uploads, bounded (and ranged) downloads, and
+every failure mapped by cas/store/gcs_errors.py.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from cas.store.gcs_location import GcsLocation
 
 
 class Answer(NamedTuple):
-    """An expected answer: its status, body and content type."""
+    """An expected answer: its status, body, content type and content range."""
 
     status: int
     body: bytes
     content_type: str
+    content_range: str = ""
 
 
 class BodyTooLarge(Exception):
@@ -118,7 +119,12 @@ class GcsHttp:
                 ) as resp:
                     if resp.status in expect:
                         body = await _read_body(resp, max_body)
-                        return Answer(resp.status, body, resp.headers.get("Content-Type", ""))
+                        return Answer(
+                            resp.status,
+                            body,
+                            resp.headers.get("Content-Type", ""),
+                            resp.headers.get("Content-Range", ""),
+                        )
                     body = await resp.content.read(8192)
                     if resp.status == 401 and attempt == 0 and not self.anonymous:
                         await self._auth.force_refresh()

@@ -2,7 +2,9 @@
 
 Layout inside the bucket (``P`` is the prefix, possibly empty)::
 
+    P/cas-store.json       {"layout": "cas.gcs-store/2"}, written with the first write
     P/<kind>/<64 hex>      one object per stored object, for every `Kind`
+                           (pack, index, manifest, gc)
     P/refs/<ref name>      one object per ref, holding the target id
 
 No sharding directories: GCS names are flat and BLAKE3 names already spread
@@ -25,6 +27,7 @@ from cas.store.base import Kind, check_id, validate_ref_name
 _BUCKET: Final = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _PREFIX_SEGMENT: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+@=-]*")
 DEFAULT_ENDPOINT: Final = "https://storage.googleapis.com"
+MARKER: Final = "cas-store.json"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class GcsLocation:
     def object_name(self, kind: Kind, object_id: ObjectId) -> str:
         """The bucket object holding one stored object (the id is checked first)."""
         return self.kind_prefix(kind) + bytes.hex(check_id(object_id))
+
+    @property
+    def marker_name(self) -> str:
+        """The object that says which layout the store under this prefix has."""
+        return f"{self.base}{MARKER}"
 
     @property
     def refs_prefix(self) -> str:

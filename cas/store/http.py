@@ -9,8 +9,13 @@ event loop carries every call; `missing` is one request per up to
   `RetryingStore` around this backend retries those);
 - 401 / 403 -> `PermissionDenied` naming the server and the scope needed;
 - 404 -> `ObjectNotFound`; 409 / 412 -> `AlreadyExists` (refs);
-- 400 / 413 -> `UsageError`; 422 -> `IntegrityError`;
+- 400 / 413 / 416 -> `UsageError`; 422 -> `IntegrityError` (also for a
+  range past an object's end);
 - an untrusted TLS certificate -> `UsageError` (fix the CA bundle, do not retry).
+
+`get_range` sends `Range: bytes=FIRST-LAST` and accepts only a 206 with
+exactly that range. Packs are uploaded one `PUT` each (the batch endpoint
+refuses them), a few at a time.
 
 The server verifies uploads, but reads are still verified by the
 `Repository` like those of every other backend. Listings must end with the
@@ -23,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -30,6 +36,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from cas.aiotools import gather_or_cancel
 from cas.errors import (
     AlreadyExists,
     CasError,
@@ -62,6 +69,7 @@ from cas.store.base import (
     RefInfo,
     Store,
     check_id,
+    check_range,
     validate_ref_name,
 )
 
@@ -72,6 +80,9 @@ _CONNECT_TIMEOUT: Final = 10.0
 _READ_TIMEOUT: Final = 120.0
 _MAX_LIST_LINE: Final = 1 << 16
 _MAX_ERROR_BODY: Final = 1 << 16
+_PACK_UPLOADS: Final = 4
+"""Pack PUTs in flight from one `put_many`: the server verifies a few at a time anyway."""
+_CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 # Server-side error classes a client re-raises as the same typed error.
 _NAMED_ERRORS: Final[dict[str, type[CasError]]] = {
@@ -215,7 +226,7 @@ class HttpStore(Store):
             return ObjectNotFound(f"{what} not found on {self.url}")
         if status in (409, 412):
             return AlreadyExists(f"{what} already exists on {self.url}")
-        if status in (400, 413):
+        if status in (400, 413, 416):
             return UsageError(f"{on}: {reason or f'HTTP {status}'}")
         if status == 422:
             return _error_from_record(_json_object(body), on)
@@ -258,14 +269,50 @@ class HttpStore(Store):
                     )
             return bytes(body)
 
+    async def get_range(self, kind: Kind, object_id: ObjectId, offset: int, length: int) -> bytes:
+        """GET with `Range: bytes=FIRST-LAST`; only a 206 of exactly that range is accepted."""
+        check_id(object_id)
+        check_range(offset, length)
+        last = offset + length - 1
+        what = f"{kind} {object_id} bytes {offset}-{last}"
+        async with self._response(
+            "GET",
+            f"/{Kind(kind).value}/{object_id}",
+            what,
+            "read",
+            ok=(200, 206),
+            headers={"Range": f"bytes={offset}-{last}"},
+        ) as response:
+            if response.status == 200:
+                raise CasError(
+                    f"{what} on {self.url}: the server ignored the Range header "
+                    "(a cas serve older than store format 2?)"
+                )
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if match is None or (int(match[1]), int(match[2])) != (offset, last):
+                raise StoreUnavailable(f"{what} on {self.url}: answer is for another range")
+            if response.content_length not in (None, length):
+                raise StoreUnavailable(f"{what} on {self.url}: answer has the wrong length")
+            body = bytearray()
+            async for piece in response.content.iter_any():
+                body += piece
+                if len(body) > length:
+                    break
+        if len(body) != length:
+            raise StoreUnavailable(f"{what} on {self.url}: answer has the wrong length")
+        return bytes(body)
+
     async def put_many(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
         """Batches of up to `MAX_BATCH_OBJECTS` objects (and ~`MAX_BATCH_BODY` bytes) per request.
 
         A latency-bound link pays one round trip per batch, not per object.
-        An object too large to share a batch goes alone, as a plain `PUT`.
+        An object too large to share a batch goes alone, as a plain `PUT`;
+        packs always do, a few at a time.
         """
         for object_id, _ in items:
             check_id(object_id)
+        if Kind(kind) is Kind.PACK:
+            return await self._put_each(kind, items, _PACK_UPLOADS)
         created: list[bool] = []
         for batch in _batches(items):
             if len(batch) == 1:
@@ -285,6 +332,18 @@ class HttpStore(Store):
                 raise StoreUnavailable(f"{self.url}: batch answer does not match the batch")
             created.extend(flags)
         return created
+
+    async def _put_each(
+        self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]], in_flight: int
+    ) -> list[bool]:
+        """One `PUT` per object, `in_flight` at a time, answers in item order."""
+        limit = asyncio.Semaphore(in_flight)
+
+        async def one(object_id: ObjectId, data: bytes) -> bool:
+            async with limit:
+                return await self.put_if_absent(kind, object_id, data)
+
+        return await gather_or_cancel(one(i, d) for i, d in items)
 
     async def get_many(
         self, kind: Kind, ids: Sequence[ObjectId], *, max_size: int

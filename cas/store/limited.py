@@ -43,6 +43,10 @@ class LimitedStore(WrappingStore):
         async with self._slot():
             return await self.inner.get(kind, object_id, max_size=max_size)
 
+    async def get_range(self, kind: Kind, object_id: ObjectId, offset: int, length: int) -> bytes:
+        async with self._slot():
+            return await self.inner.get_range(kind, object_id, offset, length)
+
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
         async with self._slot():
             return await self.inner.stat(kind, object_id)

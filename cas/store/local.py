@@ -2,10 +2,11 @@
 
 Layout (docs/format.md has the details)::
 
-    ROOT/cas-store.json          marker with the layout version
-    ROOT/chunk/ab/abcd…          one file per object, sharded by the first two hex digits
-    ROOT/tree/ab/…
+    ROOT/cas-store.json          marker with the layout version (cas.local-store/2)
+    ROOT/pack/ab/abcd…           one file per object, sharded by the first two hex digits
+    ROOT/index/ab/…
     ROOT/manifest/ab/…
+    ROOT/gc/ab/…
     ROOT/refs/ci/main/…          one file per ref, holding the target id
     ROOT/tmp/                    uploads in progress; never listed
 
@@ -14,7 +15,11 @@ are then hard-linked to their final name. `link` fails with EEXIST when the
 name is taken, which gives O_EXCL semantics for the whole object: a reader
 sees nothing or everything, and nobody overwrites anybody. Blocking file
 calls run in the default thread pool so the event loop keeps other requests
-moving.
+moving. Range reads (`get_range`) are one `pread` on a file opened for
+that read alone.
+
+A format 1 store (`cas.local-store/1`, one file per chunk and tree) is
+refused with one line: this version reads and writes format 2 only.
 """
 
 from __future__ import annotations
@@ -52,11 +57,14 @@ from cas.store.base import (
     RefInfo,
     Store,
     check_id,
+    check_range,
+    range_past_end,
     validate_ref_name,
 )
 from cas.store.mounts import on_network_filesystem
 
-LAYOUT: Final = "cas.local-store/1"
+LAYOUT: Final = "cas.local-store/2"
+FORMAT_1_LAYOUT: Final = "cas.local-store/1"
 MARKER: Final = "cas-store.json"
 _STALE_TMP_SECONDS: Final = 24 * 3600
 
@@ -110,6 +118,19 @@ def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC)
 
 
+def _check_layout(root: Path, info: object) -> None:
+    """Accept only this layout; name a format 1 store as such, in one line."""
+    layout = info.get("layout") if isinstance(info, dict) else None
+    if layout == LAYOUT:
+        return
+    if layout == FORMAT_1_LAYOUT:
+        raise UsageError(
+            f"{root} is a format 1 store ({FORMAT_1_LAYOUT}); this cas reads and writes "
+            "format 2 only: put into a new store"
+        )
+    raise UsageError(f"{root}: unsupported store layout {layout!r} (this cas reads {LAYOUT})")
+
+
 class LocalStore(Store):
     """A `Store` in a directory on a local or network file system."""
 
@@ -152,11 +173,7 @@ class LocalStore(Store):
             raise UsageError(f"store path {self.root} exists and is not a directory")
         try:
             if marker.exists():
-                info = json.loads(marker.read_text())
-                if info.get("layout") != LAYOUT:
-                    raise UsageError(
-                        f"{self.root}: unsupported store layout {info.get('layout')!r}"
-                    )
+                _check_layout(self.root, json.loads(marker.read_text()))
             elif not create:
                 raise ObjectNotFound(f"no cas store at {self.root}")
             else:
@@ -368,6 +385,33 @@ class LocalStore(Store):
             check_id(object_id)
         return await self._run(
             lambda: {i: self._get_sync(kind, i, max_size) for i in ids}, f"{kind} batch"
+        )
+
+    def _read_range_sync(self, kind: Kind, object_id: ObjectId, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(kind, object_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{kind} {object_id} not found") from None
+        try:
+            size = os.fstat(fd).st_size
+            if offset + length > size:  # checked first: never allocate for a hostile length
+                raise range_past_end(kind, object_id, offset, length, size)
+            data = os.pread(fd, length, offset)
+            while len(data) < length:  # only if the file shrank under us, or a huge read
+                more = os.pread(fd, length - len(data), offset + len(data))
+                if not more:
+                    raise range_past_end(kind, object_id, offset, length, offset + len(data))
+                data += more
+            return data
+        finally:
+            os.close(fd)
+
+    async def get_range(self, kind: Kind, object_id: ObjectId, offset: int, length: int) -> bytes:
+        """One open, pread and close in the I/O threads."""
+        check_id(object_id)
+        check_range(offset, length)
+        return await self._run(
+            lambda: self._read_range_sync(kind, object_id, offset, length), f"{kind} {object_id}"
         )
 
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:

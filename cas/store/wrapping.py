@@ -47,6 +47,9 @@ class WrappingStore(Store):
     async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
         return await self.inner.get(kind, object_id, max_size=max_size)
 
+    async def get_range(self, kind: Kind, object_id: ObjectId, offset: int, length: int) -> bytes:
+        return await self.inner.get_range(kind, object_id, offset, length)
+
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
         return await self.inner.stat(kind, object_id)
 

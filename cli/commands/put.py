@@ -10,7 +10,6 @@ from cas.cache import default_cache_dir
 from cas.chunking import ChunkParams
 from cas.errors import UsageError
 from cas.filescache import FilesCache
-from cas.knownpresent import KnownPresent
 from cas.objects import parse_label
 from cas.put import PutOptions, PutResult, Uploader
 from cas.repo import Repository
@@ -52,6 +51,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="record a label in the manifest, e.g. commit=abc123 (repeatable)",
     )
     p.add_argument("--ref", metavar="NAME", help="also create the ref NAME (create-only)")
+    p.add_argument(
+        "--parent",
+        metavar="REF|ID",
+        help="reuse what this manifest stored instead of uploading it again (default: the "
+        "newest ref beside --ref, e.g. ci/main/41 for --ref ci/main/42, and the manifest "
+        "this directory was last put as from this machine)",
+    )
     p.add_argument(
         "--level",
         type=int,
@@ -99,17 +105,16 @@ def run(args: argparse.Namespace) -> int:
         mtimes=not (args.no_mtimes or args.reproducible),
         reproducible=args.reproducible,
         ref=args.ref,
+        parent=args.parent,
         **({"workers": max(1, args.workers)} if args.workers else {}),
     )
     progress = BarProgress(args, "put")
 
     async def action(repo: Repository) -> PutResult:
-        files_cache = known = None
+        files_cache = None
         if not args.no_files_cache:
             files_cache = FilesCache(default_cache_dir(), repo.store.url, options.params)
             files_cache.prune()
-            if repo.store.capabilities.remote:
-                known = KnownPresent(files_cache, repo.store.url)
         skip = [default_cache_dir()]
         if isinstance(repo.store, LocalStore):
             skip.append(repo.store.root)
@@ -120,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
                 progress,
                 files_cache=files_cache,
                 skip_dirs=skip,
-                known_present=known,
             )
             return await uploader.put(args.source)
         finally:
@@ -145,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
                 "bytes": s.bytes_read + s.bytes_unchanged,
                 "bytes_read": s.bytes_read,
                 "files_unchanged": s.files_unchanged,
-                "checks_skipped": s.checks_skipped,
+                "parents": s.parents,
+                "packs": s.packs,
                 "chunks": s.chunks,
                 "chunks_new": s.chunks_new,
                 "bytes_new": s.bytes_new_raw,
@@ -163,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
             args,
             f"put {s.files} files, {format_size(total)} in {seconds:.1f}s "
             f"({format_size(rate)}/s): {s.files_unchanged} unchanged files not read, "
-            f"{s.chunks_new}/{s.chunks} chunks new, {format_size(s.bytes_uploaded)} uploaded"
-            + (f", {s.checks_skipped} store checks skipped" if s.checks_skipped else ""),
+            f"{s.chunks_new}/{s.chunks} chunks new, {format_size(s.bytes_uploaded)} uploaded "
+            f"in {s.packs} packs"
+            + (f", reusing {len(s.parents)} earlier puts" if s.parents else ""),
         )
     return 0

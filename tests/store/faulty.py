@@ -31,6 +31,10 @@ class FaultyStore(Store):
         self._tick("get")
         return await self.inner.get(kind, object_id, max_size=max_size)
 
+    async def get_range(self, kind, object_id, offset, length):
+        self._tick("get_range")
+        return await self.inner.get_range(kind, object_id, offset, length)
+
     async def stat(self, kind, object_id):
         self._tick("stat")
         return await self.inner.stat(kind, object_id)

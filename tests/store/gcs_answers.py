@@ -3,6 +3,11 @@
 The emulator cannot produce 403s, 5xx, rate limits, dropped connections or
 real GCS error texts, so error-mapping tests aim `GcsStore` at this server
 instead. It records every request so tests can check what the client sent.
+
+The store's layout check (one `delimiter=/` listing on a store's first call)
+is answered apart, from `layout_answer` (by default: a format 2 store with
+its marker), and recorded in `layout_checks`, so the scripts and request
+lists of other tests hold only the calls they are about.
 """
 
 from __future__ import annotations
@@ -27,6 +32,16 @@ def gcs_error(status: int, message: str, reason: str = "") -> tuple[int, bytes]:
         }
     }
     return status, json.dumps(body).encode()
+
+
+def layout_listing(
+    prefix: str = "p/", layout: str | None = "cas.gcs-store/2", prefixes: tuple[str, ...] = ()
+) -> tuple[int, bytes]:
+    """A top-level listing of a store: its marker (unless `layout` is None) and sub-prefixes."""
+    page: dict = {"prefixes": list(prefixes)}
+    if layout is not None:
+        page["items"] = [{"name": f"{prefix}cas-store.json", "metadata": {"cas-layout": layout}}]
+    return 200, json.dumps(page).encode()
 
 
 def object_resource(name: str, size: int = 1) -> tuple[int, bytes]:
@@ -56,6 +71,8 @@ class ScriptedGcs:
     script: list[tuple[int, bytes] | Handler] = field(default_factory=list)
     default: tuple[int, bytes] = (200, b"{}")
     requests: list[Recorded] = field(default_factory=list)
+    layout_answer: tuple[int, bytes] = field(default_factory=layout_listing)
+    layout_checks: list[Recorded] = field(default_factory=list)
     token_requests: int = 0
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -89,16 +106,19 @@ class ScriptedGcs:
         )
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(
-            Recorded(
-                request.method,
-                request.path,
-                request.raw_path,
-                dict(request.query),
-                dict(request.headers),
-                await request.read(),
-            )
+        recorded = Recorded(
+            request.method,
+            request.path,
+            request.raw_path,
+            dict(request.query),
+            dict(request.headers),
+            await request.read(),
         )
+        if request.method == "GET" and request.query.get("delimiter") == "/":
+            self.layout_checks.append(recorded)
+            status, body = self.layout_answer
+            return web.Response(status=status, body=body, content_type="application/json")
+        self.requests.append(recorded)
         answer = self.script.pop(0) if self.script else self.default
         if callable(answer):
             return await answer(request)

@@ -2,8 +2,9 @@
 
 Each test takes the parametrised `backend` fixture (see tests/conftest.py),
 so adding a backend to `STORE_BACKENDS` runs the whole suite against it.
-Objects are real ones (a zstd frame of content named by its BLAKE3), because
-a backend may check what it is given: `cas serve` refuses anything else.
+Objects are real ones of their namespace (packs, pack indexes, zstd frames
+named by their BLAKE3; tests/store/stored.py), because a backend may check
+what it is given: `cas serve` refuses anything else.
 """
 
 from __future__ import annotations
@@ -13,112 +14,101 @@ import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import zstandard
 
-from cas import codec
-from cas.errors import AlreadyExists, CasError, ObjectNotFound, UsageError
+from cas.errors import AlreadyExists, CasError, IntegrityError, ObjectNotFound, UsageError
 from cas.ids import ObjectId, hash_bytes
-from cas.repo import encode_object
+from cas.pack import MAX_PACK_BYTES, SealedPack, decode_frame
 from cas.store.base import Kind
+from tests.store.stored import pack_of, stored, two_encodings
 
 
 def oid(data: bytes) -> ObjectId:
     return hash_bytes(data)
 
 
-def obj(content: bytes, level: int = 3) -> tuple[ObjectId, bytes]:
-    """A well-formed object: the id of `content` and its stored frame."""
-    return encode_object(content, level)
-
-
-def two_encodings(content: bytes) -> tuple[ObjectId, bytes, bytes]:
-    """Two different, equally valid frames of one content (same id, other bytes)."""
-    first = codec.encode(content)
-    second = zstandard.ZstdCompressor(write_content_size=True, write_checksum=True).compress(
-        content
-    )
-    assert first != second
-    return oid(content), first, second
+def obj(content: bytes, kind: Kind = Kind.PACK, level: int = 3) -> tuple[ObjectId, bytes]:
+    """A well-formed object of `kind`: its id and its stored bytes."""
+    return stored(kind, content, level)
 
 
 async def test_put_if_absent_true_then_false_and_bytes_unchanged(backend):
     store = backend.store
     object_id, first, second = two_encodings(b"one, two, three. " * 500)
-    assert await store.put_if_absent(Kind.CHUNK, object_id, first) is True
-    assert await store.put_if_absent(Kind.CHUNK, object_id, second) is False
-    assert await store.get(Kind.CHUNK, object_id, max_size=10_000) == first
-    assert backend.peek(Kind.CHUNK, object_id) == first
+    assert await store.put_if_absent(Kind.MANIFEST, object_id, first) is True
+    assert await store.put_if_absent(Kind.MANIFEST, object_id, second) is False
+    assert await store.get(Kind.MANIFEST, object_id, max_size=10_000) == first
+    assert backend.peek(Kind.MANIFEST, object_id) == first
 
 
 async def test_concurrent_creators_of_one_id_exactly_one_wins(store):
     object_id, blob = obj(b"race" * 1000)
     results = await asyncio.gather(
-        *(store.put_if_absent(Kind.CHUNK, object_id, blob) for _ in range(32))
+        *(store.put_if_absent(Kind.PACK, object_id, blob) for _ in range(32))
     )
     assert results.count(True) == 1
-    assert await store.get(Kind.CHUNK, object_id, max_size=10_000) == blob
+    assert await store.get(Kind.PACK, object_id, max_size=10_000) == blob
 
 
 async def test_kinds_are_separate_namespaces(store):
     object_id, blob = obj(b"shared")
-    await store.put_if_absent(Kind.CHUNK, object_id, blob)
-    assert await store.missing(Kind.TREE, [object_id]) == {object_id}
+    await store.put_if_absent(Kind.PACK, object_id, blob)
+    assert await store.missing(Kind.INDEX, [object_id]) == {object_id}
     with pytest.raises(ObjectNotFound):
         await store.get(Kind.MANIFEST, object_id, max_size=10)
 
 
 async def test_get_missing_raises_object_not_found(store):
     with pytest.raises(ObjectNotFound):
-        await store.get(Kind.CHUNK, oid(b"absent"), max_size=10)
+        await store.get(Kind.PACK, oid(b"absent"), max_size=10)
     with pytest.raises(FileNotFoundError):  # the dual base lets plain callers catch it
-        await store.stat(Kind.CHUNK, oid(b"absent"))
+        await store.stat(Kind.PACK, oid(b"absent"))
 
 
 async def test_get_refuses_objects_larger_than_max_size(store):
     object_id, blob = obj(os.urandom(2000))
     assert len(blob) > 1000
-    await store.put_if_absent(Kind.CHUNK, object_id, blob)
+    await store.put_if_absent(Kind.PACK, object_id, blob)
     with pytest.raises(CasError):
-        await store.get(Kind.CHUNK, object_id, max_size=1000)
+        await store.get(Kind.PACK, object_id, max_size=1000)
 
 
 async def test_missing_empty_mixed_and_large(store):
-    assert await store.missing(Kind.CHUNK, []) == set()
+    assert await store.missing(Kind.PACK, []) == set()
     present = []
     for i in range(5):
         object_id, blob = obj(b"p%d" % i)
-        await store.put_if_absent(Kind.CHUNK, object_id, blob)
+        await store.put_if_absent(Kind.PACK, object_id, blob)
         present.append(object_id)
     absent = [oid(b"a%d" % i) for i in range(5)]
-    assert await store.missing(Kind.CHUNK, present + absent) == set(absent)
+    assert await store.missing(Kind.PACK, present + absent) == set(absent)
     many = [oid(b"m%d" % i) for i in range(10_000)]
-    assert await store.missing(Kind.CHUNK, many + present) == set(many)
+    assert await store.missing(Kind.PACK, many + present) == set(many)
 
 
 async def test_list_shows_complete_objects_only(backend):
     store = backend.store
     ids = set()
     for i in range(20):
-        object_id, blob = obj(b"l%d" % i)
-        await store.put_if_absent(Kind.TREE, object_id, blob)
+        object_id, blob = obj(b"l%d" % i, Kind.INDEX)
+        await store.put_if_absent(Kind.INDEX, object_id, blob)
         ids.add(object_id)
     backend.plant_partial(str(oid(b"partial")) + ".deadbeef", b"half")
-    listed = {info.id async for info in store.list(Kind.TREE)}
+    listed = {info.id async for info in store.list(Kind.INDEX)}
     assert listed == ids
-    assert {info.id async for info in store.list(Kind.CHUNK)} == set()
+    assert {info.id async for info in store.list(Kind.PACK)} == set()
 
 
 async def test_list_prefix(store):
     ids = []
     for i in range(64):
         object_id, blob = obj(b"x%d" % i)
-        await store.put_if_absent(Kind.CHUNK, object_id, blob)
+        await store.put_if_absent(Kind.PACK, object_id, blob)
         ids.append(object_id)
     prefix = str(ids[0])[:1]
-    listed = {info.id async for info in store.list(Kind.CHUNK, prefix)}
+    listed = {info.id async for info in store.list(Kind.PACK, prefix)}
     assert listed == {i for i in ids if str(i).startswith(prefix)}
     prefix3 = str(ids[0])[:3]
-    assert {info.id async for info in store.list(Kind.CHUNK, prefix3)} == {
+    assert {info.id async for info in store.list(Kind.PACK, prefix3)} == {
         i for i in ids if str(i).startswith(prefix3)
     }
 
@@ -126,22 +116,22 @@ async def test_list_prefix(store):
 async def test_stat_size_and_mtime(store):
     object_id, blob = obj(os.urandom(1234))
     before = datetime.now(UTC) - timedelta(seconds=2)
-    await store.put_if_absent(Kind.CHUNK, object_id, blob)
-    info = await store.stat(Kind.CHUNK, object_id)
+    await store.put_if_absent(Kind.PACK, object_id, blob)
+    info = await store.stat(Kind.PACK, object_id)
     after = datetime.now(UTC) + timedelta(seconds=2)
     assert info.size == len(blob)
-    assert info.kind == Kind.CHUNK and info.id == object_id
+    assert info.kind == Kind.PACK and info.id == object_id
     assert before <= info.mtime <= after
 
 
 async def test_delete_is_idempotent(store):
     object_id, blob = obj(b"del")
-    await store.put_if_absent(Kind.CHUNK, object_id, blob)
-    await store.delete(Kind.CHUNK, object_id)
-    await store.delete(Kind.CHUNK, object_id)
-    assert await store.missing(Kind.CHUNK, [object_id]) == {object_id}
+    await store.put_if_absent(Kind.PACK, object_id, blob)
+    await store.delete(Kind.PACK, object_id)
+    await store.delete(Kind.PACK, object_id)
+    assert await store.missing(Kind.PACK, [object_id]) == {object_id}
     # Deleted names can be created again (gc then re-put).
-    assert await store.put_if_absent(Kind.CHUNK, object_id, blob) is True
+    assert await store.put_if_absent(Kind.PACK, object_id, blob) is True
 
 
 async def test_refs_are_create_only(store):
@@ -185,48 +175,64 @@ async def test_invalid_ids_rejected_before_io(backend, bad):
     store = backend.store
     before = backend.snapshot()
     with pytest.raises(UsageError):
-        await store.put_if_absent(Kind.CHUNK, bad, b"x")
+        await store.put_if_absent(Kind.PACK, bad, b"x")
     with pytest.raises(UsageError):
-        await store.get(Kind.CHUNK, bad, max_size=10)
+        await store.get(Kind.PACK, bad, max_size=10)
     with pytest.raises(UsageError):
-        await store.missing(Kind.CHUNK, [bad])
+        await store.missing(Kind.PACK, [bad])
+    with pytest.raises(UsageError):
+        await store.get_range(Kind.PACK, bad, 0, 1)
     assert backend.snapshot() == before
 
 
-async def test_zero_length_and_large_objects(store):
-    """Empty content, and a chunk of the largest size put can cut (16 MiB, incompressible)."""
-    empty, frame = obj(b"")
-    assert await store.put_if_absent(Kind.CHUNK, empty, frame) is True
-    assert await store.get(Kind.CHUNK, empty, max_size=len(frame)) == frame
-    assert (await store.stat(Kind.CHUNK, empty)).size == len(frame)
-    big_id, big = obj(os.urandom(16 << 20), level=1)
-    assert await store.put_if_absent(Kind.CHUNK, big_id, big) is True
-    assert await store.get(Kind.CHUNK, big_id, max_size=len(big)) == big
+@pytest.fixture(scope="module")
+def big_pack() -> SealedPack:
+    """A pack near the largest a server accepts: 7 incompressible chunks of 16 MiB."""
+    pack = pack_of(*(os.urandom(16 << 20) for _ in range(7)), level=1)
+    assert MAX_PACK_BYTES - (16 << 20) < len(pack.data) <= MAX_PACK_BYTES
+    return pack
+
+
+async def test_smallest_and_largest_objects(store, big_pack):
+    """A pack without frames, a frame of empty content, and a pack of almost 128 MiB."""
+    empty = pack_of()
+    assert await store.put_if_absent(Kind.PACK, empty.id, empty.data) is True
+    assert await store.get(Kind.PACK, empty.id, max_size=len(empty.data)) == empty.data
+    assert (await store.stat(Kind.PACK, empty.id)).size == len(empty.data)
+    nothing, frame = obj(b"", Kind.MANIFEST)
+    assert await store.put_if_absent(Kind.MANIFEST, nothing, frame) is True
+    assert await store.get(Kind.MANIFEST, nothing, max_size=len(frame)) == frame
+    assert await store.put_if_absent(Kind.PACK, big_pack.id, big_pack.data) is True
+    assert await store.get(Kind.PACK, big_pack.id, max_size=len(big_pack.data)) == big_pack.data
+    last = big_pack.entries[-1]
+    frame = await store.get_range(Kind.PACK, big_pack.id, last.offset, last.stored)
+    assert len(decode_frame(last, frame)) == 16 << 20
 
 
 async def test_put_many_creates_only_the_absent(backend):
+    """Batch writes are create-only too (frames, so one id can have two encodings)."""
     store = backend.store
-    (a, blob_a), (c, blob_c) = obj(b"pa"), obj(b"pc")
+    (a, blob_a), (c, blob_c) = obj(b"pa", Kind.MANIFEST), obj(b"pc", Kind.MANIFEST)
     b, original, changed = two_encodings(b"pb" * 1000)
-    await store.put_if_absent(Kind.CHUNK, b, original)
-    created = await store.put_many(Kind.CHUNK, [(a, blob_a), (b, changed), (c, blob_c)])
+    await store.put_if_absent(Kind.MANIFEST, b, original)
+    created = await store.put_many(Kind.MANIFEST, [(a, blob_a), (b, changed), (c, blob_c)])
     assert created == [True, False, True]
-    assert backend.peek(Kind.CHUNK, b) == original
-    got = await store.get_many(Kind.CHUNK, [a, b, c], max_size=10_000)
+    assert backend.peek(Kind.MANIFEST, b) == original
+    got = await store.get_many(Kind.MANIFEST, [a, b, c], max_size=10_000)
     assert got == {a: blob_a, b: original, c: blob_c}
 
 
 async def test_get_many_names_the_missing_object(store):
     (present, blob), absent = obj(b"gm1"), oid(b"gm2")
-    await store.put_if_absent(Kind.CHUNK, present, blob)
+    await store.put_if_absent(Kind.PACK, present, blob)
     with pytest.raises(ObjectNotFound, match=str(absent)):
-        await store.get_many(Kind.CHUNK, [present, absent], max_size=100)
+        await store.get_many(Kind.PACK, [present, absent], max_size=1000)
 
 
 async def test_concurrent_put_many_of_one_id_creates_once(store):
     object_id, blob = obj(b"pm-race")
     results = await asyncio.gather(
-        *(store.put_many(Kind.CHUNK, [(object_id, blob)]) for _ in range(16))
+        *(store.put_many(Kind.PACK, [(object_id, blob)]) for _ in range(16))
     )
     assert sum(r[0] for r in results) == 1
 
@@ -252,7 +258,7 @@ async def test_put_then_get_round_trip_through_the_backend(store, tmp_path):
 @pytest.mark.parametrize("kind", list(Kind))
 async def test_every_namespace_stores_lists_and_deletes(store, kind):
     """Every `Kind`, including the gc records namespace, behaves the same."""
-    objects = [obj(b"%s-%d" % (kind.value.encode(), i)) for i in range(5)]
+    objects = [obj(b"%s-%d" % (kind.value.encode(), i), kind) for i in range(5)]
     ids = [i for i, _ in objects]
     assert [await store.put_if_absent(kind, i, b) for i, b in objects] == [True] * 5
     assert {info.id async for info in store.list(kind)} == set(ids)
@@ -266,17 +272,73 @@ async def test_every_namespace_stores_lists_and_deletes(store, kind):
 async def test_delete_many_removes_present_and_ignores_absent(store):
     objects = [obj(b"dm%d" % i) for i in range(40)]
     ids = [i for i, _ in objects]
-    await store.put_many(Kind.CHUNK, objects[:30])
-    await store.delete_many(Kind.CHUNK, ids[:20] + ids[30:] + ids[:5])
-    assert await store.missing(Kind.CHUNK, ids) == set(ids[:20] + ids[30:])
-    assert await store.missing(Kind.CHUNK, ids[20:30]) == set()
-    await store.delete_many(Kind.CHUNK, [])
+    await store.put_many(Kind.PACK, objects[:30])
+    await store.delete_many(Kind.PACK, ids[:20] + ids[30:] + ids[:5])
+    assert await store.missing(Kind.PACK, ids) == set(ids[:20] + ids[30:])
+    assert await store.missing(Kind.PACK, ids[20:30]) == set()
+    await store.delete_many(Kind.PACK, [])
 
 
 async def test_mtime_of_a_new_object_is_not_before_an_older_one(store):
     """gc compares store times of objects with the time of its start record."""
-    (first, blob1), (second, blob2) = obj(b"t1"), obj(b"t2")
+    (first, blob1), (second, blob2) = obj(b"t1", Kind.GC), obj(b"t2")
     await store.put_if_absent(Kind.GC, first, blob1)
     await asyncio.sleep(0.02)
-    await store.put_if_absent(Kind.CHUNK, second, blob2)
-    assert (await store.stat(Kind.CHUNK, second)).mtime >= (await store.stat(Kind.GC, first)).mtime
+    await store.put_if_absent(Kind.PACK, second, blob2)
+    assert (await store.stat(Kind.PACK, second)).mtime >= (await store.stat(Kind.GC, first)).mtime
+
+
+# ------------------------------------------------------------------ byte ranges
+
+
+@pytest.fixture
+async def stored_pack(store) -> SealedPack:
+    pack = pack_of(b"first chunk " * 300, os.urandom(5000), b"last")
+    await store.put_if_absent(Kind.PACK, pack.id, pack.data)
+    return pack
+
+
+async def test_get_range_reads_each_frame_of_a_pack(store, stored_pack):
+    pack = stored_pack
+    for entry in pack.entries:
+        frame = await store.get_range(Kind.PACK, pack.id, entry.offset, entry.stored)
+        assert frame == pack.data[entry.offset : entry.offset + entry.stored]
+        assert decode_frame(entry, frame)
+    middle = await store.get_range(Kind.PACK, pack.id, 3, 10)
+    assert middle == pack.data[3:13]
+
+
+async def test_get_range_ending_exactly_at_the_end(store, stored_pack):
+    data = stored_pack.data
+    assert await store.get_range(Kind.PACK, stored_pack.id, len(data) - 16, 16) == data[-16:]
+    assert await store.get_range(Kind.PACK, stored_pack.id, 0, len(data)) == data
+    assert await store.get_range(Kind.PACK, stored_pack.id, len(data) - 1, 1) == data[-1:]
+
+
+@pytest.mark.parametrize(("back", "length"), [(5, 10), (0, 1), (0, 4096), (-100, 1)])
+async def test_get_range_past_the_end_is_an_integrity_error(store, stored_pack, back, length):
+    """An index pointing past its pack's end means corruption, not a short read."""
+    pack = stored_pack
+    offset = len(pack.data) - back
+    with pytest.raises(IntegrityError) as raised:
+        await store.get_range(Kind.PACK, pack.id, offset, length)
+    assert raised.value.kind == "pack"
+    assert raised.value.object_id == str(pack.id)
+
+
+async def test_get_range_of_an_absent_object_names_it(store, stored_pack):
+    absent = oid(b"no such pack")
+    with pytest.raises(ObjectNotFound, match=f"pack {absent}"):
+        await store.get_range(Kind.PACK, absent, 0, 10)
+    with pytest.raises(ObjectNotFound, match=f"index {stored_pack.id}"):
+        await store.get_range(Kind.INDEX, stored_pack.id, 0, 10)
+
+
+@pytest.mark.parametrize(
+    ("offset", "length"), [(-1, 10), (0, 0), (10, -5), (0.5, 10), (0, 2.0), (True, 1), (0, "1")]
+)
+async def test_get_range_refuses_bad_arguments_before_io(backend, offset, length):
+    before = backend.snapshot()
+    with pytest.raises(UsageError, match="range"):
+        await backend.store.get_range(Kind.PACK, oid(b"x"), offset, length)
+    assert backend.snapshot() == before

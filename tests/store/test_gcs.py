@@ -31,11 +31,13 @@ from cas.store.gcs import GcsStore
 from cas.store.gcs_location import GcsLocation
 from cas.store.registry import open_store, wrap_remote
 from cas.store.retrying import RetryPolicy
+from tests.conftest import GcsBackend
 from tests.gcs_emulator import BUCKET
 from tests.store.gcs_answers import (
     ScriptedGcs,
     drop_connection,
     gcs_error,
+    layout_listing,
     object_resource,
     stall,
     unsized,
@@ -107,7 +109,7 @@ def test_kinds_map_to_separate_prefixes_including_new_ones():
     assert len(prefixes) == len(Kind)
     assert all(p.startswith("team/cas/") and p.endswith("/") for p in prefixes)
     assert location.refs_prefix not in prefixes
-    assert location.object_name(Kind.CHUNK, ID) == f"team/cas/chunk/{ID}"
+    assert location.object_name(Kind.PACK, ID) == f"team/cas/pack/{ID}"
 
 
 # ------------------------------------------------------------------ emulator facts
@@ -154,9 +156,9 @@ async def test_missing_bucket_is_object_not_found_naming_the_bucket(gcs_emulator
     )
     async with store:
         with pytest.raises(ObjectNotFound, match="bucket gs://no-such-bucket does not exist"):
-            await store.put_if_absent(Kind.CHUNK, ID, b"x")
+            await store.put_if_absent(Kind.PACK, ID, b"x")
         with pytest.raises(ObjectNotFound, match="bucket gs://no-such-bucket does not exist"):
-            _ = [i async for i in store.list(Kind.CHUNK)]
+            _ = [i async for i in store.list(Kind.PACK)]
         with pytest.raises(ObjectNotFound, match="bucket gs://no-such-bucket does not exist"):
             await store.create_ref("ci/1", ID)
 
@@ -169,13 +171,13 @@ async def test_open_store_gives_retrying_layers_and_a_picklable_opener(gcs_emula
     assert type(store).__name__ == "RetryingStore"
     opener = pickle.loads(pickle.dumps(store.opener()))
     async with store:
-        await store.put_if_absent(Kind.CHUNK, ID, b"from-parent")
+        await store.put_if_absent(Kind.PACK, ID, b"from-parent")
     # A worker process opens its own client through the opener and sees the same objects.
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         got = pool.submit(_read_and_write_in_worker, opener).result(timeout=60)
     assert got == b"from-parent"
     async with open_store(url) as again:
-        assert await again.get(Kind.CHUNK, hash_bytes(b"w"), max_size=100) == b"from-worker"
+        assert await again.get(Kind.PACK, hash_bytes(b"w"), max_size=100) == b"from-worker"
 
 
 def _read_and_write_in_worker(opener) -> bytes:
@@ -183,8 +185,8 @@ def _read_and_write_in_worker(opener) -> bytes:
 
     async def work() -> bytes:
         async with opener() as store:
-            await store.put_if_absent(Kind.CHUNK, hash_bytes(b"w"), b"from-worker")
-            return await store.get(Kind.CHUNK, ID, max_size=100)
+            await store.put_if_absent(Kind.PACK, hash_bytes(b"w"), b"from-worker")
+            return await store.get(Kind.PACK, ID, max_size=100)
 
     return asyncio.run(work())
 
@@ -193,16 +195,16 @@ def _read_and_write_in_worker(opener) -> bytes:
 
 
 async def test_uploads_are_create_only_multipart_with_crc32c(scripted, scripted_store):
-    scripted.script = [object_resource("p/chunk/x")]
+    scripted.script = [object_resource("p/pack/x")]
     data = b"payload" * 100
-    assert await scripted_store.put_if_absent(Kind.CHUNK, ID, data) is True
+    assert await scripted_store.put_if_absent(Kind.PACK, ID, data) is True
     sent = scripted.requests[0]
     assert sent.method == "POST" and sent.path == "/upload/storage/v1/b/b/o"
     assert sent.query["uploadType"] == "multipart" and sent.query["ifGenerationMatch"] == "0"
     boundary = sent.headers["Content-Type"].split("boundary=")[1]
     parts = sent.body.split(f"--{boundary}".encode())
     meta = json.loads(parts[1].split(b"\r\n\r\n", 1)[1])
-    assert meta["name"] == f"p/chunk/{ID}"
+    assert meta["name"] == f"p/pack/{ID}"
     expected = base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
     assert meta["crc32c"] == expected  # real GCS refuses the upload if the bytes differ
     assert parts[2].split(b"\r\n\r\n", 1)[1] == data + b"\r\n"
@@ -214,11 +216,11 @@ async def test_object_names_are_one_escaped_path_segment(scripted):
     scripted.default = gcs_error(404, "No such object")
     async with store:
         with pytest.raises(ObjectNotFound):
-            await store.get(Kind.CHUNK, ID, max_size=10)
+            await store.get(Kind.PACK, ID, max_size=10)
         with pytest.raises(ObjectNotFound):
             await store.read_ref("ci/main/1")
     assert [r.raw_path.split("?")[0] for r in scripted.requests] == [
-        f"/storage/v1/b/b/o/team%2Fcas%2Fchunk%2F{ID}",
+        f"/storage/v1/b/b/o/team%2Fcas%2Fpack%2F{ID}",
         "/storage/v1/b/b/o/team%2Fcas%2Frefs%2Fci%2Fmain%2F1",
     ]
 
@@ -227,7 +229,7 @@ async def test_precondition_failure_means_present(scripted, scripted_store):
     scripted.script = [
         gcs_error(412, "At least one of the pre-conditions you specified did not hold.")
     ]
-    assert await scripted_store.put_if_absent(Kind.CHUNK, ID, b"x") is False
+    assert await scripted_store.put_if_absent(Kind.PACK, ID, b"x") is False
 
 
 # ------------------------------------------------------------------ error mapping
@@ -244,7 +246,7 @@ async def test_403_names_the_missing_permission_and_the_store(scripted, scripted
     with pytest.raises(
         PermissionDenied, match=r"the credentials lack storage\.objects\.create on gs://b/p"
     ):
-        await scripted_store.put_if_absent(Kind.CHUNK, ID, b"x")
+        await scripted_store.put_if_absent(Kind.PACK, ID, b"x")
 
 
 @pytest.mark.parametrize(
@@ -262,11 +264,11 @@ async def test_403_without_details_names_the_permission_the_call_needs(
     scripted.default = gcs_error(403, "Forbidden", "forbidden")
     with pytest.raises(PermissionDenied, match=f"lack {permission} on gs://b/p"):
         if call == "get":
-            await scripted_store.get(Kind.CHUNK, ID, max_size=10)
+            await scripted_store.get(Kind.PACK, ID, max_size=10)
         elif call == "list":
-            _ = [i async for i in scripted_store.list(Kind.CHUNK)]
+            _ = [i async for i in scripted_store.list(Kind.PACK)]
         elif call == "delete":
-            await scripted_store.delete(Kind.CHUNK, ID)
+            await scripted_store.delete(Kind.PACK, ID)
         else:
             await scripted_store.create_ref("ci/1", ID)
 
@@ -274,57 +276,57 @@ async def test_403_without_details_names_the_permission_the_call_needs(
 async def test_404_for_a_missing_bucket_names_the_bucket(scripted, scripted_store):
     scripted.default = gcs_error(404, "The specified bucket does not exist.", "notFound")
     with pytest.raises(ObjectNotFound, match="bucket gs://b does not exist"):
-        await scripted_store.get(Kind.CHUNK, ID, max_size=10)
+        await scripted_store.get(Kind.PACK, ID, max_size=10)
     with pytest.raises(ObjectNotFound, match="bucket gs://b does not exist"):
-        await scripted_store.delete(Kind.CHUNK, ID)  # absent object is fine, absent bucket not
+        await scripted_store.delete(Kind.PACK, ID)  # absent object is fine, absent bucket not
     with pytest.raises(ObjectNotFound, match="bucket gs://b does not exist"):
-        await scripted_store.missing(Kind.CHUNK, [ID])
+        await scripted_store.missing(Kind.PACK, [ID])
 
 
 async def test_404_for_a_missing_object_names_the_object(scripted, scripted_store):
-    scripted.default = gcs_error(404, f"No such object: b/p/chunk/{ID}", "notFound")
-    with pytest.raises(ObjectNotFound, match=f"chunk {ID} not found in gs://b/p"):
-        await scripted_store.get(Kind.CHUNK, ID, max_size=10)
-    await scripted_store.delete(Kind.CHUNK, ID)
-    assert await scripted_store.missing(Kind.CHUNK, [ID]) == {ID}
+    scripted.default = gcs_error(404, f"No such object: b/p/pack/{ID}", "notFound")
+    with pytest.raises(ObjectNotFound, match=f"pack {ID} not found in gs://b/p"):
+        await scripted_store.get(Kind.PACK, ID, max_size=10)
+    await scripted_store.delete(Kind.PACK, ID)
+    assert await scripted_store.missing(Kind.PACK, [ID]) == {ID}
 
 
 async def test_400_is_a_usage_error(scripted, scripted_store):
     scripted.script = [gcs_error(400, "Invalid argument.", "invalid")]
     with pytest.raises(UsageError, match=r"400: Invalid argument"):
-        await scripted_store.stat(Kind.CHUNK, ID)
+        await scripted_store.stat(Kind.PACK, ID)
 
 
 async def test_401_is_permission_denied(scripted, scripted_store):
     scripted.script = [gcs_error(401, "Anonymous caller does not have access.", "required")]
     with pytest.raises(PermissionDenied, match="did not accept the credentials for gs://b/p"):
-        await scripted_store.stat(Kind.CHUNK, ID)
+        await scripted_store.stat(Kind.PACK, ID)
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 async def test_transient_statuses_are_store_unavailable(scripted, scripted_store, status):
     scripted.script = [gcs_error(status, "try again")]
     with pytest.raises(StoreUnavailable, match=f"({status}: try again)"):
-        await scripted_store.stat(Kind.CHUNK, ID)
+        await scripted_store.stat(Kind.PACK, ID)
 
 
 async def test_403_rate_limit_is_transient(scripted, scripted_store):
     scripted.script = [gcs_error(403, "Rate limit exceeded", "rateLimitExceeded")]
     with pytest.raises(StoreUnavailable):
-        await scripted_store.stat(Kind.CHUNK, ID)
+        await scripted_store.stat(Kind.PACK, ID)
 
 
 async def test_dropped_connection_and_timeout_are_store_unavailable(scripted, scripted_store):
     scripted.script = [drop_connection]
     with pytest.raises(StoreUnavailable, match="connection to GCS failed"):
-        await scripted_store.put_if_absent(Kind.CHUNK, ID, b"x")
+        await scripted_store.put_if_absent(Kind.PACK, ID, b"x")
     # aiohttp itself repeats an idempotent GET once on a dropped connection.
     scripted.script = [drop_connection, drop_connection]
     with pytest.raises(StoreUnavailable, match="connection to GCS failed"):
-        await scripted_store.stat(Kind.CHUNK, ID)
+        await scripted_store.stat(Kind.PACK, ID)
     scripted.script = [stall(1.2)]
     with pytest.raises(StoreUnavailable, match="timed out"):
-        await scripted_store.stat(Kind.CHUNK, ID)
+        await scripted_store.stat(Kind.PACK, ID)
 
 
 async def test_wrapped_store_retries_transient_failures_but_not_permanent_ones(scripted):
@@ -333,11 +335,11 @@ async def test_wrapped_store_retries_transient_failures_but_not_permanent_ones(s
     )
     async with store:
         scripted.script = [gcs_error(503, "busy"), drop_connection, object_resource("n")]
-        assert await store.put_if_absent(Kind.CHUNK, ID, b"x") is True
+        assert await store.put_if_absent(Kind.PACK, ID, b"x") is True
         assert len(scripted.requests) == 3
         scripted.script = [gcs_error(403, REAL_403, "forbidden")]
         with pytest.raises(PermissionDenied):
-            await store.put_if_absent(Kind.CHUNK, ID, b"x")
+            await store.put_if_absent(Kind.PACK, ID, b"x")
         assert len(scripted.requests) == 4  # not retried
 
 
@@ -346,15 +348,15 @@ async def test_oversized_download_is_refused_with_or_without_content_length(
 ):
     scripted.script = [(200, b"z" * 2000), unsized(b"z" * 5000)]
     with pytest.raises(IntegrityError, match=str(ID)):
-        await scripted_store.get(Kind.CHUNK, ID, max_size=1000)
+        await scripted_store.get(Kind.PACK, ID, max_size=1000)
     with pytest.raises(IntegrityError, match=str(ID)):
-        await scripted_store.get(Kind.CHUNK, ID, max_size=1000)
+        await scripted_store.get(Kind.PACK, ID, max_size=1000)
 
 
 async def test_unexpected_status_is_a_typed_error(scripted, scripted_store):
     scripted.script = [gcs_error(409, "Conflict")]
     with pytest.raises(CasError, match="409"):
-        await scripted_store.stat(Kind.CHUNK, ID)
+        await scripted_store.stat(Kind.PACK, ID)
 
 
 # ------------------------------------------------------------------ credentials
@@ -400,10 +402,10 @@ async def test_adc_tokens_are_fetched_once_off_the_event_loop_and_sent(
 
     store = GcsStore(GcsLocation("b", "p"), endpoint=scripted.url, timeout=5.0)
     assert store.anonymous is False
-    scripted.default = object_resource(f"p/chunk/{ID}")
+    scripted.default = object_resource(f"p/pack/{ID}")
     async with store:
         infos = await asyncio.wait_for(
-            asyncio.gather(*(store.stat(Kind.CHUNK, ID) for _ in range(20))), 30
+            asyncio.gather(*(store.stat(Kind.PACK, ID) for _ in range(20))), 30
         )
     assert all(i.size == 1 for i in infos)
     assert scripted.token_requests == 1
@@ -413,9 +415,9 @@ async def test_adc_tokens_are_fetched_once_off_the_event_loop_and_sent(
 async def test_a_rejected_token_is_refreshed_once(scripted, service_account_key):
     store = GcsStore(GcsLocation("b", "p"), endpoint=scripted.url, timeout=5.0)
     scripted.script = [gcs_error(401, "Invalid Credentials", "authError")]
-    scripted.default = object_resource(f"p/chunk/{ID}")
+    scripted.default = object_resource(f"p/pack/{ID}")
     async with store:
-        assert (await store.stat(Kind.CHUNK, ID)).size == 1
+        assert (await store.stat(Kind.PACK, ID)).size == 1
     assert [r.headers["Authorization"] for r in scripted.requests] == ["Bearer tok1", "Bearer tok2"]
 
 
@@ -424,7 +426,7 @@ async def test_no_credentials_is_permission_denied_with_a_hint(tmp_path, monkeyp
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     async with GcsStore(GcsLocation("b", "p"), endpoint=scripted.url) as store:
         with pytest.raises(PermissionDenied, match="no usable Google credentials for gs://b/p"):
-            await store.stat(Kind.CHUNK, ID)
+            await store.stat(Kind.PACK, ID)
     assert scripted.requests == []
 
 
@@ -434,7 +436,7 @@ async def test_no_credentials_is_permission_denied_with_a_hint(tmp_path, monkeyp
 async def test_garbled_answers_are_store_unavailable_not_crashes(scripted, scripted_store, body):
     scripted.script = [(200, body)]
     with pytest.raises(StoreUnavailable, match="GCS sent"):
-        await scripted_store.stat(Kind.CHUNK, ID)
+        await scripted_store.stat(Kind.PACK, ID)
 
 
 # ------------------------------------------------------------------ batched existence checks
@@ -443,10 +445,10 @@ async def test_garbled_answers_are_store_unavailable_not_crashes(scripted, scrip
 async def test_missing_sends_100_checks_per_batch_request(scripted, scripted_store):
     ids = [hash_bytes(b"%d" % i) for i in range(250)]
     scripted.default = gcs_error(404, "No such object")
-    assert await scripted_store.missing(Kind.CHUNK, ids + ids[:10]) == set(ids)
+    assert await scripted_store.missing(Kind.PACK, ids + ids[:10]) == set(ids)
     assert sorted(r.body.count(b"Content-ID: <") for r in scripted.requests) == [50, 100, 100]
     assert {r.path for r in scripted.requests} == {"/batch/storage/v1"}
-    assert b"GET /storage/v1/b/b/o/p%2Fchunk%2F" in scripted.requests[0].body
+    assert b"GET /storage/v1/b/b/o/p%2Fpack%2F" in scripted.requests[0].body
 
 
 @pytest.mark.parametrize(
@@ -462,7 +464,7 @@ async def test_a_failed_check_inside_a_batch_fails_the_call(
 ):
     scripted.default = answer
     with pytest.raises(error, match=text):
-        await scripted_store.missing(Kind.CHUNK, [ID])
+        await scripted_store.missing(Kind.PACK, [ID])
 
 
 async def test_batch_answers_are_matched_by_content_id_not_order(scripted, scripted_store):
@@ -485,7 +487,7 @@ async def test_batch_answers_are_matched_by_content_id_not_order(scripted, scrip
         )
 
     scripted.script = [reversed_answer]
-    assert await scripted_store.missing(Kind.CHUNK, [present, absent]) == {absent}
+    assert await scripted_store.missing(Kind.PACK, [present, absent]) == {absent}
 
 
 @pytest.mark.parametrize(
@@ -499,7 +501,7 @@ async def test_garbled_batch_answers_are_store_unavailable(scripted, scripted_st
 
     scripted.script = [garbled]
     with pytest.raises(StoreUnavailable, match="batch answer"):
-        await scripted_store.missing(Kind.CHUNK, [ID, hash_bytes(b"other")])
+        await scripted_store.missing(Kind.PACK, [ID, hash_bytes(b"other")])
 
 
 # ------------------------------------------------------------------ listings against the emulator
@@ -511,8 +513,8 @@ async def test_listings_follow_every_page(gcs_backend, monkeypatch):
     monkeypatch.setattr(gcs_module, "_PAGE_SIZE", 7)
     store = gcs_backend.store
     ids = {hash_bytes(b"page%d" % i) for i in range(23)}
-    await store.put_many(Kind.TREE, [(i, b"t") for i in ids])
-    assert {info.id async for info in store.list(Kind.TREE)} == ids
+    await store.put_many(Kind.INDEX, [(i, b"t") for i in ids])
+    assert {info.id async for info in store.list(Kind.INDEX)} == ids
     for n in range(16):
         await store.create_ref(f"ci/main/{n:02d}", ID)
     names = [r.name async for r in store.list_refs("ci/")]
@@ -540,6 +542,227 @@ async def test_names_with_url_special_characters_survive_the_round_trip(gcs_emul
         await store.create_ref("ci/x+y@z=1", ID)
         assert await store.read_ref("ci/x+y@z=1") == ID
         assert [r.name async for r in store.list_refs("ci/x+y")] == ["ci/x+y@z=1"]
-        assert await store.put_if_absent(Kind.CHUNK, ID, b"c") is True
-        assert [i.id async for i in store.list(Kind.CHUNK)] == [ID]
-        assert await store.missing(Kind.CHUNK, [ID]) == set()
+        assert await store.put_if_absent(Kind.PACK, ID, b"c") is True
+        assert [i.id async for i in store.list(Kind.PACK)] == [ID]
+        assert await store.missing(Kind.PACK, [ID]) == set()
+
+
+# ------------------------------------------------------------------ byte ranges
+
+
+def _answer(status: int, body: bytes, content_range: str | None = None):
+    from aiohttp import web
+
+    async def handler(request):
+        headers = {"Content-Range": content_range} if content_range else {}
+        return web.Response(status=status, body=body, headers=headers)
+
+    return handler
+
+
+async def test_get_range_is_one_media_get_with_a_range_header(scripted, scripted_store):
+    scripted.script = [_answer(206, b"3456", "bytes 3-6/10")]
+    assert await scripted_store.get_range(Kind.PACK, ID, 3, 4) == b"3456"
+    [sent] = scripted.requests
+    assert sent.method == "GET" and sent.query["alt"] == "media"
+    assert sent.headers["Range"] == "bytes=3-6"
+    assert sent.raw_path.split("?")[0] == f"/storage/v1/b/b/o/p%2Fpack%2F{ID}"
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "text"),
+    [
+        (_answer(206, b"3", "bytes 3-3/4"), IntegrityError, "only 4 bytes long"),
+        (gcs_error(416, "The requested range cannot be satisfied."), IntegrityError, "bytes 3-6"),
+        (_answer(206, b"4567", "bytes 4-7/10"), CasError, "from 4 instead of 3"),
+        (_answer(206, b"3456"), StoreUnavailable, "without a valid Content-Range"),
+        (_answer(200, b"0123456789"), CasError, "Range header ignored"),
+        (_answer(206, b"3456789", "bytes 3-9/10"), CasError, "more than the 4 bytes"),
+    ],
+)
+async def test_range_answers_that_are_not_exactly_the_range_are_refused(
+    scripted, scripted_store, answer, error, text
+):
+    scripted.script = [answer]
+    with pytest.raises(error, match=text):
+        await scripted_store.get_range(Kind.PACK, ID, 3, 4)
+
+
+async def test_a_whole_object_answer_to_a_range_from_zero_is_accepted(scripted, scripted_store):
+    """A server may answer 200 with the whole object when the range covers all of it."""
+    scripted.script = [_answer(200, b"0123")]
+    assert await scripted_store.get_range(Kind.PACK, ID, 0, 4) == b"0123"
+
+
+async def test_get_range_is_retried_on_transient_failures(scripted):
+    store = wrap_remote(
+        GcsStore(GcsLocation("b", "p"), endpoint=scripted.url, anonymous=True, timeout=1.0), FAST
+    )
+    async with store:
+        scripted.script = [gcs_error(503, "busy"), _answer(206, b"34", "bytes 3-4/10")]
+        assert await store.get_range(Kind.PACK, ID, 3, 2) == b"34"
+        assert len(scripted.requests) == 2
+
+
+# ------------------------------------------------------------------ store layout
+
+
+FORMAT_1 = (
+    "gs://cas-test/{prefix} is a format 1 store (objects under {names}); "
+    "this cas reads and writes format 2 only: put into a new store"
+)
+
+
+def _uploaded(recorded) -> tuple[dict, bytes]:
+    """The resource metadata and the data of a recorded multipart upload."""
+    boundary = recorded.headers["Content-Type"].split("boundary=")[1]
+    parts = recorded.body.split(f"--{boundary}".encode())
+    meta = json.loads(parts[1].split(b"\r\n\r\n", 1)[1])
+    return meta, parts[2].split(b"\r\n\r\n", 1)[1][: -len(b"\r\n")]
+
+
+async def test_the_layout_is_checked_once_per_store_with_one_listing(scripted, scripted_store):
+    import asyncio
+
+    scripted.default = object_resource(f"p/pack/{ID}")
+    await asyncio.gather(*(scripted_store.stat(Kind.PACK, ID) for _ in range(10)))
+    await scripted_store.put_if_absent(Kind.PACK, ID, b"x")
+    [check] = scripted.layout_checks
+    assert check.path == "/storage/v1/b/b/o"
+    assert (check.query["prefix"], check.query["delimiter"]) == ("p/", "/")
+    # The marker is there: no request beyond the calls themselves.
+    assert len(scripted.requests) == 11
+    assert _uploaded(scripted.requests[-1])[0]["name"] == f"p/pack/{ID}"
+
+
+async def test_the_first_write_creates_the_marker_once_and_reads_never_do(scripted, scripted_store):
+    import asyncio
+
+    scripted.layout_answer = layout_listing(layout=None, prefixes=("p/refs/",))
+    scripted.default = object_resource("x")
+    await scripted_store.stat(Kind.PACK, ID)
+    assert [r.method for r in scripted.requests] == ["GET"]
+    ids = [hash_bytes(b"%d" % i) for i in range(5)]
+    await asyncio.gather(*(scripted_store.put_if_absent(Kind.PACK, i, b"x") for i in ids))
+    await scripted_store.create_ref("ci/1", ID)
+    names = [_uploaded(r)[0]["name"] for r in scripted.requests[1:]]
+    assert names[0] == "p/cas-store.json" and names.count("p/cas-store.json") == 1
+    assert sorted(names[1:]) == sorted([f"p/pack/{i}" for i in ids] + ["p/refs/ci/1"])
+    meta, data = _uploaded(scripted.requests[1])
+    assert json.loads(data) == {"layout": "cas.gcs-store/2"}
+    assert meta["metadata"] == {"cas-layout": "cas.gcs-store/2"}
+    assert scripted.requests[1].query["ifGenerationMatch"] == "0"
+    assert len(scripted.layout_checks) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "text"),
+    [
+        (layout_listing(layout=None, prefixes=("p/chunk/", "p/refs/")), "objects under chunk/"),
+        (layout_listing(layout=None, prefixes=("p/tree/",)), "objects under tree/"),
+        (layout_listing(prefixes=("p/chunk/", "p/pack/")), "objects under chunk/"),
+        (layout_listing(layout="cas.gcs-store/3"), "unsupported store layout 'cas.gcs-store/3'"),
+    ],
+)
+async def test_a_store_of_another_format_is_refused_before_any_call(
+    scripted, scripted_store, answer, text
+):
+    scripted.layout_answer = answer
+    for call in (
+        lambda: scripted_store.stat(Kind.PACK, ID),
+        lambda: scripted_store.put_if_absent(Kind.PACK, ID, b"x"),
+        lambda: scripted_store.get_range(Kind.PACK, ID, 0, 1),
+    ):
+        with pytest.raises(UsageError, match=text):
+            await call()
+    assert scripted.requests == []
+
+
+async def test_a_layout_check_that_fails_transiently_is_retried_with_the_call(scripted):
+    store = wrap_remote(
+        GcsStore(GcsLocation("b", "p"), endpoint=scripted.url, anonymous=True, timeout=1.0), FAST
+    )
+    scripted.layout_answer = gcs_error(503, "busy")
+    scripted.default = object_resource(f"p/pack/{ID}")
+    async with store:
+        with pytest.raises(StoreUnavailable, match="store layout check"):
+            await store.stat(Kind.PACK, ID)
+        assert len(scripted.layout_checks) == FAST.attempts
+        scripted.layout_answer = layout_listing()
+        assert (await store.stat(Kind.PACK, ID)).size == 1
+
+
+async def test_a_new_emulator_store_gets_its_marker_with_the_first_write(gcs_backend):
+    store, base = gcs_backend.store, gcs_backend.location.base
+    assert await store.missing(Kind.PACK, [ID]) == {ID}
+    assert [i async for i in store.list(Kind.PACK)] == []
+    assert gcs_backend.snapshot() == []  # reading writes nothing, not even the marker
+    assert await store.put_if_absent(Kind.PACK, ID, b"x") is True
+    names = [name for name, *_ in gcs_backend.snapshot()]
+    assert names == [f"{base}cas-store.json", f"{base}pack/{ID}"]
+    status, body = gcs_backend.emulator.request(
+        "GET", gcs_backend._object_path(f"{base}cas-store.json") + "?alt=media"
+    )
+    assert status == 200 and json.loads(body) == {"layout": "cas.gcs-store/2"}
+    emulator_url = gcs_backend.emulator.url
+    async with GcsStore(gcs_backend.location, endpoint=emulator_url, anonymous=True) as again:
+        assert await again.get(Kind.PACK, ID, max_size=10) == b"x"
+        assert await again.put_if_absent(Kind.PACK, hash_bytes(b"y"), b"y") is True
+
+
+def _plant(gcs_backend, name: str, data: bytes) -> None:
+    status, body = gcs_backend.emulator.request(
+        "POST",
+        f"/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={gcs_backend.location.base}{name}",
+        data,
+    )
+    assert status == 200, body
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "names"), [(("chunk",), "chunk/"), (("chunk", "tree"), "chunk/ and tree/")]
+)
+async def test_a_format_1_emulator_store_is_refused_and_left_alone(gcs_backend, namespaces, names):
+    for namespace in namespaces:
+        _plant(gcs_backend, f"{namespace}/{ID}", b"format 1 object")
+    _plant(gcs_backend, "refs/ci/1", f"{ID}\n".encode())
+    before = gcs_backend.snapshot()
+    store = wrap_remote(gcs_backend.store, FAST)
+    expected = FORMAT_1.format(prefix=gcs_backend.location.prefix, names=names)
+    for call in (
+        lambda: store.read_ref("ci/1"),
+        lambda: store.put_if_absent(Kind.PACK, ID, b"x"),
+        lambda: store.create_ref("ci/2", ID),
+    ):
+        with pytest.raises(UsageError) as raised:
+            await call()
+        assert str(raised.value) == expected
+    assert gcs_backend.snapshot() == before
+
+
+async def test_a_marker_written_by_hand_is_read_from_its_content(gcs_backend):
+    _plant(gcs_backend, "cas-store.json", b'{"layout": "cas.gcs-store/2"}\n')
+    assert await gcs_backend.store.put_if_absent(Kind.PACK, ID, b"x") is True
+    other = GcsBackend(gcs_backend.emulator, f"t-{uuid.uuid4().hex}")
+    _plant(other, "cas-store.json", b'{"layout": "cas.local-store/2"}')
+    async with other.store:
+        with pytest.raises(UsageError, match=r"unsupported store layout 'cas\.local-store/2'"):
+            await other.store.stat(Kind.PACK, ID)
+
+
+def test_the_cli_names_a_format_1_bucket_in_one_line(gcs_backend, monkeypatch, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _plant(gcs_backend, f"tree/{ID}", b"format 1 tree")
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_backend.emulator.url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cas_cli.main", "refs", "--store", gcs_backend.location.url],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == UsageError.exit_code
+    expected = FORMAT_1.format(prefix=gcs_backend.location.prefix, names="tree/")
+    assert proc.stderr.decode() == f"cas: error: {expected}\n"

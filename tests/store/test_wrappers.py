@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cas.errors import AlreadyExists, PermissionDenied, StoreUnavailable
+from cas.errors import AlreadyExists, IntegrityError, PermissionDenied, StoreUnavailable
 from cas.ids import hash_bytes
 from cas.store.base import Kind
 from cas.store.limited import LimitedStore
@@ -37,6 +37,10 @@ class FailingTimes(WrappingStore):
         self._maybe_fail()
         return await self.inner.get(kind, object_id, max_size=max_size)
 
+    async def get_range(self, kind, object_id, offset, length):
+        self._maybe_fail()
+        return await self.inner.get_range(kind, object_id, offset, length)
+
     def list(self, kind, prefix=""):
         self._maybe_fail()
         return self.inner.list(kind, prefix)
@@ -49,23 +53,36 @@ def local(tmp_path):
 
 async def test_transient_failures_are_retried_until_success(local):
     oid = hash_bytes(b"x")
-    await local.put_if_absent(Kind.CHUNK, oid, b"x")
+    await local.put_if_absent(Kind.PACK, oid, b"x")
     flaky = FailingTimes(local, StoreUnavailable("503 from the store"), times=3)
-    assert await RetryingStore(flaky, FAST).get(Kind.CHUNK, oid, max_size=10) == b"x"
+    assert await RetryingStore(flaky, FAST).get(Kind.PACK, oid, max_size=10) == b"x"
     assert flaky.calls == 4
 
 
 async def test_retries_give_up_after_the_policy_with_the_last_error(local):
     flaky = FailingTimes(local, StoreUnavailable("503 from the store"), times=100)
     with pytest.raises(StoreUnavailable, match="503"):
-        await RetryingStore(flaky, FAST).get(Kind.CHUNK, hash_bytes(b"x"), max_size=10)
+        await RetryingStore(flaky, FAST).get(Kind.PACK, hash_bytes(b"x"), max_size=10)
     assert flaky.calls == FAST.attempts
+
+
+async def test_range_reads_are_retried_like_gets_and_pass_every_layer(local):
+    oid = hash_bytes(b"0123456789")
+    await local.put_if_absent(Kind.PACK, oid, b"0123456789")
+    flaky = FailingTimes(local, StoreUnavailable("503 from the store"), times=2)
+    layered = wrap_remote(flaky, FAST)
+    assert await layered.get_range(Kind.PACK, oid, 2, 5) == b"23456"
+    assert flaky.calls == 3
+    with pytest.raises(IntegrityError):  # permanent: not retried
+        await layered.get_range(Kind.PACK, oid, 8, 5)
+    assert flaky.calls == 4
+    assert await FaultyStore(local, {}).get_range(Kind.PACK, oid, 0, 1) == b"0"
 
 
 async def test_permanent_errors_fail_at_once(local):
     flaky = FailingTimes(local, PermissionDenied("no storage.objects.get"), times=100)
     with pytest.raises(PermissionDenied):
-        await RetryingStore(flaky, FAST).get(Kind.CHUNK, hash_bytes(b"x"), max_size=10)
+        await RetryingStore(flaky, FAST).get(Kind.PACK, hash_bytes(b"x"), max_size=10)
     assert flaky.calls == 1
 
 
@@ -97,9 +114,9 @@ async def test_create_ref_taken_by_another_target_still_fails(local):
 async def test_listing_that_fails_before_its_first_item_is_restarted(local):
     ids = {hash_bytes(b"%d" % i) for i in range(5)}
     for oid in ids:
-        await local.put_if_absent(Kind.CHUNK, oid, b"d")
+        await local.put_if_absent(Kind.PACK, oid, b"d")
     flaky = FailingTimes(local, StoreUnavailable("timeout"), times=2)
-    listed = {info.id async for info in RetryingStore(flaky, FAST).list(Kind.CHUNK)}
+    listed = {info.id async for info in RetryingStore(flaky, FAST).list(Kind.PACK)}
     assert listed == ids
 
 
@@ -116,10 +133,10 @@ async def test_call_cap_bounds_calls_in_flight(local):
             return await self.inner.stat(kind, object_id)
 
     oid = hash_bytes(b"x")
-    await local.put_if_absent(Kind.CHUNK, oid, b"x")
+    await local.put_if_absent(Kind.PACK, oid, b"x")
     limited = LimitedStore(Slow(local), max_in_flight=3)
     started = time.monotonic()
-    await asyncio.gather(*(limited.stat(Kind.CHUNK, oid) for _ in range(12)))
+    await asyncio.gather(*(limited.stat(Kind.PACK, oid) for _ in range(12)))
     assert peak == 3
     assert time.monotonic() - started >= 0.035  # four rounds of three
 

@@ -1,0 +1,213 @@
+"""One put's writer: encoded chunks and trees in, sealed packs uploaded, locations out.
+
+The only code that packs and writes chunks and trees. Reader threads and
+worker processes compress; their frames come here, on the event loop, and
+are appended to the open pack. A pack is sealed once it holds
+`TARGET_PACK_BYTES` and uploaded (create-only) while the next one fills; at
+most `uploads` sealed packs wait or travel at a time, which bounds memory.
+
+"Is it stored?" is answered from what the writer knows, never by asking the
+store per chunk: the locations of the parent manifest's index (checked once
+that its packs exist) and the frames this put packed itself. The index a put
+writes names only packs that were uploaded before it (`close` waits for
+them), so an interrupted put leaves nothing that names a missing pack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from cas.errors import IntegrityError
+from cas.ids import ObjectId
+from cas.pack import (
+    TARGET_PACK_BYTES,
+    ObjectKind,
+    PackBuilder,
+    SealedPack,
+    entries_from_trailer,
+)
+from cas.packindex import Location, PackIndex
+from cas.store.base import Kind, Store
+
+DEFAULT_UPLOADS: Final = 2
+MAX_CHUNK_LIMIT: Final = 16 << 20
+"""The largest chunk any manifest may declare (`cas.chunking`)."""
+
+
+@dataclass
+class WriterStats:
+    """What the writer stored."""
+
+    packs: int = 0
+    bytes_uploaded: int = 0
+    objects: int = 0
+
+
+class PackWriter:
+    """Packs frames and uploads packs for one put."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        target: int = TARGET_PACK_BYTES,
+        uploads: int = DEFAULT_UPLOADS,
+    ) -> None:
+        self.store = store
+        self.target = target
+        self._located: dict[ObjectKind, dict[ObjectId, Location]] = {
+            ObjectKind.CHUNK: {},
+            ObjectKind.TREE: {},
+        }
+        self._pending: dict[ObjectKind, set[ObjectId]] = {
+            ObjectKind.CHUNK: set(),
+            ObjectKind.TREE: set(),
+        }
+        self._builder = PackBuilder()
+        self._slots = asyncio.Semaphore(max(1, uploads))
+        self._uploads: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
+        self.stats = WriterStats()
+        self.on_stored: Callable[[SealedPack], None] | None = None
+        """Called after each pack is stored (a put's journal, so a re-run can reuse it)."""
+
+    # ------------------------------------------------------------ what is known
+
+    async def adopt(self, index: PackIndex) -> int:
+        """Reuse what an earlier index locates, minus packs the store no longer holds.
+
+        Returns the number of objects adopted.
+        """
+        packs = index.packs()
+        gone = await self.store.missing(Kind.PACK, list(packs)) if packs else set()
+        adopted = 0
+        for kind in ObjectKind:
+            table = self._located[kind]
+            for object_id, loc in index.table(kind).items():
+                if loc.pack not in gone and object_id not in table:
+                    table[object_id] = loc
+                    adopted += 1
+        return adopted
+
+    async def adopt_packs(self, trailers: dict[ObjectId, bytes]) -> int:
+        """Reuse packs an interrupted put stored (their trailers), those the store still holds."""
+        if not trailers:
+            return 0
+        gone = await self.store.missing(Kind.PACK, list(trailers))
+        adopted = 0
+        for pack, trailer in trailers.items():
+            if pack in gone:
+                continue
+            try:
+                entries = entries_from_trailer(pack, trailer, max_chunk=MAX_CHUNK_LIMIT)
+            except IntegrityError:
+                continue  # a damaged journal entry is only a lost hint
+            for entry in entries:
+                table = self._located[entry.kind]
+                if entry.id not in table:
+                    table[entry.id] = Location(pack, entry.offset, entry.stored, entry.raw)
+                    adopted += 1
+        return adopted
+
+    def known_chunks(self) -> frozenset[ObjectId]:
+        """Chunk ids already located (sent to worker processes so they skip compressing them)."""
+        return frozenset(self._located[ObjectKind.CHUNK])
+
+    def has(self, kind: ObjectKind, object_id: ObjectId) -> bool:
+        """Located, or packed by this put and on its way."""
+        return object_id in self._located[kind] or object_id in self._pending[kind]
+
+    def missing(self, kind: ObjectKind, ids: Iterable[ObjectId]) -> set[ObjectId]:
+        """The ids neither located nor packed by this put."""
+        return {i for i in ids if not self.has(kind, i)}
+
+    def location(self, kind: ObjectKind, object_id: ObjectId) -> Location:
+        """Where an object is stored (after `close`, for every object this put packed)."""
+        return self._located[kind][object_id]
+
+    def index(
+        self, manifest_id: ObjectId, chunk_ids: Iterable[ObjectId], tree_ids: Iterable[ObjectId]
+    ) -> PackIndex:
+        """The index of a manifest reaching exactly these objects (call after `close`)."""
+        index = PackIndex(manifest_id)
+        chunks, trees = self._located[ObjectKind.CHUNK], self._located[ObjectKind.TREE]
+        for object_id in chunk_ids:
+            index.chunks[object_id] = chunks[object_id]
+        for object_id in tree_ids:
+            index.trees[object_id] = trees[object_id]
+        return index
+
+    # ------------------------------------------------------------ writing
+
+    async def add(
+        self, kind: ObjectKind, items: Sequence[tuple[ObjectId, int, bytes]]
+    ) -> list[bool]:
+        """Append encoded objects `(id, raw length, frame)`; True for each one packed now."""
+        self._raise_failure()
+        added = []
+        for object_id, raw, frame in items:
+            if self.has(kind, object_id):
+                added.append(False)
+                continue
+            if self._builder.entries and self._builder.full(self.target - len(frame)):
+                await self._seal()
+            self._builder.add(kind, object_id, raw, frame)
+            self._pending[kind].add(object_id)
+            self.stats.objects += 1
+            added.append(True)
+        if self._builder.full(self.target):
+            await self._seal()
+        return added
+
+    async def close(self) -> None:
+        """Seal the open pack and wait until every pack is stored."""
+        if self._builder.entries:
+            await self._seal()
+        if self._uploads:
+            await asyncio.gather(*self._uploads, return_exceptions=True)
+        self._raise_failure()
+
+    async def abort(self) -> None:
+        """Stop uploading (a failed put): cancel what travels, drop what is open."""
+        for task in self._uploads:
+            task.cancel()
+        await asyncio.gather(*self._uploads, return_exceptions=True)
+        self._builder = PackBuilder()
+
+    async def _seal(self) -> None:
+        builder, self._builder = self._builder, PackBuilder()
+        await self._slots.acquire()
+        try:
+            sealed = await asyncio.to_thread(builder.seal)
+        except BaseException:
+            self._slots.release()
+            raise
+        task = asyncio.create_task(self._upload(sealed))
+        self._uploads.add(task)
+        task.add_done_callback(self._uploads.discard)
+
+    async def _upload(self, sealed: SealedPack) -> None:
+        try:
+            await self.store.put_if_absent(Kind.PACK, sealed.id, sealed.data)
+        except BaseException as exc:
+            if self._failure is None and not isinstance(exc, asyncio.CancelledError):
+                self._failure = exc
+            raise
+        finally:
+            self._slots.release()
+        self.stats.packs += 1
+        self.stats.bytes_uploaded += len(sealed.data)
+        if self.on_stored is not None:
+            self.on_stored(sealed)
+        for entry in sealed.entries:
+            self._located[entry.kind][entry.id] = Location(
+                sealed.id, entry.offset, entry.stored, entry.raw
+            )
+            self._pending[entry.kind].discard(entry.id)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
