@@ -195,9 +195,10 @@ class Checker:
             if loc.pack not in present:
                 problems.add(Problem(ObjectKind.CHUNK, chunk_id, f"missing: pack {loc.pack}"))
                 del located[chunk_id]
-        self.report.chunks_checked += len(lengths)
         if not self.read_chunks:
+            self.report.chunks_checked += len(lengths)
             return frozenset(problems)
+        self.report.chunks_checked += sum(1 for i in lengths if self._picked(i))
         todo: dict[ObjectId, Location] = {}
         for chunk_id, loc in located.items():
             if not self._picked(chunk_id):

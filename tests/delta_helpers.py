@@ -12,8 +12,10 @@ from cas.chunking import ChunkParams, FastCdcChunker
 from cas.get import Downloader, GetOptions, GetStats
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import FileEntry
+from cas.pack import ObjectKind, PackEntry, decode_frame
 from cas.put import PutOptions, Uploader
 from cas.repo import Repository
+from cas.store.base import Kind
 from cas.store.local import LocalStore
 
 SMALL = ChunkParams(min_size=256, avg_size=1024, max_size=4096)
@@ -81,6 +83,22 @@ def local_chunk_ids(root: Path, params: ChunkParams = SMALL) -> set[ObjectId]:
     return ids
 
 
-def stored_size(store_dir: Path, chunk_id: ObjectId) -> int:
-    hexid = str(chunk_id)
-    return (store_dir / "chunk" / hexid[:2] / hexid).stat().st_size
+def stored_sizes(store_dir: Path, manifest_id: ObjectId) -> dict[ObjectId, int]:
+    """The stored (compressed) size of every chunk of a manifest: its frame's length in its
+    pack, as the manifest's index locates it, checked against the pack's bytes."""
+
+    async def run():
+        store = LocalStore(store_dir, fsync=False)
+        try:
+            index = await Repository(store).index(manifest_id)
+            sizes = {}
+            for chunk_id, loc in index.chunks.items():
+                frame = await store.get_range(Kind.PACK, loc.pack, loc.offset, loc.stored)
+                entry = PackEntry(ObjectKind.CHUNK, chunk_id, loc.offset, loc.stored, loc.raw)
+                decode_frame(entry, frame)  # the frame really is that chunk, whole
+                sizes[chunk_id] = loc.stored
+            return sizes
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())

@@ -1,7 +1,10 @@
 """Hand-made objects for hostile-manifest tests: canonical JSON, planted raw in a store.
 
-Nothing here goes through `cas.objects` serialisation: the point is to write
-exactly the bytes an attacker (or a disk fault) could leave in a store.
+Nothing here goes through `cas.objects` serialisation, `PackWriter` or
+`Repository.put_manifest`: the point is to write exactly the bytes an attacker
+(or a disk fault) could leave in a store: packs whose frames are not what
+their ids say, indexes that lie about where frames are, manifests under the
+wrong name.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import hashlib
 import json
 import os
 import stat
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,8 @@ from cas import codec
 from cas.get import Downloader, GetStats
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import MANIFEST_FORMAT, TREE_FORMAT
+from cas.pack import ObjectKind, PackBuilder, SealedPack
+from cas.packindex import Location, PackIndex, encode_index
 from cas.repo import Repository
 from cas.store.base import Kind, Store
 
@@ -123,22 +131,126 @@ def manifest_doc(
 
 
 # ---------------------------------------------------------------- planting
+#
+# Store format 2 keeps chunks and trees as frames inside packs, found through
+# the index of the manifest that reaches them. Tests plant chunks and trees one
+# by one, honest or forged; they wait here, per store, until a manifest is
+# planted, which writes them as one pack, then an index listing every object
+# planted in that store so far, then the manifest: a writer's order.
 
 
-async def plant_bytes(store: Store, kind: Kind, data: bytes) -> ObjectId:
-    """Store `data` honestly: compressed, under the hash of its uncompressed bytes."""
-    object_id = hash_bytes(data)
-    await store.put_if_absent(kind, object_id, codec.encode(data))
+@dataclass
+class _Planted:
+    """What was planted in one store: frames not packed yet, and where earlier ones went."""
+
+    waiting: dict[tuple[ObjectKind, ObjectId], tuple[int, bytes]] = field(default_factory=dict)
+    located: dict[ObjectKind, dict[ObjectId, Location]] = field(
+        default_factory=lambda: {kind: {} for kind in ObjectKind}
+    )
+
+
+_PLANTED: weakref.WeakKeyDictionary[Store, _Planted] = weakref.WeakKeyDictionary()
+
+
+def _planted(store: Store) -> _Planted:
+    return _PLANTED.setdefault(store, _Planted())
+
+
+def plant_frame(
+    store: Store, kind: ObjectKind, object_id: ObjectId, frame: bytes, raw: int | None = None
+) -> ObjectId:
+    """Put a chunk or tree frame in the next pack under `object_id`, whatever the frame holds.
+
+    `raw` is the uncompressed size the index will claim; by default what the
+    frame declares (a frame that declares nothing must be given one). The
+    first frame planted under an id wins, as with a create-only store.
+    """
+    if raw is None:
+        raw = codec.decoded_size(frame)
+    plants = _planted(store)
+    if (kind, object_id) not in plants.waiting and object_id not in plants.located[kind]:
+        plants.waiting[kind, object_id] = (raw, frame)
     return object_id
+
+
+def planted_location(store: Store, kind: ObjectKind, object_id: ObjectId) -> Location:
+    """Where a planted object went (after a manifest was planted)."""
+    return _planted(store).located[kind][object_id]
+
+
+def _seal_waiting(plants: _Planted) -> SealedPack | None:
+    """The pack of every frame waiting, recorded as located (None if nothing waits)."""
+    if not plants.waiting:
+        return None
+    builder = PackBuilder()
+    for (kind, object_id), (raw, frame) in plants.waiting.items():
+        builder.add(kind, object_id, raw, frame)
+    sealed = builder.seal()
+    for entry in sealed.entries:
+        plants.located[entry.kind][entry.id] = Location(
+            sealed.id, entry.offset, entry.stored, entry.raw
+        )
+    plants.waiting.clear()
+    return sealed
+
+
+async def plant_pack(store: Store) -> ObjectId | None:
+    """Store the frames planted so far as a pack of their own now; its id (None if none wait)."""
+    sealed = _seal_waiting(_planted(store))
+    if sealed is None:
+        return None
+    await store.put_if_absent(Kind.PACK, sealed.id, sealed.data)
+    return sealed.id
+
+
+IndexForger = Callable[[PackIndex], list[tuple[ObjectId, bytes]]]
+"""Given the honest index of a manifest, the (name, blob) indexes to store instead."""
+
+
+async def plant_manifest_blob(
+    store: Store, manifest_id: ObjectId, blob: bytes, *, indexes: IndexForger | None = None
+) -> ObjectId:
+    """Store a manifest frame as a writer would: the pack, then an index, then the manifest.
+
+    The index lists every chunk and tree planted in `store` so far (this
+    manifest may reach any of them); `indexes` may replace it by forgeries.
+    """
+    plants = _planted(store)
+    await plant_pack(store)
+    honest = PackIndex(
+        manifest_id,
+        chunks=dict(plants.located[ObjectKind.CHUNK]),
+        trees=dict(plants.located[ObjectKind.TREE]),
+    )
+    for name, index_blob in [encode_index(honest)] if indexes is None else indexes(honest):
+        await store.put_if_absent(Kind.INDEX, name, index_blob)
+    await store.put_if_absent(Kind.MANIFEST, manifest_id, blob)
+    return manifest_id
+
+
+async def plant_bytes(
+    store: Store, kind: ObjectKind | Kind, data: bytes, *, indexes: IndexForger | None = None
+) -> ObjectId:
+    """Store `data` honestly: compressed, under the hash of its uncompressed bytes.
+
+    A chunk or tree (`ObjectKind`) waits for the next manifest's pack; a
+    manifest (`Kind.MANIFEST`) is stored at once, with its pack and index.
+    """
+    object_id = hash_bytes(data)
+    if kind is Kind.MANIFEST:
+        return await plant_manifest_blob(store, object_id, codec.encode(data), indexes=indexes)
+    return plant_frame(store, ObjectKind(kind), object_id, codec.encode(data), len(data))
 
 
 # Trees planted so far, by id, so that manifests can carry honest totals.
 _PLANTED_TREES: dict[str, list[Any]] = {}
 
 
-async def plant_doc(store: Store, kind: Kind, doc: Any) -> ObjectId:
-    object_id = await plant_bytes(store, kind, canon(doc))
-    if kind is Kind.TREE and isinstance(doc, dict) and isinstance(doc.get("entries"), list):
+async def plant_doc(
+    store: Store, kind: ObjectKind | Kind, doc: Any, *, indexes: IndexForger | None = None
+) -> ObjectId:
+    object_id = await plant_bytes(store, kind, canon(doc), indexes=indexes)
+    if kind is ObjectKind.TREE and isinstance(doc, dict) and isinstance(doc.get("entries"), list):
         _PLANTED_TREES[str(object_id)] = doc["entries"]
     return object_id
 
@@ -193,16 +305,20 @@ def honest_totals(root: ObjectId | str) -> dict[str, int]:
 
 
 async def plant_tree(store: Store, entries: list[dict], **kwargs: Any) -> ObjectId:
-    return await plant_doc(store, Kind.TREE, tree_doc(entries, **kwargs))
+    return await plant_doc(store, ObjectKind.TREE, tree_doc(entries, **kwargs))
 
 
-async def plant_manifest(store: Store, root: ObjectId | str, **kwargs: Any) -> ObjectId:
-    return await plant_doc(store, Kind.MANIFEST, manifest_doc(root, **kwargs))
+async def plant_manifest(
+    store: Store, root: ObjectId | str, *, indexes: IndexForger | None = None, **kwargs: Any
+) -> ObjectId:
+    return await plant_doc(store, Kind.MANIFEST, manifest_doc(root, **kwargs), indexes=indexes)
 
 
-async def plant_root(store: Store, entries: list[dict], **kwargs: Any) -> ObjectId:
+async def plant_root(
+    store: Store, entries: list[dict], *, indexes: IndexForger | None = None, **kwargs: Any
+) -> ObjectId:
     """A root tree with `entries` and a manifest naming it; returns the manifest id."""
-    return await plant_manifest(store, await plant_tree(store, entries, **kwargs))
+    return await plant_manifest(store, await plant_tree(store, entries, **kwargs), indexes=indexes)
 
 
 def fake_id(seed: str) -> ObjectId:

@@ -39,8 +39,10 @@ from cas.errors import (
 )
 from cas.ids import ObjectId
 from cas.objects import FileEntry
+from cas.packindex import PackIndex, encode_index
 from cas.put import PutOptions, Uploader
 from cas.repo import Repository
+from cas.store.base import Kind
 from cas.store.local import LocalStore
 from tests.helpers_hostile import leftovers, snapshot_tree
 
@@ -223,12 +225,53 @@ def chunks_of(store_dir: Path, manifest_id: str, path: str) -> list[ObjectId]:
     return asyncio.run(run())
 
 
-def corrupt_chunk(store_dir: Path, chunk_id: ObjectId) -> None:
-    """Replace a stored chunk by a valid frame of other bytes (bit rot, or a poisoned store)."""
-    path = store_dir / "chunk" / str(chunk_id)[:2] / str(chunk_id)
-    size = len(codec.decode(path.read_bytes(), 1 << 24, kind="chunk", object_id="-"))
+def index_of(store_dir: Path, manifest_id: str) -> PackIndex:
+    """The index a get of `manifest_id` reads."""
+
+    async def run() -> PackIndex:
+        store = LocalStore(store_dir, create=False)
+        try:
+            return await Repository(store).index(ObjectId.parse(manifest_id))
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
+def corrupt_chunk(store_dir: Path, manifest_id: str, chunk_id: ObjectId) -> None:
+    """Replace a chunk's frame inside its pack by a valid frame of other bytes (bit rot, or a
+    poisoned store): same length, so every other frame of the pack stays where it was."""
+    loc = index_of(store_dir, manifest_id).chunks[chunk_id]
+    path = store_dir / "pack" / str(loc.pack)[:2] / str(loc.pack)
+    data = bytearray(path.read_bytes())
+    frame = bytes(data[loc.offset : loc.offset + loc.stored])
+    assert len(codec.decode(frame, loc.raw, kind="chunk", object_id="-")) == loc.raw
+    other = codec.encode(os.urandom(loc.raw))
+    assert len(other) == loc.stored  # random content frames to the same length at one level
+    data[loc.offset : loc.offset + loc.stored] = other
     path.chmod(0o644)
-    path.write_bytes(codec.encode(os.urandom(size)))
+    path.write_bytes(bytes(data))
+
+
+def unlist_chunk(store_dir: Path, manifest_id: str, chunk_id: ObjectId) -> None:
+    """Make one chunk missing: replace the manifest's index by one that does not list it.
+
+    (Deleting its pack would lose every object of this small put, not that chunk.)
+    """
+
+    async def run() -> None:
+        store = LocalStore(store_dir, create=False)
+        try:
+            index = await Repository(store).index(ObjectId.parse(manifest_id))
+            assert index.name is not None
+            del index.chunks[chunk_id]
+            name, blob = encode_index(index)
+            await store.delete(Kind.INDEX, index.name)
+            await store.put_if_absent(Kind.INDEX, name, blob)
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
 
 
 @pytest.fixture
@@ -496,7 +539,7 @@ def _check_partial_get(dest: Path, src: Path, bad: str) -> None:
 def test_get_failing_on_a_corrupt_chunk_leaves_no_partial_file(tmp_path, src, stored):
     store, manifest_id = stored
     bad_chunk = chunks_of(store, manifest_id, "big.bin")[-1]
-    corrupt_chunk(store, bad_chunk)
+    corrupt_chunk(store, manifest_id, bad_chunk)
     dest = tmp_path / "dest"
     proc = cas(tmp_path, "get", "--no-cache", "--store", str(store), manifest_id, str(dest))
     one_error(proc, IntegrityError, str(bad_chunk), "corrupt")
@@ -509,7 +552,7 @@ def test_get_of_a_large_file_failing_midway_leaves_no_partial_file(tmp_path, src
     store = tmp_path / "store"
     manifest_id = put_library(store, src)
     bad_chunk = chunks_of(store, manifest_id, "large.bin")[-1]
-    corrupt_chunk(store, bad_chunk)
+    corrupt_chunk(store, manifest_id, bad_chunk)
     dest = tmp_path / "dest"
     proc = cas(tmp_path, "get", "--no-cache", "--store", str(store), manifest_id, str(dest))
     one_error(proc, IntegrityError, str(bad_chunk))
@@ -519,7 +562,7 @@ def test_get_of_a_large_file_failing_midway_leaves_no_partial_file(tmp_path, src
 def test_get_failing_on_a_missing_chunk_names_it(tmp_path, src, stored):
     store, manifest_id = stored
     gone = chunks_of(store, manifest_id, "sub/c.bin")[0]
-    (store / "chunk" / str(gone)[:2] / str(gone)).unlink()
+    unlist_chunk(store, manifest_id, gone)
     dest = tmp_path / "dest"
     proc = cas(tmp_path, "get", "--no-cache", "--store", str(store), manifest_id, str(dest))
     one_error(proc, ObjectNotFound, str(gone))

@@ -13,9 +13,9 @@ from cas import codec
 from cas.cache import ChunkCache
 from cas.get import Downloader
 from cas.ids import ObjectId, hash_bytes
+from cas.pack import ObjectKind
 from cas.put import PutOptions, Uploader
 from cas.repo import Repository, decode_object
-from cas.store.base import Kind
 from cas.store.local import LocalStore
 
 
@@ -160,7 +160,7 @@ def test_cache_survives_a_writer_killed_mid_write(tmp_path):
             for key in keys:
                 blob = cache.get(ObjectId(key))
                 assert blob is not None
-                decode_object(Kind.CHUNK, ObjectId(key), blob, 1 << 20)  # raises if damaged
+                decode_object(ObjectKind.CHUNK, ObjectId(key), blob, 1 << 20)  # raises if damaged
             fresh = blob_of(b"after the crash %d" % round_)
             cache.put(*fresh)
             assert cache.get(fresh[0]) == fresh[1]

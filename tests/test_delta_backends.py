@@ -8,6 +8,7 @@ from cas.browse import walk
 from cas.cache import ChunkCache
 from cas.get import Downloader, GetOptions
 from cas.objects import FileEntry
+from cas.pack import ObjectKind, PackEntry, decode_frame
 from cas.put import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
@@ -49,5 +50,13 @@ async def test_in_place_get_fetches_only_new_chunks(backend, tmp_path):
     assert snapshot(dest) == snapshot(b)
     lacking = await chunk_ids(repo, id_b) - local_chunk_ids(a)
     assert lacking and stats.chunks_from_store == len(lacking)
-    assert stats.bytes_from_store == sum(len(backend.peek(Kind.CHUNK, i)) for i in lacking)
+    # Stored sizes are the frames' lengths in their packs, as B's index locates them; each
+    # frame is checked against what the backend really holds (not through its client).
+    located = (await Repository(backend.store).index(id_b)).chunks
+    packs = {loc.pack: backend.peek(Kind.PACK, loc.pack) for loc in located.values()}
+    for i in lacking:
+        loc = located[i]
+        frame = packs[loc.pack][loc.offset : loc.offset + loc.stored]
+        decode_frame(PackEntry(ObjectKind.CHUNK, i, loc.offset, loc.stored, loc.raw), frame)
+    assert stats.bytes_from_store == sum(located[i].stored for i in lacking)
     assert stats.files_untouched == 1 and stats.deleted == 1

@@ -21,7 +21,7 @@ from tests.delta_helpers import (
     local_chunk_ids,
     manifest_chunks,
     put,
-    stored_size,
+    stored_sizes,
 )
 from tests.trees import make_writable, materialize, root_trees
 
@@ -181,7 +181,8 @@ def test_seed_supplies_chunks_and_only_the_rest_is_fetched(tmp_path, pair):
     assert snapshot(dest) == snapshot(b)
     assert stats.bytes_from_seeds > 0
     lacking = set(manifest_chunks(store, id_b)) - local_chunk_ids(a)
-    assert stats.bytes_from_store == sum(stored_size(store, i) for i in lacking)
+    sizes = stored_sizes(store, id_b)
+    assert stats.bytes_from_store == sum(sizes[i] for i in lacking)
 
 
 def test_corrupt_seed_costs_only_a_fetch(tmp_path, pair):
@@ -299,12 +300,13 @@ def test_property_in_place_or_seeded_get_gives_exactly_b_and_fetches_only_new_ch
             stats = get(store, id_b, dest, delete=True, cache_dir=tmp / "cache")
             assert snapshot(dest) == snapshot(b)  # no temporaries, pins or asides left
             lacking = set(manifest_chunks(store, id_b)) - expected_local
-            assert stats.bytes_from_store == sum(stored_size(store, i) for i in lacking)
+            sizes = stored_sizes(store, id_b)
+            assert stats.bytes_from_store == sum(sizes[i] for i in lacking)
             # The same with A as a seed for a fresh directory.
             fresh = tmp / "fresh"
             stats = get(store, id_b, fresh, seeds=(str(a),), cache_dir=tmp / "cache2")
             assert snapshot(fresh) == snapshot(b)
-            assert stats.bytes_from_store == sum(stored_size(store, i) for i in lacking)
+            assert stats.bytes_from_store == sum(sizes[i] for i in lacking)
         finally:
             make_writable(tmp)
 
@@ -328,4 +330,5 @@ def test_large_file_in_many_segments_is_updated_in_place(tmp_path):
     assert snapshot(dest) == snapshot(b)
     assert stats.bytes_from_destination > 40 << 20
     lacking = set(manifest_chunks(store, id_b)) - set(manifest_chunks(store, id_a))
-    assert stats.bytes_from_store == sum(stored_size(store, i) for i in lacking)
+    sizes = stored_sizes(store, id_b)
+    assert stats.bytes_from_store == sum(sizes[i] for i in lacking)

@@ -2,10 +2,12 @@
 
 Every object here is written by hand (canonical JSON, `codec.encode`, named
 with `hash_bytes`, or deliberately misnamed) straight into a real
-`LocalStore`, then fetched with the real `Downloader`. Each case checks the
-typed error and its message, that nothing outside the destination changed,
-and, when the problem can be seen before writing, that the destination was
-not even created.
+`LocalStore`, then fetched with the real `Downloader`. Chunks and trees are
+frames in packs (store format 2): `tests.helpers_hostile` packs whatever was
+planted, forged frames included, and writes each manifest's index, honest
+unless a test forges it too. Each case checks the typed error and its
+message, that nothing outside the destination changed, and, when the problem
+can be seen before writing, that the destination was not even created.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from cas.errors import (
     ObjectNotFound,
     UnsafeManifest,
 )
-from cas.ids import hash_bytes
+from cas.ids import ObjectId, hash_bytes
 from cas.objects import MAX_MANIFEST_BYTES, MAX_NAME_BYTES
+from cas.pack import ObjectKind
+from cas.packindex import Location, PackIndex, encode_index, index_name, index_prefix
+from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore
 from tests.helpers_hostile import (
@@ -51,7 +56,10 @@ from tests.helpers_hostile import (
     manifest_doc,
     plant_bytes,
     plant_doc,
+    plant_frame,
     plant_manifest,
+    plant_manifest_blob,
+    plant_pack,
     plant_root,
     plant_tree,
     snapshot_tree,
@@ -303,7 +311,7 @@ async def test_setuid_setgid_bits_are_not_applied(lstore, tmp_path):
 async def test_chunk_stored_under_the_wrong_id_is_an_integrity_error(lstore, tmp_path):
     real = os.urandom(2000)
     claimed = hash_bytes(real)
-    await lstore.put_if_absent(Kind.CHUNK, claimed, codec.encode(os.urandom(2000)))
+    plant_frame(lstore, ObjectKind.CHUNK, claimed, codec.encode(os.urandom(2000)))
     entry = chunked_file("f", [(str(claimed), 2000)], file_digest=digest(real))
     manifest_id, _ = await nested(lstore, [entry])
     await refused(
@@ -320,7 +328,7 @@ async def test_chunk_stored_under_the_wrong_id_is_an_integrity_error(lstore, tmp
 
 async def test_file_of_valid_chunks_with_wrong_whole_file_digest(lstore, tmp_path):
     one, two = os.urandom(1500), os.urandom(900)
-    ids = [await plant_bytes(lstore, Kind.CHUNK, c) for c in (one, two)]
+    ids = [await plant_bytes(lstore, ObjectKind.CHUNK, c) for c in (one, two)]
     entry = chunked_file(
         "f", [(str(ids[0]), 1500), (str(ids[1]), 900)], file_digest=digest(two + one)
     )
@@ -348,7 +356,7 @@ async def test_inline_file_with_wrong_digest(lstore, tmp_path):
 async def test_large_file_with_wrong_digest_leaves_no_partial_file(lstore, tmp_path):
     """Over the batch size a file is written in segments; a bad digest must abort it."""
     chunk = os.urandom(MAX_CHUNK)
-    chunk_id = await plant_bytes(lstore, Kind.CHUNK, chunk)
+    chunk_id = await plant_bytes(lstore, ObjectKind.CHUNK, chunk)
     count = (9 << 20) // MAX_CHUNK  # 9 MiB: over get's 8 MiB batch limit
     entry = chunked_file("big", [(str(chunk_id), MAX_CHUNK)] * count, file_digest=digest(b"x"))
     manifest_id, _ = await nested(lstore, [entry])
@@ -359,7 +367,7 @@ async def test_large_file_with_wrong_digest_leaves_no_partial_file(lstore, tmp_p
 @pytest.mark.parametrize("claimed", [500, 1999, 2001, MAX_CHUNK])
 async def test_chunk_length_in_tree_differs_from_real_length(lstore, tmp_path, claimed):
     data = os.urandom(2000)
-    chunk_id = await plant_bytes(lstore, Kind.CHUNK, data)
+    chunk_id = await plant_bytes(lstore, ObjectKind.CHUNK, data)
     entry = chunked_file("f", [(str(chunk_id), claimed)], file_digest=digest(data))
     manifest_id, _ = await nested(lstore, [entry])
     await refused(
@@ -377,27 +385,37 @@ async def test_chunk_length_in_tree_differs_from_real_length(lstore, tmp_path, c
 
 async def test_chunk_length_over_the_manifest_maximum_is_refused_before_writing(lstore, tmp_path):
     data = os.urandom(MAX_CHUNK + 1)
-    chunk_id = await plant_bytes(lstore, Kind.CHUNK, data)
+    chunk_id = await plant_bytes(lstore, ObjectKind.CHUNK, data)
     entry = chunked_file("f", [(str(chunk_id), MAX_CHUNK + 1)], file_digest=digest(data))
     manifest_id, _ = await nested(lstore, [entry])
     await refused(lstore, tmp_path, manifest_id, UnsafeManifest, str(chunk_id), f"{MAX_CHUNK}")
 
 
-async def test_decompression_bomb_chunk_is_refused(lstore, tmp_path):
-    """An honestly named chunk of 64 MiB of zeros (a ~2 KiB frame) with a small tree length."""
+@pytest.mark.parametrize(
+    ("index_says", "limit"), [(64 << 20, MAX_CHUNK), (100, 100)], ids=["index-honest", "index-lies"]
+)
+async def test_decompression_bomb_chunk_is_refused(lstore, tmp_path, index_says, limit):
+    """An honestly named chunk of 64 MiB of zeros (a ~2 KiB frame) with a small tree length.
+
+    Its index gives either its real size (over the manifest's maximum: refused
+    before reading) or the tree's 100 bytes (the frame header declares more:
+    refused before inflating). Either way the error names the declared size.
+    """
     bomb = bytes(64 << 20)
-    bomb_id = await plant_bytes(lstore, Kind.CHUNK, bomb)
-    stored = (tmp_path / "store" / "chunk" / str(bomb_id)[:2] / str(bomb_id)).stat().st_size
-    assert stored < 64 << 10
+    bomb_id = hash_bytes(bomb)
+    plant_frame(lstore, ObjectKind.CHUNK, bomb_id, codec.encode(bomb), index_says)
     entry = chunked_file("f", [(str(bomb_id), 100)], file_digest=digest(bytes(100)))
     manifest_id, _ = await nested(lstore, [entry])
+    stored = (await Repository(lstore).index(manifest_id)).chunks[bomb_id].stored
+    assert stored < 64 << 10
     await refused(
         lstore,
         tmp_path,
         manifest_id,
         IntegrityError,
         f"chunk {bomb_id}",
-        f"{MAX_CHUNK}-byte",
+        f"declares {64 << 20} bytes",
+        f"{limit}",
         dest_may_exist=True,
     )
     assert not (tmp_path / "dest" / "sub" / "f").exists()
@@ -418,7 +436,7 @@ async def test_frame_inflating_past_its_declared_size_is_refused(lstore, tmp_pat
     real = bytes(60_000)
     blob = _frame_lying_about_its_size(len(real), 1000)
     lie_id = hash_bytes(bytes(1000))
-    await lstore.put_if_absent(Kind.CHUNK, lie_id, blob)
+    plant_frame(lstore, ObjectKind.CHUNK, lie_id, blob)  # the index says 1000, as the frame does
     entry = chunked_file("f", [(str(lie_id), 1000)], file_digest=digest(bytes(1000)))
     manifest_id, _ = await nested(lstore, [entry])
     await refused(
@@ -427,10 +445,47 @@ async def test_frame_inflating_past_its_declared_size_is_refused(lstore, tmp_pat
     assert not (tmp_path / "dest" / "sub" / "f").exists()
 
 
-async def test_missing_chunk_is_object_not_found(lstore, tmp_path):
-    missing = fake_id("no such chunk")
-    entry = chunked_file("f", [(str(missing), 10)], file_digest=digest(bytes(10)))
+@pytest.mark.parametrize(
+    ("index_says", "problem"),
+    [(1000, "declares 2000 bytes, more than the 1000-byte limit"), (3000, "index says 3000")],
+    ids=["smaller", "bigger"],
+)
+async def test_index_lying_about_a_chunk_size_is_refused(lstore, tmp_path, index_says, problem):
+    """An honest frame whose index entry gives another uncompressed size than it holds."""
+    data = os.urandom(2000)
+    chunk_id = plant_frame(
+        lstore, ObjectKind.CHUNK, hash_bytes(data), codec.encode(data), index_says
+    )
+    entry = chunked_file("f", [(str(chunk_id), 2000)], file_digest=digest(data))
     manifest_id, _ = await nested(lstore, [entry])
+    await refused(
+        lstore,
+        tmp_path,
+        manifest_id,
+        IntegrityError,
+        f"chunk {chunk_id}",
+        problem,
+        dest_may_exist=True,
+    )
+    assert not (tmp_path / "dest" / "sub" / "f").exists()
+
+
+@pytest.mark.parametrize("how", ["never-stored", "pack-deleted"])
+async def test_missing_chunk_is_object_not_found(lstore, tmp_path, how):
+    """The tree names a chunk the store lacks: never stored (so the manifest's index does
+    not list it), or listed by the index in a pack of its own that has since gone."""
+    if how == "never-stored":
+        data = bytes(10)
+        missing = fake_id("no such chunk")
+    else:
+        data = os.urandom(2000)
+        missing = await plant_bytes(lstore, ObjectKind.CHUNK, data)
+        pack = await plant_pack(lstore)
+    entry = chunked_file("f", [(str(missing), len(data))], file_digest=digest(data))
+    manifest_id, _ = await nested(lstore, [entry])
+    if how == "pack-deleted":
+        assert (await Repository(lstore).index(manifest_id)).chunks[missing].pack == pack
+        await lstore.delete(Kind.PACK, pack)
     await refused(lstore, tmp_path, manifest_id, ObjectNotFound, str(missing), dest_may_exist=True)
     assert not (tmp_path / "dest" / "sub" / "f").exists()
 
@@ -463,12 +518,13 @@ async def test_badly_framed_objects_are_integrity_errors(lstore, tmp_path, spoil
     manifest_bytes = canon(manifest_doc(tree_id, totals=totals))
     manifest_id = hash_bytes(manifest_bytes)
     for kind, object_id, data in (
-        (Kind.CHUNK, chunk_id, chunk),
-        (Kind.TREE, tree_id, tree_bytes),
-        (Kind.MANIFEST, manifest_id, manifest_bytes),
+        (ObjectKind.CHUNK, chunk_id, chunk),
+        (ObjectKind.TREE, tree_id, tree_bytes),
     ):
-        blob = spoil(data) if kind.value == where else codec.encode(data)
-        await lstore.put_if_absent(kind, object_id, blob)
+        frame = spoil(data) if kind.value == where else codec.encode(data)
+        plant_frame(lstore, kind, object_id, frame, len(data))  # the index gives the true size
+    blob = spoil(manifest_bytes) if where == "manifest" else codec.encode(manifest_bytes)
+    await plant_manifest_blob(lstore, manifest_id, blob)
     named = {"manifest": manifest_id, "tree": tree_id, "chunk": chunk_id}[where]
     await refused(
         lstore,
@@ -485,17 +541,17 @@ async def test_badly_framed_objects_are_integrity_errors(lstore, tmp_path, spoil
 @pytest.mark.parametrize("where", ["manifest", "tree"])
 async def test_tree_and_manifest_stored_under_the_wrong_id(lstore, tmp_path, where):
     good_tree = tree_doc([inline_file("f", b"data")])
-    tree_id = await plant_doc(lstore, Kind.TREE, good_tree)
+    tree_id = await plant_doc(lstore, ObjectKind.TREE, good_tree)
     if where == "tree":
         tree_id = fake_id("forged tree")
         forged = canon(tree_doc([inline_file("f", b"forged data")]))
-        await lstore.put_if_absent(Kind.TREE, tree_id, codec.encode(forged))
+        plant_frame(lstore, ObjectKind.TREE, tree_id, codec.encode(forged))
         manifest_id = await plant_manifest(lstore, tree_id)
         named = tree_id
     else:
         manifest_id = fake_id("forged manifest")
         forged = canon(manifest_doc(tree_id))
-        await lstore.put_if_absent(Kind.MANIFEST, manifest_id, codec.encode(forged))
+        await plant_manifest_blob(lstore, manifest_id, codec.encode(forged))
         named = manifest_id
     await refused(lstore, tmp_path, manifest_id, IntegrityError, f"{where} {named}", "hashes to")
 
@@ -513,13 +569,13 @@ async def test_tree_naming_itself_is_refused_without_looping(lstore, tmp_path):
     """A tree stored under X whose content lists X as a subdirectory (and a forged 2-cycle)."""
     self_id = fake_id("self")
     doc = tree_doc([dir_entry("loop", self_id), inline_file("f", b"f")])
-    await lstore.put_if_absent(Kind.TREE, self_id, codec.encode(canon(doc)))
+    plant_frame(lstore, ObjectKind.TREE, self_id, codec.encode(canon(doc)))
     manifest_id = await plant_manifest(lstore, self_id)
     await refused(lstore, tmp_path, manifest_id, IntegrityError, f"tree {self_id}")
 
     a, b = fake_id("cycle a"), fake_id("cycle b")
-    await lstore.put_if_absent(Kind.TREE, a, codec.encode(canon(tree_doc([dir_entry("b", b)]))))
-    await lstore.put_if_absent(Kind.TREE, b, codec.encode(canon(tree_doc([dir_entry("a", a)]))))
+    plant_frame(lstore, ObjectKind.TREE, a, codec.encode(canon(tree_doc([dir_entry("b", b)]))))
+    plant_frame(lstore, ObjectKind.TREE, b, codec.encode(canon(tree_doc([dir_entry("a", a)]))))
     manifest_id = await plant_manifest(lstore, a)
     await refused(lstore, tmp_path, manifest_id, IntegrityError, f"tree {a}")
 
@@ -573,6 +629,133 @@ async def test_exponential_dag_of_trees_is_refused_quickly(lstore, tmp_path):
     assert snapshot_tree(tmp_path, exclude=(dest,)) == before
 
 
+# ---------------------------------------------------------------- indexes
+#
+# A manifest's index says where its chunks and trees lie. It is as untrusted
+# as any other stored object: a lying index may cost the get, never anything
+# outside the destination, and never a file with the wrong content.
+
+
+def _renamed(index: PackIndex) -> list[tuple[ObjectId, bytes]]:
+    """The honest index, stored under a name whose content half is not its hash."""
+    name, blob = encode_index(index)
+    return [(ObjectId(bytes(name)[:16] + bytes(16)), blob)]
+
+
+def _of_another_manifest(index: PackIndex) -> list[tuple[ObjectId, bytes]]:
+    """Another manifest's index, named (correctly for its body) under this manifest's prefix."""
+    _, blob = encode_index(PackIndex(fake_id("another manifest"), index.chunks, index.trees))
+    body = codec.decode(blob, 1 << 30, kind="index", object_id="-")
+    return [(index_name(index.manifest, body), blob)]
+
+
+def _of_a_prefix_twin(index: PackIndex) -> list[tuple[ObjectId, bytes]]:
+    """An honest index of a manifest whose id shares this one's first 16 bytes."""
+    twin = ObjectId(bytes(index.manifest)[:16] + b"\xee" * 16)
+    return [encode_index(PackIndex(twin, index.chunks, index.trees))]
+
+
+@pytest.mark.parametrize(
+    ("forge", "problem"),
+    [
+        (_renamed, "does not match its name"),
+        (_of_another_manifest, "names another manifest"),
+        (_of_a_prefix_twin, "serves"),
+    ],
+    ids=["name-not-content", "another-manifest", "prefix-twin"],
+)
+async def test_index_that_is_not_this_manifests_is_refused_before_writing(
+    lstore, tmp_path, forge, problem
+):
+    """The only index listed under the manifest's prefix is not its own: the get stops at
+    the root tree, naming the index."""
+    written: list[tuple[ObjectId, bytes]] = []
+
+    def keep(index: PackIndex) -> list[tuple[ObjectId, bytes]]:
+        written.extend(forge(index))
+        return written
+
+    manifest_id = await plant_root(lstore, [inline_file("f", b"f")], indexes=keep)
+    ((name, _),) = written
+    await refused(lstore, tmp_path, manifest_id, IntegrityError, f"index {name}", problem)
+
+
+async def test_manifest_without_an_index_is_object_not_found(lstore, tmp_path):
+    manifest_id = await plant_root(lstore, [inline_file("f", b"f")], indexes=lambda _: [])
+    await refused(lstore, tmp_path, manifest_id, ObjectNotFound, str(manifest_id), "no index")
+
+
+async def test_damaged_index_beside_a_good_one_is_harmless(lstore, tmp_path):
+    def both(index: PackIndex) -> list[tuple[ObjectId, bytes]]:
+        return [encode_index(index), *_renamed(index)]
+
+    manifest_id = await plant_root(lstore, [inline_file("f", b"good")], indexes=both)
+    assert len([i async for i in lstore.list(Kind.INDEX, index_prefix(manifest_id))]) == 2
+    await get_into(lstore, manifest_id, tmp_path / "dest")
+    assert (tmp_path / "dest" / "f").read_bytes() == b"good"
+
+
+def _misplaced(kind: ObjectKind, victim: ObjectId, other: ObjectId, how: str):
+    """An index whose entry for `victim` points at the wrong bytes of its pack."""
+
+    def forge(index: PackIndex) -> list[tuple[ObjectId, bytes]]:
+        table = index.table(kind)
+        loc = table[victim]
+        if how == "past-the-end":
+            table[victim] = loc._replace(offset=loc.offset + (1 << 20))
+        elif how == "inside-the-frame":
+            table[victim] = loc._replace(offset=loc.offset + 1, stored=loc.stored - 1)
+        else:
+            table[victim] = Location(*table[other])  # another object's frame
+        return [encode_index(index)]
+
+    return forge
+
+
+@pytest.mark.parametrize(
+    ("how", "problem"),
+    [
+        ("past-the-end", "corrupt"),
+        ("inside-the-frame", "not a zstd frame"),
+        ("other-frame", "hashes to"),
+    ],
+    ids=["past-the-end", "inside-the-frame", "other-frame"],
+)
+@pytest.mark.parametrize("where", ["tree", "chunk"])
+async def test_index_pointing_at_the_wrong_bytes_is_an_integrity_error(
+    lstore, tmp_path, where, how, problem
+):
+    """The root tree, or a chunk of it, located outside its pack, mid-frame or at a neighbour.
+
+    Whatever the store answers for those bytes, the error names the object the
+    index misplaced (the one a user can look up in the manifest), not only the pack.
+    """
+    one, two = os.urandom(2000), os.urandom(1500)
+    ids = [await plant_bytes(lstore, ObjectKind.CHUNK, c) for c in (one, two)]
+    sub = await plant_tree(
+        lstore, [chunked_file("g", [(str(ids[1]), 1500)], file_digest=digest(two))]
+    )
+    root = await plant_tree(
+        lstore,
+        [chunked_file("f", [(str(ids[0]), 2000)], file_digest=digest(one)), dir_entry("sub", sub)],
+    )
+    if where == "tree":
+        kind, victim, other = ObjectKind.TREE, root, sub
+    else:
+        kind, victim, other = ObjectKind.CHUNK, ids[0], ids[1]
+    manifest_id = await plant_manifest(lstore, root, indexes=_misplaced(kind, victim, other, how))
+    await refused(
+        lstore,
+        tmp_path,
+        manifest_id,
+        IntegrityError,
+        f"{where} {victim}",
+        problem,
+        dest_may_exist=where == "chunk",
+    )
+    assert not (tmp_path / "dest" / "f").exists()
+
+
 # ---------------------------------------------------------------- formats
 
 
@@ -619,7 +802,8 @@ PATHOLOGICAL_JSON = {
 @pytest.mark.parametrize("payload", PATHOLOGICAL_JSON.values(), ids=PATHOLOGICAL_JSON.keys())
 async def test_pathological_json_is_a_format_error(lstore, tmp_path, where, payload):
     """Well-hashed, well-framed objects whose content is not a valid document."""
-    object_id = await plant_bytes(lstore, Kind(where), payload)
+    kind = Kind.MANIFEST if where == "manifest" else ObjectKind.TREE
+    object_id = await plant_bytes(lstore, kind, payload)
     named = object_id
     if where == "tree":
         manifest_id = await plant_manifest(lstore, object_id)
@@ -755,7 +939,7 @@ def test_random_tree_and_manifest_payloads_are_cas_errors_or_harmless(payload, a
     """Random documents, honestly stored: success or a `CasError`, never a crash or escape."""
 
     async def plant(store):
-        kind = Kind.MANIFEST if as_manifest else Kind.TREE
+        kind = Kind.MANIFEST if as_manifest else ObjectKind.TREE
         object_id = await plant_bytes(store, kind, payload)
         return object_id if as_manifest else await plant_manifest(store, object_id)
 

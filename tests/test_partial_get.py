@@ -11,8 +11,10 @@ import pytest
 from cas.browse import lookup
 from cas.errors import ObjectNotFound, UsageError
 from cas.objects import DirEntry
+from cas.packindex import encode_index
 from cas.repo import Repository
 from cas.selection import Selection
+from cas.store.base import Kind
 from cas.store.local import LocalStore
 from tests.conftest import snapshot
 from tests.delta_helpers import get, put
@@ -65,18 +67,31 @@ def test_anchored_directory_include_takes_everything_under_it(tmp_path, build):
 
 
 def _drop_trees(store: Path, manifest_id, keep: tuple[str, ...]) -> None:
-    """Delete the stored trees of every top-level directory except `keep`."""
+    """Make the trees of every top-level directory except `keep` missing from the store.
+
+    They share a pack with everything else, so the manifest's index is replaced
+    by one that does not list them: reading one is then `ObjectNotFound`, as
+    for a tree that was never stored.
+    """
 
     async def run():
-        repo = Repository(LocalStore(store, fsync=False))
-        manifest = await repo.get_manifest(manifest_id)
-        for name in ("src", "third_party", "tests"):
-            if name in keep:
-                continue
-            found = await lookup(repo, manifest, name)
-            assert isinstance(found.entry, DirEntry)
-            hexid = str(found.entry.tree)
-            (store / "tree" / hexid[:2] / hexid).unlink()
+        local = LocalStore(store, fsync=False)
+        try:
+            repo = Repository(local)
+            manifest = await repo.get_manifest(manifest_id)
+            index = await repo.index(manifest_id)
+            for name in ("src", "third_party", "tests"):
+                if name in keep:
+                    continue
+                found = await lookup(repo, manifest, name)
+                assert isinstance(found.entry, DirEntry)
+                del index.trees[found.entry.tree]
+            assert index.name is not None
+            new_name, blob = encode_index(index)
+            await local.delete(Kind.INDEX, index.name)
+            await local.put_if_absent(Kind.INDEX, new_name, blob)
+        finally:
+            await local.aclose()
 
     asyncio.run(run())
 

@@ -11,7 +11,7 @@ import pytest
 
 from cas.gc import GcOptions, collect
 from cas.gcrecords import RunTracker
-from cas.ids import ObjectId
+from cas.ids import ObjectId, hash_bytes
 from cas.put import PutOptions, Uploader
 from cas.repo import Repository
 from cas.retention import ExpireRule, KeepLastRule, Retention
@@ -51,13 +51,16 @@ async def test_refs_keep_their_data_and_unnamed_old_manifests_go(store, tmp_path
     kept = await put(
         store, write_tree(tmp_path / "a", {"s": shared, "a": os.urandom(9000)}), ref="ci/main/1"
     )
+    # b reuses a's pack for the shared chunk (a's ref is the store's newest: b's parent)
     gone = await put(store, write_tree(tmp_path / "b", {"s": shared, "b": os.urandom(9000)}))
-    before = await ids_of(store, Kind.CHUNK)
+    before = await ids_of(store, Kind.PACK)
+    assert len(before) == 2
     report = await collect(Repository(store), NOW_GRACE)
     assert report.deleted[Kind.MANIFEST].objects == 1
-    assert report.deleted[Kind.CHUNK].objects == 1  # only b's own chunk; the shared one stays
+    assert report.deleted[Kind.INDEX].objects == 1
+    assert report.deleted[Kind.PACK].objects == 1  # only b's own pack; the shared one stays
     assert await ids_of(store, Kind.MANIFEST) == {kept}
-    assert len(await ids_of(store, Kind.CHUNK)) == len(before) - 1
+    assert len(await ids_of(store, Kind.PACK)) == len(before) - 1
     assert (await verify_manifests(Repository(store), [kept])).ok
     assert gone not in await ids_of(store, Kind.MANIFEST)
 
@@ -100,16 +103,16 @@ async def test_run_leaves_a_done_record_and_no_heartbeats(store, tmp_path):
     assert state.done and len(state.records) == 2  # start and done; beats removed
 
 
-async def test_a_reachable_missing_tree_stops_the_sweep_of_trees_and_chunks(store, tmp_path):
+async def test_a_root_without_a_readable_index_stops_the_sweep_of_packs(store, tmp_path):
     kept = await put(store, write_tree(tmp_path / "a", {"d": os.urandom(9000)}), ref="r")
-    await put(store, write_tree(tmp_path / "b", {"e": os.urandom(9000)}))  # garbage
-    manifest = await Repository(store).get_manifest(kept)
-    await store.delete(Kind.TREE, manifest.root)
-    chunks = await ids_of(store, Kind.CHUNK)
+    await put(store, write_tree(tmp_path / "b", {"e": os.urandom(9000)}), parent=None)
+    (index,) = await Repository(store).indexes_of(kept)
+    await store.delete(Kind.INDEX, index.name)
+    packs = await ids_of(store, Kind.PACK)
     report = await collect(Repository(store), NOW_GRACE)
-    assert [(k, i) for k, i, _ in report.unreadable] == [(Kind.TREE, manifest.root)]
+    assert [(k, i) for k, i, _ in report.unreadable] == [(Kind.INDEX, kept)]
     assert report.sweep_skipped and report.deleted[Kind.MANIFEST].objects == 1
-    assert await ids_of(store, Kind.CHUNK) == chunks
+    assert await ids_of(store, Kind.PACK) == packs  # which packs `kept` needs is unknown
 
 
 class GcBeforeManifest(WrappingStore):
@@ -131,10 +134,10 @@ class GcBeforeManifest(WrappingStore):
 async def race(store: LocalStore, tmp_path: Path, *, fence: bool) -> tuple[ObjectId, bool]:
     """An old unnamed tree shares a chunk with a new put; gc runs between check and manifest."""
     shared = os.urandom(50_000)
-    await put(store, write_tree(tmp_path / "old", {"shared": shared}))
+    old = await put(store, write_tree(tmp_path / "old", {"shared": shared}))
     await asyncio.sleep(0.05)
     racing = GcBeforeManifest(store, NOW_GRACE)
-    uploader = Uploader(Repository(racing), PutOptions())
+    uploader = Uploader(Repository(racing), PutOptions(parent=str(old)))
     uploader.gc_fence = fence
     src = write_tree(tmp_path / "new", {"shared": shared, "own": os.urandom(30_000)})
     result = await uploader.put(src)
@@ -182,7 +185,7 @@ class SlowDeletes(WrappingStore):
         await self.inner.delete_many(kind, ids)
 
     async def list(self, kind: Kind, prefix: str = ""):
-        if kind is Kind.CHUNK:
+        if kind is Kind.PACK:
             await asyncio.sleep(1.5)  # a big namespace
         async for info in self.inner.list(kind, prefix):
             yield info
@@ -191,15 +194,16 @@ class SlowDeletes(WrappingStore):
 async def test_a_put_during_a_long_sweep_finishes_first_and_stays_whole(store, tmp_path):
     """The run re-lists its roots before each beat: the put's ref is marked mid-sweep."""
     files = {f"f{i}": os.urandom(6000) for i in range(30)}
-    await put(store, write_tree(tmp_path / "old", files))  # unnamed: garbage at grace 0
+    old = await put(store, write_tree(tmp_path / "old", files))  # unnamed: garbage at grace 0
     slow = SlowDeletes(store)
     collection = asyncio.create_task(collect(Repository(slow), GcOptions(grace=0.0, lease=1.0)))
     await asyncio.sleep(0.3)  # the run is sweeping manifests
-    uploader = Uploader(Repository(store), PutOptions(ref="ci/new"))
+    uploader = Uploader(Repository(store), PutOptions(ref="ci/new", parent=str(old)))
     result = await uploader.put(write_tree(tmp_path / "new", files))
     assert not collection.done() and uploader.stats.gc_waits == 1
+    assert uploader.stats.chunks_new == 0  # the old pack holds every chunk
     report = await collection
-    assert report.deleted[Kind.CHUNK].objects == 0  # every old chunk was reused
+    assert report.deleted[Kind.PACK].objects == 0  # the old pack was reused: marked mid-sweep
     assert (await verify_manifests(Repository(store), [result.manifest_id])).ok
 
 
@@ -268,3 +272,47 @@ async def test_foreign_objects_in_the_gc_namespace_are_ignored(store, tmp_path):
     manifest_id = await put(store, write_tree(tmp_path / "a", {"x": os.urandom(9000)}), ref="r")
     await collect(Repository(store), NOW_GRACE)
     assert await manifest_complete(Repository(store), manifest_id)
+
+
+async def test_mostly_dead_packs_are_repacked_and_the_old_ones_go_next_run(store, tmp_path):
+    """Space: a pack that only a sliver of a kept manifest needs is copied, then deleted."""
+    keep = os.urandom(60_000)
+    first = await put(
+        store,
+        write_tree(tmp_path / "a", {"keep": keep, "drop": os.urandom(400_000)}),
+        ref="ci/1",
+    )
+    second = await put(store, write_tree(tmp_path / "b", {"keep": keep}), ref="ci/2")
+    repo = Repository(store)
+    (old_index,) = await repo.indexes_of(second)
+    old_pack = old_index.chunks[hash_bytes(keep)].pack  # reused from the first put's pack
+    await store.delete_ref("ci/1")
+    await asyncio.sleep(0.02)
+    report = await collect(Repository(store), NOW_GRACE)
+    assert report.deleted[Kind.MANIFEST].objects == 1 and report.repacked.objects == 1
+    assert report.indexes_rewritten == 1 and report.repack_written.objects == 1
+    (new_index,) = await Repository(store).indexes_of(second)
+    assert old_pack not in new_index.packs() and new_index.name != old_index.name
+    assert old_pack in await ids_of(store, Kind.PACK)  # kept for readers of the old index
+    assert (await verify_manifests(Repository(store), [second])).ok
+    await asyncio.sleep(0.02)
+    report = await collect(Repository(store), NOW_GRACE)
+    assert report.deleted[Kind.PACK].objects == 1 and report.repacked.objects == 0
+    assert await ids_of(store, Kind.PACK) == new_index.packs()
+    stored = sum([i.size async for i in store.list(Kind.PACK)])
+    assert stored < 80_000  # the 400 KB dead file is gone
+    assert (await verify_manifests(Repository(store), [second])).ok
+    assert first not in await ids_of(store, Kind.MANIFEST)
+
+
+async def test_repacking_can_be_turned_off_and_dry_run_only_counts(store, tmp_path):
+    keep = os.urandom(60_000)
+    await put(store, write_tree(tmp_path / "a", {"keep": keep, "x": os.urandom(400_000)}), ref="1")
+    await put(store, write_tree(tmp_path / "b", {"keep": keep}), ref="2", parent="1")
+    await store.delete_ref("1")
+    await asyncio.sleep(0.02)
+    packs = await ids_of(store, Kind.PACK)
+    dry = await collect(Repository(store), GcOptions(grace=0.0, dry_run=True))
+    assert dry.repacked.objects == 1 and dry.repack_written.objects == 0
+    off = await collect(Repository(store), GcOptions(grace=0.0, lease=2.0, repack_below=0))
+    assert off.repacked.objects == 0 and await ids_of(store, Kind.PACK) == packs

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cas.pack import read_entries
 from cas.store.local import LocalStore
 from tests.test_cli import cas
 
@@ -81,34 +82,46 @@ def test_keep_last_keeps_the_newest(store, tmp_path):
     assert [r["name"] for r in rows] == ["ci/main/2", "ci/main/3"]
 
 
-def corrupt_one_chunk(store: str) -> str:
-    chunk = next(p for p in (Path(store) / "chunk").rglob("*") if p.is_file())
-    chunk.chmod(0o644)
-    chunk.write_bytes(b"garbage")
-    return chunk.name
+def corrupt_one_chunk(store: str) -> tuple[str, str]:
+    """Overwrite one chunk's frame inside its pack: (chunk id, pack id)."""
+    pack = next(p for p in (Path(store) / "pack").rglob("*") if p.is_file())
+    data = bytearray(pack.read_bytes())
+    entry = next(
+        e
+        for e in read_entries(bytes.fromhex(pack.name), bytes(data), max_chunk=16 << 20)
+        if e.kind == "chunk"
+    )
+    data[entry.offset : entry.offset + entry.stored] = b"\xa5" * entry.stored
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    return str(entry.id), pack.name
 
 
 def test_verify_names_the_corrupt_chunk_and_the_manifests_it_breaks(store, tmp_path):
     first = put(store, make_src(tmp_path / "a"), "--ref", "one")
     second = put(store, make_src(tmp_path / "b"), "--ref", "two")
-    bad = corrupt_one_chunk(store)
+    bad, pack = corrupt_one_chunk(store)
     proc = cas("verify", "--store", store, "--all", "--json", check=False)
     assert proc.returncode == 4
     report = json.loads(proc.stdout)
-    (problem,) = report["problems"]
-    assert problem["id"] == bad and problem["problem"].startswith("corrupt")
+    problems = {p["id"]: p for p in report["problems"]}
+    assert set(problems) == {bad, pack}  # the chunk, and its pack read whole; nothing else
+    problem = problems[bad]
+    assert problem["kind"] == "chunk" and problem["problem"].startswith("corrupt")
     assert set(problem["breaks"]) <= {first, second} and problem["breaks"]
+    assert problems[pack]["kind"] == "pack" and problems[pack]["breaks"] == []
     text = cas("verify", "--store", store, "one", "two", check=False)
     assert text.returncode == 4 and bad.encode() in text.stdout and b"breaks" in text.stdout
 
 
 def test_verify_reports_missing_objects(store, tmp_path):
     manifest = put(store, make_src(tmp_path / "a"))
-    for chunk in (Path(store) / "chunk").rglob("*"):
-        if chunk.is_file():
-            chunk.unlink()
+    for pack in (Path(store) / "pack").rglob("*"):
+        if pack.is_file():
+            pack.unlink()
     proc = cas("verify", "--store", store, manifest, check=False)
-    assert proc.returncode == 4 and b": missing; breaks " + manifest.encode() in proc.stdout
+    assert proc.returncode == 4 and b": missing: pack " in proc.stdout
+    assert b"; breaks " + manifest.encode() in proc.stdout
 
 
 def test_verify_sample_checks_a_fraction(store, tmp_path):

@@ -1,8 +1,10 @@
 """Stress: puts of changing trees and repeated collections at once; nothing completed breaks.
 
-Putters build trees from a shared pool of file contents, so they keep
-reusing chunks whose last referencing manifest has just expired: exactly
-the chunks a concurrent collection deletes. Collections run back to back
+Putters build trees from a shared pool of file contents, and each put's
+parent is a put of any putter that completed about a second earlier, whose
+ref is expiring just then, so puts keep reusing packs whose last referencing
+manifest has just expired: exactly the packs a concurrent collection deletes
+or repacks. Collections run back to back
 with a sub-second grace period and expire refs after a second. At the end
 every manifest still in the store, and every completed put whose ref
 survived, must read back in full.
@@ -68,7 +70,14 @@ def putter(
                 n += 1
                 src = workdir / f"p{index}-{n}"
                 make_tree(src, rng)
-                options = PutOptions(ref=f"stress/{index}/{n}", processes=index == 0, workers=2)
+                now = time.monotonic()
+                ripe = [m for _, m, _, t in done[-30:] if 0.8 < now - t < 3.0]
+                options = PutOptions(
+                    ref=f"stress/{index}/{n}",
+                    processes=index == 0,
+                    workers=2,
+                    parent=str(rng.choice(ripe)) if ripe else None,
+                )
                 uploader = Uploader(Repository(store), options)
                 uploader.gc_fence = protocol
                 try:
@@ -78,7 +87,9 @@ def putter(
                         raise
                     expired.append(options.ref)  # retention, not loss: this put never completed
                     continue
-                done.append((options.ref, result.manifest_id, result.stats.gc_waits))
+                done.append(
+                    (options.ref, result.manifest_id, result.stats.gc_waits, time.monotonic())
+                )
         finally:
             await store.aclose()
 
@@ -143,7 +154,7 @@ def test_concurrent_puts_and_collections_never_break_a_completed_manifest(
         try:
             refs = {r.name async for r in store.list_refs()}
             manifests = {i.id async for i in store.list(Kind.MANIFEST)}
-            for ref, manifest_id, _ in done:
+            for ref, manifest_id, _, _ in done:
                 if ref in refs or manifest_id in manifests:
                     problems = await checker.check_manifest(manifest_id)
                     if problems:
@@ -157,13 +168,14 @@ def test_concurrent_puts_and_collections_never_break_a_completed_manifest(
         return broken
 
     broken = asyncio.run(check())
-    deleted_chunks = sum(r.deleted[Kind.CHUNK].objects for r in reports)
-    waits = sum(w for _, _, w in done)
+    deleted_packs = sum(r.deleted[Kind.PACK].objects for r in reports)
+    repacked = sum(r.repacked.objects for r in reports)
+    waits = sum(w for _, _, w, _ in done)
     print(
         f"\nstress: {len(done)} puts, {len(reports)} collections ({len(lost)} lost their "
-        f"lease), {deleted_chunks} chunks "
-        f"deleted, {waits} settle rounds, {len(expired)} refs expired before their put "
+        f"lease), {deleted_packs} packs deleted, {repacked} repacked, "
+        f"{waits} settle rounds, {len(expired)} refs expired before their put "
         f"finished, {len(broken)} broken manifests"
     )
-    assert len(done) >= PUTTERS and len(reports) >= 2 and deleted_chunks > 0
+    assert len(done) >= PUTTERS and len(reports) >= 2 and deleted_packs > 0
     assert not broken, broken[:5]
