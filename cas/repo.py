@@ -171,11 +171,23 @@ class Repository:
         ranges = _merge_ranges(self._with_planned(kind, locations))
         limit = asyncio.Semaphore(max(1, self.store.capabilities.max_concurrency))
 
-        async def read(pack: ObjectId, start: int, length: int) -> bytes:
-            async with limit:
-                return await self.store.get_range(Kind.PACK, pack, start, length)
+        async def read(
+            pack: ObjectId, start: int, length: int, members: list[tuple[ObjectId, Location]]
+        ) -> bytes:
+            named = next(i for i, _ in members if i in locations)
+            try:
+                async with limit:
+                    return await self.store.get_range(Kind.PACK, pack, start, length)
+            except ObjectNotFound:
+                raise ObjectNotFound(
+                    f"{kind} {named} not found: its pack {pack} is missing"
+                ) from None
+            except IntegrityError as exc:
+                raise IntegrityError(
+                    str(kind), str(named), f"in pack {pack}: {exc.detail}"
+                ) from None
 
-        blobs = await asyncio.gather(*(read(p, s, n) for p, s, n, _ in ranges))
+        blobs = await asyncio.gather(*(read(p, s, n, m) for p, s, n, m in ranges))
         with self._counter_lock:
             self.reads += len(ranges)
 
