@@ -36,8 +36,9 @@ from cas.gcfence import RECORD_KEEP_SECONDS
 from cas.gcrecords import BEAT, DONE, START, RunTracker, new_run_id, record_body, write_record
 from cas.ids import ObjectId
 from cas.idset import IdSet
-from cas.packindex import Location
-from cas.repo import Repository
+from cas.pack import FOOTER, PackEntry, parse_footer, parse_trailer
+from cas.packindex import Location, PackIndex, decode_index
+from cas.repo import MAX_INDEX_BLOB, Repository
 from cas.retention import Retention
 from cas.store.base import Kind, ObjectInfo, RefInfo, Store
 
@@ -282,6 +283,12 @@ class Collector:
         """Per marked index name: the packs it names."""
         self.pack_sizes: dict[ObjectId, int] = {}
         """Sizes of the packs kept by the sweep (they are listed anyway)."""
+        self.homeless: set[tuple[str, bytes]] = set()
+        """(kind, id) reachable but indexed only in packs that are gone."""
+        self._checked_packs: set[ObjectId] = set()
+        self._marked_prefixes: dict[bytes, ObjectId] = {}
+        """First 16 bytes of each marked manifest id (an index name starts with them)."""
+        self._started = datetime.now(UTC)
 
     async def run(self) -> GcReport:
         """Mark and sweep; with `dry_run` nothing is written or deleted."""
@@ -300,6 +307,7 @@ class Collector:
             self._lease = Lease(self.store, self.options.lease, self.options.grace)
             self._lease.before_beat = self._refresh_roots
             started = await self._lease.start()
+        self._started = started
         self._cutoff = cutoff = started - timedelta(seconds=self.options.grace)
         async with self._roots_lock:
             refs = [r async for r in self.store.list_refs()]
@@ -348,6 +356,45 @@ class Collector:
                 async for listed in list_concurrently(self.store, Kind.MANIFEST, self.concurrency):
                     roots.update(info.id for info in listed if info.mtime >= self._cutoff)
                 await self._mark(sorted(roots))
+                await self._mark_late_indexes()
+
+    async def _mark_late_indexes(self) -> None:
+        """Indexes written for manifests already marked: a put's repair, another run's repack.
+
+        They appear after their manifest, so listing the roots again does not
+        find them; they are listed here before each beat (only those newer than
+        this run's start), so a put that waits two beats after writing one
+        knows it is marked (docs/gc.md).
+        """
+        late: list[tuple[ObjectId, ObjectId]] = []
+        async for listed in list_concurrently(self.store, Kind.INDEX, self.concurrency):
+            for info in listed:
+                manifest = self._marked_prefixes.get(bytes(info.id)[:16])
+                if manifest is not None and info.mtime >= self._started:
+                    late.append((manifest, info.id))
+        fresh = set(self._reachable.new_of(Kind.INDEX.value, [name for _, name in late]))
+        for manifest_id, name in late:
+            if name not in fresh:
+                continue
+            try:
+                blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
+                index = await asyncio.to_thread(decode_index, name, blob)
+            except ObjectNotFound:
+                continue
+            except IntegrityError:
+                continue  # a forged index can only add marks; a damaged one adds none
+            if index.manifest == manifest_id:
+                self._mark_index(index)
+        await self._find_homeless()
+
+    def _mark_index(self, index: PackIndex) -> None:
+        packs = index.packs()
+        self._reachable.add_many(Kind.PACK.value, sorted(packs))
+        for kind, object_id, loc in index.items():
+            self.live.setdefault(loc.pack, {})[loc.offset] = (kind, object_id, loc)
+        assert index.name is not None
+        self.marked_indexes[index.name] = packs
+        self._reachable.add_many(Kind.INDEX.value, [index.name])
 
     def _sweepable(self, kind: Kind) -> bool:
         """Manifests and indexes always; packs only while every root's index was readable.
@@ -391,19 +438,32 @@ class Collector:
                     indexes, problem = [], f"corrupt: {exc}"
                 else:
                     problem = "missing"
+                self._marked_prefixes[bytes(manifest_id)[:16]] = manifest_id
                 if not indexes:
                     self.report.unreadable.append((Kind.INDEX, manifest_id, problem))
                     return
                 for index in indexes:
-                    packs = index.packs()
-                    reachable.add_many(Kind.PACK.value, sorted(packs))
-                    for kind, object_id, loc in index.items():
-                        self.live.setdefault(loc.pack, {})[loc.offset] = (kind, object_id, loc)
-                    assert index.name is not None
-                    self.marked_indexes[index.name] = packs
-                reachable.add_many(Kind.INDEX.value, [i.name for i in indexes if i.name])
+                    self._mark_index(index)
 
         await asyncio.gather(*(one(m) for m in fresh_roots))
+        await self._find_homeless()
+
+    async def _find_homeless(self) -> None:
+        """Objects roots reach whose indexed pack is gone: a put may be uploading them again.
+
+        A put that repairs its manifest after a collection stores the missing
+        objects in new packs that no index names yet; the sweep keeps any
+        pack holding one of these (the format 1 rule "a mark of a missing
+        object spares its re-upload", for packs).
+        """
+        unchecked = [p for p in self.live if p not in self._checked_packs]
+        if not unchecked:
+            return
+        gone = await self.store.missing(Kind.PACK, unchecked)
+        self._checked_packs.update(unchecked)
+        for pack in gone:
+            for kind, object_id, _ in self.live[pack].values():
+                self.homeless.add((str(kind), bytes(object_id)))
 
     # ------------------------------------------------------------ sweep
 
@@ -418,6 +478,8 @@ class Collector:
                 if not self._sweepable(kind):
                     return
                 known = self._reachable.contains_many(kind.value, [i.id for i in items])
+                if kind is Kind.PACK and self.homeless:
+                    known = await self._holding_homeless(items, known)
                 doomed = []
                 for info, keep in zip(items, known, strict=True):
                     if keep:
@@ -456,6 +518,19 @@ class Collector:
             await asyncio.gather(*in_flight, return_exceptions=True)
             raise
 
+    async def _holding_homeless(self, items: list[ObjectInfo], known: list[bool]) -> list[bool]:
+        """Also keep unmarked packs that hold a homeless object (read from their trailers)."""
+        out = []
+        for info, keep in zip(items, known, strict=True):
+            if not keep:
+                try:
+                    entries = await read_pack_entries(self.store, info.id, info.size)
+                except (IntegrityError, ObjectNotFound):
+                    entries = []
+                keep = any((str(e.kind), bytes(e.id)) in self.homeless for e in entries)
+            out.append(keep)
+        return out
+
     async def _housekeep_records(self, started: datetime) -> None:
         """Drop the records of runs that finished (or went silent) long before this one."""
         assert self._lease is not None
@@ -477,3 +552,14 @@ class Collector:
 async def collect(repo: Repository, options: GcOptions) -> GcReport:
     """Run one collection."""
     return await Collector(repo, options).run()
+
+
+async def read_pack_entries(store: Store, pack_id: ObjectId, size: int) -> list[PackEntry]:
+    """A pack's entries from its footer and trailer: two ranged reads, not the whole pack."""
+    footer = await store.get_range(Kind.PACK, pack_id, size - FOOTER.size, FOOTER.size)
+    trailer_len, _ = parse_footer(pack_id, footer, size)
+    if trailer_len == 0:
+        return []
+    start = size - FOOTER.size - trailer_len
+    trailer = await store.get_range(Kind.PACK, pack_id, start, trailer_len)
+    return parse_trailer(pack_id, trailer, size, max_chunk=16 << 20)

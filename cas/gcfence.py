@@ -33,6 +33,8 @@ from cas.store.base import Store
 RECORD_KEEP_SECONDS: Final = 7 * 86400
 """Records of finished runs are kept this long; a longer put always re-checks."""
 _SLACK: Final = 1.0
+_REPAIRS: Final = 3
+"""Repairs a put attempts before it gives up on settling."""
 
 
 class ConcurrentGcError(CasError):
@@ -87,9 +89,19 @@ class GcFence:
             return
         self.rounds += 1
         await self._wait_covered(risky)
-        if await complete():
-            return
-        await repair()
+        for _ in range(_REPAIRS):
+            if await complete():
+                return
+            await repair()
+            # The repair wrote a new index of the manifest. Runs that marked the
+            # manifest before it existed mark it at their next beats (they list
+            # new indexes): wait for two, as for the manifest itself.
+            self.rounds += 1
+            runs = await self._tracker.refresh()
+            now = time.monotonic()
+            await self._wait_covered(
+                {r.run: r.seq for r in runs.values() if not r.finished(now, _SLACK)}
+            )
         if not await complete():
             raise ConcurrentGcError(
                 "garbage collection removed objects this put relied on and they could not "

@@ -57,6 +57,9 @@ async def repack(collector: Collector) -> None:
     builder = PackBuilder()
     waiting: list[tuple[ObjectId, int]] = []
     done: set[ObjectId] = set()
+    first_copy: dict[tuple[str, ObjectId], tuple[ObjectId, int]] = {}
+    duplicates: dict[tuple[ObjectId, int], tuple[ObjectId, int]] = {}
+    """Frames of one object in several sparse packs: copied once, all relocated to the copy."""
 
     async def seal() -> None:
         nonlocal builder, waiting
@@ -76,6 +79,11 @@ async def repack(collector: Collector) -> None:
             report.unreadable.append((Kind.PACK, pack, f"not repacked: {exc}"))
             continue
         for offset, entry, frame in frames:
+            earlier = first_copy.get((str(entry.kind), entry.id))
+            if earlier is not None:
+                duplicates[pack, offset] = earlier
+                continue
+            first_copy[str(entry.kind), entry.id] = (pack, offset)
             if builder.entries and builder.full(builder_target(len(frame))):
                 await seal()
             builder.add(entry.kind, entry.id, entry.raw, frame)
@@ -83,6 +91,8 @@ async def repack(collector: Collector) -> None:
         done.add(pack)
         report.repacked.add(collector.pack_sizes[pack])
     await seal()
+    for origin, copy in duplicates.items():
+        relocated[origin] = relocated[copy]
     for name, packs in sorted(collector.marked_indexes.items()):
         if packs & done:
             await _relocate_index(collector, name, relocated)

@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="average chunk size (default 512K; min = avg/4, max = avg*4)",
     )
     p.add_argument(
+        "--pack-size",
+        metavar="SIZE",
+        default=None,
+        help="seal packs at this many stored bytes (default 64M; 64K-64M): bigger packs, "
+        "fewer store writes",
+    )
+    p.add_argument(
         "--no-mtimes", action="store_true", help="leave modification times out of the trees"
     )
     p.add_argument(
@@ -106,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         reproducible=args.reproducible,
         ref=args.ref,
         parent=args.parent,
+        **({"pack_size": parse_size(args.pack_size, "--pack-size")} if args.pack_size else {}),
         **({"workers": max(1, args.workers)} if args.workers else {}),
     )
     progress = BarProgress(args, "put")

@@ -316,3 +316,21 @@ async def test_repacking_can_be_turned_off_and_dry_run_only_counts(store, tmp_pa
     assert dry.repacked.objects == 1 and dry.repack_written.objects == 0
     off = await collect(Repository(store), GcOptions(grace=0.0, lease=2.0, repack_below=0))
     assert off.repacked.objects == 0 and await ids_of(store, Kind.PACK) == packs
+
+
+async def test_one_object_in_two_sparse_packs_is_copied_once(store, tmp_path):
+    """Two puts stored the same chunk in their own packs; repacking both keeps one copy."""
+    shared = os.urandom(60_000)
+    a = await put(store, write_tree(tmp_path / "a", {"s": shared, "x": os.urandom(400_000)}))
+    b = await put(store, write_tree(tmp_path / "b", {"s": shared, "y": os.urandom(400_000)}))
+    c = await put(store, write_tree(tmp_path / "c", {"s": shared}), ref="c", parent=str(a))
+    d = await put(
+        store, write_tree(tmp_path / "d", {"s": shared, "t": b"t"}), ref="d", parent=str(b)
+    )
+    await asyncio.sleep(0.02)
+    report = await collect(Repository(store), NOW_GRACE)
+    assert report.repacked.objects == 2 and report.repack_written.objects == 1
+    (ci,) = await Repository(store).indexes_of(c)
+    (di,) = await Repository(store).indexes_of(d)
+    assert ci.chunks[hash_bytes(shared)] == di.chunks[hash_bytes(shared)]
+    assert (await verify_manifests(Repository(store), [c, d])).ok
