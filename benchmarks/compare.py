@@ -6,7 +6,7 @@
     python benchmarks/compare.py --smoke                        # seconds; correctness only
 
 A corpus is a pair name (`build`: build -> build-B, `numpy`: numpy-A ->
-numpy-B, `scipy`), a single tree (`torch`), or `A:B`; names are looked up
+numpy-B, `scipy`, `pywheels`), a single tree (`torch`), or `A:B`; names are looked up
 (and, for the known corpora, built) under --corpus-dir. For each corpus,
 every tool puts A, puts A again unchanged, puts B after A, then gets B into
 an empty directory with nothing cached, on a machine that got A before, and
@@ -43,7 +43,10 @@ from verify import tree_differences  # noqa: E402
 # used by delta_get.py
 __all__ = ["default_cas", "main", "resolve", "rmtree", "tree_differences", "warm_page_cache"]
 
-PAIR_NAMES = {"build": ("build", "build-B"), **{n: (f"{n}-A", f"{n}-B") for n in corpus.PAIRS}}
+PAIR_NAMES = {
+    "build": ("build", "build-B"),
+    **{n: (f"{n}-A", f"{n}-B") for n in (*corpus.PAIRS, *corpus.PURE_SETS)},
+}
 
 
 def resolve(name: str, corpus_dir: Path) -> Path:

@@ -8,6 +8,11 @@ Corpora (each a directory under DIR; a finished one is never rebuilt):
   12,248 files, 699 MB, one 434 MB shared library.
 - ``numpy-A``/``numpy-B``: numpy 2.4.0 and 2.4.1 cp311 manylinux x86_64 wheels unpacked.
 - ``scipy-A``/``scipy-B``: scipy 1.15.0 and 1.15.3, likewise.
+- ``pywheels-A``/``pywheels-B``: many small files. Eight pure-Python wheels
+  (botocore, sympy, django, plotly, babel, setuptools, pip,
+  google-api-python-client) unpacked side by side into one directory, as in
+  a site-packages: 25,183 files, 267 MB; B holds the next patch or minor
+  release of each (25,210 files, 270 MB; ``PURE_SETS``).
 - ``build``/``build-B``: a generated CMake/ninja build directory (~1 GB, fixed
   seed) and its "next commit" variant. Machine code is taken from the torch
   wheel's libtorch_cpu.so (so the ``torch`` corpus is built first) and every
@@ -19,7 +24,8 @@ Corpora (each a directory under DIR; a finished one is never rebuilt):
 Wheels are unpacked with the modes and (UTC) times recorded in the zip;
 generated files get fixed times, so every corpus is the same bytes, modes and
 mtimes on any machine. Wheels come from /opt/wheels or ./wheels under DIR when
-present, else from PyPI through ``pip download``.
+present, else from PyPI through ``pip download`` (pure-Python ones with
+``pip download --no-deps --only-binary=:all: PKG==VER``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import calendar
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -51,9 +58,22 @@ def default_dir() -> Path:
 
 
 PAIRS = {"numpy": ("2.4.0", "2.4.1"), "scipy": ("1.15.0", "1.15.3")}
+PURE_SETS: dict[str, dict[str, tuple[str, str]]] = {
+    "pywheels": {
+        "botocore": ("1.43.126", "1.43.127"),
+        "sympy": ("1.13.2", "1.13.3"),
+        "django": ("5.2.18", "5.2.19"),
+        "plotly": ("5.24.0", "5.24.1"),
+        "babel": ("2.16.0", "2.17.0"),
+        "setuptools": ("75.8.0", "75.8.1"),
+        "pip": ("25.0", "25.0.1"),
+        "google-api-python-client": ("2.190.0", "2.191.0"),
+    }
+}
+"""Pairs of several pure-Python wheels unpacked into one tree: package -> (A, B) version."""
 BUILD_SEED = 20251128
 BASE_MTIME = 1_735_689_600  # 2025-01-01T00:00:00Z
-NAMES = ("torch", "numpy", "scipy", "build")
+NAMES = ("torch", "numpy", "scipy", "build", "pywheels")
 
 
 def log(message: str) -> None:
@@ -105,30 +125,76 @@ def find_or_download(cache: Path, name: str, version: str) -> Path:
     raise SystemExit(f"pip downloaded no wheel for {name}=={version}")
 
 
+def _dist_name(name: str) -> str:
+    """A distribution name as wheel file names spell it (PEP 427/503 normalization)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def find_or_download_pure(cache: Path, name: str, version: str) -> Path:
+    """A pure-Python wheel (`py3-none-any`), from a local directory or PyPI."""
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+
+    def found() -> Path | None:
+        for d in (*WHEEL_DIRS, wheels):
+            if d.is_dir():
+                for f in sorted(d.iterdir()):
+                    parts = f.name.split("-")
+                    if (
+                        f.name.endswith("-none-any.whl")
+                        and len(parts) == 5
+                        and _dist_name(parts[0]) == _dist_name(name)
+                        and parts[1] == version
+                    ):
+                        return f
+        return None
+
+    wheel = found()
+    if wheel is None:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        cmd += ["-d", str(wheels), f"{name}=={version}"]
+        log(" ".join(cmd))
+        subprocess.run(cmd, check=True)
+        wheel = found()
+    if wheel is None:
+        raise SystemExit(f"pip downloaded no pure-Python wheel for {name}=={version}")
+    return wheel
+
+
 def unpack_wheel(wheel: Path, dest: Path) -> None:
     """Unzip with the recorded modes and UTC mtimes (zip has no symlinks here)."""
+    unpack_wheels([wheel], dest)
+
+
+def unpack_wheels(wheels: list[Path], dest: Path) -> None:
+    """Unzip several wheels side by side into one directory (no path may repeat)."""
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     dirs: set[Path] = set()
-    with zipfile.ZipFile(wheel) as zf:
-        for info in zf.infolist():
-            target = tmp / info.filename
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                dirs.add(target)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            mode = (info.external_attr >> 16) & 0o7777 or 0o644
-            os.chmod(target, mode)
-            mtime = calendar.timegm((*info.date_time, 0, 0, 0))
-            os.utime(target, (mtime, mtime))
-            p = target.parent
-            while p != tmp:
-                dirs.add(p)
-                p = p.parent
+    files: set[Path] = set()
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                target = tmp / info.filename
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    dirs.add(target)
+                    continue
+                if target in files:
+                    raise SystemExit(f"{wheel.name}: {info.filename} is already in {dest.name}")
+                files.add(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                mode = (info.external_attr >> 16) & 0o7777 or 0o644
+                os.chmod(target, mode)
+                mtime = calendar.timegm((*info.date_time, 0, 0, 0))
+                os.utime(target, (mtime, mtime))
+                p = target.parent
+                while p != tmp:
+                    dirs.add(p)
+                    p = p.parent
     for d in sorted(dirs, key=lambda p: -len(p.parts)):
         os.utime(d, (BASE_MTIME, BASE_MTIME))
     os.utime(tmp, (BASE_MTIME, BASE_MTIME))
@@ -152,6 +218,22 @@ def build_pair(cache: Path, name: str) -> tuple[Path, Path]:
             wheel = find_or_download(cache, name, version)
             log(f"unpacking {wheel.name} -> {dest}")
             unpack_wheel(wheel, dest)
+        out.append(dest)
+    return out[0], out[1]
+
+
+def build_pure_set(cache: Path, name: str) -> tuple[Path, Path]:
+    """`NAME-A` and `NAME-B`: every wheel of the set at its A (B) version in one tree."""
+    out = []
+    for side in range(2):
+        dest = cache / f"{name}-{'AB'[side]}"
+        if not dest.is_dir():
+            wheels = [
+                find_or_download_pure(cache, pkg, versions[side])
+                for pkg, versions in PURE_SETS[name].items()
+            ]
+            log(f"unpacking {', '.join(w.name for w in wheels)} -> {dest}")
+            unpack_wheels(wheels, dest)
         out.append(dest)
     return out[0], out[1]
 
@@ -596,6 +678,8 @@ def build(cache: Path, only: Iterable[str]) -> None:
             paths: tuple[Path, ...] = (build_torch(cache),)
         elif name in PAIRS:
             paths = build_pair(cache, name)
+        elif name in PURE_SETS:
+            paths = build_pure_set(cache, name)
         elif name == "build":
             paths = build_build(cache, lambda: torch_pool(cache), BuildScale())
         else:
