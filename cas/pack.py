@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, NamedTuple
 
@@ -76,38 +76,44 @@ class SealedPack:
     entries: list[PackEntry]
 
 
-@dataclass
 class PackBuilder:
-    """Appends frames; `seal` adds the trailer and names the pack."""
+    """Collects frames; `seal` lays them out with the trailer and names the pack.
 
-    _buf: bytearray = field(default_factory=lambda: bytearray(HEAD_MAGIC))
-    entries: list[PackEntry] = field(default_factory=list)
+    Frames are kept as they come and joined once at `seal` (in a worker
+    thread): appending each frame to one growing buffer cost a copy per frame
+    while holding the interpreter lock.
+    """
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = [HEAD_MAGIC]
+        self._size = len(HEAD_MAGIC)
+        self.entries: list[PackEntry] = []
 
     @property
     def size(self) -> int:
         """Bytes so far, trailer not counted."""
-        return len(self._buf)
+        return self._size
 
     def full(self, target: int = TARGET_PACK_BYTES) -> bool:
         """Whether the pack should be sealed before another frame is added."""
-        return len(self._buf) >= target or len(self.entries) >= MAX_ENTRIES
+        return self._size >= target or len(self.entries) >= MAX_ENTRIES
 
     def add(self, kind: ObjectKind, object_id: ObjectId, raw: int, frame: bytes) -> PackEntry:
         """Append one encoded object (a zstd frame of `raw` bytes)."""
         if len(self.entries) >= MAX_ENTRIES:
             raise ValueError("pack is full")
-        entry = PackEntry(kind, object_id, len(self._buf), len(frame), raw)
-        self._buf += frame
+        entry = PackEntry(kind, object_id, self._size, len(frame), raw)
+        self._frames.append(frame)
+        self._size += len(frame)
         self.entries.append(entry)
         return entry
 
     def seal(self) -> SealedPack:
         """Finish the pack: trailer, footer, id."""
         trailer = trailer_bytes(self.entries)
-        self._buf += trailer
-        self._buf += FOOTER.pack(len(trailer), len(self.entries), TAIL_MAGIC)
-        data = bytes(self._buf)
-        self._buf = bytearray()
+        footer = FOOTER.pack(len(trailer), len(self.entries), TAIL_MAGIC)
+        data = b"".join([*self._frames, trailer, footer])
+        self._frames = []
         return SealedPack(hash_bytes(data), data, self.entries)
 
 

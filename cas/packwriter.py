@@ -21,16 +21,21 @@ from dataclasses import dataclass
 from typing import Final
 
 from cas.errors import IntegrityError
-from cas.ids import ObjectId
+from cas.ids import ObjectId, new_hasher
 from cas.pack import (
+    FOOTER,
+    HEAD_MAGIC,
+    MAX_ENTRIES,
+    TAIL_MAGIC,
     TARGET_PACK_BYTES,
     ObjectKind,
-    PackBuilder,
+    PackEntry,
     SealedPack,
     entries_from_trailer,
+    trailer_bytes,
 )
 from cas.packindex import Location, PackIndex
-from cas.store.base import Kind, Store
+from cas.store.base import Kind, Store, Upload
 
 DEFAULT_UPLOADS: Final = 2
 MAX_CHUNK_LIMIT: Final = 16 << 20
@@ -55,6 +60,7 @@ class PackWriter:
         *,
         target: int = TARGET_PACK_BYTES,
         uploads: int = DEFAULT_UPLOADS,
+        spool_dir: str | None = None,
     ) -> None:
         self.store = store
         self.target = target
@@ -66,7 +72,9 @@ class PackWriter:
             ObjectKind.CHUNK: set(),
             ObjectKind.TREE: set(),
         }
-        self._builder = PackBuilder()
+        self._open: _OpenPack | None = None
+        self._lock = asyncio.Lock()
+        self.spool_dir = spool_dir
         self._slots = asyncio.Semaphore(max(1, uploads))
         self._uploads: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
@@ -147,25 +155,47 @@ class PackWriter:
     ) -> list[bool]:
         """Append encoded objects `(id, raw length, frame)`; True for each one packed now."""
         self._raise_failure()
-        added = []
-        for object_id, raw, frame in items:
-            if self.has(kind, object_id):
-                added.append(False)
-                continue
-            if self._builder.entries and self._builder.full(self.target - len(frame)):
+        async with self._lock:  # one pack fills at a time, whatever awaits a seal
+            added = []
+            frames: list[bytes] = []
+            for object_id, raw, frame in items:
+                if self.has(kind, object_id):
+                    added.append(False)
+                    continue
+                pack = self._open
+                if pack is not None and pack.entries and pack.full(self.target - len(frame)):
+                    self._write(pack, frames)
+                    frames = []
+                    await self._seal()
+                pack = self._pack()
+                pack.add(kind, object_id, raw, frame)
+                frames.append(frame)
+                self._pending[kind].add(object_id)
+                self.stats.objects += 1
+                added.append(True)
+            if self._open is not None and frames:
+                self._write(self._open, frames)
+            if self._open is not None and self._open.full(self.target):
                 await self._seal()
-            self._builder.add(kind, object_id, raw, frame)
-            self._pending[kind].add(object_id)
-            self.stats.objects += 1
-            added.append(True)
-        if self._builder.full(self.target):
-            await self._seal()
         return added
+
+    def _pack(self) -> _OpenPack:
+        if self._open is None:
+            self._open = _OpenPack(self.store.begin_upload(Kind.PACK, self.spool_dir))
+        return self._open
+
+    def _write(self, pack: _OpenPack, frames: list[bytes]) -> None:
+        """Frames go to the pack's spool at once: memory never holds a pack."""
+        if frames:
+            pack.upload.write(frames)
+            for frame in frames:
+                pack.hasher.update(frame)
 
     async def close(self) -> None:
         """Seal the open pack and wait until every pack is stored."""
-        if self._builder.entries:
-            await self._seal()
+        async with self._lock:
+            if self._open is not None and self._open.entries:
+                await self._seal()
         if self._uploads:
             await asyncio.gather(*self._uploads, return_exceptions=True)
         self._raise_failure()
@@ -175,39 +205,69 @@ class PackWriter:
         for task in self._uploads:
             task.cancel()
         await asyncio.gather(*self._uploads, return_exceptions=True)
-        self._builder = PackBuilder()
+        if self._open is not None:
+            self._open.upload.abort()
+            self._open = None
 
     async def _seal(self) -> None:
-        builder, self._builder = self._builder, PackBuilder()
+        pack, self._open = self._open, None
+        if pack is None:
+            return
         await self._slots.acquire()
         try:
-            sealed = await asyncio.to_thread(builder.seal)
+            trailer = trailer_bytes(pack.entries)
+            tail = [trailer, FOOTER.pack(len(trailer), len(pack.entries), TAIL_MAGIC)]
+            self._write(pack, tail)
+            pack_id = ObjectId(pack.hasher.digest())
         except BaseException:
             self._slots.release()
+            pack.upload.abort()
             raise
-        task = asyncio.create_task(self._upload(sealed))
+        task = asyncio.create_task(self._upload(pack, pack_id))
         self._uploads.add(task)
         task.add_done_callback(self._uploads.discard)
 
-    async def _upload(self, sealed: SealedPack) -> None:
+    async def _upload(self, pack: _OpenPack, pack_id: ObjectId) -> None:
+        size = pack.upload.size
         try:
-            await self.store.put_if_absent(Kind.PACK, sealed.id, sealed.data)
+            await pack.upload.finish(pack_id)
         except BaseException as exc:
             if self._failure is None and not isinstance(exc, asyncio.CancelledError):
                 self._failure = exc
+            pack.upload.abort()
             raise
         finally:
             self._slots.release()
         self.stats.packs += 1
-        self.stats.bytes_uploaded += len(sealed.data)
-        if self.on_stored is not None:
-            self.on_stored(sealed)
-        for entry in sealed.entries:
+        self.stats.bytes_uploaded += size
+        sealed = SealedPack(pack_id, b"", pack.entries)
+        for entry in pack.entries:
             self._located[entry.kind][entry.id] = Location(
-                sealed.id, entry.offset, entry.stored, entry.raw
+                pack_id, entry.offset, entry.stored, entry.raw
             )
             self._pending[entry.kind].discard(entry.id)
+        if self.on_stored is not None:
+            self.on_stored(sealed)
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
+
+
+class _OpenPack:
+    """A pack being written: its spool, running hash and entries."""
+
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
+        self.hasher = new_hasher()
+        self.hasher.update(HEAD_MAGIC)
+        upload.write([HEAD_MAGIC])
+        self.entries: list[PackEntry] = []
+        self.size = len(HEAD_MAGIC)
+
+    def full(self, target: int) -> bool:
+        return self.size >= target or len(self.entries) >= MAX_ENTRIES
+
+    def add(self, kind: ObjectKind, object_id: ObjectId, raw: int, frame: bytes) -> None:
+        self.entries.append(PackEntry(kind, object_id, self.size, len(frame), raw))
+        self.size += len(frame)

@@ -187,7 +187,11 @@ class Uploader:
         self._stats_lock = threading.Lock()
         self._budget = threading.Semaphore(max(2, 3 * self.options.workers))
         self._stored: dict[ObjectId, asyncio.Future[None]] = {}
-        self._writer = PackWriter(repo.store, target=self.options.pack_size)
+        self._writer = PackWriter(
+            repo.store,
+            target=self.options.pack_size,
+            spool_dir=None if files_cache is None else str(files_cache.directory),
+        )
         self._used_chunks: set[ObjectId] = set()
         self._used_trees: set[ObjectId] = set()
         """Every chunk and tree the manifest reaches: exactly what its index lists."""

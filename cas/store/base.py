@@ -25,7 +25,9 @@ with `get_range`, one frame at a time.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -247,6 +249,16 @@ class Store(ABC):
 
         await asyncio.gather(*(one(i) for i in dict.fromkeys(ids)))
 
+    def begin_upload(self, kind: Kind, spool_dir: str | None = None) -> Upload:
+        """An object written piece by piece and named when complete (a pack being built).
+
+        The default spools to an unnamed temporary file in `spool_dir` and
+        uploads it with `put_if_absent` at `finish`, so memory holds no
+        partial object; the local store overrides it to name the spooled
+        file in place, without a copy.
+        """
+        return Upload(self, kind, spool_dir)
+
     def opener(self) -> Callable[[], Store] | None:
         """A picklable way to open this same store in another process, or None.
 
@@ -264,3 +276,46 @@ class Store(ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class Upload:
+    """A create-only object written in pieces: `write`, then `finish` (or `abort`)."""
+
+    def __init__(self, store: Store, kind: Kind, spool_dir: str | None) -> None:
+        self.store = store
+        self.kind = kind
+        self.size = 0
+        # Unnamed where the platform allows; closed by `finish` or `abort`.
+        self._file = tempfile.TemporaryFile(dir=spool_dir, buffering=0)  # noqa: SIM115
+
+    @property
+    def fd(self) -> int:
+        """The spool's descriptor (for writes that release the interpreter lock)."""
+        return self._file.fileno()
+
+    def write(self, parts: Sequence[bytes]) -> None:
+        """Append `parts` (one `writev`, retried until all is written)."""
+        views = [memoryview(p) for p in parts if len(p)]
+        while views:
+            done = os.writev(self.fd, views)
+            self.size += done
+            while views and done >= len(views[0]):
+                done -= len(views[0])
+                views.pop(0)
+            if views and done:
+                views[0] = views[0][done:]
+
+    async def finish(self, object_id: ObjectId) -> bool:
+        """Name the object `object_id` (create-only): True if created, False if it existed."""
+        try:
+            data = await asyncio.to_thread(self._read_all)
+            return await self.store.put_if_absent(self.kind, object_id, data)
+        finally:
+            self.abort()
+
+    def _read_all(self) -> bytes:
+        return os.pread(self.fd, self.size, 0) if self.size else b""
+
+    def abort(self) -> None:
+        """Drop what was written."""
+        self._file.close()

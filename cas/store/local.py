@@ -56,6 +56,7 @@ from cas.store.base import (
     ObjectInfo,
     RefInfo,
     Store,
+    Upload,
     check_id,
     check_range,
     range_past_end,
@@ -345,6 +346,25 @@ class LocalStore(Store):
             return False
         return self._write_exclusive(final, data)
 
+    def begin_upload(self, kind: Kind, spool_dir: str | None = None) -> Upload:
+        """Spool inside the store itself, so `finish` only links the file to its name."""
+        return _LocalUpload(self, kind)
+
+    def _link_spooled(self, fd: int, tmp: str | None, kind: Kind, object_id: ObjectId) -> bool:
+        final = self._path(kind, object_id)
+        parent = os.path.dirname(final)
+        if parent not in self._ready_dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._ready_dirs.add(parent)
+        staged = _Staged(final, fd, tmp)
+        try:
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            self._discard(staged)
+            raise
+        return self._publish(staged)
+
     # ------------------------------------------------------------ objects
 
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
@@ -568,3 +588,47 @@ class LocalStore(Store):
                 os.unlink(path)
 
         await self._run(work, f"ref {name}")
+
+
+class _LocalUpload(Upload):
+    """An unnamed file in the store's own tree (`O_TMPFILE`; else a temp name in `tmp/`)."""
+
+    def __init__(self, store: LocalStore, kind: Kind) -> None:
+        self.store = store
+        self.kind = kind
+        self.size = 0
+        self._local = store
+        self._tmp: str | None = None
+        self._fd = -1
+        if store._tmpfile_ok:
+            try:
+                self._fd = os.open(store._tmp_str, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o444)
+            except OSError:
+                self._fd = -1
+        if self._fd < 0:
+            self._tmp = f"{store._tmp_str}/upload.{secrets.token_hex(8)}"
+            self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+
+    @property
+    def fd(self) -> int:
+        """The spooled file's descriptor."""
+        return self._fd
+
+    async def finish(self, object_id: ObjectId) -> bool:
+        """Make the file durable and link it to its name; False if the name was taken."""
+        check_id(object_id)
+        fd, tmp = self._fd, self._tmp
+        self._fd = -1  # _publish closes it (and removes a temp name)
+        return await self._local._run(
+            lambda: self._local._link_spooled(fd, tmp, self.kind, object_id),
+            f"{self.kind} {object_id}",
+        )
+
+    def abort(self) -> None:
+        """Close and forget the file (an unnamed one vanishes with its descriptor)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            if self._tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._tmp)

@@ -342,3 +342,28 @@ async def test_get_range_refuses_bad_arguments_before_io(backend, offset, length
     with pytest.raises(UsageError, match="range"):
         await backend.store.get_range(Kind.PACK, oid(b"x"), offset, length)
     assert backend.snapshot() == before
+
+
+async def test_an_upload_written_in_pieces_is_named_whole_and_create_only(backend):
+    store = backend.store
+    pack = pack_of(os.urandom(300_000), os.urandom(200_000), b"small" * 100)
+    cuts = [0, 8, 1000, 150_000, len(pack.data) - 16, len(pack.data)]
+    upload = store.begin_upload(Kind.PACK)
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        upload.write([pack.data[a:b], b""])
+    assert await store.missing(Kind.PACK, [pack.id]) == {pack.id}  # nothing named before finish
+    assert await upload.finish(pack.id) is True
+    assert backend.peek(Kind.PACK, pack.id) == pack.data
+    again = store.begin_upload(Kind.PACK)
+    again.write([pack.data])
+    assert await again.finish(pack.id) is False  # never overwrites
+    assert backend.peek(Kind.PACK, pack.id) == pack.data
+
+
+async def test_an_aborted_upload_leaves_nothing(store):
+    pack = pack_of(b"aborted" * 1000)
+    upload = store.begin_upload(Kind.PACK)
+    upload.write([pack.data])
+    upload.abort()
+    assert await store.missing(Kind.PACK, [pack.id]) == {pack.id}
+    assert [i async for i in store.list(Kind.PACK)] == []
