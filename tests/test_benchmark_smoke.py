@@ -89,3 +89,38 @@ def test_remote_smoke_through_the_delaying_proxy_restores_exactly(tmp_path):
     assert "every restore through the link was exact" in proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| cas ")]
     assert len(rows) == 5 and all(row.endswith("| yes |") for row in rows)
+
+
+def test_churn_smoke_keeps_every_kept_manifest_whole(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "churn.py"), "--smoke", "--work", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "every kept manifest verified after every gc" in proc.stderr
+    for below in ("0", "0.5"):
+        assert f"#### repack below {below}: every run" in proc.stdout
+
+
+def test_gc_scale_smoke_deletes_dead_packs_and_repacks_sparse_ones(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gc_scale.py"),
+            "--smoke",
+            "--work",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "gc deleted the dead packs, repacked the half-live ones" in proc.stderr
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("| `gc")]) == 3
