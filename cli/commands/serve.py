@@ -9,6 +9,7 @@ import sys
 
 from cas.errors import UsageError
 from cas.repo import DEFAULT_MAX_CHUNK
+from cas.server.app import DEFAULT_MAX_PACK_UPLOADS
 from cas.sizes import parse_size
 from cas.store import open_store
 
@@ -47,7 +48,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         metavar="N",
         type=int,
         default=16,
-        help="upload bodies buffered at once; more wait (default 16; memory ~ N x 32 MiB at most)",
+        help="upload bodies buffered at once; more wait (default 16; batches of manifests "
+        "and records are at most 32 MiB each)",
+    )
+    p.add_argument(
+        "--max-pack-uploads",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MAX_PACK_UPLOADS,
+        help="packs received and verified at once; more wait (default %(default)s; memory "
+        "~ N x 128 MiB at most)",
     )
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate chain")
     p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
@@ -107,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             anonymous_read=args.anonymous_read,
             limits=limits,
             max_uploads=args.max_uploads,
+            max_pack_uploads=args.max_pack_uploads,
         )
         async with store:
             await serve(app, host, port, tls=tls, announce=announce)
