@@ -121,8 +121,9 @@ class DeltaBench:
 
     def measure(self) -> None:
         env = self.env(self.fresh("put-cache"))
-        _, out_a = run([*self.cas, "put", "--json", "--store", str(self.store), str(self.a)], env)
-        _, out_b = run([*self.cas, "put", "--json", "--store", str(self.store), str(self.b)], env)
+        put = [*self.cas, "put", "--json", "--store", str(self.store)]
+        _, out_a = run([*put, "--ref", "bench/a", str(self.a)], env)
+        _, out_b = run([*put, "--ref", "bench/b", str(self.b)], env)  # parent: bench/a
         id_a, id_b = json.loads(out_a)["manifest"], json.loads(out_b)["manifest"]
         lacking = chunks_of(self.store, id_b) - chunks_of(self.store, id_a)
         self.goal = stored_size(self.store, id_b, lacking)

@@ -221,13 +221,15 @@ class RemoteBench:
                 env = {**ep.env, "CAS_CACHE_DIR": str(self.work / f"cache-{cache}")}
                 return run([[*cas, *args[:1], "--store", ep.store, "-q", *args[1:]]], env=env)
 
-            put_a = cas_run("put", "put", str(self.a))
+            # As CI names its runs: B's parent is the newest ref beside its own (A's).
+            put_a = cas_run("put", "put", str(self.a), "--ref", "bench/1")
             id_a = put_a.stdout.decode().strip()
             self.record("cas put A", put_a, link, self.a, True)
-            put_b = cas_run("put", "put", str(self.b))
+            # A fresh runner (empty caches) puts B: it reads A's index, nothing else.
+            put_b = cas_run("put-b", "put", str(self.b), "--ref", "bench/2")
             id_b = put_b.stdout.decode().strip()
-            self.record("cas put B after A", put_b, link, self.b, True)
-            again = cas_run("put", "put", str(self.b))
+            self.record("cas put B after A, fresh runner", put_b, link, self.b, True)
+            again = cas_run("put-b", "put", str(self.b), "--ref", "bench/3")
             self.record("cas re-put B unchanged", again, link, self.b, True)
             dest = self.work / "cas-dest"
             s = cas_run("get", "get", id_a, str(dest))

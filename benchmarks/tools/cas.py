@@ -36,6 +36,7 @@ class Cas(Tool):
         super().__init__(root, level)
         self.store = root / "store"
         self.ids: dict[str, str] = {}
+        self.puts = 0
 
     @classmethod
     def prepare(cls) -> None:
@@ -64,7 +65,10 @@ class Cas(Tool):
         return env
 
     def put(self, src: Path, name: str) -> Sample:
+        # Named as CI names its runs, so each put's parent is the newest earlier one.
+        self.puts += 1
         cmd = [*self.cas_cmd, "put", "--store", str(self.store), "--json"]
+        cmd += ["--ref", f"bench/{self.puts}-{name}"]
         s = run([[*cmd, "--level", str(self.level), str(src)]], env=self.cas_env("put"))
         self.ids[name] = json.loads(s.stdout)["manifest"]
         return s
