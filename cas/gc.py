@@ -36,7 +36,7 @@ from cas.gcfence import RECORD_KEEP_SECONDS
 from cas.gcrecords import BEAT, DONE, START, RunTracker, new_run_id, record_body, write_record
 from cas.ids import ObjectId
 from cas.idset import IdSet
-from cas.pack import FOOTER, PackEntry, parse_footer, parse_trailer
+from cas.pack import FOOTER, ObjectKind, PackEntry, parse_footer, parse_trailer
 from cas.packindex import Location, PackIndex, decode_index
 from cas.repo import MAX_INDEX_BLOB, Repository
 from cas.retention import Retention
@@ -277,7 +277,7 @@ class Collector:
         self._known_refs: set[str] | None = None
         self._cutoff = datetime.now(UTC)
         self._reachable: IdSet
-        self.live: dict[ObjectId, dict[int, tuple[str, ObjectId, Location]]] = {}
+        self.live: dict[ObjectId, dict[int, tuple[ObjectKind, ObjectId, Location]]] = {}
         """Per marked pack: offset -> (kind, id, location) of each frame a root reaches."""
         self.marked_indexes: dict[ObjectId, set[ObjectId]] = {}
         """Per marked index name: the packs it names."""

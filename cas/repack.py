@@ -24,7 +24,7 @@ from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.pack import PackBuilder, PackEntry, SealedPack, decode_frame
 from cas.packindex import Location, PackIndex, decode_index, encode_index
-from cas.repo import MAX_INDEX_BLOB, MAX_READ, MERGE_GAP
+from cas.repo import MAX_INDEX_BLOB, merge_ranges
 from cas.store.base import Kind
 
 if TYPE_CHECKING:
@@ -107,29 +107,19 @@ def builder_target(frame: int) -> int:
 
 async def _live_frames(collector: Collector, pack: ObjectId) -> list[tuple[int, PackEntry, bytes]]:
     """The live frames of one pack, read in merged ranges, each verified."""
-    members = sorted(collector.live.get(pack, {}).items())
-    ranges: list[list[tuple[int, PackEntry]]] = []
-    for offset, (kind, object_id, loc) in members:
-        entry = PackEntry(kind, object_id, offset, loc.stored, loc.raw)  # type: ignore[arg-type]
-        if ranges:
-            first = ranges[-1][0][1]
-            last = ranges[-1][-1][1]
-            end = last.offset + last.stored
-            if offset - end <= MERGE_GAP and offset + loc.stored - first.offset <= MAX_READ:
-                ranges[-1].append((offset, entry))
-                continue
-        ranges.append([(offset, entry)])
+    members = {
+        offset: PackEntry(kind, object_id, offset, loc.stored, loc.raw)
+        for offset, (kind, object_id, loc) in collector.live.get(pack, {}).items()
+    }
+    located = [(ObjectId(bytes(32)), loc) for _, _, loc in collector.live.get(pack, {}).values()]
     out = []
-    for group in ranges:
-        start = group[0][1].offset
-        last = group[-1][1]
-        blob = await collector.store.get_range(
-            Kind.PACK, pack, start, last.offset + last.stored - start
-        )
-        for offset, entry in group:
-            frame = blob[offset - start : offset - start + entry.stored]
+    for _, start, length, group in merge_ranges(located):
+        blob = await collector.store.get_range(Kind.PACK, pack, start, length)
+        for _, loc in group:
+            entry = members[loc.offset]
+            frame = blob[loc.offset - start : loc.offset - start + loc.stored]
             await asyncio.to_thread(decode_frame, entry, frame)
-            out.append((offset, entry, frame))
+            out.append((loc.offset, entry, frame))
     return out
 
 

@@ -168,7 +168,7 @@ class Repository:
                 raise IntegrityError(
                     str(kind), str(object_id), f"declares {loc.raw} bytes, more than {max_size}"
                 )
-        ranges = _merge_ranges(self._with_planned(kind, locations))
+        ranges = merge_ranges(self._with_planned(kind, locations))
         limit = asyncio.Semaphore(max(1, self.store.capabilities.max_concurrency))
 
         async def read(
@@ -423,7 +423,7 @@ _AHEAD_MAX: Final = 32 << 20
 """Stored bytes of planned chunks one read may add to what was asked for."""
 
 
-def _merge_ranges(
+def merge_ranges(
     members: list[tuple[ObjectId, Location]],
 ) -> list[tuple[ObjectId, int, int, list[tuple[ObjectId, Location]]]]:
     """(pack, start, length, frames) reads covering `members`, neighbours merged."""

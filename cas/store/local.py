@@ -627,8 +627,5 @@ class _LocalUpload(Upload):
     def abort(self) -> None:
         """Close and forget the file (an unnamed one vanishes with its descriptor)."""
         if self._fd >= 0:
-            os.close(self._fd)
+            self._local._discard(_Staged("", self._fd, self._tmp))
             self._fd = -1
-            if self._tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._tmp)
