@@ -468,16 +468,18 @@ def render_runs(v: Variant) -> str:
         f"#### repack below {v.repack_below:g}: every run",
         "",
         "| run | files mutated | put s | gc s | put writes (packs) | uploaded MB "
-        "| gc writes | gc deletes | repacked MB | packs | stored MB | live MB | stored/live "
+        "| gc writes | gc deletes | repacked MB | gc rewrote MB | packs | stored MB | live MB "
+        "| stored/live "
         "| objects packed | f1 writes | f1 uploaded MB | f1 deletes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in v.rows:
         lines.append(
             f"| {r.run} | {r.mutated_files} | {r.put_s:.1f} | {r.gc_s:.1f} "
             f"| {r.writes} ({r.packs_written}) | {mb(r.uploaded)} "
             f"| {r.gc_pack_writes + r.gc_index_writes} | {r.gc_deletes} "
-            f"| {mb(r.repacked_bytes)} | {r.packs} | {mb(r.stored)} | {mb(r.live_frames)} "
+            f"| {mb(r.repacked_bytes)} | {mb(r.repack_written)} | {r.packs} | {mb(r.stored)} "
+            f"| {mb(r.live_frames)} "
             f"| {r.ratio:.3f} | {r.objects_packed:,} | {r.f1_writes:,} "
             f"| {mb(r.f1_uploaded)} | {r.f1_deletes:,} |"
         )
@@ -556,7 +558,8 @@ async def simulate(
             log(
                 f"repack {v.repack_below:g} run {n}: {row.mutated_files} files mutated, put "
                 f"{row.put_s:.1f} s, {row.writes} writes, {mb(row.uploaded)} MB up; gc "
-                f"{row.gc_s:.1f} s; stored {mb(row.stored)} MB / live {mb(row.live_frames)} MB "
+                f"{row.gc_s:.1f} s, rewrote {mb(row.repack_written)} MB; stored "
+                f"{mb(row.stored)} MB / live {mb(row.live_frames)} MB "
                 f"= {row.ratio:.3f}; f1 {row.f1_writes} writes; {machine_load()}"
             )
             for p in row.problems:

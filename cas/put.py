@@ -220,7 +220,8 @@ class Uploader:
             try:
                 index = await self.repo.index(parent)
             except ObjectNotFound:
-                continue  # collected since it was named: upload instead
+                self.progress.warn(f"parent {parent} is no longer stored; uploading everything")
+                continue
             if await self._writer.adopt(index):
                 self.stats.parents.append(str(parent))
         journal = None
@@ -246,7 +247,10 @@ class Uploader:
         """Manifests to reuse: `--parent`, else the newest ref nearby and the last put."""
         opts = self.options
         if opts.parent is not None:
-            return [await self.repo.resolve(opts.parent)]
+            try:
+                return [await self.repo.resolve(opts.parent)]
+            except ObjectNotFound as exc:
+                raise ObjectNotFound(f"parent: {exc}") from None
         found: list[ObjectId] = []
         prefix = opts.ref.rsplit("/", 1)[0] + "/" if opts.ref and "/" in opts.ref else ""
         refs = [r async for r in self.repo.store.list_refs(prefix)]

@@ -308,3 +308,36 @@ def test_compression_level_changes_blobs_not_ids(tmp_path):
     data = path.read_bytes()
     entry = read_entries(bytes.fromhex(path.name), data, max_chunk=16 << 20)[0]
     assert codec.decoded_size(data[entry.offset : entry.offset + entry.stored]) == entry.raw
+
+
+def test_a_parent_that_is_not_there_is_a_clear_error_and_stores_nothing(tmp_path):
+    from cas.errors import ObjectNotFound
+
+    src = tmp_path / "src"
+    make_tree(src, files=2)
+    store = LocalStore(tmp_path / "store", fsync=False)
+    with pytest.raises(ObjectNotFound, match="parent: no manifest id or ref named 'ci/nope'"):
+        put(store, src, parent="ci/nope")
+    assert count_files(tmp_path / "store" / "pack") == 0
+    assert count_files(tmp_path / "store" / "manifest") == 0
+
+
+def test_a_parent_collected_since_is_skipped_with_a_warning(tmp_path):
+    from cas.progress import NullProgress
+
+    src = tmp_path / "src"
+    make_tree(src, files=3)
+    store = LocalStore(tmp_path / "store", fsync=False)
+    first = put(store, src, ref="ci/1")
+    for index in (tmp_path / "store" / "index").rglob("*"):
+        if index.is_file():
+            index.unlink()  # as a collection that removed the parent would
+    progress = NullProgress()
+
+    async def run():
+        return await Uploader(Repository(store), PutOptions(ref="ci/2"), progress).put(src)
+
+    second = asyncio.run(run())
+    assert second.stats.parents == [] and second.stats.chunks_new == first.stats.chunks_new
+    assert any("no longer stored" in w for w in progress.warnings)
+    assert asyncio.run(manifest_complete(Repository(store), second.manifest_id))
