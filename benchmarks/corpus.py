@@ -1,6 +1,7 @@
 """Build the benchmark corpora reproducibly under a cache directory.
 
     python benchmarks/corpus.py --dir DIR [--only NAME]
+    python benchmarks/corpus.py --dir DIR --scale N     # only scale/scale-B (~N GB)
 
 Corpora (each a directory under DIR; a finished one is never rebuilt):
 
@@ -20,6 +21,10 @@ Corpora (each a directory under DIR; a finished one is never rebuilt):
   that keeps zstd's ratio of real code (~3.5x) but makes files that are not
   meant to share bytes share none. Static libraries do contain their object
   files verbatim, as real ``ar`` archives do.
+- ``scale``/``scale-B`` (only with ``--scale N``; benchmarks/scale.py): N such
+  builds side by side (``part00``, ``part01``, ...; 0.93-1 GB each), each from its own
+  seed, so no two share content; ``part00`` is ``build`` itself. ``scale-B``
+  gives every part the same kind of next-commit changes as ``build-B``.
 
 Wheels are unpacked with the modes and (UTC) times recorded in the zip;
 generated files get fixed times, so every corpus is the same bytes, modes and
@@ -657,6 +662,50 @@ def build_build(
     return a, b
 
 
+def part_seed(i: int) -> int:
+    """The seed of sub-build `i` of a scaled tree (0: `build`'s own).
+
+    Spaced so that no part's `plan` seed equals another's `mutate` seed (seed + 1).
+    """
+    return BUILD_SEED + 1009 * i
+
+
+def build_scaled(
+    cache: Path, pool_fn: Callable[[], bytes], scale: BuildScale, parts: int, name: str = "scale"
+) -> tuple[Path, Path]:
+    """`NAME` and `NAME-B`: `parts` independent generated builds side by side, and their next commit.
+
+    Parts are written one at a time into `NAME.partial` (and `NAME-B.partial`),
+    so an interrupted run resumes with the next part.
+    """
+    a, b = cache / name, cache / f"{name}-B"
+    for root in (a, b, cache / f"{name}.partial", cache / f"{name}-B.partial"):
+        found = len(list(root.glob("part[0-9][0-9]"))) if root.is_dir() else parts
+        if found > parts or (found < parts and not root.name.endswith(".partial")):
+            raise SystemExit(f"{root} holds {found} parts, not {parts}: remove it first")
+    if a.is_dir() and b.is_dir():
+        return a, b
+    t0 = time.monotonic()
+    pool = pool_fn()
+    for root, next_commit in ((a, False), (b, True)):
+        if root.is_dir():
+            continue
+        tmp = root.with_name(root.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for i in range(parts):
+            dest = tmp / f"part{i:02d}"
+            if dest.is_dir():
+                continue  # written by an earlier, interrupted run
+            log(f"generating {root}/{dest.name}")
+            gen = BuildGenerator(pool, scale, part_seed(i))
+            specs = gen.plan()
+            gen.write(gen.mutate(specs) if next_commit else specs, dest)
+        os.utime(tmp, (BASE_MTIME, BASE_MTIME))
+        tmp.rename(root)
+    log(f"generated {name} pair ({parts} parts) in {time.monotonic() - t0:.1f}s")
+    return a, b
+
+
 def build_smoke(dest_root: Path) -> tuple[Path, Path]:
     """A few-MB generated pair (no downloads) for `compare.py --smoke`."""
     return build_build(dest_root, lambda: synthetic_pool(8 << 20), SMOKE_SCALE, "smoke")
@@ -700,9 +749,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only", action="append", choices=NAMES, help="build only this corpus (repeatable)"
     )
+    ap.add_argument(
+        "--scale",
+        type=int,
+        metavar="N",
+        help="build only scale/scale-B: N generated builds side by side (~1 GB each)",
+    )
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
-    build(args.dir.resolve(), args.only or NAMES)
+    cache = args.dir.resolve()
+    if args.only or not args.scale:
+        build(cache, args.only or NAMES)
+    if args.scale:
+        for p in build_scaled(cache, lambda: torch_pool(cache), BuildScale(), args.scale):
+            files, size = tree_bytes(p)
+            log(f"{p}: {files} files, {size / 1e6:.1f} MB")
     return 0
 
 

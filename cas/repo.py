@@ -193,23 +193,23 @@ class Repository:
 
         def cut_and_verify() -> dict[ObjectId, bytes]:
             out: dict[ObjectId, bytes] = {}
-            frames: list[tuple[ObjectId, bytes]] = []
+            frames: list[tuple[ObjectId, memoryview]] = []
             for (_, start, _, members), blob in zip(ranges, blobs, strict=True):
                 view = memoryview(blob)
                 for object_id, loc in members:
-                    frame = bytes(view[loc.offset - start : loc.offset - start + loc.stored])
+                    frame = view[loc.offset - start : loc.offset - start + loc.stored]
                     entry = PackEntry(kind, object_id, loc.offset, loc.stored, loc.raw)
                     if object_id in locations:
                         out[object_id] = decode_frame(entry, frame)
                         frames.append((object_id, frame))
                     else:
-                        self._stage(object_id, frame)
+                        self._stage(object_id, bytes(frame))  # not a view: frees the read
             if kind is ObjectKind.CHUNK:
                 with self._counter_lock:
                     self.chunks_from_store += len(frames)
                     self.bytes_from_store += sum(len(f) for _, f in frames)
             if self.cache is not None and frames:
-                self.cache.put_many(frames)
+                self.cache.put_many((i, bytes(f)) for i, f in frames)
             return out
 
         return await asyncio.to_thread(cut_and_verify)
