@@ -673,7 +673,7 @@ def part_seed(i: int) -> int:
 def build_scaled(
     cache: Path, pool_fn: Callable[[], bytes], scale: BuildScale, parts: int, name: str = "scale"
 ) -> tuple[Path, Path]:
-    """`NAME` and `NAME-B`: `parts` independent generated builds side by side, and their next commit.
+    """`NAME` and `NAME-B`: `parts` independent generated builds side by side, and the next commit.
 
     Parts are written one at a time into `NAME.partial` (and `NAME-B.partial`),
     so an interrupted run resumes with the next part.

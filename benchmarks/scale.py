@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 import corpus  # noqa: E402
 import netproxy  # noqa: E402
 from gc_scale import store_counts  # noqa: E402
-from measure import Sample, TreeRss, rmtree, run  # noqa: E402
+from measure import Sample, StepFailed, TreeRss, rmtree, run  # noqa: E402
 from remote import Link  # noqa: E402
 from report import write_doc  # noqa: E402
 from tools.cas import Cas  # noqa: E402
@@ -141,7 +141,16 @@ class ScaleRun:
         return "exact"
 
     def steps(self, mode: str, store: str, store_root: Path, server: Server | None) -> None:
-        """The six steps against one empty store; rows go to `self.tables[mode]`."""
+        """The six steps against one empty store; a failed step ends them (and is a failure)."""
+        try:
+            self._steps(mode, store, store_root, server)
+        except StepFailed as exc:
+            self.fail(f"{mode}: {exc}")
+        finally:
+            for path in (self.work / "dest", *self.work.glob("cache-*")):
+                rmtree(path)
+
+    def _steps(self, mode: str, store: str, store_root: Path, server: Server | None) -> None:
         rows = self.tables.setdefault(mode, [])
         a, b = self.a, self.b
 
@@ -165,13 +174,13 @@ class ScaleRun:
             return row, json.loads(row.sample.stdout or b"{}")
 
         row, put_a = timed("put A", self.size[a], "put-a", "put", "--ref", "scale/1", str(a))
-        row.note = f"{put_a['bytes_uploaded'] / 1e6:,.0f} MB uploaded, {put_a['packs']} packs"
+        row.note = uploaded(put_a)
         id_a = put_a["manifest"]
 
         row, put_b = timed(
             "put B, fresh runner", self.size[b], "put-b", "put", "--ref", "scale/2", str(b)
         )
-        row.note = f"{put_b['bytes_uploaded'] / 1e6:,.0f} MB uploaded, {put_b['packs']} packs"
+        row.note = uploaded(put_b)
         id_b = put_b["manifest"]
         if id_a not in put_b["parents"]:
             self.fail(f"{mode}: put B's parents are {put_b['parents']}, not A ({id_a})")
@@ -186,7 +195,7 @@ class ScaleRun:
         log(f"{mode}: restoring A (not timed)")
         cas("got-a", "get", id_a, str(dest))
         self.check(f"{mode}: get A (the untimed restore)", a, dest)
-        step = "get --delete B into dir holding A"
+        step = "get --delete B into dir holding A, A's cache"
         row, got = timed(step, self.size[b], "got-a", "get", "--delete", id_b, str(dest))
         row.note = self.check(f"{mode}: {step}", b, dest) + f"; {sources(got)}"
         rmtree(dest)
@@ -204,16 +213,15 @@ class ScaleRun:
             "verify B after gc", self.size[b], "verify", "verify", id_b, CAS_CACHE_SIZE="0"
         )
         row.note = "intact"
-        for cache in self.work.glob("cache-*"):
-            rmtree(cache)
 
     def table(self, mode: str) -> list[str]:
         remote = mode != "local"
         head = ["step", "wall", "CPU", "peak RSS"]
         if remote:
-            head += ["requests", "requests / GiB", "MB over the link", "server CPU", "server RSS"]
+            head += ["requests", "requests / GiB", "MB over the link"]
+            head += ["server CPU", "server peak RSS"]
         lines = ["| " + " | ".join([*head, "result"]) + " |", "|---" * (len(head) + 1) + "|"]
-        for r in self.tables[mode]:
+        for r in self.tables.get(mode, []):
             s = r.sample
             cells = [r.step, f"{s.wall:,.1f} s", f"{s.cpu:,.1f} s", f"{s.rss / 2**20:,.0f} MiB"]
             if remote and r.stats is not None:
@@ -229,30 +237,38 @@ class ScaleRun:
         return lines
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "es" if word.endswith("x") else "s")
+
+
+def uploaded(put: dict) -> str:
+    return f"{put['bytes_uploaded'] / 1e6:,.1f} MB uploaded in {plural(put['packs'], 'pack')}"
+
+
 def sources(got: dict) -> str:
     """Where a get's bytes came from (stored bytes for store and cache)."""
     parts = [
-        f"{got.get(f'bytes_from_{k}', 0) / 1e6:,.0f} MB {k}"
+        f"{got[f'bytes_from_{k}'] / 1e6:,.1f} MB {k}"
         for k in ("store", "cache", "destination")
         if got.get(f"bytes_from_{k}")
     ]
     untouched = got.get("files_untouched", 0)
-    return ", ".join(parts + ([f"{untouched:,} files untouched"] if untouched else []))
+    return ", ".join(parts + ([f"{plural(untouched, 'file')} untouched"] if untouched else []))
 
 
 def gc_note(report: dict, before: dict, after: dict) -> str:
     """What gc deleted, and the packs repacking wrote (counted on the store)."""
     deleted = report["deleted"]
     gone = ", ".join(
-        f"{c['objects']:,} {kind}s ({c['bytes'] / 1e6:,.0f} MB)"
+        f"{plural(c['objects'], kind)} ({c['bytes'] / 1e6:,.1f} MB)"
         for kind, c in deleted.items()
         if c["objects"]
     )
     written = after["pack"][0] - before["pack"][0] + deleted["pack"]["objects"]
     return (
-        f"deleted {gone or 'nothing'}; {written} packs written by repacking; "
+        f"deleted {gone or 'nothing'}; {plural(written, 'pack')} written by repacking; "
         f"packs {before['pack'][0]} -> {after['pack'][0]} "
-        f"({before['pack'][1] / 1e6:,.0f} -> {after['pack'][1] / 1e6:,.0f} MB)"
+        f"({before['pack'][1] / 1e6:,.1f} -> {after['pack'][1] / 1e6:,.1f} MB)"
     )
 
 
@@ -264,16 +280,10 @@ def describe(settings: netproxy.LinkSettings) -> str:
 
 
 def git_rev() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev
+    """The checkout's commit (`-dirty` with local changes): what the numbers measured."""
+    cmd = ["git", "-C", str(ROOT), "describe", "--always", "--dirty"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         fa, fb = corpus.tree_bytes(a)[0], corpus.tree_bytes(b)[0]
         parts = len(list(a.glob("part[0-9][0-9]")))
         mem = psutil.virtual_memory().total / 2**30
+        rows = [r for table in bench.tables.values() for r in table]
+        foreign = max((r.sample.foreign for r in rows), default=0.0)
         out = [
             f"A = `{a.name}` ({parts} generated builds side by side: {fa:,} files, "
             f"{bench.size[a] / 1e9:,.2f} GB), B = `{b.name}` ({fb:,} files, "
@@ -330,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             f"`cas serve` on this machine through benchmarks/netproxy.py "
             f"({describe(settings)}); CPU and peak RSS are those of the cas command's "
             "process tree, the server's are beside them. Requests per GiB of the step's "
-            "tree (gc: A + B).",
+            f"tree (gc: A + B). Other processes used at most {foreign:.0%} of the cores "
+            "during a step.",
             "",
             *bench.table("serve"),
         ]
@@ -340,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         out += ["", f"Command: `{command}` ({time.strftime('%Y-%m-%d')})", ""]
         text = "\n".join(out)
         print(text)
-        if args.doc:
+        if args.doc and not bench.failures:
             write_doc(args.doc, "scale smoke" if args.smoke else "scale", text)
     log(f"done in {time.monotonic() - t0:.0f} s")
     for f in bench.failures:

@@ -72,7 +72,10 @@ class PackWriter:
             ObjectKind.CHUNK: set(),
             ObjectKind.TREE: set(),
         }
-        self._open: _OpenPack | None = None
+        self._open: dict[ObjectKind, _OpenPack] = {}
+        """One open pack per kind: trees apart from chunks, so that a reader finds all
+        the trees of a manifest side by side (a few ranged reads) instead of
+        scattered between the chunks."""
         self._lock = asyncio.Lock()
         self.spool_dir = spool_dir
         self._slots = asyncio.Semaphore(max(1, uploads))
@@ -80,7 +83,8 @@ class PackWriter:
         self._failure: BaseException | None = None
         self.stats = WriterStats()
         self.on_stored: Callable[[SealedPack], None] | None = None
-        """Called after each pack is stored (a put's journal, so a re-run can reuse it)."""
+        """Called for each sealed pack just before it is stored (a put's journal, so a
+        re-run can reuse it)."""
 
     # ------------------------------------------------------------ what is known
 
@@ -162,27 +166,29 @@ class PackWriter:
                 if self.has(kind, object_id):
                     added.append(False)
                     continue
-                pack = self._open
+                pack = self._open.get(kind)
                 if pack is not None and pack.entries and pack.full(self.target - len(frame)):
                     self._write(pack, frames)
                     frames = []
-                    await self._seal()
-                pack = self._pack()
+                    await self._seal(kind)
+                pack = self._pack(kind)
                 pack.add(kind, object_id, raw, frame)
                 frames.append(frame)
                 self._pending[kind].add(object_id)
                 self.stats.objects += 1
                 added.append(True)
-            if self._open is not None and frames:
-                self._write(self._open, frames)
-            if self._open is not None and self._open.full(self.target):
-                await self._seal()
+            pack = self._open.get(kind)
+            if pack is not None and frames:
+                self._write(pack, frames)
+            if pack is not None and pack.full(self.target):
+                await self._seal(kind)
         return added
 
-    def _pack(self) -> _OpenPack:
-        if self._open is None:
-            self._open = _OpenPack(self.store.begin_upload(Kind.PACK, self.spool_dir))
-        return self._open
+    def _pack(self, kind: ObjectKind) -> _OpenPack:
+        pack = self._open.get(kind)
+        if pack is None:
+            pack = self._open[kind] = _OpenPack(self.store.begin_upload(Kind.PACK, self.spool_dir))
+        return pack
 
     def _write(self, pack: _OpenPack, frames: list[bytes]) -> None:
         """Frames go to the pack's spool at once: memory never holds a pack."""
@@ -194,8 +200,9 @@ class PackWriter:
     async def close(self) -> None:
         """Seal the open pack and wait until every pack is stored."""
         async with self._lock:
-            if self._open is not None and self._open.entries:
-                await self._seal()
+            for kind in list(self._open):
+                if self._open[kind].entries:
+                    await self._seal(kind)
         if self._uploads:
             await asyncio.gather(*self._uploads, return_exceptions=True)
         self._raise_failure()
@@ -205,12 +212,12 @@ class PackWriter:
         for task in self._uploads:
             task.cancel()
         await asyncio.gather(*self._uploads, return_exceptions=True)
-        if self._open is not None:
-            self._open.upload.abort()
-            self._open = None
+        for pack in self._open.values():
+            pack.upload.abort()
+        self._open.clear()
 
-    async def _seal(self) -> None:
-        pack, self._open = self._open, None
+    async def _seal(self, kind: ObjectKind) -> None:
+        pack = self._open.pop(kind, None)
         if pack is None:
             return
         await self._slots.acquire()
@@ -223,6 +230,10 @@ class PackWriter:
             self._slots.release()
             pack.upload.abort()
             raise
+        if self.on_stored is not None:
+            # Noted before it is named, so a put killed in between still finds it
+            # (a pack never stored is simply not found when the journal is read).
+            self.on_stored(SealedPack(pack_id, b"", pack.entries))
         task = asyncio.create_task(self._upload(pack, pack_id))
         self._uploads.add(task)
         task.add_done_callback(self._uploads.discard)
@@ -240,14 +251,11 @@ class PackWriter:
             self._slots.release()
         self.stats.packs += 1
         self.stats.bytes_uploaded += size
-        sealed = SealedPack(pack_id, b"", pack.entries)
         for entry in pack.entries:
             self._located[entry.kind][entry.id] = Location(
                 pack_id, entry.offset, entry.stored, entry.raw
             )
             self._pending[entry.kind].discard(entry.id)
-        if self.on_stored is not None:
-            self.on_stored(sealed)
 
     def _raise_failure(self) -> None:
         if self._failure is not None:

@@ -63,6 +63,8 @@ class Repository:
         self.cache = cache
         self.level = level
         self._inflight: dict[tuple[ObjectKind, ObjectId], asyncio.Future[bytes]] = {}
+        self._ahead: dict[tuple[ObjectKind, ObjectId], asyncio.Event] = {}
+        """Objects a read in flight brings along (not asked for): set when it ends."""
         self._located: dict[ObjectKind, dict[ObjectId, Location]] = {
             ObjectKind.CHUNK: {},
             ObjectKind.TREE: {},
@@ -70,9 +72,10 @@ class Repository:
         self._pending_indexes: dict[ObjectId, None] = {}
         self._indexes: dict[ObjectId, PackIndex] = {}
         self._index_lock = asyncio.Lock()
-        self._staged: dict[ObjectId, bytes] = {}
+        self._staged: dict[tuple[ObjectKind, ObjectId], bytes] = {}
         self._staged_bytes = 0
-        self._plan: dict[ObjectId, None] = {}
+        self._plan: dict[ObjectKind, dict[ObjectId, None]] = {k: {} for k in ObjectKind}
+        """Objects expected to be read: a ranged read takes those in the same pack along."""
         self.bytes_from_store = 0
         self.bytes_from_cache = 0
         self.chunks_from_store = 0
@@ -122,6 +125,7 @@ class Repository:
         self._indexes[manifest_id] = chosen
         for kind in ObjectKind:
             self._located[kind].update(chosen.table(kind))
+        self._plan[ObjectKind.TREE].update(dict.fromkeys(chosen.trees))  # a walk reads them
         return chosen
 
     def expect(self, manifest_id: ObjectId) -> None:
@@ -157,24 +161,56 @@ class Repository:
 
     def plan(self, ids: Iterable[ObjectId]) -> None:
         """Chunks this run will fetch: a ranged read also keeps their neighbours for later."""
-        self._plan.update(dict.fromkeys(ids))
+        self._plan[ObjectKind.CHUNK].update(dict.fromkeys(ids))
 
     async def read_located(
-        self, kind: ObjectKind, locations: dict[ObjectId, Location], max_size: int
+        self,
+        kind: ObjectKind,
+        locations: dict[ObjectId, Location],
+        max_size: int,
+        *,
+        ahead: bool = True,
     ) -> dict[ObjectId, bytes]:
-        """Fetch, decompress and verify objects at known locations, merging neighbours."""
+        """Fetch, decompress and verify objects at known locations, merging neighbours.
+
+        With `ahead`, planned objects in the same packs are read along and
+        kept for later; without, exactly `locations` are read (verification
+        of one index's locations).
+        """
         for object_id, loc in locations.items():
             if loc.raw > max_size:
                 raise IntegrityError(
                     str(kind), str(object_id), f"declares {loc.raw} bytes, more than {max_size}"
                 )
-        ranges = merge_ranges(self._with_planned(kind, locations))
+        members = self._with_planned(kind, locations) if ahead else list(locations.items())
+        if len(members) > len(locations):
+            claim = asyncio.Event()
+            along = [(kind, i) for i, _ in members[len(locations) :]]
+            for key in along:
+                self._ahead[key] = claim
+            try:
+                return await self._read_ranges(kind, locations, merge_ranges(members))
+            except (IntegrityError, ObjectNotFound):
+                pass  # a neighbour read along may be what is damaged: read just what was asked
+            finally:
+                for key in along:
+                    if self._ahead.get(key) is claim:
+                        del self._ahead[key]
+                claim.set()
+        return await self._read_ranges(kind, locations, merge_ranges(list(locations.items())))
+
+    async def _read_ranges(
+        self,
+        kind: ObjectKind,
+        locations: dict[ObjectId, Location],
+        ranges: list[tuple[ObjectId, int, int, list[tuple[ObjectId, Location]]]],
+    ) -> dict[ObjectId, bytes]:
         limit = asyncio.Semaphore(max(1, self.store.capabilities.max_concurrency))
 
         async def read(
             pack: ObjectId, start: int, length: int, members: list[tuple[ObjectId, Location]]
         ) -> bytes:
-            named = next(i for i, _ in members if i in locations)
+            named = next((i for i, _ in members if i in locations), members[0][0])
             try:
                 async with limit:
                     return await self.store.get_range(Kind.PACK, pack, start, length)
@@ -203,7 +239,7 @@ class Repository:
                         out[object_id] = decode_frame(entry, frame)
                         frames.append((object_id, frame))
                     else:
-                        self._stage(object_id, bytes(frame))  # not a view: frees the read
+                        self._stage(kind, object_id, bytes(frame))  # a copy: frees the read
             if kind is ObjectKind.CHUNK:
                 with self._counter_lock:
                     self.chunks_from_store += len(frames)
@@ -217,48 +253,54 @@ class Repository:
     def _with_planned(
         self, kind: ObjectKind, locations: dict[ObjectId, Location]
     ) -> list[tuple[ObjectId, Location]]:
-        """The requested frames plus planned chunks in the same packs (read ahead once)."""
+        """The requested frames plus planned objects in the same packs (read ahead once)."""
         members = list(locations.items())
-        if kind is not ObjectKind.CHUNK or not self._plan:
+        plan = self._plan[kind]
+        if not plan:
             return members
         for object_id in locations:
-            self._plan.pop(object_id, None)
+            plan.pop(object_id, None)
         packs = {loc.pack for loc in locations.values()}
         table = self._located[kind]
         ahead = []
         budget = _AHEAD_MAX
-        for object_id in self._plan:
+        for object_id in plan:
             loc = table.get(object_id)
-            if loc is None or loc.pack not in packs or object_id in self._staged:
+            if loc is None or loc.pack not in packs or (kind, object_id) in self._staged:
                 continue
             budget -= loc.stored
             if budget < 0:
                 break
             ahead.append((object_id, loc))
         for object_id, _ in ahead:
-            del self._plan[object_id]  # claimed by this read: no other read takes it
+            del plan[object_id]  # claimed by this read: no other read takes it
         return members + ahead
 
-    def _stage(self, object_id: ObjectId, frame: bytes) -> None:
+    def _stage(self, kind: ObjectKind, object_id: ObjectId, frame: bytes) -> None:
         """Keep a read-ahead frame: in the cache if there is one, else in bounded memory."""
         if self.cache is not None:
             self.cache.put_many([(object_id, frame)])
             return
-        if self._staged_bytes + len(frame) <= _STAGED_MAX:
-            self._staged[object_id] = frame
-            self._staged_bytes += len(frame)
+        with self._counter_lock:
+            if self._staged_bytes + len(frame) <= _STAGED_MAX:
+                self._staged[kind, object_id] = frame
+                self._staged_bytes += len(frame)
 
-    def _take_staged(self, ids: list[ObjectId], max_size: int) -> dict[ObjectId, bytes]:
+    def _take_staged(
+        self, kind: ObjectKind, ids: list[ObjectId], max_size: int
+    ) -> dict[ObjectId, bytes]:
         out = {}
         for object_id in ids:
-            frame = self._staged.pop(object_id, None)
-            if frame is None:
-                continue
-            self._staged_bytes -= len(frame)
-            out[object_id] = decode_object("chunk", object_id, frame, max_size)
             with self._counter_lock:
-                self.chunks_from_store += 1
-                self.bytes_from_store += len(frame)
+                frame = self._staged.pop((kind, object_id), None)
+                if frame is None:
+                    continue
+                self._staged_bytes -= len(frame)
+            out[object_id] = decode_object(str(kind), object_id, frame, max_size)
+            if kind is ObjectKind.CHUNK:
+                with self._counter_lock:
+                    self.chunks_from_store += 1
+                    self.bytes_from_store += len(frame)
         return out
 
     # ------------------------------------------------------------ chunks
@@ -292,12 +334,15 @@ class Repository:
         local: Callable[[list[ObjectId]], dict[ObjectId, bytes]] | None = None,
     ) -> dict[ObjectId, bytes]:
         wanted = list(dict.fromkeys(ids))
+        claims = {self._ahead[kind, i] for i in wanted if (kind, i) in self._ahead}
+        if claims:  # another read is bringing some along: wait for it, not fetch twice
+            await asyncio.gather(*(claim.wait() for claim in claims))
         found: dict[ObjectId, bytes] = {}
         if self.cache is not None and wanted:
             found = await asyncio.to_thread(self._from_cache, wanted, max_size, kind)
         rest = [i for i in wanted if i not in found]
-        if rest and self._staged and kind is ObjectKind.CHUNK:
-            found.update(self._take_staged(rest, max_size))
+        if rest and self._staged:
+            found.update(self._take_staged(kind, rest, max_size))
             rest = [i for i in rest if i not in found]
         if rest and local is not None:
             found.update(await asyncio.to_thread(local, rest))

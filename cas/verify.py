@@ -144,7 +144,7 @@ class Checker:
             try:
                 async with self._limit:
                     data = await self.repo.read_located(
-                        ObjectKind.TREE, {tree_id: loc}, MAX_TREE_BYTES
+                        ObjectKind.TREE, {tree_id: loc}, MAX_TREE_BYTES, ahead=False
                     )
                 tree = Tree.from_bytes(data[tree_id], where=f"tree {tree_id}")
             except ObjectNotFound:
@@ -219,7 +219,7 @@ class Checker:
         try:
             async with self._limit:
                 await self.repo.read_located(
-                    ObjectKind.CHUNK, batch, max(loc.raw for loc in batch.values())
+                    ObjectKind.CHUNK, batch, max(loc.raw for loc in batch.values()), ahead=False
                 )
         except (IntegrityError, ObjectNotFound):
             problems = set()
@@ -239,7 +239,9 @@ class Checker:
     async def _read_one(self, chunk_id: ObjectId, loc: Location) -> Problem | None:
         try:
             async with self._limit:
-                await self.repo.read_located(ObjectKind.CHUNK, {chunk_id: loc}, loc.raw)
+                await self.repo.read_located(
+                    ObjectKind.CHUNK, {chunk_id: loc}, loc.raw, ahead=False
+                )
         except ObjectNotFound:
             return Problem(ObjectKind.CHUNK, chunk_id, f"missing: pack {loc.pack}")
         except IntegrityError as exc:

@@ -79,7 +79,7 @@ def test_a_ref_beside_the_new_one_is_the_default_parent(tmp_path):
     (src / "dir0" / "new.bin").write_bytes(os.urandom(100_000))  # one chunk
     second = put(store, src, ref="ci/main/2")
     assert second.stats.parents == [str(first.manifest_id)]
-    assert second.stats.chunks_new == 1 and second.stats.packs == 1
+    assert second.stats.chunks_new == 1 and second.stats.packs == 2  # chunks, trees
     unrelated = put(store, src, ref="other", parent=None)
     assert unrelated.stats.parents == [str(second.manifest_id)]  # the store's newest ref
 

@@ -10,6 +10,7 @@ what it is given: `cas serve` refuses anything else.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -349,7 +350,7 @@ async def test_an_upload_written_in_pieces_is_named_whole_and_create_only(backen
     pack = pack_of(os.urandom(300_000), os.urandom(200_000), b"small" * 100)
     cuts = [0, 8, 1000, 150_000, len(pack.data) - 16, len(pack.data)]
     upload = store.begin_upload(Kind.PACK)
-    for a, b in zip(cuts, cuts[1:], strict=False):
+    for a, b in itertools.pairwise(cuts):
         upload.write([pack.data[a:b], b""])
     assert await store.missing(Kind.PACK, [pack.id]) == {pack.id}  # nothing named before finish
     assert await upload.finish(pack.id) is True
