@@ -84,13 +84,14 @@ def test_keep_last_keeps_the_newest(store, tmp_path):
 
 def corrupt_one_chunk(store: str) -> tuple[str, str]:
     """Overwrite one chunk's frame inside its pack: (chunk id, pack id)."""
-    pack = next(p for p in (Path(store) / "pack").rglob("*") if p.is_file())
-    data = bytearray(pack.read_bytes())
-    entry = next(
-        e
-        for e in read_entries(bytes.fromhex(pack.name), bytes(data), max_chunk=16 << 20)
-        if e.kind == "chunk"
+    found = (
+        (pack, entry)
+        for pack in sorted(p for p in (Path(store) / "pack").rglob("*") if p.is_file())
+        for entry in read_entries(bytes.fromhex(pack.name), pack.read_bytes(), max_chunk=16 << 20)
+        if entry.kind == "chunk"  # packs of trees hold none
     )
+    pack, entry = next(found)
+    data = bytearray(pack.read_bytes())
     data[entry.offset : entry.offset + entry.stored] = b"\xa5" * entry.stored
     pack.chmod(0o644)
     pack.write_bytes(bytes(data))
