@@ -72,7 +72,9 @@ Output: a markdown table per variant (one row per run) and a summary (median
 and max of stored/live over runs 10..RUNS; writes and uploaded bytes per
 run, format 2 vs format 1; bytes gc rewrote by repacking). Several
 `--repack-below` values run in lockstep on the same mutated tree, each with
-its own store and files cache. `--json FILE` saves every row.
+its own store and files cache. `--json FILE` saves every row after every
+run; `--render FILE...` prints the tables of saved runs (several files'
+variants side by side).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -459,11 +461,37 @@ class Variant:
 # ---------------------------------------------------------------- reporting
 
 
+@dataclass
+class Saved:
+    """A variant's rows read back from `--json` (`--render`)."""
+
+    repack_below: float
+    rows: list[Row]
+
+
+def save_json(path: Path, variants: Sequence[Variant]) -> None:
+    rows = {
+        f"{v.repack_below:g}": [{**asdict(r), "stored": r.stored, "ratio": r.ratio} for r in v.rows]
+        for v in variants
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    os.replace(tmp, path)
+
+
+def load_json(path: Path) -> list[Saved]:
+    names = {f.name for f in fields(Row)}
+    return [
+        Saved(float(below), [Row(**{k: v for k, v in r.items() if k in names}) for r in rows])
+        for below, rows in json.loads(path.read_text()).items()
+    ]
+
+
 def mb(n: float) -> str:
     return f"{n / 1e6:,.1f}"
 
 
-def render_runs(v: Variant) -> str:
+def render_runs(v: Variant | Saved) -> str:
     lines = [
         f"#### repack below {v.repack_below:g}: every run",
         "",
@@ -486,7 +514,7 @@ def render_runs(v: Variant) -> str:
     return "\n".join(lines)
 
 
-def summary_row(v: Variant, from_run: int) -> str:
+def summary_row(v: Variant | Saved, from_run: int) -> str:
     steady = [r for r in v.rows if r.run >= from_run]
     churn = [r for r in v.rows if r.run >= 1]
     if not steady or not churn:
@@ -507,7 +535,7 @@ def summary_row(v: Variant, from_run: int) -> str:
     )
 
 
-def render_summary(variants: list[Variant], from_run: int) -> str:
+def render_summary(variants: Sequence[Variant | Saved], from_run: int) -> str:
     runs = max(r.run for r in variants[0].rows)
     lines = [
         f"Stored/live after runs {from_run}..{runs}; writes, uploads and deletes per run over "
@@ -544,6 +572,7 @@ async def simulate(
     seed: int,
     pack_size: int,
     full_verify: bool,
+    save: Path | None,
 ) -> list[Variant]:
     tree = work / "tree"
     t0 = time.monotonic()
@@ -564,6 +593,8 @@ async def simulate(
             )
             for p in row.problems:
                 log(f"PROBLEM run {n}: {p}")
+        if save is not None:
+            save_json(save, variants)
     for v in variants:
         await v.store.aclose()
     return variants
@@ -590,7 +621,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: temp)")
     ap.add_argument("--json", type=Path, default=None, help="save every row here")
     ap.add_argument("--smoke", action="store_true", help="tiny generated tree; correctness only")
+    ap.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the tables of earlier --json files (their variants side by side); run nothing",
+    )
     args = ap.parse_args(argv)
+    if args.render:
+        saved = sorted(
+            (v for path in args.render for v in load_json(path)), key=lambda v: v.repack_below
+        )
+        print(render_summary(saved, args.summary_from))
+        for v in saved:
+            print()
+            print(render_runs(v))
+        return 0
     repack = [float(x) for x in args.repack_below.split(",")]
     pack_size = args.pack_size or PutOptions().pack_size
     with tempfile.TemporaryDirectory(prefix="cas-churn-", dir=args.work) as tmp:
@@ -620,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 pack_size=pack_size,
                 full_verify=args.smoke,
+                save=args.json,
             )
         )
         log(f"done in {time.monotonic() - t0:.0f} s; {machine_load()}")
@@ -629,18 +677,6 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         print()
         print(render_runs(v))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    f"{v.repack_below:g}": [
-                        {**asdict(r), "stored": r.stored, "ratio": r.ratio} for r in v.rows
-                    ]
-                    for v in variants
-                },
-                indent=1,
-            )
-        )
     problems = [(v.repack_below, r.run, p) for v in variants for r in v.rows for p in r.problems]
     for below, run, p in problems:
         print(f"FAILED: repack {below:g} run {run}: {p}", file=sys.stderr)

@@ -36,9 +36,9 @@ from cas.gcfence import RECORD_KEEP_SECONDS
 from cas.gcrecords import BEAT, DONE, START, RunTracker, new_run_id, record_body, write_record
 from cas.ids import ObjectId
 from cas.idset import IdSet
-from cas.pack import FOOTER, ObjectKind, PackEntry, parse_footer, parse_trailer
+from cas.pack import ObjectKind
 from cas.packindex import Location, PackIndex, decode_index
-from cas.repo import MAX_INDEX_BLOB, Repository
+from cas.repo import MAX_INDEX_BLOB, Repository, read_pack_entries
 from cas.retention import Retention
 from cas.store.base import Kind, ObjectInfo, RefInfo, Store
 
@@ -552,14 +552,3 @@ class Collector:
 async def collect(repo: Repository, options: GcOptions) -> GcReport:
     """Run one collection."""
     return await Collector(repo, options).run()
-
-
-async def read_pack_entries(store: Store, pack_id: ObjectId, size: int) -> list[PackEntry]:
-    """A pack's entries from its footer and trailer: two ranged reads, not the whole pack."""
-    footer = await store.get_range(Kind.PACK, pack_id, size - FOOTER.size, FOOTER.size)
-    trailer_len, _ = parse_footer(pack_id, footer, size)
-    if trailer_len == 0:
-        return []
-    start = size - FOOTER.size - trailer_len
-    trailer = await store.get_range(Kind.PACK, pack_id, start, trailer_len)
-    return parse_trailer(pack_id, trailer, size, max_chunk=16 << 20)

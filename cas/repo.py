@@ -25,7 +25,14 @@ from cas.cache import ChunkCache
 from cas.errors import AlreadyExists, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId, hash_bytes, is_object_id, verify
 from cas.objects import MAX_MANIFEST_BYTES, MAX_TREE_BYTES, Manifest, Tree
-from cas.pack import ObjectKind, PackEntry, decode_frame
+from cas.pack import (
+    FOOTER,
+    ObjectKind,
+    PackEntry,
+    decode_frame,
+    parse_footer,
+    parse_trailer,
+)
 from cas.packindex import Location, PackIndex, decode_index, encode_index, index_prefix
 from cas.store.base import Kind, Store, validate_ref_name
 
@@ -492,3 +499,14 @@ def merge_ranges(
         if group:
             out.append((pack, start, end - start, group))
     return out
+
+
+async def read_pack_entries(store: Store, pack_id: ObjectId, size: int) -> list[PackEntry]:
+    """A pack's entries from its footer and trailer: two ranged reads, not the whole pack."""
+    footer = await store.get_range(Kind.PACK, pack_id, size - FOOTER.size, FOOTER.size)
+    trailer_len, _ = parse_footer(pack_id, footer, size)
+    if trailer_len == 0:
+        return []
+    start = size - FOOTER.size - trailer_len
+    trailer = await store.get_range(Kind.PACK, pack_id, start, trailer_len)
+    return parse_trailer(pack_id, trailer, size, max_chunk=DEFAULT_MAX_CHUNK)

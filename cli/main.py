@@ -18,7 +18,20 @@ from cas import __version__
 from cas.allocator import return_large_blocks
 from cas.errors import CasError, UsageError
 
-COMMANDS = ("put", "get", "ls", "cat", "diff", "refs", "ref", "gc", "verify", "cache", "serve")
+COMMANDS = (
+    "put",
+    "get",
+    "ls",
+    "cat",
+    "diff",
+    "refs",
+    "ref",
+    "gc",
+    "verify",
+    "reindex",
+    "cache",
+    "serve",
+)
 """In help order; each lives in `cas_cli.commands.<name>` (`ref` shares `refs`)."""
 _MODULE = {"ref": "refs"}
 
