@@ -177,6 +177,12 @@ async def test_put_waits_for_two_heartbeats_of_a_running_collection_not_its_end(
 
 
 class SlowDeletes(WrappingStore):
+    """Deletes take a while, and listing the packs (a big namespace) lasts until `release`."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.release = asyncio.Event()
+
     def opener(self):
         return None
 
@@ -186,7 +192,7 @@ class SlowDeletes(WrappingStore):
 
     async def list(self, kind: Kind, prefix: str = ""):
         if kind is Kind.PACK:
-            await asyncio.sleep(1.5)  # a big namespace
+            await asyncio.wait_for(self.release.wait(), 30)
         async for info in self.inner.list(kind, prefix):
             yield info
 
@@ -204,6 +210,7 @@ async def test_a_put_during_a_long_sweep_finishes_first_and_stays_whole(store, t
     result = await uploader.put(write_tree(tmp_path / "new", files))
     assert not collection.done() and uploader.stats.gc_waits == 1
     assert uploader.stats.chunks_new == 0  # the old pack holds every chunk
+    slow.release.set()
     report = await collection
     assert chunk_packs <= await ids_of(store, Kind.PACK)  # reused: marked mid-sweep
     assert report.deleted[Kind.PACK].objects <= 1  # at most the old trees (new mtimes)
