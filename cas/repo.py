@@ -269,12 +269,18 @@ class Repository:
             plan.pop(object_id, None)
         packs = {loc.pack for loc in locations.values()}
         table = self._located[kind]
+        nearby = sorted(
+            (loc.pack, loc.offset, object_id, loc)
+            for object_id in plan
+            if (loc := table.get(object_id)) is not None
+            and loc.pack in packs
+            and (kind, object_id) not in self._staged
+        )
+        # In pack order, not the order they will be asked for: neighbours merge
+        # into long ranged reads (a pack's order is the put's, not the get's).
         ahead = []
         budget = _AHEAD_MAX
-        for object_id in plan:
-            loc = table.get(object_id)
-            if loc is None or loc.pack not in packs or (kind, object_id) in self._staged:
-                continue
+        for _, _, object_id, loc in nearby:
             budget -= loc.stored
             if budget < 0:
                 break
