@@ -87,6 +87,7 @@ import random
 import shutil
 import stat
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -100,6 +101,7 @@ sys.path.insert(0, str(HERE))
 
 import corpus  # noqa: E402
 
+import cas.repack  # noqa: E402, F401  (gc imports it lazily: load it with the rest)
 from cas.filescache import FilesCache  # noqa: E402
 from cas.gc import GcOptions, GcReport, collect  # noqa: E402
 from cas.ids import ObjectId  # noqa: E402
@@ -555,6 +557,29 @@ def render_summary(variants: Sequence[Variant | Saved], from_run: int) -> str:
 # ---------------------------------------------------------------- driver
 
 
+def code_version() -> str:
+    """Which cas runs: its commit (and uncommitted changes), or the directory it came from.
+
+    Others may commit to cas/ while a long run goes on; to pin the code, run
+    with PYTHONPATH pointing at an export of one commit (`git archive`).
+    """
+    import cas
+
+    root = Path(cas.__file__).resolve().parent.parent
+
+    def git(*cmd: str) -> str:
+        proc = subprocess.run(["git", "-C", str(root), *cmd], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return f"cas from {root}"
+    dirty = git("status", "--porcelain", "--", "cas", "cli")
+    return f"cas at {commit}" + (
+        f" + {len(dirty.splitlines())} uncommitted files in cas/ cli/" if dirty else ""
+    )
+
+
 def machine_load() -> str:
     one, five, _ = os.getloadavg()
     return f"load {one:.2f}/{five:.2f} (1/5 min) on {os.cpu_count()} cores"
@@ -653,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             if not source.is_dir():
                 corpus.build(args.corpus_dir, [args.corpus])
             runs, keep, rate, summary_from = args.runs, args.keep, args.rate, args.summary_from
-        log(f"start: {machine_load()}")
+        version = code_version()
+        log(f"start: {version}; {machine_load()}")
         t0 = time.monotonic()
         variants = asyncio.run(
             simulate(
@@ -672,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         log(f"done in {time.monotonic() - t0:.0f} s; {machine_load()}")
     command = "python benchmarks/churn.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(f"`{command}`: {runs} runs of `{source.name}`, keep last {keep}, rate {rate:g}\n")
+    print(
+        f"`{command}`: {runs} runs of `{source.name}`, keep last {keep}, rate {rate:g}; {version}\n"
+    )
     print(render_summary(variants, summary_from))
     for v in variants:
         print()

@@ -38,6 +38,7 @@ from cas.ids import ObjectId
 from cas.idset import IdSet
 from cas.pack import ObjectKind
 from cas.packindex import Location, PackIndex, decode_index
+from cas.repack import repack
 from cas.repo import MAX_INDEX_BLOB, Repository, read_pack_entries
 from cas.retention import Retention
 from cas.store.base import Kind, ObjectInfo, RefInfo, Store
@@ -328,8 +329,6 @@ class Collector:
             if self._sweepable(kind):
                 await self._sweep(kind, cutoff)
         if self.options.repack_below > 0 and self._sweepable(Kind.PACK):
-            from cas.repack import repack
-
             await repack(self)
         if self._lease is not None:
             await self._housekeep_records(started)
