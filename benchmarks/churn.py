@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -212,7 +213,8 @@ class Mutator:
                     out.append((os.path.relpath(full, self.root), st.st_size))
         return out
 
-    def run(self, n: int) -> Mutation:
+    def run(self, n: int, undo: Path | None = None) -> Mutation:
+        """Mutate for run `n`; with `undo`, first keep what is needed to take it back."""
         rng = random.Random(f"{self.seed}:{n}")
         mtime = corpus.BASE_MTIME + 86_400 + n * RUN_MTIME_STEP
         files = self.files()
@@ -228,6 +230,8 @@ class Mutator:
         taken = {p for p, _ in rewrite} | set(delete)
         big = [f for f in files if f[1] >= RELINK_MIN and f[0] not in taken]
         relinked = rng.sample(big, min(self.relink, len(big)))
+        if undo is not None:
+            self._keep_undo(undo, n, [p for p, _ in rewrite + relinked] + delete)
         for path, size in rewrite + sorted(relinked):
             full = self.root / path
             if size >= LARGE:
@@ -256,6 +260,37 @@ class Mutator:
         for d in sorted(touched_dirs, key=lambda p: -len(p)):
             os.utime(self.root / d, (mtime, mtime))
         return stats
+
+    def _keep_undo(self, undo: Path, n: int, paths: list[str]) -> None:
+        """Hard links to the files about to be replaced or deleted, and every directory's times."""
+        shutil.rmtree(undo, ignore_errors=True)
+        (undo / "files").mkdir(parents=True)
+        dirs = {}
+        for dirpath, _dirnames, _names in os.walk(self.root):
+            st = os.lstat(dirpath)
+            dirs[os.path.relpath(dirpath, self.root)] = (st.st_atime_ns, st.st_mtime_ns)
+        kept = []
+        for i, path in enumerate(dict.fromkeys(paths)):
+            os.link(self.root / path, undo / "files" / str(i))
+            kept.append((path, str(i)))
+        (undo / "plan.json").write_text(json.dumps({"run": n, "files": kept, "dirs": dirs}))
+
+    def undo(self, undo: Path) -> None:
+        """Take back a mutation that was interrupted (its plan was written first)."""
+        plan_file = undo / "plan.json"
+        if plan_file.exists():
+            plan = json.loads(plan_file.read_text())
+            added = f"churn{plan['run']:03d}_"
+            for dirpath, _dirnames, names in os.walk(self.root):
+                for name in names:
+                    if name.endswith(".churn-tmp") or name.startswith(added):
+                        os.unlink(os.path.join(dirpath, name))
+            for path, kept in plan["files"]:
+                os.replace(undo / "files" / kept, self.root / path)
+            for d, times in sorted(plan["dirs"].items(), key=lambda item: -len(item[0])):
+                os.utime(self.root / d, ns=tuple(times))
+            log(f"took back the interrupted mutation of run {plan['run']}")
+        shutil.rmtree(undo, ignore_errors=True)
 
     def _fresh(self, rng: random.Random, size: int) -> bytes:
         """`size` new bytes: slices of existing files through a fresh byte permutation."""
@@ -353,14 +388,46 @@ class Variant:
         self.full_verify = full_verify
         self.dir = base / f"repack-{repack_below:g}"
         self.cache_dir = self.dir / "cache"
-        self.cache_dir.mkdir(parents=True)
-        self.store = CountingStore(LocalStore(self.dir / "store", fsync=False))
-        self.kept: dict[tuple[ObjectKind, ObjectId], int] = {}
+        self.store_dir = self.dir / "store"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.store = CountingStore(LocalStore(self.store_dir, fsync=False))
+        self.kept: dict[tuple[ObjectKind, ObjectId], int] | None = None
         """K(N-1): every chunk and tree the kept refs reach, with its stored size."""
         self.kept_manifests: set[ObjectId] = set()
         self.rows: list[Row] = []
 
+    # -- resuming: a step interrupted half-way is redone from a copy taken before it
+
+    def snapshot(self) -> None:
+        """Hard links to the store's objects (never changed in place), a copy of the caches."""
+        snap = self.dir / "before-step"
+        shutil.rmtree(snap, ignore_errors=True)
+        shutil.copytree(self.store_dir, snap / "store", copy_function=os.link)
+        shutil.copytree(self.cache_dir, snap / "cache")
+
+    def restore(self) -> None:
+        snap = self.dir / "before-step"
+        for name in ("store", "cache"):
+            shutil.rmtree(self.dir / name)
+            link = os.link if name == "store" else shutil.copy2
+            shutil.copytree(snap / name, self.dir / name, copy_function=link)
+        self.store = CountingStore(LocalStore(self.store_dir, fsync=False))
+        self.kept = None
+        log(f"repack {self.repack_below:g}: store and caches restored to before the step")
+
+    async def _load_kept(self) -> None:
+        """K(N-1) from the store itself (after a restart)."""
+        repo = Repository(self.store)
+        refs = [r async for r in self.store.list_refs(REF_PREFIX)]
+        self.kept, self.kept_manifests = {}, {r.target for r in refs}
+        for m in self.kept_manifests:
+            for kind, object_id, loc in (await repo.index(m)).items():
+                self.kept[kind, object_id] = loc.stored
+
     async def step(self, n: int, source: Path, mutated: int) -> Row:
+        if self.kept is None:
+            await self._load_kept()
+        assert self.kept is not None
         row = Row(n, mutated_files=mutated)
         store = self.store
         store.take()
@@ -585,6 +652,24 @@ def machine_load() -> str:
     return f"load {one:.2f}/{five:.2f} (1/5 min) on {os.cpu_count()} cores"
 
 
+class State:
+    """What a run has done so far, saved after every step so that a killed run can go on."""
+
+    def __init__(self, work: Path, config: dict[str, object]) -> None:
+        self.path = work / "state.json"
+        self.data: dict = {"config": config, "mutated": {}, "rows": {}, "snapshot": {}}
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text())
+            saved = {k: v for k, v in self.data["config"].items() if k != "runs"}
+            if saved != {k: v for k, v in config.items() if k != "runs"}:
+                raise SystemExit(f"{work} holds a run with other settings: {saved}")
+
+    def save(self) -> None:
+        tmp = self.path.with_name("state.json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
 async def simulate(
     source: Path,
     work: Path,
@@ -599,18 +684,57 @@ async def simulate(
     full_verify: bool,
     save: Path | None,
 ) -> list[Variant]:
+    config = {
+        "source": str(source),
+        "runs": runs,
+        "keep": keep,
+        "repack": repack,
+        "rate": rate,
+        "relink": relink,
+        "seed": seed,
+        "pack_size": pack_size,
+    }
+    state = State(work, config)
     tree = work / "tree"
-    t0 = time.monotonic()
-    shutil.copytree(source, tree, symlinks=True)
-    log(f"copied {source} to {tree} in {time.monotonic() - t0:.0f} s")
+    if not tree.is_dir():
+        t0 = time.monotonic()
+        partial = work / "tree.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(source, partial, symlinks=True)
+        partial.rename(tree)
+        log(f"copied {source} to {tree} in {time.monotonic() - t0:.0f} s")
     mutator = Mutator(tree, seed, rate, relink)
+    mutator.undo(work / "undo")  # a mutation the last process did not finish
     variants = [Variant(work, r, keep, pack_size, full_verify) for r in repack]
+    for v in variants:
+        key = f"{v.repack_below:g}"
+        v.rows = [Row(**r) for r in state.data["rows"].get(key, [])]
+        if v.rows:
+            log(f"repack {key}: resuming after run {v.rows[-1].run}")
     for n in range(runs + 1):
-        mutated = mutator.run(n).files if n else 0
+        if n and str(n) not in state.data["mutated"]:
+            files = mutator.run(n, undo=work / "undo").files
+            state.data["mutated"][str(n)] = files
+            state.save()
+            shutil.rmtree(work / "undo")
+        mutated = state.data["mutated"].get(str(n), 0)
         for v in variants:
+            key = f"{v.repack_below:g}"
+            if any(r.run == n for r in v.rows):
+                continue
+            if state.data["snapshot"].get(key) == n:
+                v.restore()  # this step began in a process that was killed
+            else:
+                v.snapshot()
+                state.data["snapshot"][key] = n
+                state.save()
             row = await v.step(n, tree, mutated)
+            state.data["rows"][key] = [asdict(r) for r in v.rows]
+            state.save()
+            if save is not None:
+                save_json(save, variants)
             log(
-                f"repack {v.repack_below:g} run {n}: {row.mutated_files} files mutated, put "
+                f"repack {key} run {n}: {row.mutated_files} files mutated, put "
                 f"{row.put_s:.1f} s, {row.writes} writes, {mb(row.uploaded)} MB up; gc "
                 f"{row.gc_s:.1f} s, rewrote {mb(row.repack_written)} MB; stored "
                 f"{mb(row.stored)} MB / live {mb(row.live_frames)} MB "
@@ -618,8 +742,6 @@ async def simulate(
             )
             for p in row.problems:
                 log(f"PROBLEM run {n}: {p}")
-        if save is not None:
-            save_json(save, variants)
     for v in variants:
         await v.store.aclose()
     return variants
@@ -644,6 +766,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pack-size", type=int, default=None, help="put's pack size (bytes)")
     ap.add_argument("--summary-from", type=int, default=10)
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: temp)")
+    ap.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="keep the run's tree, stores and progress in this directory (not removed): "
+        "running the same command again goes on where a killed run stopped",
+    )
     ap.add_argument("--json", type=Path, default=None, help="save every row here")
     ap.add_argument("--smoke", action="store_true", help="tiny generated tree; correctness only")
     ap.add_argument(
@@ -665,8 +794,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     repack = [float(x) for x in args.repack_below.split(",")]
     pack_size = args.pack_size or PutOptions().pack_size
-    with tempfile.TemporaryDirectory(prefix="cas-churn-", dir=args.work) as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.state is not None:
+            args.state.mkdir(parents=True, exist_ok=True)
+            work = args.state.resolve()
+        else:
+            work = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="cas-churn-", dir=args.work))
+            )
         os.environ["CAS_CACHE_DIR"] = str(work / "cas-cache")  # gc's mark set goes here
         if args.smoke:
             source = corpus.build_smoke(work / "corpus")[0]
