@@ -3,6 +3,8 @@
     python benchmarks/churn.py --corpus-dir DIR --runs 50                   # the spec's run
     python benchmarks/churn.py --corpus-dir DIR --runs 20 --repack-below 0,0.3,0.5,0.7
     python benchmarks/churn.py --smoke                                      # seconds; CI
+    python benchmarks/churn.py ... --state DIR    # keeps its work in DIR; run again to resume
+    python benchmarks/churn.py --render A.json B.json                       # tables of saved runs
 
 The question store format 2 must answer: packs hold the chunks of many files,
 and a pack can only be deleted once *none* of its frames is live, so after
@@ -32,15 +34,20 @@ work directory (on the same disk as --work) and put as run 0 (`ci/main/0`).
    ci/main/N` does (its default parent is the newest ref under `ci/main/`).
 3. Collect: `cas.gc.collect` with `GcOptions(retention=Retention(keep_last=
    (KeepLastRule("ci/main/*", KEEP),)), grace=0.0, repack_below=R)`: `cas gc
-   --keep-last 10 'ci/main/*' --grace 0s --repack-below R`.
+   --keep-last 10 'ci/main/*' --grace 0s` (the command has no option for R;
+   its default is 0.5).
 4. Measure. A `WrappingStore` counts every create (`put_if_absent`,
    `put_many`) and delete by namespace, during the put and during gc.
    *Stored* = the sizes of every object in the pack, index and manifest
    namespaces (listed after gc; gc records are reported apart). *Live* =
    the frames the kept refs reach: for each kept ref, the index a reader
    would choose (`Repository.index`), summing `Location.stored` over
-   distinct (pack, offset). Every kept manifest is checked complete
-   (`cas.verify.manifest_complete`; `--smoke` reads everything back).
+   distinct (pack, offset). *Settled* = stored minus the packs no kept
+   index names: those a repack has just copied, which gc leaves for its
+   next run (a get or put may still be reading them), so "stored/live after
+   every run" includes each repack's input once. Every kept manifest is
+   checked complete (`cas.verify.manifest_complete`; `--smoke` reads
+   everything back).
 
 **Format 1 on the same runs, derived from the same data.** Format 1 stored
 each chunk and each tree as its own store object, the same single zstd frame
@@ -353,6 +360,8 @@ class Row:
     index_bytes: int = 0
     manifest_bytes: int = 0
     gc_record_objects: int = 0
+    unnamed_pack_bytes: int = -1
+    """Packs no kept index names (repacked ones, deleted by the next gc); -1: not measured."""
     live_frames: int = 0
     live_objects: int = 0
     # format 1, derived
@@ -369,6 +378,13 @@ class Row:
     @property
     def ratio(self) -> float:
         return self.stored / self.live_frames if self.live_frames else 0.0
+
+    @property
+    def settled(self) -> float | None:
+        """Stored/live without the packs the next gc deletes anyway (None: not measured)."""
+        if self.unnamed_pack_bytes < 0 or not self.live_frames:
+            return None
+        return (self.stored - self.unnamed_pack_bytes) / self.live_frames
 
 
 class Variant:
@@ -502,8 +518,14 @@ class Variant:
         row.live_frames = sum(frames.values())
         row.live_objects = sum(objects.values())
         sizes: dict[Kind, list[int]] = {}
+        named = {pack for pack, _ in frames}
+        row.unnamed_pack_bytes = 0
         for kind in (Kind.PACK, Kind.INDEX, Kind.MANIFEST, Kind.GC):
-            sizes[kind] = [info.size async for info in store.list(kind)]
+            sizes[kind] = []
+            async for info in store.list(kind):
+                sizes[kind].append(info.size)
+                if kind is Kind.PACK and info.id not in named:
+                    row.unnamed_pack_bytes += info.size
         row.packs = len(sizes[Kind.PACK])
         row.pack_bytes = sum(sizes[Kind.PACK])
         row.index_bytes = sum(sizes[Kind.INDEX])
@@ -540,7 +562,10 @@ class Saved:
 
 def save_json(path: Path, variants: Sequence[Variant]) -> None:
     rows = {
-        f"{v.repack_below:g}": [{**asdict(r), "stored": r.stored, "ratio": r.ratio} for r in v.rows]
+        f"{v.repack_below:g}": [
+            {**asdict(r), "stored": r.stored, "ratio": r.ratio, "settled": r.settled}
+            for r in v.rows
+        ]
         for v in variants
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -556,6 +581,10 @@ def load_json(path: Path) -> list[Saved]:
     ]
 
 
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def mb(n: float) -> str:
     return f"{n / 1e6:,.1f}"
 
@@ -566,9 +595,9 @@ def render_runs(v: Variant | Saved) -> str:
         "",
         "| run | files mutated | put s | gc s | put writes (packs) | uploaded MB "
         "| gc writes | gc deletes | repacked MB | gc rewrote MB | packs | stored MB | live MB "
-        "| stored/live "
+        "| stored/live | settled "
         "| objects packed | f1 writes | f1 uploaded MB | f1 deletes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in v.rows:
         lines.append(
@@ -577,7 +606,7 @@ def render_runs(v: Variant | Saved) -> str:
             f"| {r.gc_pack_writes + r.gc_index_writes} | {r.gc_deletes} "
             f"| {mb(r.repacked_bytes)} | {mb(r.repack_written)} | {r.packs} | {mb(r.stored)} "
             f"| {mb(r.live_frames)} "
-            f"| {r.ratio:.3f} | {r.objects_packed:,} | {r.f1_writes:,} "
+            f"| {r.ratio:.3f} | {fmt_ratio(r.settled)} | {r.objects_packed:,} | {r.f1_writes:,} "
             f"| {mb(r.f1_uploaded)} | {r.f1_deletes:,} |"
         )
     return "\n".join(lines)
@@ -590,15 +619,18 @@ def summary_row(v: Variant | Saved, from_run: int) -> str:
         return f"| {v.repack_below:g} | (fewer than {from_run} runs) |"
     ratios = [r.ratio for r in steady]
     over = sum(1 for r in steady if r.ratio > 1.3)
+    settled = [r.settled for r in steady if r.settled is not None]
     med = statistics.median
     return (
         f"| {v.repack_below:g} | {med(ratios):.3f} | {max(ratios):.3f} | {over}/{len(steady)} "
+        f"| {fmt_ratio(med(settled) if settled else None)} "
+        f"| {fmt_ratio(max(settled) if settled else None)} "
         f"| {med(r.writes for r in churn):.0f} | {max(r.writes for r in churn)} "
         f"| {med(r.f1_writes for r in churn):,.0f} | {max(r.f1_writes for r in churn):,} "
         f"| {mb(med(r.uploaded for r in churn))} | {mb(med(r.f1_uploaded for r in churn))} "
         f"| {med(r.gc_pack_writes + r.gc_index_writes for r in churn):.0f} "
         f"| {mb(sum(r.repack_written for r in churn))} "
-        f"| {mb(med(r.repack_written for r in churn))} "
+        f"| {mb(sum(r.repack_written for r in churn) / len(churn))} "
         f"| {med(r.gc_deletes for r in churn):.0f} | {med(r.f1_deletes for r in churn):,.0f} "
         f"| {mb(steady[-1].stored)} | {mb(steady[-1].f1_stored)} |"
     )
@@ -608,14 +640,16 @@ def render_summary(variants: Sequence[Variant | Saved], from_run: int) -> str:
     runs = max(r.run for r in variants[0].rows)
     lines = [
         f"Stored/live after runs {from_run}..{runs}; writes, uploads and deletes per run over "
-        f"runs 1..{runs} (medians unless noted); f1 = format 1 on the same runs (derived, see "
-        "benchmarks/churn.py).",
+        f"runs 1..{runs} (medians unless noted); settled = stored/live without the packs no kept "
+        "index names (those a repack just copied, deleted by the next gc); f1 = format 1 on the "
+        "same runs (derived, see benchmarks/churn.py).",
         "",
-        "| repack below | stored/live median | max | runs > 1.3 | writes/run | max "
+        "| repack below | stored/live median | max | runs > 1.3 | settled median | settled max "
+        "| writes/run | max "
         "| f1 writes/run | f1 max | uploaded MB/run | f1 uploaded MB/run | gc writes/run "
-        "| gc rewrote MB (total) | gc rewrote MB/run | gc deletes/run | f1 deletes/run "
+        "| gc rewrote MB (total) | gc rewrote MB/run (mean) | gc deletes/run | f1 deletes/run "
         "| stored MB at end | f1 stored MB at end |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [summary_row(v, from_run) for v in variants]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
-from cas.pack import PackBuilder, PackEntry, SealedPack, decode_frame
+from cas.pack import ENTRY, FOOTER, HEAD_MAGIC, PackBuilder, PackEntry, SealedPack, decode_frame
 from cas.packindex import Location, PackIndex, decode_index, encode_index
 from cas.repo import MAX_INDEX_BLOB, merge_ranges
 from cas.store.base import Kind
@@ -30,13 +30,18 @@ from cas.store.base import Kind
 if TYPE_CHECKING:
     from cas.gc import Collector
 
+_PACK_OVERHEAD = len(HEAD_MAGIC) + FOOTER.size
+
 
 def sparse_packs(collector: Collector) -> list[ObjectId]:
     """Kept packs whose live frames fill less than the threshold."""
     below = collector.options.repack_below
     out = []
     for pack, size in collector.pack_sizes.items():
-        live = sum(loc.stored for _, _, loc in collector.live.get(pack, {}).values())
+        frames = collector.live.get(pack, {})
+        # What the live frames would take in a pack of their own, trailer included,
+        # so that a pack of tiny frames that are all live does not look sparse.
+        live = sum(loc.stored + ENTRY.size for _, _, loc in frames.values()) + _PACK_OVERHEAD
         if live < below * size:
             out.append(pack)
     return sorted(out)
@@ -66,8 +71,8 @@ async def repack(collector: Collector) -> None:
         if not builder.entries:
             return
         sealed: SealedPack = await asyncio.to_thread(builder.seal)
-        await store.put_if_absent(Kind.PACK, sealed.id, sealed.data)
-        report.repack_written.add(len(sealed.data))
+        if await store.put_if_absent(Kind.PACK, sealed.id, sealed.data):
+            report.repack_written.add(len(sealed.data))
         for origin, entry in zip(waiting, sealed.entries, strict=True):
             relocated[origin] = Location(sealed.id, entry.offset, entry.stored, entry.raw)
         builder, waiting = PackBuilder(), []

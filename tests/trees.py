@@ -28,7 +28,15 @@ names = st.one_of(
         alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
         min_size=1,
         max_size=12,
-    ).filter(lambda n: n not in (".", "..") and len(os.fsencode(n)) <= 255),
+    ).filter(
+        lambda n: (
+            n not in (".", "..")
+            and len(os.fsencode(n)) <= 255
+            # get's own temporaries in a destination; a user's file of that name is left
+            # alone by `get --delete` (known limitation, see docs/architecture.md)
+            and not n.startswith(".cas-tmp-")
+        )
+    ),
     st.sampled_from(ODD_NAMES),
 )
 

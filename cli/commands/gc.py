@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cas.errors import UsageError
-from cas.gc import DEFAULT_GRACE, DEFAULT_LEASE, GcOptions, GcReport, collect
+from cas.gc import DEFAULT_GRACE, DEFAULT_LEASE, REPACK_BELOW, GcOptions, GcReport, collect
 from cas.gcrecords import MAX_LEASE_SECONDS
 from cas.repo import Repository
 from cas.retention import rules_from_options
@@ -62,6 +62,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="heartbeat lease (default %(default)s): puts wait at most this long for a "
         "collection that died",
     )
+    p.add_argument(
+        "--repack-below",
+        metavar="FRACTION",
+        type=float,
+        default=REPACK_BELOW,
+        help="copy the live chunks out of kept packs less than this fraction live "
+        "(default %(default)s; 0 never repacks)",
+    )
     p.set_defaults(run=run)
 
 
@@ -79,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
         grace=parse_duration(args.grace, "--grace"),
         lease=lease,
         dry_run=args.dry_run,
+        repack_below=args.repack_below,
     )
+    if not 0 <= options.repack_below <= 1:
+        raise UsageError("--repack-below must be between 0 and 1")
 
     async def action(repo: Repository) -> GcReport:
         return await collect(repo, options)
@@ -97,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
                 "kept_reachable": {k.value: vars(c) for k, c in report.kept_reachable.items()},
                 "bytes_reclaimed": report.bytes_reclaimed,
                 "sweep_skipped": report.sweep_skipped,
+                "repacked": vars(report.repacked),
+                "repack_written": vars(report.repack_written),
+                "indexes_rewritten": report.indexes_rewritten,
                 "unreadable": [
                     {"kind": k.value, "id": str(i), "problem": p} for k, i, p in report.unreadable
                 ],
