@@ -30,7 +30,6 @@ from cas.pack import (
     TARGET_PACK_BYTES,
     ObjectKind,
     PackEntry,
-    SealedPack,
     entries_from_trailer,
     trailer_bytes,
 )
@@ -82,7 +81,7 @@ class PackWriter:
         self._uploads: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
         self.stats = WriterStats()
-        self.on_stored: Callable[[SealedPack], None] | None = None
+        self.on_stored: Callable[[ObjectId, list[PackEntry]], None] | None = None
         """Called for each sealed pack just before it is stored (a put's journal, so a
         re-run can reuse it)."""
 
@@ -233,7 +232,7 @@ class PackWriter:
         if self.on_stored is not None:
             # Noted before it is named, so a put killed in between still finds it
             # (a pack never stored is simply not found when the journal is read).
-            self.on_stored(SealedPack(pack_id, b"", pack.entries))
+            self.on_stored(pack_id, pack.entries)
         task = asyncio.create_task(self._upload(pack, pack_id))
         self._uploads.add(task)
         task.add_done_callback(self._uploads.discard)

@@ -230,8 +230,8 @@ class Uploader:
             self.stats.resumed = await self._writer.adopt_packs(
                 await asyncio.to_thread(journal.packs)
             )
-            self._writer.on_stored = lambda sealed: journal.note(
-                sealed.id, trailer_bytes(sealed.entries)
+            self._writer.on_stored = lambda pack_id, entries: journal.note(
+                pack_id, trailer_bytes(entries)
             )
         try:
             result = await self._put(root, fence)

@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING
 
 from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
-from cas.pack import ENTRY, FOOTER, HEAD_MAGIC, PackBuilder, PackEntry, SealedPack, decode_frame
+from cas.pack import (
+    ENTRY,
+    FOOTER,
+    HEAD_MAGIC,
+    TARGET_PACK_BYTES,
+    PackBuilder,
+    PackEntry,
+    SealedPack,
+    decode_frame,
+)
 from cas.packindex import Location, PackIndex, decode_index, encode_index
 from cas.repo import MAX_INDEX_BLOB, merge_ranges
 from cas.store.base import Kind
@@ -89,7 +98,7 @@ async def repack(collector: Collector) -> None:
                 duplicates[pack, offset] = earlier
                 continue
             first_copy[str(entry.kind), entry.id] = (pack, offset)
-            if builder.entries and builder.full(builder_target(len(frame))):
+            if builder.entries and builder.full(TARGET_PACK_BYTES - len(frame)):
                 await seal()
             builder.add(entry.kind, entry.id, entry.raw, frame)
             waiting.append((pack, offset))
@@ -101,13 +110,6 @@ async def repack(collector: Collector) -> None:
     for name, packs in sorted(collector.marked_indexes.items()):
         if packs & done:
             await _relocate_index(collector, name, relocated)
-
-
-def builder_target(frame: int) -> int:
-    """Seal before a frame that would take the pack past its target size."""
-    from cas.pack import TARGET_PACK_BYTES
-
-    return TARGET_PACK_BYTES - frame
 
 
 async def _live_frames(collector: Collector, pack: ObjectId) -> list[tuple[int, PackEntry, bytes]]:
