@@ -12,8 +12,9 @@ import contextlib
 import os
 import stat
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cas.chunking import Chunker, ChunkParams
 from cas.errors import SourceError
@@ -60,6 +61,31 @@ class CutFile:
         if not self.rememberable:
             return None
         return CachedFile(FileIdentity.of(child.st), self.entry.digest, self.entry.chunks)
+
+
+@dataclass
+class Described:
+    """What reading a batch produced: entries in batch order, files-cache records, counts."""
+
+    entries: list[FileEntry] = field(default_factory=list)
+    remember: list[tuple[str, CachedFile]] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+
+
+def describe(batch: Sequence[SourceEntry], cuts: Sequence[CutFile]) -> Described:
+    """Collect the entries, records, counts and warnings of a batch just cut."""
+    out = Described()
+    for child, cut in zip(batch, cuts, strict=True):
+        out.counts.update(files=1, bytes_read=cut.entry.size, chunks=len(cut.entry.chunks))
+        warning = cut.warning(child)
+        if warning is not None:
+            out.warnings.append(warning)
+        record = cut.remembered(child)
+        if record is not None:
+            out.remember.append((child.path, record))
+        out.entries.append(cut.entry)
+    return out
 
 
 class OpenedAhead:

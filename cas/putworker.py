@@ -18,16 +18,13 @@ import select
 import signal
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 from cas import codec
 from cas.allocator import return_large_blocks
 from cas.chunking import FastCdcChunker
-from cas.filecut import CutSettings, FileCutter, OpenedAhead
-from cas.filescache import CachedFile
+from cas.filecut import CutSettings, Described, FileCutter, OpenedAhead, describe
 from cas.ids import ObjectId
-from cas.objects import FileEntry
 from cas.walk import SourceEntry
 
 
@@ -38,19 +35,16 @@ class WorkerConfig:
     settings: CutSettings
     level: int
     known: frozenset[ObjectId] = frozenset()
-    """Chunks the put already holds (its parents' and its own so far): not compressed again."""
+    """Chunks the put already holds (its parents'): not compressed again."""
     put_pid: int = field(default_factory=os.getpid)
     """The put process: workers exit when it is gone."""
 
 
 @dataclass
 class BatchResult:
-    """What one batch did: entries in the batch's order, files-cache records, counts."""
+    """A batch described, and the compressed frames of the chunks it met first."""
 
-    entries: list[FileEntry] = field(default_factory=list)
-    remember: list[tuple[str, CachedFile]] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)
-    warnings: list[str] = field(default_factory=list)
+    described: Described
     frames: list[tuple[ObjectId, int, bytes]] = field(default_factory=list)
     """New chunks, compressed: (id, raw length, zstd frame)."""
 
@@ -63,20 +57,10 @@ class _Worker:
         """Chunks this worker compressed and sent already (the put packs each once)."""
 
     def put_batch(self, batch: list[SourceEntry]) -> BatchResult:
-        result = BatchResult()
-        counts = result.counts
         pending: dict[ObjectId, bytes] = {}
         with OpenedAhead(batch) as opened:
             cuts = [self.cutter.cut(c, pending.__setitem__, opened.take(c)) for c in batch]
-        for child, cut in zip(batch, cuts, strict=True):
-            counts.update(files=1, bytes_read=cut.entry.size, chunks=len(cut.entry.chunks))
-            warning = cut.warning(child)
-            if warning is not None:
-                result.warnings.append(warning)
-            record = cut.remembered(child)
-            if record is not None:
-                result.remember.append((child.path, record))
-            result.entries.append(cut.entry)
+        result = BatchResult(describe(batch, cuts))
         level = self.config.level
         for chunk_id, data in pending.items():
             if chunk_id in self.config.known or chunk_id in self.sent:
@@ -90,7 +74,7 @@ _worker: _Worker | None = None
 
 
 def start(config: WorkerConfig) -> None:
-    """Process-pool initializer: open the store once per worker."""
+    """Process-pool initializer."""
     global _worker
     # Ctrl-C reaches the whole process group; the put process decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

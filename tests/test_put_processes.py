@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from cas.chunking import FastCdcChunker
 from cas.errors import SourceError
+from cas.filecut import CutSettings
 from cas.filescache import FilesCache
 from cas.get import get_manifest
+from cas.packwriter import PackWriter
+from cas.progress import NullProgress
 from cas.put import PutOptions, Uploader
+from cas.putfiles import FileStage, WriterFeed
 from cas.repo import Repository
 from cas.store.local import LocalStore
 from cas.walk import SourceEntry
@@ -99,19 +105,33 @@ def test_workers_use_and_fill_the_files_cache(tmp_path, tree, monkeypatch):
 
 
 def test_worker_read_error_fails_the_put_with_the_path(tmp_path, tree):
+    """A file that vanished before a worker process read it: one error naming it."""
     store = LocalStore(tmp_path / "store", fsync=False)
+    options = PutOptions()
 
     async def run():
         async with store:
-            uploader = Uploader(Repository(store), PutOptions(processes=True))
-            uploader._loop = asyncio.get_running_loop()
-            uploader._worker_slots = asyncio.Semaphore(2)
+            writer = PackWriter(store)
+            feed = WriterFeed(writer, asyncio.get_running_loop(), lambda **counts: None)
+            stage = FileStage(
+                CutSettings(options.params, options.inline_max, options.mtimes),
+                options.level,
+                feed,
+                lambda: FastCdcChunker(options.params),
+                workers=2,
+                in_flight=2,
+                processes=True,
+                files_cache=None,
+                started_ns=0,
+                abort=threading.Event(),
+                progress=NullProgress(),
+                count=lambda **counts: None,
+            )
+            ghost = SourceEntry("gone", str(tmp_path / "gone"), "gone", os.stat(tree / "big"))
             try:
-                ghost = SourceEntry("gone", str(tmp_path / "gone"), "gone", os.stat(tree / "big"))
-                await uploader._read_in_worker([ghost])
+                await asyncio.wrap_future(stage.submit([ghost, ghost]))
             finally:
-                if uploader._pool is not None:
-                    uploader._pool.shutdown()
+                await asyncio.to_thread(stage.close)
 
     with pytest.raises(SourceError, match="gone"):
         asyncio.run(run())
