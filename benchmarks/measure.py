@@ -1,9 +1,12 @@
 """Run one step as its own process tree and measure it: wall, CPU of the tree, peak RSS.
 
-CPU is user+sys of every process of the step, from GNU `time` wrapped around
-each command (`RUSAGE_CHILDREN` of the wrapper covers all descendants it
-reaps; the `os.wait4` numbers of a child that Python spawned start from the
-Python parent's own RSS). Peak RSS is the larger of GNU time's figure
+CPU is user+sys of every process of the step. Where a cgroup can be made
+(root, cgroup v1 `cpuacct` or v2), each step runs in its own and its CPU
+is the group's usage: that counts processes nobody of the step reaps, such
+as worker processes forked by a `forkserver`. Elsewhere it comes from GNU
+`time` wrapped around each command (`RUSAGE_CHILDREN` of the wrapper covers
+only the descendants it reaps; the `os.wait4` numbers of a child that Python
+spawned start from the Python parent's own RSS). Peak RSS is the larger of GNU time's figure
 (largest single process, summed over a pipeline's commands) and, when
 `psutil` is installed (the `bench` extra), the peak of the whole tree's
 summed RSS sampled every 100 ms, which counts worker processes too.
@@ -49,6 +52,47 @@ def busy_seconds() -> float:
         return 0.0
     idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
     return (sum(parts[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuGroup:
+    """A cgroup whose CPU usage covers every process started in it (None where none can be made)."""
+
+    def __init__(self, path: Path, usage: Path, scale: float) -> None:
+        self.path = path
+        self._usage = usage
+        self._scale = scale
+
+    @classmethod
+    def make(cls) -> CpuGroup | None:
+        name = f"cas-bench-{os.getpid()}-{time.monotonic_ns()}"
+        candidates = [
+            (Path("/sys/fs/cgroup/cpuacct"), "cpuacct.usage", 1e-9),  # v1
+            (Path("/sys/fs/cgroup"), "cpu.stat", 1e-6),  # v2: usage_usec
+        ]
+        for root, usage, scale in candidates:
+            if not (root / "cgroup.procs").exists():
+                continue
+            try:
+                (root / name).mkdir()
+            except OSError:
+                continue
+            return cls(root / name, root / name / usage, scale)
+        return None
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """`argv` started inside the group."""
+        procs = str(self.path / "cgroup.procs")
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *argv]
+
+    def seconds(self) -> float:
+        text = self._usage.read_text()
+        if text.startswith("usage_usec"):
+            text = text.split()[1]
+        return float(text.split()[0]) * self._scale
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
 
 
 class TreeRss:
@@ -102,11 +146,16 @@ def run(
         errs = [stack.enter_context(tempfile.TemporaryFile()) for _ in cmds]
         usage = [stack.enter_context(tempfile.NamedTemporaryFile("r")) for _ in cmds]
         procs: list[subprocess.Popen[bytes]] = []
+        group = CpuGroup.make()
+        if group is not None:
+            stack.callback(group.remove)
         busy0 = busy_seconds()
         t0 = time.perf_counter()
         for i, cmd in enumerate(cmds):
             last = i == len(cmds) - 1
             argv = [TIME, "-f", "%U %S %M", "-o", usage[i].name, *cmd] if use_time else cmd
+            if group is not None:
+                argv = group.wrap(argv)
             p = subprocess.Popen(
                 argv,
                 stdin=procs[-1].stdout if procs else subprocess.DEVNULL,
@@ -139,6 +188,8 @@ def run(
                 rss += ru.ru_maxrss * 1024
         wall = time.perf_counter() - t0
         rss = max(rss, sampler.stop())
+        if group is not None:
+            cpu = group.seconds()
         busy = busy_seconds() - busy0
         if any(codes):
             messages = []

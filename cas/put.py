@@ -304,7 +304,6 @@ class Uploader:
             files,
             self._settings,
             opts.excludes,
-            level=opts.level,
             dirs_cache=self.dirs_cache,
             skip=self._is_skipped if self._skip_ids else None,
             started_ns=self._started_ns,

@@ -123,6 +123,10 @@ class FileStage:
         """Describe `batch` in a reader thread."""
         return self._readers.submit(self.run, batch)
 
+    def pack_aside(self, kind: ObjectKind, items: list[tuple[ObjectId, bytes]]) -> Future[None]:
+        """Compress and pack `items` in the compression pool, off the caller's thread."""
+        return self._compressors.submit(lambda: self.feed.add(kind, _encode_all(items, self.level)))
+
     def close(self) -> None:
         """Wait for the threads; batches not started are dropped (a failed put)."""
         self._readers.shutdown(wait=True, cancel_futures=True)

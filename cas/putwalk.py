@@ -24,7 +24,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from cas import codec
 from cas.batching import batch_by_size
 from cas.dirscache import CachedDir, DirsCache, recordable
 from cas.filecut import CutSettings
@@ -77,7 +76,6 @@ class TreeWalk:
         settings: CutSettings,
         excludes: Excludes,
         *,
-        level: int,
         dirs_cache: DirsCache | None,
         skip: Callable[[SourceEntry], bool] | None,
         started_ns: int,
@@ -89,7 +87,6 @@ class TreeWalk:
         self.files = files
         self.settings = settings
         self.excludes = excludes
-        self.level = level
         self.dirs_cache = dirs_cache
         self._skip = skip
         self._started_ns = started_ns
@@ -109,7 +106,8 @@ class TreeWalk:
         self._finished = 0
         """Batches finished so far; they finish in the order they were queued."""
         self._dirs: deque[_Dir] = deque()
-        self._trees: list[tuple[ObjectId, int, bytes]] = []
+        self._trees: list[tuple[ObjectId, bytes]] = []
+        self._tree_sends: list[Future[None]] = []
         self._trees_bytes = 0
         self._trees_queued: set[ObjectId] = set()
 
@@ -132,6 +130,8 @@ class TreeWalk:
         self._send_open_batch()
         self._drain(0)
         self._send_trees()
+        for sent in self._tree_sends:
+            sent.result()
         assert top.done is not None
         return top.done
 
@@ -295,19 +295,19 @@ class TreeWalk:
         node.parent.results.append((entry, replace(totals, dirs=totals.dirs + 1)))
 
     def _add_tree(self, tree_id: ObjectId, data: bytes) -> None:
-        """Queue a new tree for packing; trees travel to the writer in batches."""
+        """Queue a new tree for packing; trees are compressed and packed in batches, aside."""
         if tree_id in self._trees_queued or self._writer.has(ObjectKind.TREE, tree_id):
             return
         self._trees_queued.add(tree_id)
-        frame = codec.encode(data, self.level)
-        self._trees.append((tree_id, len(data), frame))
-        self._trees_bytes += len(frame)
+        self._trees.append((tree_id, data))
+        self._trees_bytes += len(data)
         if len(self._trees) >= _TREE_BATCH or self._trees_bytes >= _TREE_BATCH_BYTES:
             self._send_trees()
 
     def _send_trees(self) -> None:
-        trees, self._trees, self._trees_bytes = self._trees, [], 0
-        self.files.feed.add(ObjectKind.TREE, trees)
+        if self._trees:
+            self._tree_sends.append(self.files.pack_aside(ObjectKind.TREE, self._trees))
+            self._trees, self._trees_bytes = [], 0
 
     def _mtime(self, child: SourceEntry) -> int | None:
         return child.st.st_mtime_ns if self.settings.mtimes else None
