@@ -24,6 +24,8 @@ from cas.objects import ChunkRef, FileEntry
 from cas.walk import SourceEntry
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FADVISE = getattr(os, "posix_fadvise", None)
+"""Read-ahead advice where the platform has it (Linux); elsewhere files are simply read."""
 
 ChunkSink = Callable[[ObjectId, bytes], None]
 """Receives every chunk of a file, in order, as it is cut."""
@@ -108,8 +110,9 @@ class OpenedAhead:
                 except OSError:
                     continue
                 self._fds[child.path] = fd
-                with contextlib.suppress(OSError):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                if _FADVISE is not None:
+                    with contextlib.suppress(OSError):
+                        _FADVISE(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except BaseException:
             self.close()
             raise

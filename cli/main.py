@@ -8,8 +8,10 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -24,6 +26,8 @@ COMMANDS = (
     "ls",
     "cat",
     "diff",
+    "show",
+    "manifests",
     "refs",
     "ref",
     "gc",
@@ -33,13 +37,21 @@ COMMANDS = (
     "serve",
 )
 """In help order; each lives in `cas_cli.commands.<name>` (`ref` shares `refs`)."""
-_MODULE = {"ref": "refs"}
+_MODULE = {"ref": "refs", "manifests": "show"}
+_GLOBAL_FLAGS = ("--json", "-q", "--quiet")
+_GLOBAL_VALUED = ("--store",)
+"""Options every command takes, accepted before the command name too (`cas --json refs`)."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2 like every other error."""
 
     def error(self, message: str) -> NoReturn:
+        wrong = re.search(r"invalid choice: '([^']*)'", message)
+        if wrong is not None and self.prog == "cas":
+            close = difflib.get_close_matches(wrong.group(1), COMMANDS, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            message = f"unknown command {wrong.group(1)!r}; {hint}(cas --help lists them)"
         self.exit(UsageError.exit_code, f"cas: error: {self.prog}: {message}\n")
 
 
@@ -49,6 +61,27 @@ def _modules(argv: Sequence[str] | None) -> list[str]:
     chosen = words[0] if words and words[0] in COMMANDS else None
     names = [chosen] if chosen is not None else list(COMMANDS)
     return list(dict.fromkeys(_MODULE.get(name, name) for name in names))
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Move `--store URL`, `--json` and `-q` given before the command name to after it."""
+    words = list(argv)
+    moved: list[str] = []
+    i = 0
+    while i < len(words) and words[i].startswith("-"):
+        word = words[i]
+        name = word.split("=", 1)[0]
+        if word in _GLOBAL_FLAGS:
+            moved.append(words.pop(i))
+        elif name in _GLOBAL_VALUED:
+            moved.append(words.pop(i))
+            if "=" not in word and i < len(words):
+                moved.append(words.pop(i))
+        else:
+            i += 1  # --version, -h: the top-level parser's own
+    if not moved or i >= len(words):
+        return list(argv)
+    return words[: i + 1] + moved + words[i + 1 :]
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -81,7 +114,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     return_large_blocks()
+    argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
+    if not argv:
+        parser.print_help()
+        return UsageError.exit_code
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

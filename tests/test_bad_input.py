@@ -360,7 +360,13 @@ def test_put_level_not_a_number(tmp_path, src):
 
 @pytest.mark.parametrize(
     ("size", "needle"),
-    [("abc", "--chunk-size"), ("12X", "--chunk-size"), ("100", "chunk"), ("1T", "chunk")],
+    [
+        ("abc", "--chunk-size"),
+        ("12X", "--chunk-size"),
+        ("100", "64K..4M"),
+        ("1k", "64K..4M"),
+        ("1T", "64K..4M"),
+    ],
 )
 def test_put_bad_chunk_size(tmp_path, src, size, needle):
     store = tmp_path / "store"

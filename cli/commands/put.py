@@ -16,7 +16,7 @@ from cas.repo import Repository
 from cas.sizes import format_size, parse_size
 from cas.store.local import LocalStore
 from cas.walk import Excludes
-from cas_cli.common import BarProgress, emit_json, info, run_with_repo
+from cas_cli.common import BarProgress, add_progress_option, emit_json, info, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--chunk-size",
         metavar="SIZE",
         default=None,
-        help="average chunk size (default 512K; min = avg/4, max = avg*4)",
+        help="average chunk size, 64K-4M (default 512K; min = avg/4, max = avg*4)",
     )
     p.add_argument(
         "--pack-size",
@@ -93,15 +93,24 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="read every file and ask the store about every object, even those "
         "unchanged since the last put",
     )
+    add_progress_option(p)
     p.set_defaults(run=run)
+
+
+CHUNK_SIZE_MIN = 64 << 10
+CHUNK_SIZE_MAX = 4 << 20
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute `cas put`."""
     params = ChunkParams()
     if args.chunk_size:
+        avg = parse_size(args.chunk_size, "--chunk-size")
+        if not CHUNK_SIZE_MIN <= avg <= CHUNK_SIZE_MAX:
+            # Smaller chunks multiply objects and index entries; larger ones defeat dedup.
+            raise UsageError(f"--chunk-size {args.chunk_size}: must be 64K..4M")
         try:
-            params = ChunkParams.from_avg(parse_size(args.chunk_size, "--chunk-size"))
+            params = ChunkParams.from_avg(avg)
         except UsageError as exc:
             raise UsageError(f"--chunk-size {args.chunk_size}: {exc}") from None
     options = PutOptions(

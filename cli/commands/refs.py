@@ -9,7 +9,7 @@ from cas.errors import CasError, ObjectNotFound
 from cas.repo import Repository
 from cas.sizes import format_size
 from cas.store.base import RefInfo, validate_ref_name
-from cas_cli.common import emit_json, info, run_with_repo
+from cas_cli.common import emit_json, info, refuse_json, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -70,6 +70,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_rm(args: argparse.Namespace) -> int:
     """Execute `cas ref rm`."""
+    refuse_json(args, "cas ref rm", "it prints nothing on success (exit code 0)")
     name = validate_ref_name(args.name)
 
     async def action(repo: Repository) -> None:

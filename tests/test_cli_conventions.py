@@ -1,0 +1,224 @@
+"""Command-line habits CI users bring: global options anywhere, id prefixes, show, listing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cas.chunking import ChunkParams
+from cas.errors import ObjectNotFound, UsageError
+from cas.ids import hash_bytes
+from cas.objects import Manifest, Totals
+from cas.packindex import PackIndex
+from cas.repo import Repository
+from cas.store.local import LocalStore
+from tests.test_bad_input import cas, ok, one_error
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A store with two manifests of different trees, named ci/main/41 and ci/main/42."""
+    store = tmp_path / "store"
+    ids = []
+    for n in (41, 42):
+        src = tmp_path / f"src{n}"
+        (src / "sub").mkdir(parents=True)
+        (src / "a.txt").write_text(f"version {n}\n")
+        (src / "sub" / "b.bin").write_bytes(bytes(range(256)) * (40 + n))
+        out = ok(
+            cas(
+                tmp_path,
+                "put",
+                "-q",
+                "--store",
+                str(store),
+                "--ref",
+                f"ci/main/{n}",
+                "--label",
+                f"commit=c{n}",
+                "--label",
+                "branch=main",
+                str(src),
+            )
+        )
+        ids.append(out.strip())
+    return store, ids
+
+
+def test_global_options_before_the_command(tmp_path, stored):
+    store, _ = stored
+    before = json.loads(ok(cas(tmp_path, "--json", "--store", str(store), "refs")))
+    after = json.loads(ok(cas(tmp_path, "refs", "--json", "--store", str(store))))
+    assert before == after
+    assert [r["name"] for r in before] == ["ci/main/41", "ci/main/42"]
+    listed = ok(cas(tmp_path, f"--store={store}", "-q", "ls", "ci/main/42"))
+    assert "sub/b.bin" in listed
+
+
+def test_bare_cas_prints_help_and_fails(tmp_path):
+    proc = cas(tmp_path)
+    assert proc.returncode == UsageError.exit_code
+    assert b"COMMAND" in proc.stdout and b"put" in proc.stdout
+
+
+def test_a_mistyped_command_gets_a_suggestion(tmp_path):
+    one_error(cas(tmp_path, "pu", "x"), UsageError, "unknown command 'pu'", "did you mean 'put'")
+
+
+def test_a_unique_id_prefix_is_accepted(tmp_path, stored):
+    store, ids = stored
+    shown = json.loads(ok(cas(tmp_path, "show", "--json", "--store", str(store), ids[1][:10])))
+    assert shown["id"] == ids[1]
+
+
+def test_a_prefix_matching_nothing_is_not_found(tmp_path, stored):
+    store, _ = stored
+    one_error(cas(tmp_path, "show", "--store", str(store), "00000000"), ObjectNotFound, "00000000")
+
+
+def _two_manifests_sharing_8_hex() -> list[Manifest]:
+    """Manifests differing by a label until two ids share 8 hex digits (~80k tries)."""
+    seen: dict[str, Manifest] = {}
+    for n in range(2_000_000):
+        manifest = Manifest(hash_bytes(b"root"), ChunkParams(), Totals(), labels={"n": str(n)})
+        key = str(hash_bytes(manifest.to_bytes()))[:8]
+        if key in seen:
+            return [seen[key], manifest]
+        seen[key] = manifest
+    raise AssertionError("no 32-bit clash in 2M ids")
+
+
+def test_an_ambiguous_prefix_is_an_error_naming_the_candidates(tmp_path):
+    store_dir = tmp_path / "store"
+    manifests = _two_manifests_sharing_8_hex()
+
+    async def store_them() -> list[str]:
+        async with LocalStore(store_dir, create=True) as store:
+            repo = Repository(store)
+            return [
+                str(await repo.put_manifest(m, PackIndex(hash_bytes(m.to_bytes()))))
+                for m in manifests
+            ]
+
+    ids = asyncio.run(store_them())
+    line = one_error(cas(tmp_path, "show", "--store", str(store_dir), ids[0][:8]), UsageError)
+    assert "ambiguous" in line and ids[0] in line and ids[1] in line
+    shown = json.loads(ok(cas(tmp_path, "show", "--json", "--store", str(store_dir), ids[1][:20])))
+    assert shown["id"] == ids[1]
+
+
+def test_a_mistyped_ref_gets_did_you_mean(tmp_path, stored):
+    store, _ = stored
+    line = one_error(cas(tmp_path, "ls", "--store", str(store), "ci/main/4"), ObjectNotFound)
+    assert "did you mean" in line and "ci/main/41" in line and "cas refs" in line
+
+
+def test_show_names_labels_refs_and_totals(tmp_path, stored):
+    store, ids = stored
+    text = ok(cas(tmp_path, "show", "--store", str(store), "ci/main/41"))
+    assert ids[0] in text
+    assert "label commit" in text and "c41" in text
+    assert "ci/main/41" in text
+    assert "files" in text and "created" in text
+    shown = json.loads(ok(cas(tmp_path, "show", "--json", "--store", str(store), "ci/main/41")))
+    assert shown["labels"] == {"branch": "main", "commit": "c41"}
+    assert shown["refs"] == ["ci/main/41"]
+    assert shown["totals"]["files"] == 2
+    assert shown["created"].endswith("Z")
+
+
+def test_manifests_lists_newest_first_and_filters(tmp_path, stored):
+    store, ids = stored
+    rows = json.loads(ok(cas(tmp_path, "manifests", "--json", "--store", str(store))))
+    assert {r["id"] for r in rows} == set(ids)
+    stamps = [r["stored"] for r in rows]
+    assert stamps == sorted(stamps, reverse=True)
+    only = json.loads(
+        ok(cas(tmp_path, "manifests", "--json", "--store", str(store), "--label", "commit=c41"))
+    )
+    assert [r["id"] for r in only] == [ids[0]]
+    last = ok(cas(tmp_path, "manifests", "--store", str(store), "--last", "1"))
+    assert len(last.splitlines()) == 1
+    none = json.loads(
+        ok(cas(tmp_path, "manifests", "--json", "--store", str(store), "--ref-prefix", "nope/"))
+    )
+    assert none == []
+
+
+def test_diff_exit_code(tmp_path, stored):
+    store, ids = stored
+    same = cas(tmp_path, "diff", "-q", "--exit-code", "--store", str(store), ids[0], ids[0])
+    assert same.returncode == 0
+    differ = cas(tmp_path, "diff", "-q", "--exit-code", "--store", str(store), *ids)
+    assert differ.returncode == 1
+    assert b"a.txt" in differ.stdout
+    plain = cas(tmp_path, "diff", "-q", "--store", str(store), *ids)
+    assert plain.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("cat", "--json", "ci/main/41", "a.txt"), ("ref", "rm", "--json", "ci/main/41")],
+)
+def test_json_where_it_means_nothing_is_refused(tmp_path, stored, args):
+    store, _ = stored
+    one_error(cas(tmp_path, *args, "--store", str(store)), UsageError, "takes no --json")
+    assert ok(cas(tmp_path, "refs", "--store", str(store))).count("ci/main/41") == 1
+
+
+def test_python_dash_m_cas_runs_the_command():
+    proc = subprocess.run(
+        [sys.executable, "-m", "cas", "--version"], capture_output=True, cwd=ROOT, timeout=60
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.startswith(b"cas ")
+
+
+def _put_with_env(tmp_path: Path, extra_env: dict[str, str], *args: str):
+    src = tmp_path / "big"
+    src.mkdir(exist_ok=True)
+    for i in range(40):
+        (src / f"f{i}").write_bytes(bytes([i]) * 200_000)
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), **extra_env}
+    env["CAS_CACHE_DIR"] = str(tmp_path / "cache")
+    env.pop("CI", None)
+    env.update(extra_env)
+    return subprocess.run(
+        [sys.executable, "-m", "cas", "put", "--store", str(tmp_path / "s"), *args, str(src)],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_plain_progress_is_the_default_under_ci(tmp_path):
+    proc = _put_with_env(tmp_path, {"CI": "true", "CAS_PROGRESS_INTERVAL": "0"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("cas put: ")]
+    assert lines, proc.stderr
+    assert "/s" in lines[-1] and "MiB" in lines[-1]
+
+
+def test_progress_is_ndjson_with_json(tmp_path):
+    proc = _put_with_env(tmp_path, {"CAS_PROGRESS_INTERVAL": "0"}, "--json", "--progress", "plain")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(ln) for ln in proc.stderr.decode().splitlines() if ln.startswith("{")]
+    assert events and all(e["event"] == "progress" for e in events)
+    assert events[-1]["bytes_done"] <= 40 * 200_000
+    json.loads(proc.stdout)  # stdout stays one JSON document
+
+
+def test_no_progress_when_told(tmp_path):
+    env = {"CI": "true", "CAS_PROGRESS_INTERVAL": "0"}
+    proc = _put_with_env(tmp_path, env, "--progress", "none")
+    assert proc.returncode == 0
+    assert "cas put: " not in proc.stderr.decode()
