@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import json
 import os
 import re
 import sys
@@ -84,12 +85,37 @@ def hoist_global_options(argv: Sequence[str]) -> list[str]:
     return words[: i + 1] + moved + words[i + 1 :]
 
 
+EPILOG = """\
+examples:
+  ID=$(cas put ./build --ref ci/main/42 --label commit=$SHA)
+  cas get ci/main/42 ./build          # or an id, or a unique id prefix
+  cas show ci/main/42; cas manifests --label commit=$SHA
+
+environment:
+  CAS_STORE              store URL when --store is not given
+  CAS_TOKEN              bearer token for a cas serve store
+  CAS_CACHE_DIR          chunk and files caches (default $XDG_CACHE_HOME/cas)
+  CAS_CACHE_SIZE         chunk cache cap, e.g. 4G (0 disables it)
+  CAS_PROGRESS_INTERVAL  seconds between --progress plain lines (default 5)
+  CI                     when set, progress is plain lines instead of a bar
+  XDG_DATA_HOME          the default store lives in $XDG_DATA_HOME/cas/store
+
+exit codes:
+  0 success               4 corrupt data          8 permission denied
+  1 other failure         5 unsafe manifest       9 source unreadable
+  2 usage error           6 ref exists           10 destination unwritable
+  3 not found             7 store unavailable    11 invalid object format
+"""
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The commands (those `argv` needs, or all) with their options."""
     parser = _Parser(
         prog="cas",
         description="Content-addressed chunk store: pass build directories between machines, "
         "moving only what changed.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cas {__version__}")
     common = _Parser(add_help=False)
@@ -123,7 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except CasError as exc:
-        print(f"cas: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            # Scripts reading --json output get the error in the same form, on stderr.
+            error = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+            print(json.dumps({"error": error}, sort_keys=True), file=sys.stderr)
+        else:
+            print(f"cas: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("cas: interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import subprocess
 import sys
@@ -222,3 +223,38 @@ def test_no_progress_when_told(tmp_path):
     proc = _put_with_env(tmp_path, env, "--progress", "none")
     assert proc.returncode == 0
     assert "cas put: " not in proc.stderr.decode()
+
+
+def test_errors_under_json_are_json(tmp_path, stored):
+    store, _ = stored
+    proc = cas(tmp_path, "ls", "--json", "--store", str(store), "ci/main/9")
+    assert proc.returncode == ObjectNotFound.exit_code
+    (line,) = proc.stderr.decode().splitlines()
+    error = json.loads(line)["error"]
+    assert error["type"] == "ObjectNotFound" and error["exit_code"] == ObjectNotFound.exit_code
+    assert "ci/main/9" in error["message"]
+    assert proc.stdout == b""
+
+
+def test_a_put_that_creates_a_store_says_so(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    store = tmp_path / "typo-store"
+    first = cas(tmp_path, "put", "--store", str(store), str(src))
+    assert first.returncode == 0
+    assert b"created a new, empty store" in first.stderr
+    again = cas(tmp_path, "put", "--store", str(store), str(src))
+    assert again.returncode == 0
+    assert b"created a new" not in again.stderr
+
+
+def test_help_lists_every_environment_variable_the_code_reads(tmp_path):
+    used = set()
+    for path in [*ROOT.joinpath("cas").rglob("*.py"), *ROOT.joinpath("cli").rglob("*.py")]:
+        used.update(re.findall(r"\bCAS_[A-Z_]+\b", path.read_text()))
+    used.discard("CAS_TEST_REQUIRE")
+    text = ok(cas(tmp_path, "--help"))
+    missing = sorted(v for v in used if v not in text)
+    assert not missing, f"cas --help does not mention {missing}"
+    assert "exit codes:" in text and "10 destination unwritable" in text

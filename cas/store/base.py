@@ -135,6 +135,8 @@ class Store(ABC):
 
     capabilities: Capabilities = Capabilities()
     url: str = ""
+    created: bool = False
+    """True when opening it made a new, empty store (a put to a mistyped path does)."""
 
     @abstractmethod
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:

@@ -191,6 +191,7 @@ class LocalStore(Store):
                 tmp.write_text(json.dumps({"layout": LAYOUT}) + "\n")
                 try:
                     os.link(tmp, marker)
+                    self.created = True
                 except FileExistsError:
                     pass  # another process initialised it at the same moment
                 finally:

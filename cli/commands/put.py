@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     progress = BarProgress(args, "put")
 
     async def action(repo: Repository) -> PutResult:
+        if repo.store.created:
+            info(args, f"cas: created a new, empty store at {repo.store.url}")
         files_cache = None
         if not args.no_files_cache:
             files_cache = FilesCache(default_cache_dir(), repo.store.url, options.params)
