@@ -34,6 +34,7 @@ COMMANDS = (
     "gc",
     "verify",
     "reindex",
+    "stats",
     "cache",
     "serve",
 )

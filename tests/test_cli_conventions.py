@@ -258,3 +258,31 @@ def test_help_lists_every_environment_variable_the_code_reads(tmp_path):
     missing = sorted(v for v in used if v not in text)
     assert not missing, f"cas --help does not mention {missing}"
     assert "exit codes:" in text and "10 destination unwritable" in text
+
+
+def test_stats_counts_the_store_and_its_dedup(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"f{i}").write_bytes(bytes([i]) * 300_000 + bytes(range(256)) * 100)
+    store = tmp_path / "store"
+    for n in (1, 2, 3):
+        # The same tree three times: stored once, counted three times.
+        args = ("put", "-q", "--store", str(store), "--ref", f"r/{n}", "--label", f"n={n}")
+        ok(cas(tmp_path, *args, str(src)))
+    stats = json.loads(ok(cas(tmp_path, "stats", "--json", "--chunks", "--store", str(store))))
+    assert stats["manifests"] == 3
+    assert stats["refs"] == 3
+    assert stats["packs"] >= 1 and stats["pack_bytes"] > 0
+    assert stats["logical_bytes"] == 3 * 6 * (300_000 + 25_600)
+    assert stats["dedup_ratio"] > 3  # stored once (and compressed), counted three times
+    assert stats["chunks"] >= 6 and stats["trees"] == 1
+    assert stats["dedup_ratio"] == stats["logical_bytes"] / stats["stored_bytes"]
+    text = ok(cas(tmp_path, "stats", "--store", str(store)))
+    assert "dedup ratio" in text and "refs" in text
+
+
+def test_cache_info_shows_the_files_cache_too(tmp_path, stored):
+    info = json.loads(ok(cas(tmp_path, "cache", "info", "--json")))
+    assert info["files_cache"]["path"].endswith("files.lmdb")
+    assert info["files_cache"]["bytes"] > 0  # the puts of the fixture remembered files
