@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from cas import __version__
 from cas.allocator import return_large_blocks
-from cas.errors import CasError, UsageError
+from cas.errors import CasError, PermissionDenied, UsageError
 
 COMMANDS = (
     "put",
@@ -63,6 +63,21 @@ def _modules(argv: Sequence[str] | None) -> list[str]:
     chosen = words[0] if words and words[0] in COMMANDS else None
     names = [chosen] if chosen is not None else list(COMMANDS)
     return list(dict.fromkeys(_MODULE.get(name, name) for name in names))
+
+
+NEEDS_SCOPE = {"put": "write", "gc": "admin", "ref": "admin"}
+"""The `cas serve` token scope each command needs (the rest need 'read')."""
+
+
+def _with_scope_hint(command: str, exc: PermissionDenied) -> PermissionDenied:
+    """Name the command the user ran and the scope it needs, not only the call that failed."""
+    text = str(exc)
+    if "scope" not in text:  # not a cas serve refusal (GCS names its IAM role itself)
+        return exc
+    scope = NEEDS_SCOPE.get(command, "read")
+    return PermissionDenied(
+        f"cas {command} needs a token with the {scope!r} scope in $CAS_TOKEN ({text})"
+    )
 
 
 def hoist_global_options(argv: Sequence[str]) -> list[str]:
@@ -150,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except CasError as exc:
+        if isinstance(exc, PermissionDenied):
+            exc = _with_scope_hint(args.command, exc)
         if getattr(args, "json", False):
             # Scripts reading --json output get the error in the same form, on stderr.
             error = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}

@@ -53,21 +53,27 @@ UNKNOWN_ID = "0123456789abcdef" * 4
 # ---------------------------------------------------------------- running cas
 
 
-def cas(tmp_path: Path, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def cas(
+    tmp_path: Path,
+    *args: str,
+    prefix: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run the real command line; its data and cache dirs live under tmp_path/home."""
     home = tmp_path / "home"
-    env = {
+    full_env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "XDG_DATA_HOME": str(home / "data"),
         "XDG_CACHE_HOME": str(home / "cache"),
         "CAS_CACHE_DIR": str(home / "cache" / "cas"),
     }
-    env.pop("CAS_STORE", None)
-    env.pop("CI", None)
+    full_env.pop("CAS_STORE", None)
+    full_env.pop("CI", None)
+    full_env.update(env or {})
     return subprocess.run(
         [*prefix, sys.executable, "-m", "cas_cli.main", *args],
-        env=env,
+        env=full_env,
         capture_output=True,
         timeout=120,
     )

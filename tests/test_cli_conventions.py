@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from cas.chunking import ChunkParams
-from cas.errors import ObjectNotFound, UsageError
+from cas.errors import ObjectNotFound, PermissionDenied, UsageError
 from cas.ids import hash_bytes
 from cas.objects import Manifest, Totals
 from cas.packindex import PackIndex
 from cas.repo import Repository
 from cas.store.local import LocalStore
+from tests.serve_process import TOKENS, start_serve
 from tests.test_bad_input import cas, ok, one_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,3 +287,19 @@ def test_cache_info_shows_the_files_cache_too(tmp_path, stored):
     info = json.loads(ok(cas(tmp_path, "cache", "info", "--json")))
     assert info["files_cache"]["path"].endswith("files.lmdb")
     assert info["files_cache"]["bytes"] > 0  # the puts of the fixture remembered files
+
+
+def test_a_refused_token_names_the_command_and_the_scope_it_needs(tmp_path):
+    server = start_serve(tmp_path / "serve")
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "f").write_text("x")
+        env = {"CAS_TOKEN": TOKENS["read"]}
+        proc = cas(tmp_path, "put", "--store", server.url, str(src), env=env)
+        line = one_error(proc, PermissionDenied, "cas put needs a token with the 'write' scope")
+        assert "CAS_TOKEN" in line
+        gc = cas(tmp_path, "gc", "--store", server.url, env=env)
+        one_error(gc, PermissionDenied, "cas gc needs a token with the 'admin' scope")
+    finally:
+        server.stop()
