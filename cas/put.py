@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import threading
@@ -50,6 +51,7 @@ from cas.verify import manifest_complete
 from cas.walk import Excludes, SourceEntry
 
 DEFAULT_INLINE_MAX: Final = 4096
+log = logging.getLogger("cas.put")
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,9 @@ class Uploader:
                 continue
             if await self._writer.adopt(index):
                 self.stats.parents.append(str(parent))
+                log.info(
+                    "parent %s: %d chunks, %d trees", parent, len(index.chunks), len(index.trees)
+                )
         journal = None
         if self.files_cache is not None:
             journal = PutJournal(self.files_cache, root)
@@ -229,9 +234,18 @@ class Uploader:
         return found
 
     async def _put(self, root: str, fence: GcFence) -> PutResult:
+        started = time.monotonic()
         root_tree, totals = await self._upload(root)
+        walked = time.monotonic()
         await self._writer.close()
         self.stats.packs += self._writer.stats.packs
+        log.info(
+            "walked and read %d files in %.2f s; last packs stored %.2f s later (%d packs)",
+            totals.files,
+            walked - started,
+            time.monotonic() - walked,
+            self._writer.stats.packs,
+        )
 
         opts = self.options
         manifest = Manifest(
@@ -271,6 +285,7 @@ class Uploader:
                 ) from None
             raise exc
         self.stats.gc_waits = fence.rounds
+        log.info("manifest %s stored and settled (%d gc waits)", manifest_id, fence.rounds)
         if taken is not None:
             raise taken
         return PutResult(manifest_id, manifest, self.stats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import threading
@@ -21,6 +22,7 @@ from cas.sizes import format_size
 from cas.store import Store, open_store
 
 T = TypeVar("T")
+log = logging.getLogger("cas.cli")
 
 
 def run_with_repo(
@@ -38,6 +40,12 @@ def run_with_repo(
         cache = None
         if use_cache and wants_cache(args, store) and configured_cache_size() > 0:
             cache = ChunkCache()
+        log.info(
+            "store %s%s; chunk cache %s",
+            store.url,
+            " (created now)" if store.created else "",
+            cache.path if cache is not None else "off",
+        )
         try:
             async with store:
                 return await action(Repository(store, cache, level=level))

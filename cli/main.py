@@ -11,6 +11,7 @@ import argparse
 import difflib
 import importlib
 import json
+import logging
 import os
 import re
 import sys
@@ -40,7 +41,7 @@ COMMANDS = (
 )
 """In help order; each lives in `cas_cli.commands.<name>` (`ref` shares `refs`)."""
 _MODULE = {"ref": "refs", "manifests": "show"}
-_GLOBAL_FLAGS = ("--json", "-q", "--quiet")
+_GLOBAL_FLAGS = ("--json", "-q", "--quiet", "-v", "--verbose", "--debug")
 _GLOBAL_VALUED = ("--store",)
 """Options every command takes, accepted before the command name too (`cas --json refs`)."""
 
@@ -145,6 +146,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     common.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar and no summary line"
     )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log on stderr what happens: the store opened, parents, retries and their causes, "
+        "cache use, the time of each phase",
+    )
+    common.add_argument(
+        "--debug", action="store_true", help="log everything, the libraries' debug messages too"
+    )
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -162,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return UsageError.exit_code
     args = parser.parse_args(argv)
+    _configure_logging(args)
     try:
         return int(args.run(args) or 0)
     except CasError as exc:
@@ -182,6 +194,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = (
+        logging.DEBUG
+        if getattr(args, "debug", False)
+        else logging.INFO
+        if getattr(args, "verbose", False)
+        else logging.WARNING
+    )
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="cas: %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("cas").setLevel(level)
 
 
 def entry() -> None:

@@ -303,3 +303,16 @@ def test_a_refused_token_names_the_command_and_the_scope_it_needs(tmp_path):
         one_error(gc, PermissionDenied, "cas gc needs a token with the 'admin' scope")
     finally:
         server.stop()
+
+
+def test_verbose_logs_the_store_the_parents_and_the_phases(tmp_path, stored):
+    store, ids = stored
+    src = tmp_path / "src42"
+    proc = cas(tmp_path, "-v", "put", "--store", str(store), "--ref", "ci/main/43", str(src))
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stderr.decode()
+    assert f"store file://{store}" in text
+    assert f"parent {ids[1]}" in text
+    assert "walked and read" in text and "settled" in text
+    quiet = cas(tmp_path, "put", "--store", str(store), "--ref", "ci/main/44", str(src))
+    assert "walked and read" not in quiet.stderr.decode()

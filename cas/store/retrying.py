@@ -10,12 +10,14 @@ succeeded before its answer was lost shows up on the retry as "present".
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
@@ -28,6 +30,7 @@ from cas.store.base import Kind, ObjectInfo, RefInfo, Store
 from cas.store.wrapping import WrappingStore
 
 T = TypeVar("T")
+log = logging.getLogger("cas.store")
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,16 @@ class RetryPolicy:
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
             wait=wait_random_exponential(multiplier=self.initial, max=self.maximum),
             reraise=True,
+            before_sleep=_log_retry,
         )
+
+
+def _log_retry(state: RetryCallState) -> None:
+    """`cas -v` shows each retry: the cause, the attempt and the wait."""
+    outcome = state.outcome
+    cause = outcome.exception() if outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.info("retry %d after %s; waiting %.1f s", state.attempt_number, cause, wait)
 
 
 class RetryingStore(WrappingStore):
