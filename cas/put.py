@@ -78,6 +78,8 @@ class PutOptions:
     this machine (files cache)."""
     pack_size: int = TARGET_PACK_BYTES
     """Seal packs at this many stored bytes."""
+    skip_unreadable: bool = False
+    """Leave out files and directories that cannot be read (listed in the stats), not fail."""
 
     def __post_init__(self) -> None:
         if self.reproducible:  # reproducible ids cannot depend on when files were touched
@@ -114,6 +116,8 @@ class PutStats:
     resumed: int = 0
     """Objects reused from packs an interrupted put of this source had stored."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    """Left out with `skip_unreadable`: (relative path, reason)."""
 
 
 @dataclass(frozen=True)
@@ -309,6 +313,7 @@ class Uploader:
             workers=opts.workers,
             in_flight=2 * opts.workers + 1,
             processes=opts.processes,
+            skip_unreadable=opts.skip_unreadable,
             files_cache=self.files_cache,
             started_ns=self._started_ns,
             abort=self._abort,
@@ -339,6 +344,7 @@ class Uploader:
             await asyncio.to_thread(files.close)
             walker.shutdown(wait=False)
             self.stats.skipped.extend(walk.skipped)
+            self.stats.unreadable.extend(files.unreadable)
         self._used_chunks.update(walk.used_chunks)
         self._used_trees.update(walk.used_trees)
         if self.dirs_cache is not None and walk.dir_records:

@@ -26,6 +26,7 @@ from typing import Final
 
 from cas.batching import batch_by_size
 from cas.dirscache import CachedDir, DirsCache, recordable
+from cas.errors import SourceError
 from cas.filecut import CutSettings
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import DirEntry, Entry, FileEntry, SymlinkEntry, Totals, Tree
@@ -120,7 +121,15 @@ class TreeWalk:
             node, subdirs = stack[-1]
             child = next(subdirs, None)
             if child is not None:
-                sub = self._enter(child.path, child.rel, child, node)
+                try:
+                    sub = self._enter(child.path, child.rel, child, node)
+                except SourceError as exc:
+                    if not self.files.skip_unreadable:
+                        raise
+                    self._progress.warn(f"left out {child.rel}/: {exc}")
+                    self.files.unreadable.append((child.rel + "/", str(exc)))
+                    node.skipped = True  # not remembered by the directories cache
+                    continue
                 stack.append((sub, iter([c for c in sub.children if c.is_dir])))
                 continue
             stack.pop()
@@ -220,7 +229,11 @@ class TreeWalk:
                 max_items=BATCH_FILES,
                 alone_from=self.settings.params.max_size,
             ):
-                node.results.extend((e, _file_totals(e)) for e in self.files.run(batch))
+                for entry in self.files.run(batch):
+                    if entry is None:
+                        node.skipped = True
+                    else:
+                        node.results.append((entry, _file_totals(entry)))
         links = 0
         for child in node.children:
             if child.is_symlink:

@@ -122,6 +122,7 @@ exit codes:
   1 other failure         5 unsafe manifest       9 source unreadable
   2 usage error           6 ref exists           10 destination unwritable
   3 not found             7 store unavailable    11 invalid object format
+                                                 12 put left unreadable files out
 """
 
 

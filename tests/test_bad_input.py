@@ -31,6 +31,7 @@ from cas.browse import lookup
 from cas.chunking import ChunkParams
 from cas.errors import (
     DestinationError,
+    IncompletePut,
     IntegrityError,
     ObjectNotFound,
     SourceError,
@@ -335,6 +336,36 @@ def test_put_with_an_unreadable_directory_stores_no_manifest(tmp_path, src):
         locked.chmod(0o755)
     one_error(proc, SourceError, "cannot read directory", str(locked))
     assert files_under(store / "manifest") == []
+
+
+def test_skip_unreadable_leaves_them_out_stores_the_rest_and_exits_12(tmp_path, src):
+    prefix = need_unprivileged()
+    locked_file = src / "locked.bin"
+    locked_file.write_bytes(os.urandom(10_000))
+    locked_file.chmod(0)
+    (src / "closed").mkdir()
+    (src / "closed" / "inside.txt").write_text("unseen\n")
+    (src / "closed").chmod(0)
+    store = tmp_path / "store"
+    try:
+        proc = cas(
+            tmp_path, "put", "--skip-unreadable", "--store", str(store), str(src), prefix=prefix
+        )
+    finally:
+        (src / "closed").chmod(0o755)
+        locked_file.chmod(0o644)
+    assert proc.returncode == IncompletePut.exit_code, proc.stderr
+    manifest_id = proc.stdout.decode().strip()
+    stderr = proc.stderr.decode()
+    assert "left out locked.bin" in stderr and "left out closed/" in stderr
+    assert stderr.splitlines()[-1].startswith("cas: error: 2 unreadable")
+    listing = ok(cas(tmp_path, "ls", "--store", str(store), manifest_id))
+    assert "a.txt" in listing and "sub/c.bin" in listing
+    assert "locked.bin" not in listing and "closed" not in listing
+    out = tmp_path / "out"
+    ok(cas(tmp_path, "get", "-q", "--store", str(store), manifest_id, str(out)))
+    assert (out / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert not (out / "locked.bin").exists()
 
 
 def test_put_exclude_from_a_missing_file(tmp_path, src):

@@ -8,7 +8,7 @@ import time
 from cas import codec
 from cas.cache import default_cache_dir
 from cas.chunking import ChunkParams
-from cas.errors import UsageError
+from cas.errors import IncompletePut, UsageError
 from cas.filescache import FilesCache
 from cas.objects import parse_label
 from cas.put import PutOptions, PutResult, Uploader
@@ -93,6 +93,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="read every file and ask the store about every object, even those "
         "unchanged since the last put",
     )
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out files and directories that cannot be read, with a warning each; the "
+        "manifest is stored and the exit code is 12 (by default one unreadable file fails the "
+        "put: a build output should be complete)",
+    )
     add_progress_option(p)
     p.set_defaults(run=run)
 
@@ -122,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         reproducible=args.reproducible,
         ref=args.ref,
         parent=args.parent,
+        skip_unreadable=args.skip_unreadable,
         **({"pack_size": parse_size(args.pack_size, "--pack-size")} if args.pack_size else {}),
         **({"workers": max(1, args.workers)} if args.workers else {}),
     )
@@ -176,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 "bytes_uploaded": s.bytes_uploaded,
                 "gc_waits": s.gc_waits,
                 "skipped": [{"path": p, "reason": r} for p, r in s.skipped],
+                "unreadable": [{"path": p, "reason": r} for p, r in s.unreadable],
                 "seconds": round(seconds, 3),
             }
         )
@@ -190,5 +199,11 @@ def run(args: argparse.Namespace) -> int:
             f"{s.chunks_new}/{s.chunks} chunks new, {format_size(s.bytes_uploaded)} uploaded "
             f"in {s.packs} packs"
             + (f", reusing {len(s.parents)} earlier puts" if s.parents else ""),
+        )
+    if s.unreadable:
+        raise IncompletePut(
+            f"{len(s.unreadable)} unreadable files or directories were left out "
+            f"(--skip-unreadable), first {s.unreadable[0][0]}; manifest {result.manifest_id} "
+            "is stored without them"
         )
     return 0
