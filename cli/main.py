@@ -1,7 +1,7 @@
 """Entry point of the `cas` command.
 
 This is the single place that turns a `CasError` into one line on stderr and
-its exit code (see docs/cli.md for the table). Anything else escaping is a
+its exit code (the table is in the README and in `cas --help`). Anything else escaping is a
 bug and keeps its traceback.
 """
 
