@@ -38,6 +38,7 @@ COMMANDS = (
     "stats",
     "cache",
     "serve",
+    "completion",
 )
 """In help order; each lives in `cas_cli.commands.<name>` (`ref` shares `refs`)."""
 _MODULE = {"ref": "refs", "manifests": "show"}

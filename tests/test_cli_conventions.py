@@ -316,3 +316,13 @@ def test_verbose_logs_the_store_the_parents_and_the_phases(tmp_path, stored):
     assert "walked and read" in text and "settled" in text
     quiet = cas(tmp_path, "put", "--store", str(store), "--ref", "ci/main/44", str(src))
     assert "walked and read" not in quiet.stderr.decode()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_scripts_know_every_command(tmp_path, shell):
+    script = ok(cas(tmp_path, "completion", shell))
+    for command in ("put", "get", "show", "manifests", "stats", "gc", "serve"):
+        assert command in script
+    if shell == "bash":
+        check = subprocess.run(["bash", "-n"], input=script.encode(), capture_output=True)
+        assert check.returncode == 0, check.stderr
