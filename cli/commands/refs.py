@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from datetime import UTC
 
 from cas.errors import CasError, ObjectNotFound
 from cas.repo import Repository
@@ -63,7 +64,7 @@ def run_list(args: argparse.Namespace) -> int:
     else:
         for ref, size in rows:
             shown = format_size(size) if size is not None else "manifest missing"
-            created = ref.mtime.strftime("%Y-%m-%d %H:%M:%S")
+            created = ref.mtime.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             print(f"{ref.name}\t{ref.target}\t{created}\t{shown}")
     return 0
 

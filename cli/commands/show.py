@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cas.errors import CasError, UsageError
@@ -63,7 +63,7 @@ class _Described:
     def when(self) -> str:
         if self.manifest is not None and self.manifest.created is not None:
             return self.manifest.created
-        return self.stored.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return self.stored.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": str(self.id), "refs": list(self.refs), "stored": self.when}
