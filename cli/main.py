@@ -45,6 +45,8 @@ _MODULE = {"ref": "refs", "manifests": "show"}
 _GLOBAL_FLAGS = ("--json", "-q", "--quiet", "-v", "--verbose", "--debug")
 _GLOBAL_VALUED = ("--store",)
 """Options every command takes, accepted before the command name too (`cas --json refs`)."""
+_NESTED = ("ref", "cache")
+"""Commands with actions: global options go after the action."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,7 +102,12 @@ def hoist_global_options(argv: Sequence[str]) -> list[str]:
             i += 1  # --version, -h: the top-level parser's own
     if not moved or i >= len(words):
         return list(argv)
-    return words[: i + 1] + moved + words[i + 1 :]
+    # `ref rm`, `cache info`: after the action, where the options are defined last
+    # (a subparser's defaults would overwrite values parsed before it).
+    at = i + 1
+    if words[i] in _NESTED and at < len(words) and not words[at].startswith("-"):
+        at += 1
+    return words[:at] + moved + words[at:]
 
 
 EPILOG = """\

@@ -326,3 +326,14 @@ def test_completion_scripts_know_every_command(tmp_path, shell):
     if shell == "bash":
         check = subprocess.run(["bash", "-n"], input=script.encode(), capture_output=True)
         assert check.returncode == 0, check.stderr
+
+
+def test_global_options_before_a_nested_command(tmp_path, stored):
+    store, _ = stored
+    info = json.loads(ok(cas(tmp_path, "--json", "cache", "info")))
+    assert "files_cache" in info
+    ok(cas(tmp_path, "--store", str(store), "-q", "ref", "rm", "ci/main/41"))
+    names = [
+        r["name"] for r in json.loads(ok(cas(tmp_path, "--json", "--store", str(store), "refs")))
+    ]
+    assert names == ["ci/main/42"]

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("prefix", nargs="?", default="", metavar="PREFIX")
     p.set_defaults(run=run_list)
-    r = sub.add_parser("ref", parents=[common], help="manage one ref (rm)")
+    r = sub.add_parser("ref", help="manage one ref (rm)")
     action = r.add_subparsers(dest="ref_action", metavar="ACTION", required=True)
     rm = action.add_parser("rm", parents=[common], help="remove a ref (its data goes at next gc)")
     rm.add_argument("name", metavar="NAME")
