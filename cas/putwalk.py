@@ -206,9 +206,10 @@ class TreeWalk:
         assert batch.future is not None
         entries = batch.future.result()
         for (owner, _), entry in zip(batch.files, entries, strict=True):
-            owner.results.append(
-                (entry, Totals(files=1, bytes=entry.size, chunks=len(entry.chunks)))
-            )
+            if entry is None:  # left out as unreadable
+                owner.skipped = True
+            else:
+                owner.results.append((entry, _file_totals(entry)))
         self._finished = batch.seq + 1
 
     def _check_abort(self) -> None:
