@@ -186,6 +186,10 @@ class Uploader:
         if not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"not a directory: {root}")
 
+        ref = self.options.ref
+        if ref is not None and await self._ref_exists(ref):
+            # Checked first so a taken name costs nothing; creating it stays create-only.
+            raise AlreadyExists(f"ref {ref!r} already exists; nothing was uploaded")
         fence = GcFence(self.repo.store, enabled=self.gc_fence)
         await fence.begin()  # before any parent's index is read
         for parent in await self._parents(root):

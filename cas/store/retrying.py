@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -71,9 +72,19 @@ class RetryingStore(WrappingStore):
         return functools.partial(RetryingStore, policy=self.policy)
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
-        async for attempt in self.policy.retrying():
-            with attempt:
-                return await call()
+        started = time.monotonic()
+        tries = 0
+        try:
+            async for attempt in self.policy.retrying():
+                with attempt:
+                    tries += 1
+                    return await call()
+        except StoreUnavailable as exc:
+            if tries > 1:  # the user waited through the retries: say how long
+                raise StoreUnavailable(
+                    f"{exc} (gave up after {tries} tries in {time.monotonic() - started:.0f} s)"
+                ) from None
+            raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
