@@ -34,6 +34,7 @@ from cas.errors import (
     IncompletePut,
     IntegrityError,
     ObjectNotFound,
+    PermissionDenied,
     SourceError,
     StoreUnavailable,
     UsageError,
@@ -366,6 +367,21 @@ def test_skip_unreadable_leaves_them_out_stores_the_rest_and_exits_12(tmp_path, 
     ok(cas(tmp_path, "get", "-q", "--store", str(store), manifest_id, str(out)))
     assert (out / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
     assert not (out / "locked.bin").exists()
+
+
+def test_put_into_a_read_only_store_names_the_store(tmp_path, src):
+    prefix = need_unprivileged()
+    store = tmp_path / "store"
+    ok(cas(tmp_path, "put", "-q", "--store", str(store), str(tmp_path / "src" / "sub")))
+    modes = {p: p.stat().st_mode for p in [store, *store.rglob("*")] if p.is_dir()}
+    for path in modes:
+        path.chmod(0o555)
+    try:
+        proc = cas(tmp_path, "put", "--store", str(store), str(src), prefix=prefix)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    one_error(proc, PermissionDenied, "permission denied on the store at", str(store))
 
 
 def test_put_exclude_from_a_missing_file(tmp_path, src):
