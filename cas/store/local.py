@@ -610,12 +610,20 @@ class _LocalUpload(Upload):
                 self._fd = -1
         if self._fd < 0:
             self._tmp = f"{store._tmp_str}/upload.{secrets.token_hex(8)}"
-            self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                self._fd = os.open(self._tmp, flags, 0o444)
+            except OSError as exc:
+                raise _translate_error(exc, f"a new {kind}", store.root) from None
 
     @property
     def fd(self) -> int:
         """The spooled file's descriptor."""
         return self._fd
+
+    def write_error(self, exc: OSError) -> CasError:
+        """A failed write, naming the store (full, read-only, ...)."""
+        return _translate_error(exc, f"writing a new {self.kind}", self._local.root)
 
     async def finish(self, object_id: ObjectId) -> bool:
         """Make the file durable and link it to its name; False if the name was taken."""
