@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import stat
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -37,6 +38,7 @@ from cas.walk import Excludes, SourceEntry, list_directory
 
 BATCH_BYTES: Final = 8 << 20
 BATCH_FILES: Final = 128
+_TOTAL_EVERY_S: Final = 0.5
 _TREE_BATCH: Final = 256
 _TREE_BATCH_BYTES: Final = 4 << 20
 
@@ -111,6 +113,8 @@ class TreeWalk:
         self._tree_sends: list[Future[None]] = []
         self._trees_bytes = 0
         self._trees_queued: set[ObjectId] = set()
+        self._seen_bytes = 0
+        self._total_told = time.monotonic()
 
     def run(self, root: str) -> tuple[ObjectId, Totals]:
         """Walk `root` depth first; runs in one thread, waiting on the file stage as needed."""
@@ -136,6 +140,7 @@ class TreeWalk:
             self._queue_files(node)
             self._dirs.append(node)
             self._drain(self._in_flight)
+        self._progress.set_total(self._seen_bytes)  # the walk is complete: the true total
         self._send_open_batch()
         self._drain(0)
         self._send_trees()
@@ -162,6 +167,11 @@ class TreeWalk:
 
     def _queue_files(self, node: _Dir) -> None:
         files = [c for c in node.children if c.is_file]
+        self._seen_bytes += sum(c.st.st_size for c in files)
+        now = time.monotonic()
+        if now - self._total_told >= _TOTAL_EVERY_S:  # a growing total, told now and then
+            self._total_told = now
+            self._progress.set_total(self._seen_bytes)
         if node.cached is not None:
             node.deferred = files
             return
