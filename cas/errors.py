@@ -84,6 +84,12 @@ class FormatError(CasError):
     exit_code = 11
 
 
+class IncompletePut(CasError):
+    """`put --skip-unreadable` stored the manifest but left unreadable files out."""
+
+    exit_code = 12
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -98,5 +104,6 @@ EXIT_CODES: dict[str, int] = {
         SourceError,
         DestinationError,
         FormatError,
+        IncompletePut,
     )
 }

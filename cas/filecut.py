@@ -24,6 +24,8 @@ from cas.objects import ChunkRef, FileEntry
 from cas.walk import SourceEntry
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FADVISE = getattr(os, "posix_fadvise", None)
+"""Read-ahead advice where the platform has it (Linux); elsewhere files are simply read."""
 
 ChunkSink = Callable[[ObjectId, bytes], None]
 """Receives every chunk of a file, in order, as it is cut."""
@@ -65,18 +67,51 @@ class CutFile:
 
 @dataclass
 class Described:
-    """What reading a batch produced: entries in batch order, files-cache records, counts."""
+    """What reading a batch produced: entries in batch order, files-cache records, counts.
 
-    entries: list[FileEntry] = field(default_factory=list)
+    An entry is None for a file left out as unreadable (`put --skip-unreadable`),
+    listed in `unreadable` with the reason.
+    """
+
+    entries: list[FileEntry | None] = field(default_factory=list)
     remember: list[tuple[str, CachedFile]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
-def describe(batch: Sequence[SourceEntry], cuts: Sequence[CutFile]) -> Described:
+def cut_all(
+    cutter: FileCutter,
+    batch: Sequence[SourceEntry],
+    sink: ChunkSink,
+    *,
+    skip_unreadable: bool,
+    opened: OpenedAhead | None = None,
+) -> Described:
+    """Cut every file of `batch`; an unreadable one fails the batch unless skipped."""
+    cuts: list[CutFile | None] = []
+    unreadable: list[tuple[str, str]] = []
+    for child in batch:
+        fd = opened.take(child) if opened is not None else None
+        try:
+            cuts.append(cutter.cut(child, sink, fd))
+        except SourceError as exc:
+            if not skip_unreadable:
+                raise
+            cuts.append(None)
+            unreadable.append((child.rel, str(exc)))
+    out = describe(batch, cuts)
+    out.unreadable = unreadable
+    return out
+
+
+def describe(batch: Sequence[SourceEntry], cuts: Sequence[CutFile | None]) -> Described:
     """Collect the entries, records, counts and warnings of a batch just cut."""
     out = Described()
     for child, cut in zip(batch, cuts, strict=True):
+        if cut is None:
+            out.entries.append(None)
+            continue
         out.counts.update(files=1, bytes_read=cut.entry.size, chunks=len(cut.entry.chunks))
         warning = cut.warning(child)
         if warning is not None:
@@ -108,8 +143,9 @@ class OpenedAhead:
                 except OSError:
                     continue
                 self._fds[child.path] = fd
-                with contextlib.suppress(OSError):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                if _FADVISE is not None:
+                    with contextlib.suppress(OSError):
+                        _FADVISE(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except BaseException:
             self.close()
             raise

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import threading
@@ -50,6 +51,7 @@ from cas.verify import manifest_complete
 from cas.walk import Excludes, SourceEntry
 
 DEFAULT_INLINE_MAX: Final = 4096
+log = logging.getLogger("cas.put")
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class PutOptions:
     this machine (files cache)."""
     pack_size: int = TARGET_PACK_BYTES
     """Seal packs at this many stored bytes."""
+    skip_unreadable: bool = False
+    """Leave out files and directories that cannot be read (listed in the stats), not fail."""
 
     def __post_init__(self) -> None:
         if self.reproducible:  # reproducible ids cannot depend on when files were touched
@@ -112,6 +116,8 @@ class PutStats:
     resumed: int = 0
     """Objects reused from packs an interrupted put of this source had stored."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    """Left out with `skip_unreadable`: (relative path, reason)."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,10 @@ class Uploader:
         if not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"not a directory: {root}")
 
+        ref = self.options.ref
+        if ref is not None and await self._ref_exists(ref):
+            # Checked first so a taken name costs nothing; creating it stays create-only.
+            raise AlreadyExists(f"ref {ref!r} already exists; nothing was uploaded")
         fence = GcFence(self.repo.store, enabled=self.gc_fence)
         await fence.begin()  # before any parent's index is read
         for parent in await self._parents(root):
@@ -190,6 +200,9 @@ class Uploader:
                 continue
             if await self._writer.adopt(index):
                 self.stats.parents.append(str(parent))
+                log.info(
+                    "parent %s: %d chunks, %d trees", parent, len(index.chunks), len(index.trees)
+                )
         journal = None
         if self.files_cache is not None:
             journal = PutJournal(self.files_cache, root)
@@ -229,9 +242,18 @@ class Uploader:
         return found
 
     async def _put(self, root: str, fence: GcFence) -> PutResult:
+        started = time.monotonic()
         root_tree, totals = await self._upload(root)
+        walked = time.monotonic()
         await self._writer.close()
         self.stats.packs += self._writer.stats.packs
+        log.info(
+            "walked and read %d files in %.2f s; last packs stored %.2f s later (%d packs)",
+            totals.files,
+            walked - started,
+            time.monotonic() - walked,
+            self._writer.stats.packs,
+        )
 
         opts = self.options
         manifest = Manifest(
@@ -271,6 +293,7 @@ class Uploader:
                 ) from None
             raise exc
         self.stats.gc_waits = fence.rounds
+        log.info("manifest %s stored and settled (%d gc waits)", manifest_id, fence.rounds)
         if taken is not None:
             raise taken
         return PutResult(manifest_id, manifest, self.stats)
@@ -294,6 +317,7 @@ class Uploader:
             workers=opts.workers,
             in_flight=2 * opts.workers + 1,
             processes=opts.processes,
+            skip_unreadable=opts.skip_unreadable,
             files_cache=self.files_cache,
             started_ns=self._started_ns,
             abort=self._abort,
@@ -324,6 +348,7 @@ class Uploader:
             await asyncio.to_thread(files.close)
             walker.shutdown(wait=False)
             self.stats.skipped.extend(walk.skipped)
+            self.stats.unreadable.extend(files.unreadable)
         self._used_chunks.update(walk.used_chunks)
         self._used_trees.update(walk.used_trees)
         if self.dirs_cache is not None and walk.dir_records:

@@ -29,7 +29,7 @@ from cas.filecut import (
     Described,
     FileCutter,
     OpenedAhead,
-    describe,
+    cut_all,
     entry_from_cache,
 )
 from cas.filescache import (
@@ -54,6 +54,8 @@ _GROUPS_IN_FLIGHT: Final = 3
 PROCESSES_FROM: Final = 64 << 20
 """Small-file bytes after which batches go to worker processes (None: decide by size)."""
 
+_Read = tuple[list[FileEntry | None], list[tuple[str, CachedFile]]]
+"""A batch's entries (None: left out as unreadable) and its files-cache records."""
 Counter = Callable[..., None]
 """Adds to the put's statistics (thread-safe)."""
 
@@ -90,6 +92,7 @@ class FileStage:
         workers: int,
         in_flight: int,
         processes: bool | None,
+        skip_unreadable: bool = False,
         files_cache: FilesCache | None,
         started_ns: int,
         abort: threading.Event,
@@ -110,6 +113,9 @@ class FileStage:
         self._claimed: set[ObjectId] = set()
         self._claim_lock = threading.Lock()
         self._workers = workers
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: list[tuple[str, str]] = []
+        """Files left out as unreadable (relative path, reason)."""
         self._processes = processes
         self._small_bytes = 0
         self._pool: ProcessPoolExecutor | None = None
@@ -119,7 +125,7 @@ class FileStage:
         self._readers = ThreadPoolExecutor(in_flight, thread_name_prefix="cas-read")
         self._compressors = ThreadPoolExecutor(workers, thread_name_prefix="cas-zstd")
 
-    def submit(self, batch: Sequence[SourceEntry]) -> Future[list[FileEntry]]:
+    def submit(self, batch: Sequence[SourceEntry]) -> Future[list[FileEntry | None]]:
         """Describe `batch` in a reader thread."""
         return self._readers.submit(self.run, batch)
 
@@ -134,11 +140,11 @@ class FileStage:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def run(self, batch: Sequence[SourceEntry]) -> list[FileEntry]:
-        """The entries of `batch`, in order; runs in whatever thread calls it."""
+    def run(self, batch: Sequence[SourceEntry]) -> list[FileEntry | None]:
+        """The entries of `batch`, in order (None: left out as unreadable); any thread."""
         reused, remember = self._reuse_unchanged(batch)
         fresh = [child for child in batch if child.path not in reused]
-        read: dict[str, FileEntry] = {}
+        read: dict[str, FileEntry | None] = {}
         if fresh:
             if len(fresh) > 1 or fresh[0].st.st_size < COMPRESS_IN_POOL_FROM:
                 if self._in_worker_process(fresh):
@@ -180,24 +186,21 @@ class FileStage:
 
     # ------------------------------------------------------------ files read
 
-    def _read_small(
-        self, batch: list[SourceEntry]
-    ) -> tuple[list[FileEntry], list[tuple[str, CachedFile]]]:
+    def _read_small(self, batch: list[SourceEntry]) -> _Read:
         new: list[tuple[ObjectId, bytes]] = []
 
         def keep_new(chunk_id: ObjectId, data: bytes) -> None:
             if self._claim(chunk_id):
                 new.append((chunk_id, data))
 
-        cutter = self._cutter()
         with OpenedAhead(batch if len(batch) > 1 else []) as opened:
-            cuts = [cutter.cut(child, keep_new, opened.take(child)) for child in batch]
+            described = cut_all(
+                self._cutter(), batch, keep_new, skip_unreadable=self.skip_unreadable, opened=opened
+            )
         self.feed.add(ObjectKind.CHUNK, _encode_all(new, self.level))
-        return self._take(describe(batch, cuts))
+        return self._take(described)
 
-    def _read_large(
-        self, child: SourceEntry
-    ) -> tuple[list[FileEntry], list[tuple[str, CachedFile]]]:
+    def _read_large(self, child: SourceEntry) -> _Read:
         """Stream one big file: its chunk groups compress in the pool while reading goes on."""
         group: list[tuple[ObjectId, bytes]] = []
         group_bytes = 0
@@ -220,20 +223,26 @@ class FileStage:
                     send()
 
         try:
-            cut = self._cutter().cut(child, keep_new)
+            described = cut_all(
+                self._cutter(), [child], keep_new, skip_unreadable=self.skip_unreadable
+            )
             send()
             while flying:
                 self.feed.add(ObjectKind.CHUNK, flying.popleft().result())
         finally:
             for future in flying:
                 future.cancel()
-        return self._take(describe([child], [cut]))
+        return self._take(described)
 
-    def _take(self, described: Described) -> tuple[list[FileEntry], list[tuple[str, CachedFile]]]:
+    def _take(self, described: Described) -> _Read:
         """Count what a batch read, pass its warnings on; its entries and records."""
         self._count(**described.counts)
         for warning in described.warnings:
             self._progress.warn(warning)
+        for rel, reason in described.unreadable:
+            self._progress.warn(f"left out {rel}: {reason}")
+        with self._claim_lock:
+            self.unreadable.extend(described.unreadable)
         return described.entries, described.remember
 
     # ------------------------------------------------------------ worker processes
@@ -260,6 +269,7 @@ class FileStage:
                     settings=self.settings,
                     level=self.level,
                     known=self._writer.known_chunks(),
+                    skip_unreadable=self.skip_unreadable,
                 )
                 self._pool = ProcessPoolExecutor(
                     self._workers,
@@ -269,9 +279,7 @@ class FileStage:
                 )
             return self._pool
 
-    def _read_in_worker(
-        self, batch: list[SourceEntry]
-    ) -> tuple[list[FileEntry], list[tuple[str, CachedFile]]]:
+    def _read_in_worker(self, batch: list[SourceEntry]) -> _Read:
         if self._abort.is_set():
             raise asyncio.CancelledError
         try:

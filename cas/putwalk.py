@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import stat
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -26,6 +27,7 @@ from typing import Final
 
 from cas.batching import batch_by_size
 from cas.dirscache import CachedDir, DirsCache, recordable
+from cas.errors import SourceError
 from cas.filecut import CutSettings
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import DirEntry, Entry, FileEntry, SymlinkEntry, Totals, Tree
@@ -36,6 +38,7 @@ from cas.walk import Excludes, SourceEntry, list_directory
 
 BATCH_BYTES: Final = 8 << 20
 BATCH_FILES: Final = 128
+_TOTAL_EVERY_S: Final = 0.5
 _TREE_BATCH: Final = 256
 _TREE_BATCH_BYTES: Final = 4 << 20
 
@@ -110,6 +113,8 @@ class TreeWalk:
         self._tree_sends: list[Future[None]] = []
         self._trees_bytes = 0
         self._trees_queued: set[ObjectId] = set()
+        self._seen_bytes = 0
+        self._total_told = time.monotonic()
 
     def run(self, root: str) -> tuple[ObjectId, Totals]:
         """Walk `root` depth first; runs in one thread, waiting on the file stage as needed."""
@@ -120,13 +125,22 @@ class TreeWalk:
             node, subdirs = stack[-1]
             child = next(subdirs, None)
             if child is not None:
-                sub = self._enter(child.path, child.rel, child, node)
+                try:
+                    sub = self._enter(child.path, child.rel, child, node)
+                except SourceError as exc:
+                    if not self.files.skip_unreadable:
+                        raise
+                    self._progress.warn(f"left out {child.rel}/: {exc}")
+                    self.files.unreadable.append((child.rel + "/", str(exc)))
+                    node.skipped = True  # not remembered by the directories cache
+                    continue
                 stack.append((sub, iter([c for c in sub.children if c.is_dir])))
                 continue
             stack.pop()
             self._queue_files(node)
             self._dirs.append(node)
             self._drain(self._in_flight)
+        self._progress.set_total(self._seen_bytes)  # the walk is complete: the true total
         self._send_open_batch()
         self._drain(0)
         self._send_trees()
@@ -153,6 +167,11 @@ class TreeWalk:
 
     def _queue_files(self, node: _Dir) -> None:
         files = [c for c in node.children if c.is_file]
+        self._seen_bytes += sum(c.st.st_size for c in files)
+        now = time.monotonic()
+        if now - self._total_told >= _TOTAL_EVERY_S:  # a growing total, told now and then
+            self._total_told = now
+            self._progress.set_total(self._seen_bytes)
         if node.cached is not None:
             node.deferred = files
             return
@@ -197,9 +216,10 @@ class TreeWalk:
         assert batch.future is not None
         entries = batch.future.result()
         for (owner, _), entry in zip(batch.files, entries, strict=True):
-            owner.results.append(
-                (entry, Totals(files=1, bytes=entry.size, chunks=len(entry.chunks)))
-            )
+            if entry is None:  # left out as unreadable
+                owner.skipped = True
+            else:
+                owner.results.append((entry, _file_totals(entry)))
         self._finished = batch.seq + 1
 
     def _check_abort(self) -> None:
@@ -220,7 +240,11 @@ class TreeWalk:
                 max_items=BATCH_FILES,
                 alone_from=self.settings.params.max_size,
             ):
-                node.results.extend((e, _file_totals(e)) for e in self.files.run(batch))
+                for entry in self.files.run(batch):
+                    if entry is None:
+                        node.skipped = True
+                    else:
+                        node.results.append((entry, _file_totals(entry)))
         links = 0
         for child in node.children:
             if child.is_symlink:

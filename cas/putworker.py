@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from cas import codec
 from cas.allocator import return_large_blocks
 from cas.chunking import FastCdcChunker
-from cas.filecut import CutSettings, Described, FileCutter, OpenedAhead, describe
+from cas.filecut import CutSettings, Described, FileCutter, OpenedAhead, cut_all
 from cas.ids import ObjectId
 from cas.walk import SourceEntry
 
@@ -36,6 +36,7 @@ class WorkerConfig:
     level: int
     known: frozenset[ObjectId] = frozenset()
     """Chunks the put already holds (its parents'): not compressed again."""
+    skip_unreadable: bool = False
     put_pid: int = field(default_factory=os.getpid)
     """The put process: workers exit when it is gone."""
 
@@ -59,8 +60,14 @@ class _Worker:
     def put_batch(self, batch: list[SourceEntry]) -> BatchResult:
         pending: dict[ObjectId, bytes] = {}
         with OpenedAhead(batch) as opened:
-            cuts = [self.cutter.cut(c, pending.__setitem__, opened.take(c)) for c in batch]
-        result = BatchResult(describe(batch, cuts))
+            described = cut_all(
+                self.cutter,
+                batch,
+                pending.__setitem__,
+                skip_unreadable=self.config.skip_unreadable,
+                opened=opened,
+            )
+        result = BatchResult(described)
         level = self.config.level
         for chunk_id, data in pending.items():
             if chunk_id in self.config.known or chunk_id in self.sent:

@@ -16,13 +16,15 @@ trees, for threads and worker processes alike.
 from __future__ import annotations
 
 import asyncio
+import difflib
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from cas import codec
 from cas.cache import ChunkCache
-from cas.errors import AlreadyExists, IntegrityError, ObjectNotFound
+from cas.errors import AlreadyExists, IntegrityError, ObjectNotFound, UsageError
 from cas.ids import ObjectId, hash_bytes, is_object_id, verify
 from cas.objects import MAX_MANIFEST_BYTES, MAX_TREE_BYTES, Manifest, Tree
 from cas.pack import (
@@ -457,14 +459,37 @@ class Repository:
         return manifest
 
     async def resolve(self, name: str) -> ObjectId:
-        """A manifest id from 64 hex characters or a ref name."""
+        """A manifest id from 64 hex characters, a ref name, or a unique id prefix.
+
+        A name that is both a ref and a hex prefix means the ref (as in git).
+        """
         if is_object_id(name):
             return ObjectId.parse(name)
+        prefix = name if _ID_PREFIX_RE.fullmatch(name) else None
         validate_ref_name(name)
         try:
             return await self.store.read_ref(name)
         except ObjectNotFound:
-            raise ObjectNotFound(f"no manifest id or ref named {name!r}") from None
+            pass
+        if prefix is not None:
+            found = [info.id async for info in self.store.list(Kind.MANIFEST, prefix)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                shown = ", ".join(str(i) for i in sorted(found)[:10])
+                more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+                raise UsageError(
+                    f"id prefix {name!r} is ambiguous: {len(found)} manifests match ({shown}{more})"
+                )
+        raise ObjectNotFound(f"no manifest id or ref named {name!r}{await self._suggest(name)}")
+
+    async def _suggest(self, name: str) -> str:
+        """The "did you mean" tail of a not-found error: close ref names, or where to look."""
+        refs = [ref.name async for ref in self.store.list_refs("")]
+        close = difflib.get_close_matches(name, refs, n=3, cutoff=0.6)
+        if close:
+            return f"; did you mean {' or '.join(repr(c) for c in close)}? (cas refs lists them)"
+        return " (cas refs lists the refs)" if refs else ""
 
     async def create_ref_once(self, name: str, target: ObjectId) -> bool:
         """Create a ref; False if the name is taken."""
@@ -475,6 +500,8 @@ class Repository:
         return True
 
 
+_ID_PREFIX_RE: Final = re.compile(r"[0-9a-f]{8,63}")
+"""A unique prefix of a manifest id is accepted from 8 hex characters on (as git and restic)."""
 _STAGED_MAX: Final = 64 << 20
 """Read-ahead frames kept in memory when there is no chunk cache."""
 _AHEAD_MAX: Final = 32 << 20

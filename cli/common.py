@@ -5,19 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 from cas.cache import ChunkCache, configured_cache_size
+from cas.errors import UsageError
 from cas.repo import Repository
+from cas.sizes import format_size
 from cas.store import Store, open_store
 
 T = TypeVar("T")
+log = logging.getLogger("cas.cli")
 
 
 def run_with_repo(
@@ -35,6 +40,12 @@ def run_with_repo(
         cache = None
         if use_cache and wants_cache(args, store) and configured_cache_size() > 0:
             cache = ChunkCache()
+        log.info(
+            "store %s%s; chunk cache %s",
+            store.url,
+            " (created now)" if store.created else "",
+            cache.path if cache is not None else "off",
+        )
         try:
             async with store:
                 return await action(Repository(store, cache, level=level))
@@ -73,44 +84,119 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def refuse_json(args: argparse.Namespace, command: str, why: str) -> None:
+    """`--json` where it would mean nothing is an error, not silently ignored."""
+    if getattr(args, "json", False):
+        raise UsageError(f"{command} takes no --json: {why}")
+
+
 def info(args: argparse.Namespace, message: str) -> None:
     """A human summary line on stderr, unless quiet (stdout is kept for ids and data)."""
     if not args.quiet:
         print(message, file=sys.stderr)
 
 
+PROGRESS_MODES = ("auto", "bar", "plain", "none")
+PLAIN_EVERY_S = 5.0
+"""How often `--progress plain` prints a line ($CAS_PROGRESS_INTERVAL seconds overrides)."""
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """`--progress` for the commands that move data (put, get)."""
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="auto",
+        help="auto: a bar on a terminal, plain lines when $CI is set, else none; plain: "
+        f"one line every {PLAIN_EVERY_S:.0f} s (bytes done of the total, rate, ETA; "
+        "NDJSON events on stderr with --json); none: warnings only",
+    )
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    """The mode `--progress auto` stands for here."""
+    if args.quiet:
+        return "none"
+    mode = getattr(args, "progress", "auto")
+    if mode != "auto":
+        return mode
+    if os.environ.get("CI"):
+        return "plain"
+    return "bar" if sys.stderr.isatty() else "none"
+
+
 class BarProgress:
-    """A byte progress bar on a terminal; silent (but warning) elsewhere."""
+    """Progress of a put or get on stderr: a bar, plain lines, NDJSON events, or nothing."""
 
     def __init__(self, args: argparse.Namespace, description: str) -> None:
         self._lock = threading.Lock()
-        enabled = not args.quiet and sys.stderr.isatty() and not os.environ.get("CI")
+        self._mode = progress_mode(args)
+        self._json = bool(getattr(args, "json", False))
+        self._what = description
+        self._done = 0
+        self._total: int | None = None
+        self._started = time.monotonic()
+        self._last_line = self._started
+        self._every = _interval()
         self._bar = (
             tqdm(
                 desc=description,
-                unit="B",
+                unit="iB",  # with the 1024 divisor: KiB, MiB, GiB like every other size shown
                 unit_scale=True,
                 unit_divisor=1024,
                 file=sys.stderr,
                 leave=False,
                 dynamic_ncols=True,
             )
-            if enabled
+            if self._mode == "bar"
             else None
         )
 
     def advance(self, nbytes: int) -> None:
-        """Move the bar."""
-        if self._bar is not None:
-            with self._lock:
+        """Count bytes done; a plain line when the interval has passed."""
+        with self._lock:
+            self._done += nbytes
+            if self._bar is not None:
                 self._bar.update(nbytes)
+            elif self._mode == "plain":
+                now = time.monotonic()
+                if now - self._last_line >= self._every:
+                    self._last_line = now
+                    self._line(now)
 
     def set_total(self, nbytes: int) -> None:
-        """Give the bar an end."""
-        if self._bar is not None:
-            with self._lock:
+        """Give the progress an end."""
+        with self._lock:
+            self._total = nbytes
+            if self._bar is not None:
                 self._bar.total = nbytes
                 self._bar.refresh()
+
+    def _line(self, now: float) -> None:
+        elapsed = max(now - self._started, 1e-6)
+        rate = self._done / elapsed
+        total = self._total
+        eta = (total - self._done) / rate if total is not None and rate > 0 else None
+        if self._json:
+            event = {
+                "event": "progress",
+                "command": self._what,
+                "bytes_done": self._done,
+                "bytes_total": total,
+                "seconds": round(elapsed, 1),
+                "bytes_per_second": round(rate),
+                "eta_seconds": None if eta is None else round(eta),
+            }
+            print(json.dumps(event, sort_keys=True), file=sys.stderr, flush=True)
+            return
+        done = format_size(self._done)
+        of = "" if total is None else f" of {format_size(total)} ({self._done / max(total, 1):.0%})"
+        tail = "" if eta is None else f", ETA {_clock(eta)}"
+        print(
+            f"cas {self._what}: {done}{of} in {_clock(elapsed)}, {format_size(rate)}/s{tail}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def warn(self, message: str) -> None:
         """Warnings always reach stderr, above the bar."""
@@ -124,3 +210,20 @@ class BarProgress:
         """Remove the bar."""
         if self._bar is not None:
             self._bar.close()
+
+
+def _interval() -> float:
+    text = os.environ.get("CAS_PROGRESS_INTERVAL")
+    if text is None:
+        return PLAIN_EVERY_S
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise UsageError(f"CAS_PROGRESS_INTERVAL={text!r}: not a number of seconds") from None
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"

@@ -1,22 +1,26 @@
 """Entry point of the `cas` command.
 
 This is the single place that turns a `CasError` into one line on stderr and
-its exit code (see docs/cli.md for the table). Anything else escaping is a
+its exit code (the table is in the README and in `cas --help`). Anything else escaping is a
 bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import json
+import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from cas import __version__
 from cas.allocator import return_large_blocks
-from cas.errors import CasError, UsageError
+from cas.errors import CasError, PermissionDenied, UsageError
 
 COMMANDS = (
     "put",
@@ -24,22 +28,36 @@ COMMANDS = (
     "ls",
     "cat",
     "diff",
+    "show",
+    "manifests",
     "refs",
     "ref",
     "gc",
     "verify",
     "reindex",
+    "stats",
     "cache",
     "serve",
+    "completion",
 )
 """In help order; each lives in `cas_cli.commands.<name>` (`ref` shares `refs`)."""
-_MODULE = {"ref": "refs"}
+_MODULE = {"ref": "refs", "manifests": "show"}
+_GLOBAL_FLAGS = ("--json", "-q", "--quiet", "-v", "--verbose", "--debug")
+_GLOBAL_VALUED = ("--store",)
+"""Options every command takes, accepted before the command name too (`cas --json refs`)."""
+_NESTED = ("ref", "cache")
+"""Commands with actions: global options go after the action."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2 like every other error."""
 
     def error(self, message: str) -> NoReturn:
+        wrong = re.search(r"invalid choice: '([^']*)'", message)
+        if wrong is not None and self.prog == "cas":
+            close = difflib.get_close_matches(wrong.group(1), COMMANDS, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            message = f"unknown command {wrong.group(1)!r}; {hint}(cas --help lists them)"
         self.exit(UsageError.exit_code, f"cas: error: {self.prog}: {message}\n")
 
 
@@ -51,12 +69,79 @@ def _modules(argv: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(_MODULE.get(name, name) for name in names))
 
 
+NEEDS_SCOPE = {"put": "write", "gc": "admin", "ref": "admin"}
+"""The `cas serve` token scope each command needs (the rest need 'read')."""
+
+
+def _with_scope_hint(command: str, exc: PermissionDenied) -> PermissionDenied:
+    """Name the command the user ran and the scope it needs, not only the call that failed."""
+    text = str(exc)
+    if "scope" not in text:  # not a cas serve refusal (GCS names its IAM role itself)
+        return exc
+    scope = NEEDS_SCOPE.get(command, "read")
+    return PermissionDenied(
+        f"cas {command} needs a token with the {scope!r} scope in $CAS_TOKEN ({text})"
+    )
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Move `--store URL`, `--json` and `-q` given before the command name to after it."""
+    words = list(argv)
+    moved: list[str] = []
+    i = 0
+    while i < len(words) and words[i].startswith("-"):
+        word = words[i]
+        name = word.split("=", 1)[0]
+        if word in _GLOBAL_FLAGS:
+            moved.append(words.pop(i))
+        elif name in _GLOBAL_VALUED:
+            moved.append(words.pop(i))
+            if "=" not in word and i < len(words):
+                moved.append(words.pop(i))
+        else:
+            i += 1  # --version, -h: the top-level parser's own
+    if not moved or i >= len(words):
+        return list(argv)
+    # `ref rm`, `cache info`: after the action, where the options are defined last
+    # (a subparser's defaults would overwrite values parsed before it).
+    at = i + 1
+    if words[i] in _NESTED and at < len(words) and not words[at].startswith("-"):
+        at += 1
+    return words[:at] + moved + words[at:]
+
+
+EPILOG = """\
+examples:
+  ID=$(cas put ./build --ref ci/main/42 --label commit=$SHA)
+  cas get ci/main/42 ./build          # or an id, or a unique id prefix
+  cas show ci/main/42; cas manifests --label commit=$SHA
+
+environment:
+  CAS_STORE              store URL when --store is not given
+  CAS_TOKEN              bearer token for a cas serve store
+  CAS_CACHE_DIR          chunk and files caches (default $XDG_CACHE_HOME/cas)
+  CAS_CACHE_SIZE         chunk cache cap, e.g. 4G (0 disables it)
+  CAS_PROGRESS_INTERVAL  seconds between --progress plain lines (default 5)
+  CI                     when set, progress is plain lines instead of a bar
+  XDG_DATA_HOME          the default store lives in $XDG_DATA_HOME/cas/store
+
+exit codes:
+  0 success               4 corrupt data          8 permission denied
+  1 other failure         5 unsafe manifest       9 source unreadable
+  2 usage error           6 ref exists           10 destination unwritable
+  3 not found             7 store unavailable    11 invalid object format
+                                                 12 put left unreadable files out
+"""
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The commands (those `argv` needs, or all) with their options."""
     parser = _Parser(
         prog="cas",
         description="Content-addressed chunk store: pass build directories between machines, "
         "moving only what changed.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cas {__version__}")
     common = _Parser(add_help=False)
@@ -70,6 +155,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     common.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar and no summary line"
     )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log on stderr what happens: the store opened, parents, retries and their causes, "
+        "cache use, the time of each phase",
+    )
+    common.add_argument(
+        "--debug", action="store_true", help="log everything, the libraries' debug messages too"
+    )
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -81,12 +176,24 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     return_large_blocks()
+    argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
+    if not argv:
+        parser.print_help()
+        return UsageError.exit_code
     args = parser.parse_args(argv)
+    _configure_logging(args)
     try:
         return int(args.run(args) or 0)
     except CasError as exc:
-        print(f"cas: error: {exc}", file=sys.stderr)
+        if isinstance(exc, PermissionDenied):
+            exc = _with_scope_hint(args.command, exc)
+        if getattr(args, "json", False):
+            # Scripts reading --json output get the error in the same form, on stderr.
+            error = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+            print(json.dumps({"error": error}, sort_keys=True), file=sys.stderr)
+        else:
+            print(f"cas: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("cas: interrupted", file=sys.stderr)
@@ -96,6 +203,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = (
+        logging.DEBUG
+        if getattr(args, "debug", False)
+        else logging.INFO
+        if getattr(args, "verbose", False)
+        else logging.WARNING
+    )
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="cas: %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("cas").setLevel(level)
 
 
 def entry() -> None:

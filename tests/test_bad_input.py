@@ -31,8 +31,10 @@ from cas.browse import lookup
 from cas.chunking import ChunkParams
 from cas.errors import (
     DestinationError,
+    IncompletePut,
     IntegrityError,
     ObjectNotFound,
+    PermissionDenied,
     SourceError,
     StoreUnavailable,
     UsageError,
@@ -53,21 +55,27 @@ UNKNOWN_ID = "0123456789abcdef" * 4
 # ---------------------------------------------------------------- running cas
 
 
-def cas(tmp_path: Path, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def cas(
+    tmp_path: Path,
+    *args: str,
+    prefix: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run the real command line; its data and cache dirs live under tmp_path/home."""
     home = tmp_path / "home"
-    env = {
+    full_env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "XDG_DATA_HOME": str(home / "data"),
         "XDG_CACHE_HOME": str(home / "cache"),
         "CAS_CACHE_DIR": str(home / "cache" / "cas"),
     }
-    env.pop("CAS_STORE", None)
-    env.pop("CI", None)
+    full_env.pop("CAS_STORE", None)
+    full_env.pop("CI", None)
+    full_env.update(env or {})
     return subprocess.run(
         [*prefix, sys.executable, "-m", "cas_cli.main", *args],
-        env=env,
+        env=full_env,
         capture_output=True,
         timeout=120,
     )
@@ -331,6 +339,51 @@ def test_put_with_an_unreadable_directory_stores_no_manifest(tmp_path, src):
     assert files_under(store / "manifest") == []
 
 
+def test_skip_unreadable_leaves_them_out_stores_the_rest_and_exits_12(tmp_path, src):
+    prefix = need_unprivileged()
+    locked_file = src / "locked.bin"
+    locked_file.write_bytes(os.urandom(10_000))
+    locked_file.chmod(0)
+    (src / "closed").mkdir()
+    (src / "closed" / "inside.txt").write_text("unseen\n")
+    (src / "closed").chmod(0)
+    store = tmp_path / "store"
+    try:
+        proc = cas(
+            tmp_path, "put", "--skip-unreadable", "--store", str(store), str(src), prefix=prefix
+        )
+    finally:
+        (src / "closed").chmod(0o755)
+        locked_file.chmod(0o644)
+    assert proc.returncode == IncompletePut.exit_code, proc.stderr
+    manifest_id = proc.stdout.decode().strip()
+    stderr = proc.stderr.decode()
+    assert "left out locked.bin" in stderr and "left out closed/" in stderr
+    assert stderr.splitlines()[-1].startswith("cas: error: 2 unreadable")
+    listing = ok(cas(tmp_path, "ls", "--store", str(store), manifest_id))
+    assert "a.txt" in listing and "sub/c.bin" in listing
+    assert "locked.bin" not in listing and "closed" not in listing
+    out = tmp_path / "out"
+    ok(cas(tmp_path, "get", "-q", "--store", str(store), manifest_id, str(out)))
+    assert (out / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert not (out / "locked.bin").exists()
+
+
+def test_put_into_a_read_only_store_names_the_store(tmp_path, src):
+    prefix = need_unprivileged()
+    store = tmp_path / "store"
+    ok(cas(tmp_path, "put", "-q", "--store", str(store), str(tmp_path / "src" / "sub")))
+    modes = {p: p.stat().st_mode for p in [store, *store.rglob("*")] if p.is_dir()}
+    for path in modes:
+        path.chmod(0o555)
+    try:
+        proc = cas(tmp_path, "put", "--store", str(store), str(src), prefix=prefix)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    one_error(proc, PermissionDenied, "permission denied on the store at", str(store))
+
+
 def test_put_exclude_from_a_missing_file(tmp_path, src):
     store = tmp_path / "store"
     missing = tmp_path / "no-such-excludes"
@@ -360,7 +413,13 @@ def test_put_level_not_a_number(tmp_path, src):
 
 @pytest.mark.parametrize(
     ("size", "needle"),
-    [("abc", "--chunk-size"), ("12X", "--chunk-size"), ("100", "chunk"), ("1T", "chunk")],
+    [
+        ("abc", "--chunk-size"),
+        ("12X", "--chunk-size"),
+        ("100", "64K..4M"),
+        ("1k", "64K..4M"),
+        ("1T", "64K..4M"),
+    ],
 )
 def test_put_bad_chunk_size(tmp_path, src, size, needle):
     store = tmp_path / "store"

@@ -98,9 +98,11 @@ def test_refs_are_create_only_from_the_cli(src, tmp_path):
     cas("get", "--store", store, "ci/main/1", str(tmp_path / "out"))
     assert snapshot(tmp_path / "out") == snapshot(src)
     (src / "README").write_text("changed\n")
+    packs = sorted((tmp_path / "s" / "pack").rglob("*"))
     proc = cas("put", "--store", store, str(src), "--ref", "ci/main/1", check=False)
     assert proc.returncode == 6
-    assert b"already exists" in proc.stderr
+    assert b"already exists; nothing was uploaded" in proc.stderr
+    assert sorted((tmp_path / "s" / "pack").rglob("*")) == packs  # checked before uploading
     # The ref still names the first manifest.
     listing = cas("cat", "--store", store, "ci/main/1", "README").stdout
     assert listing == b"hello\n" and len(first.strip()) == 64

@@ -25,6 +25,7 @@ with `get_range`, one frame at a time.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import tempfile
@@ -35,7 +36,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
-from cas.errors import IntegrityError, UsageError
+from cas.errors import CasError, IntegrityError, StoreUnavailable, UsageError
 from cas.ids import ObjectId
 
 
@@ -135,6 +136,8 @@ class Store(ABC):
 
     capabilities: Capabilities = Capabilities()
     url: str = ""
+    created: bool = False
+    """True when opening it made a new, empty store (a put to a mistyped path does)."""
 
     @abstractmethod
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
@@ -297,13 +300,22 @@ class Upload:
         """Append `parts` (one `writev`, retried until all is written)."""
         views = [memoryview(p) for p in parts if len(p)]
         while views:
-            done = os.writev(self.fd, views)
+            try:
+                done = os.writev(self.fd, views)
+            except OSError as exc:
+                raise self.write_error(exc) from None
             self.size += done
             while views and done >= len(views[0]):
                 done -= len(views[0])
                 views.pop(0)
             if views and done:
                 views[0] = views[0][done:]
+
+    def write_error(self, exc: OSError) -> CasError:
+        """A failed spool write, in the user's terms (the local store names itself)."""
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        problem = "the disk is full" if full else (exc.strerror or str(exc))
+        return StoreUnavailable(f"spooling a new {self.kind} before upload: {problem}")
 
     async def finish(self, object_id: ObjectId) -> bool:
         """Name the object `object_id` (create-only): True if created, False if it existed."""

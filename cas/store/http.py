@@ -207,6 +207,12 @@ class HttpStore(Store):
             return response.status, await response.read(), dict(response.headers)
 
     def _transport_error(self, exc: BaseException, what: str) -> StoreUnavailable:
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            # Nothing answered: say so in the user's terms, not the socket library's.
+            return StoreUnavailable(
+                f"{what}: cannot reach cas serve at {self.url} ({exc.os_error.strerror or exc}); "
+                "is it running?"
+            )
         detail = str(exc) or type(exc).__name__
         return StoreUnavailable(f"{what} on {self.url}: {detail}")
 

@@ -72,17 +72,19 @@ _STALE_TMP_SECONDS: Final = 24 * 3600
 T = TypeVar("T")
 
 
-def _translate_error(exc: OSError, what: str) -> CasError:
-    """Map an OS error on the store onto `cas.errors`."""
+def _translate_error(exc: OSError, what: str, root: Path | None = None) -> CasError:
+    """Map an OS error on the store onto `cas.errors`, naming the store and what was attempted."""
     if isinstance(exc, FileNotFoundError):
         return ObjectNotFound(f"{what} not found")
+    where = f"the store at {root}" if root is not None else "the store"
     if isinstance(exc, PermissionError):
-        return PermissionDenied(f"permission denied on {what}: {exc.strerror}")
+        path = f" ({exc.filename})" if exc.filename else ""
+        return PermissionDenied(f"permission denied on {where}: {what}{path}")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreUnavailable(f"store is full writing {what}")
+        return StoreUnavailable(f"{where} is full: {what}")
     if exc.errno == errno.EROFS:
-        return PermissionDenied(f"store is on a read-only file system ({what})")
-    return StoreUnavailable(f"{what}: {exc.strerror or exc}")
+        return PermissionDenied(f"{where} is on a read-only file system: {what}")
+    return StoreUnavailable(f"{what} in {where}: {exc.strerror or exc}")
 
 
 @dataclass
@@ -191,6 +193,7 @@ class LocalStore(Store):
                 tmp.write_text(json.dumps({"layout": LAYOUT}) + "\n")
                 try:
                     os.link(tmp, marker)
+                    self.created = True
                 except FileExistsError:
                     pass  # another process initialised it at the same moment
                 finally:
@@ -230,7 +233,7 @@ class LocalStore(Store):
         except CasError:
             raise  # already typed (ObjectNotFound is also an OSError)
         except OSError as exc:
-            raise _translate_error(exc, what) from None
+            raise _translate_error(exc, what, self.root) from None
 
     def _stage(self, final: str, data: bytes) -> _Staged:
         """Write `data` where no reader can see it yet.
@@ -607,12 +610,20 @@ class _LocalUpload(Upload):
                 self._fd = -1
         if self._fd < 0:
             self._tmp = f"{store._tmp_str}/upload.{secrets.token_hex(8)}"
-            self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                self._fd = os.open(self._tmp, flags, 0o444)
+            except OSError as exc:
+                raise _translate_error(exc, f"a new {kind}", store.root) from None
 
     @property
     def fd(self) -> int:
         """The spooled file's descriptor."""
         return self._fd
+
+    def write_error(self, exc: OSError) -> CasError:
+        """A failed write, naming the store (full, read-only, ...)."""
+        return _translate_error(exc, f"writing a new {self.kind}", self._local.root)
 
     async def finish(self, object_id: ObjectId) -> bool:
         """Make the file durable and link it to its name; False if the name was taken."""

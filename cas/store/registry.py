@@ -89,7 +89,7 @@ def _open_gcs(url: str, create: bool) -> Store:
         import google_crc32c  # noqa: F401
     except ImportError:
         raise UsageError(
-            f"{url}: gs:// stores need the gcs extra: pip install 'cas[gcs]'"
+            f"{url}: gs:// stores need the gcs extra: pip install 'cas-store[gcs]'"
         ) from None
     from cas.store.gcs import GcsStore
 

@@ -10,12 +10,15 @@ succeeded before its answer was lost shows up on the retry as "present".
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
@@ -28,6 +31,7 @@ from cas.store.base import Kind, ObjectInfo, RefInfo, Store
 from cas.store.wrapping import WrappingStore
 
 T = TypeVar("T")
+log = logging.getLogger("cas.store")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,16 @@ class RetryPolicy:
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
             wait=wait_random_exponential(multiplier=self.initial, max=self.maximum),
             reraise=True,
+            before_sleep=_log_retry,
         )
+
+
+def _log_retry(state: RetryCallState) -> None:
+    """`cas -v` shows each retry: the cause, the attempt and the wait."""
+    outcome = state.outcome
+    cause = outcome.exception() if outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.info("retry %d after %s; waiting %.1f s", state.attempt_number, cause, wait)
 
 
 class RetryingStore(WrappingStore):
@@ -59,9 +72,19 @@ class RetryingStore(WrappingStore):
         return functools.partial(RetryingStore, policy=self.policy)
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
-        async for attempt in self.policy.retrying():
-            with attempt:
-                return await call()
+        started = time.monotonic()
+        tries = 0
+        try:
+            async for attempt in self.policy.retrying():
+                with attempt:
+                    tries += 1
+                    return await call()
+        except StoreUnavailable as exc:
+            if tries > 1:  # the user waited through the retries: say how long
+                raise StoreUnavailable(
+                    f"{exc} (gave up after {tries} tries in {time.monotonic() - started:.0f} s)"
+                ) from None
+            raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:

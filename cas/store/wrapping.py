@@ -25,6 +25,7 @@ class WrappingStore(Store):
         self.inner = inner
         self.capabilities = inner.capabilities
         self.url = inner.url
+        self.created = inner.created
 
     def rewrap(self) -> Callable[[Store], Store]:
         """A picklable function that puts this same layer around another store."""

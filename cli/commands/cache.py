@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from pathlib import Path
 
 from cas.cache import ChunkCache, default_cache_dir
 from cas.sizes import format_size, parse_size
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     report.update(
         path=str(stats.path), entries=stats.entries, bytes=stats.bytes, capacity=stats.capacity
     )
+    files = directory / "files.lmdb"
+    files_bytes = _disk_usage(files)
+    report["files_cache"] = {"path": str(files), "bytes": files_bytes}
     if args.json:
         emit_json(report)
     else:
@@ -62,4 +66,15 @@ def run(args: argparse.Namespace) -> int:
             f"{stats.path}: {stats.entries} chunks, {format_size(stats.bytes)} "
             f"of {format_size(stats.capacity)}"
         )
+        print(
+            f"{files}: files and directories cache, {format_size(files_bytes)} on disk "
+            "(entries unused for 30 days are pruned)"
+        )
     return 0
+
+
+def _disk_usage(path: Path) -> int:
+    """Bytes the files of `path` take on disk (0 if it does not exist)."""
+    if not path.is_dir():
+        return 0
+    return sum(f.stat().st_blocks * 512 for f in path.iterdir() if f.is_file())

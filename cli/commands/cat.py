@@ -9,7 +9,7 @@ from cas.browse import lookup, stream_file
 from cas.errors import UsageError
 from cas.objects import FileEntry
 from cas.repo import Repository
-from cas_cli.common import add_cache_options, run_with_repo
+from cas_cli.common import add_cache_options, refuse_json, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     """Execute `cas cat`."""
+    refuse_json(args, "cas cat", "it writes the file's bytes to stdout")
     out = sys.stdout.buffer
 
     async def action(repo: Repository) -> None:

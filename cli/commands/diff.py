@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("old", metavar="A", help="manifest id or ref name")
     p.add_argument("new", metavar="B", help="manifest id or ref name")
+    p.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit with 1 when the manifests differ, 0 when they describe the same tree",
+    )
     p.set_defaults(run=run)
 
 
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 "new_chunk_bytes": d.new_chunk_bytes,
             }
         )
-        return 0
+        return _status(args, d)
     rows = [("+", c, _size(c.new)) for c in d.added]
     rows += [("-", c, _size(c.old)) for c in d.removed]
     rows += [("M", c, f"{_size(c.old)} -> {_size(c.new)}") for c in d.changed]
@@ -71,4 +76,10 @@ def run(args: argparse.Namespace) -> int:
         f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed; "
         f"B names {d.new_chunks} chunks A lacks, {format_size(d.new_chunk_bytes)} uncompressed",
     )
-    return 0
+    return _status(args, d)
+
+
+def _status(args: argparse.Namespace, d: Diff) -> int:
+    """`--exit-code`: 1 when anything differs (as `git diff --exit-code`)."""
+    differs = bool(d.added or d.removed or d.changed)
+    return 1 if args.exit_code and differs else 0

@@ -10,7 +10,14 @@ from cas.get import SOURCES, Downloader, GetOptions, GetStats
 from cas.repo import Repository
 from cas.selection import Selection
 from cas.sizes import format_size
-from cas_cli.common import BarProgress, add_cache_options, emit_json, info, run_with_repo
+from cas_cli.common import (
+    BarProgress,
+    add_cache_options,
+    add_progress_option,
+    emit_json,
+    info,
+    run_with_repo,
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -67,6 +74,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         action="store_true",
         help="read every local file instead of trusting remembered chunk lists",
     )
+    add_progress_option(p)
     p.set_defaults(run=run)
 
 

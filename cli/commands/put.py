@@ -8,7 +8,7 @@ import time
 from cas import codec
 from cas.cache import default_cache_dir
 from cas.chunking import ChunkParams
-from cas.errors import UsageError
+from cas.errors import IncompletePut, UsageError
 from cas.filescache import FilesCache
 from cas.objects import parse_label
 from cas.put import PutOptions, PutResult, Uploader
@@ -16,7 +16,7 @@ from cas.repo import Repository
 from cas.sizes import format_size, parse_size
 from cas.store.local import LocalStore
 from cas.walk import Excludes
-from cas_cli.common import BarProgress, emit_json, info, run_with_repo
+from cas_cli.common import BarProgress, add_progress_option, emit_json, info, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--chunk-size",
         metavar="SIZE",
         default=None,
-        help="average chunk size (default 512K; min = avg/4, max = avg*4)",
+        help="average chunk size, 64K-4M (default 512K; min = avg/4, max = avg*4)",
     )
     p.add_argument(
         "--pack-size",
@@ -93,15 +93,31 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="read every file and ask the store about every object, even those "
         "unchanged since the last put",
     )
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out files and directories that cannot be read, with a warning each; the "
+        "manifest is stored and the exit code is 12 (by default one unreadable file fails the "
+        "put: a build output should be complete)",
+    )
+    add_progress_option(p)
     p.set_defaults(run=run)
+
+
+CHUNK_SIZE_MIN = 64 << 10
+CHUNK_SIZE_MAX = 4 << 20
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute `cas put`."""
     params = ChunkParams()
     if args.chunk_size:
+        avg = parse_size(args.chunk_size, "--chunk-size")
+        if not CHUNK_SIZE_MIN <= avg <= CHUNK_SIZE_MAX:
+            # Smaller chunks multiply objects and index entries; larger ones defeat dedup.
+            raise UsageError(f"--chunk-size {args.chunk_size}: must be 64K..4M")
         try:
-            params = ChunkParams.from_avg(parse_size(args.chunk_size, "--chunk-size"))
+            params = ChunkParams.from_avg(avg)
         except UsageError as exc:
             raise UsageError(f"--chunk-size {args.chunk_size}: {exc}") from None
     options = PutOptions(
@@ -113,12 +129,15 @@ def run(args: argparse.Namespace) -> int:
         reproducible=args.reproducible,
         ref=args.ref,
         parent=args.parent,
+        skip_unreadable=args.skip_unreadable,
         **({"pack_size": parse_size(args.pack_size, "--pack-size")} if args.pack_size else {}),
         **({"workers": max(1, args.workers)} if args.workers else {}),
     )
     progress = BarProgress(args, "put")
 
     async def action(repo: Repository) -> PutResult:
+        if repo.store.created:
+            info(args, f"cas: created a new, empty store at {repo.store.url}")
         files_cache = None
         if not args.no_files_cache:
             files_cache = FilesCache(default_cache_dir(), repo.store.url, options.params)
@@ -165,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 "bytes_uploaded": s.bytes_uploaded,
                 "gc_waits": s.gc_waits,
                 "skipped": [{"path": p, "reason": r} for p, r in s.skipped],
+                "unreadable": [{"path": p, "reason": r} for p, r in s.unreadable],
                 "seconds": round(seconds, 3),
             }
         )
@@ -179,5 +199,11 @@ def run(args: argparse.Namespace) -> int:
             f"{s.chunks_new}/{s.chunks} chunks new, {format_size(s.bytes_uploaded)} uploaded "
             f"in {s.packs} packs"
             + (f", reusing {len(s.parents)} earlier puts" if s.parents else ""),
+        )
+    if s.unreadable:
+        raise IncompletePut(
+            f"{len(s.unreadable)} unreadable files or directories were left out "
+            f"(--skip-unreadable), first {s.unreadable[0][0]}; manifest {result.manifest_id} "
+            "is stored without them"
         )
     return 0

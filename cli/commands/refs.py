@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from datetime import UTC
 
 from cas.errors import CasError, ObjectNotFound
 from cas.repo import Repository
 from cas.sizes import format_size
 from cas.store.base import RefInfo, validate_ref_name
-from cas_cli.common import emit_json, info, run_with_repo
+from cas_cli.common import emit_json, info, refuse_json, run_with_repo
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -63,13 +64,14 @@ def run_list(args: argparse.Namespace) -> int:
     else:
         for ref, size in rows:
             shown = format_size(size) if size is not None else "manifest missing"
-            created = ref.mtime.strftime("%Y-%m-%d %H:%M:%S")
+            created = ref.mtime.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             print(f"{ref.name}\t{ref.target}\t{created}\t{shown}")
     return 0
 
 
 def run_rm(args: argparse.Namespace) -> int:
     """Execute `cas ref rm`."""
+    refuse_json(args, "cas ref rm", "it prints nothing on success (exit code 0)")
     name = validate_ref_name(args.name)
 
     async def action(repo: Repository) -> None:

@@ -12,6 +12,7 @@ from cas.repo import DEFAULT_MAX_CHUNK
 from cas.server.app import DEFAULT_MAX_PACK_UPLOADS
 from cas.sizes import parse_size
 from cas.store import open_store
+from cas_cli.common import refuse_json
 
 DEFAULT_LISTEN = "127.0.0.1:8750"
 
@@ -95,6 +96,7 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute `cas serve`."""
+    refuse_json(args, "cas serve", "it serves until stopped and logs to stderr")
     from cas.server import Limits, TokenTable, build_app, configure_logging, serve
 
     host, port = parse_listen(args.listen)

@@ -6,6 +6,7 @@ import argparse
 
 from cas.errors import IntegrityError, UsageError
 from cas.gc import list_concurrently
+from cas.ids import ObjectId
 from cas.repo import DEFAULT_MAX_CHUNK, Repository
 from cas.store.base import Kind
 from cas.verify import Checker, VerifyReport
@@ -53,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.manifests) == bool(args.all):
         raise UsageError("give manifest ids or refs, or --all (not both)")
 
+    names: dict[ObjectId, list[str]] = {}
+
     async def action(repo: Repository) -> VerifyReport:
+        async for ref in repo.store.list_refs(""):
+            names.setdefault(ref.target, []).append(ref.name)
         checker = Checker(repo, sample=args.sample)
         try:
             if args.all:
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
                         "id": str(p.id),
                         "problem": p.detail,
                         "breaks": [str(m) for m in manifests],
+                        "breaks_refs": sorted(n for m in manifests for n in names.get(m, [])),
                     }
                     for p, manifests in problems
                 ],
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         for problem, manifests in problems:
-            breaks = ", ".join(str(m) for m in manifests) or "no manifest"
+            breaks = ", ".join(_named(m, names) for m in manifests) or "no manifest"
             print(f"{problem.kind} {problem.id}: {problem.detail}; breaks {breaks}")
         info(
             args,
@@ -100,3 +106,9 @@ def run(args: argparse.Namespace) -> int:
             + ("all intact" if report.ok else f"{len(problems)} objects missing or corrupt"),
         )
     return 0 if report.ok else IntegrityError.exit_code
+
+
+def _named(manifest: ObjectId, names: dict[ObjectId, list[str]]) -> str:
+    """A manifest id with the refs that point at it, which is how users know it."""
+    refs = names.get(manifest)
+    return f"{manifest} ({', '.join(sorted(refs))})" if refs else str(manifest)

@@ -111,8 +111,12 @@ def test_verify_names_the_corrupt_chunk_and_the_manifests_it_breaks(store, tmp_p
     assert problem["kind"] == "chunk" and problem["problem"].startswith("corrupt")
     assert set(problem["breaks"]) <= {first, second} and problem["breaks"]
     assert problems[pack]["kind"] == "pack" and problems[pack]["breaks"] == []
+    refs_of = {first: "one", second: "two"}
+    assert problem["breaks_refs"] == sorted(refs_of[m] for m in problem["breaks"])
     text = cas("verify", "--store", store, "one", "two", check=False)
     assert text.returncode == 4 and bad.encode() in text.stdout and b"breaks" in text.stdout
+    broken = problem["breaks"][0]
+    assert f"{broken} ({refs_of[broken]})".encode() in text.stdout  # known by its ref too
 
 
 def test_verify_reports_missing_objects(store, tmp_path):
