@@ -94,6 +94,18 @@ class PutOptions:
             raise UsageError(f"pack size must be 64 KiB..{MAX_PACK_BYTES // 2 >> 20} MiB")
 
 
+def check_source(root: str) -> None:
+    """A put's source must be a readable directory (checked before a store is opened)."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        raise SourceError(f"no such directory: {root}") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read {root}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"not a directory: {root}")
+
+
 @dataclass
 class PutStats:
     """What a put did, for its summary line and `--json`."""
@@ -177,14 +189,7 @@ class Uploader:
     async def put(self, source: str | os.PathLike[str]) -> PutResult:
         """Store the directory `source`; return the manifest id."""
         root = os.fspath(source)
-        try:
-            st = os.stat(root)
-        except FileNotFoundError:
-            raise SourceError(f"no such directory: {root}") from None
-        except OSError as exc:
-            raise SourceError(f"cannot read {root}: {exc.strerror}") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise SourceError(f"not a directory: {root}")
+        check_source(root)
 
         ref = self.options.ref
         if ref is not None and await self._ref_exists(ref):

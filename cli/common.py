@@ -87,6 +87,7 @@ def emit_json(obj: Any) -> None:
 def refuse_json(args: argparse.Namespace, command: str, why: str) -> None:
     """`--json` where it would mean nothing is an error, not silently ignored."""
     if getattr(args, "json", False):
+        args.json = False  # so the refusal itself is a plain error line
         raise UsageError(f"{command} takes no --json: {why}")
 
 

@@ -244,7 +244,7 @@ def test_a_put_that_creates_a_store_says_so(tmp_path):
     store = tmp_path / "typo-store"
     first = cas(tmp_path, "put", "--store", str(store), str(src))
     assert first.returncode == 0
-    assert b"created a new, empty store" in first.stderr
+    assert f"created a new store at file://{store}".encode() in first.stderr
     again = cas(tmp_path, "put", "--store", str(store), str(src))
     assert again.returncode == 0
     assert b"created a new" not in again.stderr

@@ -11,7 +11,7 @@ from cas.chunking import ChunkParams
 from cas.errors import IncompletePut, UsageError
 from cas.filescache import FilesCache
 from cas.objects import parse_label
-from cas.put import PutOptions, PutResult, Uploader
+from cas.put import PutOptions, PutResult, Uploader, check_source
 from cas.repo import Repository
 from cas.sizes import format_size, parse_size
 from cas.store.local import LocalStore
@@ -110,6 +110,7 @@ CHUNK_SIZE_MAX = 4 << 20
 
 def run(args: argparse.Namespace) -> int:
     """Execute `cas put`."""
+    check_source(args.source)  # before the store is opened: a typo creates nothing
     params = ChunkParams()
     if args.chunk_size:
         avg = parse_size(args.chunk_size, "--chunk-size")
@@ -135,9 +136,11 @@ def run(args: argparse.Namespace) -> int:
     )
     progress = BarProgress(args, "put")
 
+    created: list[str] = []  # told after a successful put (an error stays one line)
+
     async def action(repo: Repository) -> PutResult:
         if repo.store.created:
-            info(args, f"cas: created a new, empty store at {repo.store.url}")
+            created.append(repo.store.url)
         files_cache = None
         if not args.no_files_cache:
             files_cache = FilesCache(default_cache_dir(), repo.store.url, options.params)
@@ -186,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 "skipped": [{"path": p, "reason": r} for p, r in s.skipped],
                 "unreadable": [{"path": p, "reason": r} for p, r in s.unreadable],
                 "seconds": round(seconds, 3),
+                "created_store": bool(created),
             }
         )
     else:
@@ -198,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
             f"({format_size(rate)}/s): {s.files_unchanged} unchanged files not read, "
             f"{s.chunks_new}/{s.chunks} chunks new, {format_size(s.bytes_uploaded)} uploaded "
             f"in {s.packs} packs"
-            + (f", reusing {len(s.parents)} earlier puts" if s.parents else ""),
+            + (f", reusing {len(s.parents)} earlier puts" if s.parents else "")
+            + (f"; created a new store at {created[0]}" if created else ""),
         )
     if s.unreadable:
         raise IncompletePut(
