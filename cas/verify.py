@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -30,6 +30,9 @@ from cas.repo import MAX_INDEX_BLOB, Repository
 from cas.store.base import Kind
 
 _BATCH: Final = 1000
+_BATCH_RAW_BYTES: Final = 8 << 20
+"""A read's decoded bytes: with 16 reads at once, verify's memory stays near 200 MB
+whatever the tree (1000 chunks of a large file per read took 2.7 GB on 10.5 GB)."""
 
 
 @dataclass(frozen=True)
@@ -208,9 +211,7 @@ class Checker:
                 problems |= self._bad[key]
             elif not self._good.contains_many("chunk", [key])[0]:
                 todo[chunk_id] = loc
-        ids = list(todo)
-        for start in range(0, len(ids), _BATCH):
-            batch = {i: todo[i] for i in ids[start : start + _BATCH]}
+        for batch in _batches(todo):
             problems |= await self._read_chunks(batch)
         return frozenset(problems)
 
@@ -317,3 +318,17 @@ async def verify_manifests(
         return checker.report
     finally:
         checker.close()
+
+
+def _batches(todo: dict[ObjectId, Location]) -> Iterator[dict[ObjectId, Location]]:
+    """Reads of at most `_BATCH` chunks and `_BATCH_RAW_BYTES` decoded bytes (at least one)."""
+    batch: dict[ObjectId, Location] = {}
+    size = 0
+    for chunk_id, loc in todo.items():
+        if batch and (len(batch) >= _BATCH or size + loc.raw > _BATCH_RAW_BYTES):
+            yield batch
+            batch, size = {}, 0
+        batch[chunk_id] = loc
+        size += loc.raw
+    if batch:
+        yield batch

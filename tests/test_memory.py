@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cas.ids import ObjectId
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -92,3 +97,22 @@ def test_in_place_get_of_a_changed_large_file_stays_small(tmp_path):
     # Typically 75-110 MB, for a 512 MiB file.
     assert rss < 300, f"in-place get peak RSS {rss:.0f} MB"
     print(f"peak RSS: in-place get {rss:.0f} MB")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=20 << 20), max_size=300))
+def test_verify_reads_stay_within_the_byte_budget(sizes):
+    """verify's reads cover every chunk once, in order, each within its decoded-bytes budget."""
+    from cas.packindex import Location
+    from cas.verify import _BATCH, _BATCH_RAW_BYTES, _batches
+
+    todo = {
+        ObjectId(i.to_bytes(32, "big")): Location(ObjectId(bytes(32)), 0, 1, raw)
+        for i, raw in enumerate(sizes)
+    }
+    batches = list(_batches(todo))
+    assert [i for b in batches for i in b] == list(todo)
+    for batch in batches:
+        assert 1 <= len(batch) <= _BATCH
+        total = sum(loc.raw for loc in batch.values())
+        assert total <= _BATCH_RAW_BYTES or len(batch) == 1
