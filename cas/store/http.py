@@ -581,7 +581,14 @@ def _error_from_record(record: dict[str, Any], where: str) -> CasError:
             str(record.get("id", "?")),
             f"{record.get('detail', message)} (reported by {where})",
         )
-    return _NAMED_ERRORS.get(name, StoreUnavailable)(f"{where}: {message}")
+    known = _NAMED_ERRORS.get(name)
+    if known is None:
+        # A bug or a newer server: retrying would not help, so say what came back.
+        return CasError(
+            f"{where}: the server answered with an error this client does not know "
+            f"({name or 'no error name'}: {message or 'no message'}); is it a newer cas?"
+        )
+    return known(f"{where}: {message}")
 
 
 def _json_field(body: bytes, key: str, expected: type, url: str) -> Any:

@@ -308,3 +308,23 @@ async def test_packs_are_put_one_request_each_a_few_at_a_time(hostile):
     assert await store.put_many(Kind.PACK, packs) == [True] * 10
     assert sorted(paths) == sorted(("PUT", f"/v1/pack/{i}", len(d)) for i, d in packs)
     assert peak == 4
+
+
+async def test_an_unknown_error_name_fails_once_and_clearly(hostile):
+    """A bug or a newer server: not retried as if the store were busy."""
+    calls = 0
+    routes = web.RouteTableDef()
+
+    @routes.route("*", "/{tail:.*}")
+    async def any_request(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        await request.read()
+        record = {"error": "QuotaExceededV9", "message": "a newer server's error"}
+        return web.json_response(record, status=422)
+
+    store = RetryingStore(await hostile(routes), RetryPolicy(attempts=4, initial=0.01))
+    with pytest.raises(CasError, match=r"does not know .*QuotaExceededV9") as raised:
+        await store.put_if_absent(Kind.PACK, OID, b"x")
+    assert not isinstance(raised.value, StoreUnavailable)
+    assert calls == 1
