@@ -90,6 +90,18 @@ class IncompletePut(CasError):
     exit_code = 12
 
 
+class ConcurrentGcError(CasError):
+    """Collections kept deleting what a put needed; the put could not settle."""
+
+    exit_code = 13
+
+
+class LeaseLost(CasError):
+    """A collection could not renew its lease in time and stopped deleting."""
+
+    exit_code = 14
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -105,5 +117,7 @@ EXIT_CODES: dict[str, int] = {
         DestinationError,
         FormatError,
         IncompletePut,
+        ConcurrentGcError,
+        LeaseLost,
     )
 }

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
+from cas.errors import CasError, FormatError, IntegrityError, LeaseLost, ObjectNotFound
 from cas.gcfence import RECORD_KEEP_SECONDS
 from cas.gcrecords import BEAT, DONE, START, RunTracker, new_run_id, record_body, write_record
 from cas.ids import ObjectId
@@ -57,10 +57,6 @@ REPACK_BELOW: Final = 0.7
 Chosen by `benchmarks/churn.py` (docs/benchmarks.md): over 38 simulated CI runs,
 stored/live stayed above 1.3x in 4 of 29 runs at 0.7 against 12 at 0.5, for
 about 11 MB of frames copied per run."""
-
-
-class LeaseLost(CasError):
-    """The collection could not renew its lease in time and stopped deleting."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from cas.errors import CasError
+from cas.errors import ConcurrentGcError
 from cas.gcrecords import RunTracker
 from cas.store.base import Store
 
@@ -35,10 +35,6 @@ RECORD_KEEP_SECONDS: Final = 7 * 86400
 _SLACK: Final = 1.0
 _REPAIRS: Final = 3
 """Repairs a put attempts before it gives up on settling."""
-
-
-class ConcurrentGcError(CasError):
-    """Collections kept deleting what a put needed; the put could not settle."""
 
 
 class GcFence:

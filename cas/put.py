@@ -33,10 +33,10 @@ from typing import Final
 from cas import __version__, codec
 from cas.chunking import ChunkParams, FastCdcChunker
 from cas.dirscache import DirsCache
-from cas.errors import AlreadyExists, ObjectNotFound, SourceError, UsageError
+from cas.errors import AlreadyExists, ConcurrentGcError, ObjectNotFound, SourceError, UsageError
 from cas.filecut import CutSettings
 from cas.filescache import FilesCache, LastPuts, PutJournal
-from cas.gcfence import ConcurrentGcError, GcFence
+from cas.gcfence import GcFence
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import Manifest, Totals, now_rfc3339
 from cas.pack import MAX_PACK_BYTES, TARGET_PACK_BYTES, trailer_bytes

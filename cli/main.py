@@ -131,6 +131,8 @@ exit codes:
   2 usage error           6 ref exists           10 destination unwritable
   3 not found             7 store unavailable    11 invalid object format
                                                  12 put left unreadable files out
+                                                 13 put raced gc (rerun)
+                                                 14 gc lost its lease (rerun)
 """
 
 

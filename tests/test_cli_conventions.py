@@ -337,3 +337,15 @@ def test_global_options_before_a_nested_command(tmp_path, stored):
         r["name"] for r in json.loads(ok(cas(tmp_path, "--json", "--store", str(store), "refs")))
     ]
     assert names == ["ci/main/42"]
+
+
+def test_every_error_has_one_exit_code_a_readme_row_and_a_help_line(tmp_path):
+    from cas.errors import EXIT_CODES
+
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| (\d+) \| `(\w+)` \|", readme, flags=re.M))
+    assert {name: int(code) for code, name in rows.items()} == EXIT_CODES
+    assert len(set(EXIT_CODES.values())) == len(EXIT_CODES)  # no two errors share a code
+    help_text = ok(cas(tmp_path, "--help"))
+    for code in EXIT_CODES.values():
+        assert re.search(rf"(^|\s){code} \w", help_text.split("exit codes:")[1]), code
