@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cas.errors import IntegrityError, UsageError
+from cas.errors import IntegrityError, ObjectNotFound, UsageError
 from cas.gc import list_concurrently
 from cas.ids import ObjectId
 from cas.repo import DEFAULT_MAX_CHUNK, Repository
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="check that manifests can be read in full; report missing and corrupt objects",
         description="Fetch every tree and chunk the manifests reach, decompress and hash each, "
         "and report missing or corrupt objects with the manifests they break. Exit code 4 "
-        "when anything is damaged.",
+        "when anything is corrupt, 3 when objects are only missing.",
     )
     p.add_argument("manifests", nargs="*", metavar="ID|REF", help="manifest ids or ref names")
     p.add_argument(
@@ -105,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
             f"{report.chunks_checked} chunks: "
             + ("all intact" if report.ok else f"{len(problems)} objects missing or corrupt"),
         )
-    return 0 if report.ok else IntegrityError.exit_code
+    if report.ok:
+        return 0
+    corrupt = any(p.detail.startswith("corrupt") for p, _ in problems)
+    return IntegrityError.exit_code if corrupt else ObjectNotFound.exit_code
 
 
 def _named(manifest: ObjectId, names: dict[ObjectId, list[str]]) -> str:

@@ -125,7 +125,7 @@ def test_verify_reports_missing_objects(store, tmp_path):
         if pack.is_file():
             pack.unlink()
     proc = cas("verify", "--store", store, manifest, check=False)
-    assert proc.returncode == 4 and b": missing: pack " in proc.stdout
+    assert proc.returncode == 3 and b": missing: pack " in proc.stdout  # missing, not corrupt
     assert b"; breaks " + manifest.encode() in proc.stdout
 
 
@@ -147,7 +147,7 @@ def test_a_ref_to_a_missing_manifest(store, tmp_path):
         {"name": "ci/x", "target": manifest, "created": rows[0]["created"], "bytes": None}
     ]
     proc = cas("verify", "--store", store, "ci/x", check=False)
-    assert proc.returncode == 4 and f"manifest {manifest}: missing".encode() in proc.stdout
+    assert proc.returncode == 3 and f"manifest {manifest}: missing".encode() in proc.stdout
     report = json.loads(cas("gc", "--store", store, "--grace", "0s", "--json").stdout)
     assert report["unreadable"] == [{"kind": "manifest", "id": manifest, "problem": "missing"}]
     got = cas("get", "--store", store, "ci/x", str(tmp_path / "out"), check=False)
