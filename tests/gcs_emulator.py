@@ -38,10 +38,10 @@ def required(backend: str) -> bool:
 
 
 def unavailable(backend: str, why: str) -> None:
-    """Skip, or fail when the backend is required."""
+    """Skip, or fail when the backend (or facility: privileges, mounts) is required."""
     if required(backend):
-        pytest.fail(f"{backend} backend is required (CAS_TEST_REQUIRE/CI) but {why}")
-    pytest.skip(f"{backend} backend unavailable: {why}")
+        pytest.fail(f"{backend} is required (CAS_TEST_REQUIRE/CI) but {why}")
+    pytest.skip(f"{backend} unavailable: {why}")
 
 
 def binary_path() -> Path:

@@ -46,6 +46,7 @@ from cas.put import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore
+from tests.gcs_emulator import unavailable
 from tests.helpers_hostile import leftovers, snapshot_tree
 
 ROOT = Path(__file__).parent.parent
@@ -151,14 +152,14 @@ def mount_namespace_prefix() -> tuple[str, ...] | None:
 def need_unprivileged() -> tuple[str, ...]:
     prefix = unprivileged_prefix()
     if prefix is None:
-        pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE (no usable setpriv)")
+        unavailable("privileges", "running as root and cannot drop CAP_DAC_OVERRIDE (setpriv)")
     return prefix
 
 
 def need_mount_namespace() -> tuple[str, ...]:
     prefix = mount_namespace_prefix()
     if prefix is None:
-        pytest.skip("cannot create a private mount namespace to mount a tmpfs (unshare --mount)")
+        unavailable("mounts", "cannot make a private mount namespace for a tmpfs (unshare)")
     return prefix
 
 

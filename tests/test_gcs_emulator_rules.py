@@ -10,7 +10,7 @@ from tests.gcs_emulator import required, unavailable
 def test_required_backends_fail_instead_of_skipping(monkeypatch):
     monkeypatch.setenv("CAS_TEST_REQUIRE", "http,gcs")
     assert required("gcs")
-    with pytest.raises(pytest.fail.Exception, match="gcs backend is required"):
+    with pytest.raises(pytest.fail.Exception, match="gcs is required"):
         unavailable("gcs", "the emulator could not start")
 
 
