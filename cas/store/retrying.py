@@ -9,8 +9,10 @@ succeeded before its answer was lost shows up on the retry as "present".
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -141,24 +143,45 @@ class RetryingStore(WrappingStore):
         await self._call(once)
 
     def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        return self._restartable(lambda: self.inner.list(kind, prefix))
+        return self._restartable(lambda: self.inner.list(kind, prefix), lambda i: i.id)
 
     def list_refs(self, prefix: str = "") -> AsyncIterator[RefInfo]:
-        return self._restartable(lambda: self.inner.list_refs(prefix))
+        return self._restartable(lambda: self.inner.list_refs(prefix), lambda r: r.name)
 
-    async def _restartable(self, start: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
-        """Retry a listing that fails before its first item; later failures propagate.
+    async def _restartable(
+        self, start: Callable[[], AsyncIterator[T]], name_of: Callable[[T], object]
+    ) -> AsyncIterator[T]:
+        """A listing that fails anywhere is started again, skipping what it already gave.
 
-        Listings have no set order, so a listing cut off halfway cannot be
-        resumed without repeating or skipping names.
+        Listings have no set order, so the names already delivered are kept
+        (32 bytes and change per object: a gc of millions of objects holds such
+        sets anyway) and a restarted listing passes over them, as restic does.
         """
-        async for attempt in self.policy.retrying():
-            with attempt:
-                iterator = start()
-                try:
-                    first = await anext(iterator)
-                except StopAsyncIteration:
-                    return
-        yield first
-        async for item in iterator:
-            yield item
+        delivered: set[object] = set()
+        started = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                async for item in start():
+                    name = name_of(item)
+                    if name in delivered:
+                        continue
+                    delivered.add(name)
+                    yield item
+                return
+            except StoreUnavailable as exc:
+                policy = self.policy
+                if tries >= policy.attempts or time.monotonic() - started > policy.deadline:
+                    raise StoreUnavailable(
+                        f"{exc} (listing gave up after {tries} tries, {len(delivered)} names "
+                        "delivered)"
+                    ) from None
+                wait = random.uniform(0, min(policy.maximum, policy.initial * 2**tries))
+                log.info(
+                    "listing restarted after %s (%d names so far); waiting %.1f s",
+                    exc,
+                    len(delivered),
+                    wait,
+                )
+                await asyncio.sleep(wait)

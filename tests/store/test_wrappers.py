@@ -120,6 +120,42 @@ async def test_listing_that_fails_before_its_first_item_is_restarted(local):
     assert listed == ids
 
 
+async def test_listing_cut_off_halfway_resumes_without_repeating_or_skipping(local):
+    """A transient error late in a long listing (a gc over millions of objects) is survived."""
+    ids = {hash_bytes(b"%d" % i) for i in range(50)}
+    for oid in ids:
+        await local.put_if_absent(Kind.PACK, oid, b"d")
+    cuts = [17, 33]  # the first two listings die after this many items
+
+    class CutOff(WrappingStore):
+        async def list(self, kind, prefix=""):
+            limit = cuts.pop(0) if cuts else None
+            n = 0
+            async for info in self.inner.list(kind, prefix):
+                if limit is not None and n == limit:
+                    raise StoreUnavailable("connection reset mid-listing")
+                n += 1
+                yield info
+
+    listed = [info.id async for info in RetryingStore(CutOff(local), FAST).list(Kind.PACK)]
+    assert sorted(listed) == sorted(ids)  # every name once
+    assert cuts == []
+
+
+async def test_a_listing_that_keeps_failing_gives_up_and_says_so(local):
+    for i in range(3):
+        await local.put_if_absent(Kind.PACK, hash_bytes(b"%d" % i), b"d")
+
+    class AlwaysCut(WrappingStore):
+        async def list(self, kind, prefix=""):
+            async for info in self.inner.list(kind, prefix):
+                yield info
+                raise StoreUnavailable("reset")
+
+    with pytest.raises(StoreUnavailable, match="listing gave up after"):
+        [i async for i in RetryingStore(AlwaysCut(local), FAST).list(Kind.PACK)]
+
+
 async def test_call_cap_bounds_calls_in_flight(local):
     in_flight = peak = 0
 
