@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Final, Protocol
+from typing import BinaryIO, Final, Literal, Protocol, cast
 
 import pyfastcdc
 
@@ -112,7 +112,7 @@ class FastCdcChunker:
             params.avg_size,
             min_size=params.min_size,
             max_size=params.max_size,
-            normalized_chunking=params.normalization,
+            normalized_chunking=cast(Literal[0, 1, 2, 3], params.normalization),
             seed=params.seed,
         )
 

@@ -262,10 +262,10 @@ class Downloader:
         s.extra_files, s.extra_bytes = layout.extra_files()
         s.extra_paths = list(layout.extras)
         s.files_untouched = len(identical)
-        s.bytes_untouched = sum(f.entry.size for f in todo.files if f.path in identical)  # type: ignore[union-attr]
+        s.bytes_untouched = sum(_file_size(f) for f in todo.files if f.path in identical)
         s.dry_run = True  # until `_apply` has written
         s.files = len(to_write)
-        s.bytes_written = sum(f.entry.size for f in to_write)  # type: ignore[union-attr]
+        s.bytes_written = sum(_file_size(f) for f in to_write)
         s.dirs = len(todo.dirs)
         s.symlinks = len(todo.symlinks)
 
@@ -283,7 +283,7 @@ class Downloader:
         s = self.stats
         s.dry_run = False
         s.files = s.bytes_written = s.dirs = s.symlinks = 0
-        self.progress.set_total(sum(f.entry.size for f in to_write))  # type: ignore[union-attr]
+        self.progress.set_total(sum(_file_size(f) for f in to_write))
         before_cache = (self.repo.chunks_from_cache, self.repo.bytes_from_cache)
         before_store = (self.repo.chunks_from_store, self.repo.bytes_from_store)
         with Destination(dest) as out:
@@ -675,3 +675,10 @@ async def get_manifest(
 ) -> GetStats:
     """Convenience wrapper: one `Downloader`, one get."""
     return await Downloader(repo, progress).get(manifest_id, dest)
+
+
+def _file_size(located: Located) -> int:
+    """The size of a planned file (plans hold files only where sizes are asked)."""
+    entry = located.entry
+    assert isinstance(entry, FileEntry)
+    return entry.size

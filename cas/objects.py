@@ -442,7 +442,7 @@ def _is_int(value: Any) -> bool:
 
 def _int(obj: Mapping[str, Any], key: str, where: str, lo: int, hi: int) -> int:
     value = obj.get(key)
-    if not _is_int(value) or not lo <= value <= hi:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise FormatError(f"{where}: '{key}' must be an integer in [{lo}, {hi}]")
     return value
 

@@ -67,7 +67,7 @@ class _Batch:
     seq: int
     files: list[tuple[_Dir, SourceEntry]] = field(default_factory=list)
     size: int = 0
-    future: Future[list[FileEntry]] | None = None
+    future: Future[list[FileEntry | None]] | None = None
 
 
 class TreeWalk:

@@ -18,3 +18,17 @@ def test_ruff_check_passes():
         pytest.fail("ruff is not installed; install the test extras: pip install -e '.[test]'")
     proc = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_passes():
+    """Type hints are checked, not only written (the settings are in pyproject.toml)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "cas", "cli"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    if "No module named mypy" in proc.stderr:
+        pytest.fail("mypy is not installed; install the test extras: pip install -e '.[test]'")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -120,7 +120,8 @@ async def authorize(request: web.Request, handler: Handler) -> web.StreamRespons
         raise Refusal(401, "Unauthorized", "the bearer token is not valid", scope=needed.label)
     request[SCOPE] = granted
     if granted < needed:
-        action = f"{request.method} {request.match_info.route.resource.canonical}"
+        resource = request.match_info.route.resource
+        action = f"{request.method} {resource.canonical if resource else request.path}"
         raise Refusal(
             403,
             "PermissionDenied",

@@ -220,9 +220,11 @@ async def put_object(request: web.Request) -> web.Response:
     kind, object_id = _kind(request), _object_id(request)
     limits = request.app[LIMITS]
     async with contextlib.AsyncExitStack() as slots:
+        pack_slots: asyncio.Semaphore = request.app[PACK_SLOTS]
+        upload_slots: asyncio.Semaphore = request.app[UPLOAD_SLOTS]
         if kind is Kind.PACK:
-            await slots.enter_async_context(request.app[PACK_SLOTS])
-        await slots.enter_async_context(request.app[UPLOAD_SLOTS])
+            await slots.enter_async_context(pack_slots)
+        await slots.enter_async_context(upload_slots)
         body = await read_body(request, limits.body(kind), f"{kind} {object_id}")
         await asyncio.to_thread(verify_upload, kind, object_id, body, limits)
         created = await request.app[STORE].put_if_absent(kind, object_id, body)

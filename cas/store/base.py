@@ -25,6 +25,7 @@ with `get_range`, one frame at a time.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
 import os
 import re
@@ -207,7 +208,9 @@ class Store(ABC):
         await asyncio.gather(*(probe(i) for i in set(ids)))
         return absent
 
-    async def put_many(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
+    async def put_many(
+        self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]
+    ) -> builtins.list[bool]:
         """`put_if_absent` for each item, in order; same guarantees per object.
 
         The default runs up to `capabilities.max_concurrency` at a time;

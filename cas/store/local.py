@@ -488,7 +488,7 @@ class LocalStore(Store):
             return out
 
         for shard in await self._run(shards, f"{kind} listing"):
-            for info in await self._run(lambda s=shard: scan(s), f"{kind} listing"):
+            for info in await self._run(functools.partial(scan, shard), f"{kind} listing"):
                 yield info
 
     async def delete(self, kind: Kind, object_id: ObjectId) -> None:

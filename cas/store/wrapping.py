@@ -7,6 +7,7 @@ conformance suite can check the layers themselves.
 
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 
@@ -78,7 +79,9 @@ class WrappingStore(Store):
     async def missing(self, kind: Kind, ids: Collection[ObjectId]) -> set[ObjectId]:
         return await self.inner.missing(kind, ids)
 
-    async def put_many(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
+    async def put_many(
+        self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]
+    ) -> builtins.list[bool]:
         return await self.inner.put_many(kind, items)
 
     async def get_many(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import Any
 
 from cas.cache import ChunkCache, default_cache_dir
 from cas.sizes import format_size, parse_size
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         if args.cache_action == "prune":
             target = parse_size(args.max_size, "--max-size") if args.max_size else cache.capacity
             freed = cache.evict_to(target)
-            report = {"freed_bytes": freed}
+            report: dict[str, Any] = {"freed_bytes": freed}
         elif args.cache_action == "clear":
             cache.clear()
             shutil.rmtree(directory / "files.lmdb", ignore_errors=True)

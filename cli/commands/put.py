@@ -11,6 +11,7 @@ from cas.chunking import ChunkParams
 from cas.errors import IncompletePut, UsageError
 from cas.filescache import FilesCache
 from cas.objects import parse_label
+from cas.pack import TARGET_PACK_BYTES
 from cas.put import PutOptions, PutResult, Uploader, check_source
 from cas.repo import Repository
 from cas.sizes import format_size, parse_size
@@ -131,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
         ref=args.ref,
         parent=args.parent,
         skip_unreadable=args.skip_unreadable,
-        **({"pack_size": parse_size(args.pack_size, "--pack-size")} if args.pack_size else {}),
-        **({"workers": max(1, args.workers)} if args.workers else {}),
+        pack_size=parse_size(args.pack_size, "--pack-size")
+        if args.pack_size
+        else TARGET_PACK_BYTES,
+        workers=max(1, args.workers) if args.workers else PutOptions.workers,
     )
     progress = BarProgress(args, "put")
 
