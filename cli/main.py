@@ -39,9 +39,10 @@ COMMANDS = (
     "cache",
     "serve",
     "completion",
+    "manpage",
 )
 """In help order; each lives in `cas_cli.commands.<name>` (`ref` shares `refs`)."""
-_MODULE = {"ref": "refs", "manifests": "show"}
+_MODULE = {"ref": "refs", "manifests": "show", "manpage": "completion"}
 _GLOBAL_FLAGS = ("--json", "-q", "--quiet", "-v", "--verbose", "--debug")
 _GLOBAL_VALUED = ("--store",)
 """Options every command takes, accepted before the command name too (`cas --json refs`)."""

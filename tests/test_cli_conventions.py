@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -349,3 +350,15 @@ def test_every_error_has_one_exit_code_a_readme_row_and_a_help_line(tmp_path):
     help_text = ok(cas(tmp_path, "--help"))
     for code in EXIT_CODES.values():
         assert re.search(rf"(^|\s){code} \w", help_text.split("exit codes:")[1]), code
+
+
+def test_the_man_page_lists_every_command(tmp_path):
+    page = ok(cas(tmp_path, "manpage"))
+    assert page.startswith(".TH CAS")
+    for command in ("put", "get", "show", "manifests", "stats", "completion"):
+        assert f"\\fI\\,{command}\\/" in page, command
+    if shutil.which("groff"):
+        rendered = subprocess.run(
+            ["groff", "-man", "-Tutf8"], input=page.encode(), capture_output=True
+        )
+        assert rendered.returncode == 0 and b"manifests" in rendered.stdout
