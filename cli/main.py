@@ -85,6 +85,26 @@ def _with_scope_hint(command: str, exc: PermissionDenied) -> PermissionDenied:
     )
 
 
+EXAMPLES = {
+    "put": "cas put ./build --ref ci/main/42 --label commit=$SHA --exclude '*.o'",
+    "get": "cas get ci/main/42 ./build   (or ci/main/42:bin ./bin for one subtree)",
+    "ls": "cas ls ci/main/42 bin/",
+    "cat": "cas cat ci/main/42 bin/app > app",
+    "diff": "cas diff ci/main/41 ci/main/42 --exit-code",
+    "show": "cas show ci/main/42",
+    "manifests": "cas manifests --label commit=$SHA --last 5",
+    "refs": "cas refs ci/main/",
+    "gc": "cas gc --keep-last 10 'ci/main/*' --dry-run",
+    "verify": "cas verify ci/main/42   (or --all --sample 0.05)",
+    "reindex": "cas reindex ci/main/42",
+    "stats": "cas stats --chunks",
+    "serve": "cas serve --store /srv/cas --listen 0.0.0.0:8431 --token-file tokens",
+    "completion": "cas completion bash > /etc/bash_completion.d/cas",
+    "manpage": "cas manpage > /usr/local/share/man/man1/cas.1",
+}
+"""One example per command, shown at the end of its --help."""
+
+
 def hoist_global_options(argv: Sequence[str]) -> list[str]:
     """Move `--store URL`, `--json` and `-q` given before the command name to after it."""
     words = list(argv)
@@ -173,6 +193,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     for name in _modules(argv):
         importlib.import_module(f"cas_cli.commands.{name}").register(sub, common)
+    for name, command in sub.choices.items():
+        example = EXAMPLES.get(name)
+        if example is not None and command.epilog is None:
+            command.epilog = f"example: {example}. Exit codes, environment: cas --help."
     return parser
 
 

@@ -362,3 +362,11 @@ def test_the_man_page_lists_every_command(tmp_path):
             ["groff", "-man", "-Tutf8"], input=page.encode(), capture_output=True
         )
         assert rendered.returncode == 0 and b"manifests" in rendered.stdout
+
+
+def test_every_command_help_ends_with_an_example(tmp_path):
+    from cas_cli.main import COMMANDS, EXAMPLES
+
+    assert set(EXAMPLES) == set(COMMANDS) - {"ref", "cache"}  # those two have actions
+    text = ok(cas(tmp_path, "put", "--help"))
+    assert "example: cas put ./build" in text
