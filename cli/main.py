@@ -40,6 +40,7 @@ COMMANDS = (
     "serve",
     "completion",
     "manpage",
+    "docs",
 )
 """In help order; each lives in `cas_cli.commands.<name>` (`ref` shares `refs`)."""
 _MODULE = {"ref": "refs", "manifests": "show", "manpage": "completion"}
@@ -101,6 +102,7 @@ EXAMPLES = {
     "serve": "cas serve --store /srv/cas --listen 0.0.0.0:8431 --token-file tokens",
     "completion": "cas completion bash > /etc/bash_completion.d/cas",
     "manpage": "cas manpage > /usr/local/share/man/man1/cas.1",
+    "docs": "cas docs gc",
 }
 """One example per command, shown at the end of its --help."""
 

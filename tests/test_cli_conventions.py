@@ -370,3 +370,43 @@ def test_every_command_help_ends_with_an_example(tmp_path):
     assert set(EXAMPLES) == set(COMMANDS) - {"ref", "cache"}  # those two have actions
     text = ok(cas(tmp_path, "put", "--help"))
     assert "example: cas put ./build" in text
+
+
+def test_the_documentation_ships_with_the_command(tmp_path):
+    listing = ok(cas(tmp_path, "docs"))
+    assert "gc" in listing and "format" in listing and "http-api" in listing
+    assert ok(cas(tmp_path, "docs", "gc")).startswith("# Garbage collection")
+    one_error(cas(tmp_path, "docs", "nope"), ObjectNotFound, "no chapter 'nope'", "gc")
+    assert "cas docs gc" in ok(cas(tmp_path, "gc", "--help"))
+
+
+def test_an_installed_copy_holds_the_documentation(tmp_path):
+    """`pip install .` (not a checkout) must still answer `cas docs`, and install no `cli`."""
+    target = tmp_path / "site"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert (target / "cas_cli" / "docs" / "gc.md").is_file()
+    assert not (target / "cli").exists()  # the folder maps to cas_cli, no top-level `cli`
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    shown = subprocess.run(
+        [sys.executable, "-c", "from cas_cli.main import main; main(['docs', 'gc'])"],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert shown.stdout.startswith(b"# Garbage collection"), shown.stderr

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="delete objects no kept ref or recent manifest reaches (needs delete rights)",
         description="Keep every ref (minus those the rules expire) and every manifest younger "
         "than the grace period, with all they reach; delete the rest once it is older than the "
-        "grace period. Safe while puts run (docs/gc.md).",
+        "grace period. Safe while puts run (the protocol: cas docs gc).",
     )
     p.add_argument(
         "--grace",

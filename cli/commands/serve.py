@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "serve",
         parents=[common],
         help="serve a store over HTTP to other machines",
-        description="Serve the store given by --store over HTTP (see docs/http-api.md). "
+        description="Serve the store given by --store over HTTP (the protocol: cas docs http-api). "
         "Uploads are verified (hash and size) before they are stored. Clients use "
         "--store http(s)://HOST:PORT with their token in CAS_TOKEN.",
     )
