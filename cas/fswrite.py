@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import os
 import secrets
@@ -40,6 +41,9 @@ from cas.errors import CasError, DestinationError, UnsafeManifest
 from cas.objects import check_name
 
 TEMP_PREFIX: Final = ".cas-tmp-"
+WRITE_PREFIX: Final = TEMP_PREFIX + "w"
+"""Files being written: each is held under an exclusive `flock` by its writer, so a later
+get can tell a dead writer's file (lock free: removed at once) from a live one's."""
 STALE_TEMP_SECONDS: Final = 3600
 # setuid/setgid bits from a manifest are never applied.
 _MODE_MASK: Final = 0o1777
@@ -78,7 +82,7 @@ class Destination:
         try:
             os.makedirs(self.root, exist_ok=True)
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            remove_stale_temporaries(self._root_fd)
+            self.leftovers_removed = remove_stale_temporaries(self._root_fd)
             self._handles = DirectoryHandles(
                 self._root_fd,
                 lambda parts: check_name(parts[-1], _describe(parts)),
@@ -113,8 +117,8 @@ class Destination:
         finally:
             self._handles.release(fd)
 
-    def _temp_name(self) -> str:
-        return f"{TEMP_PREFIX}{self._token}{next(self._serial):x}"
+    def _temp_name(self, prefix: str = TEMP_PREFIX) -> str:
+        return f"{prefix}{self._token}{next(self._serial):x}"
 
     def make_dir(self, parts: Parts, name: str) -> None:
         """Create `parts/name`, owner-writable until `finish_dir`; an existing one is fine."""
@@ -131,7 +135,7 @@ class Destination:
                     mode = os.fstat(probe).st_mode
                     if mode & 0o700 != 0o700:  # left read-only by an earlier get
                         os.fchmod(probe, (mode | 0o700) & 0o7777)
-                    remove_stale_temporaries(probe)
+                    self.leftovers_removed += remove_stale_temporaries(probe)
                 finally:
                     os.close(probe)
             except OSError as exc:
@@ -141,7 +145,7 @@ class Destination:
         """Start writing `parts/name`; nothing appears at that name until `commit`."""
         check_name(name, _describe(parts, name))
         parent = self._handles.acquire(parts)
-        temp = self._temp_name()
+        temp = self._temp_name(WRITE_PREFIX)
         try:
             fd = os.open(
                 temp,
@@ -149,6 +153,7 @@ class Destination:
                 0o600,
                 dir_fd=parent,
             )
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: never contended
         except OSError as exc:
             self._handles.release(parent)
             raise _fail(exc, "creating", _describe(parts, name)) from None
@@ -281,11 +286,13 @@ class Destination:
 
 
 def remove_stale_temporaries(dir_fd: int) -> int:
-    """Delete temp files an interrupted get left in this directory.
+    """Delete temporaries an interrupted get left in this directory; return how many.
 
-    Only names with our prefix whose ctime is over `STALE_TEMP_SECONDS` old:
-    a younger one may belong to a get still running here (ctime, unlike
-    mtime, cannot be set back by the writer).
+    A file being written (`WRITE_PREFIX`) is held under an exclusive lock by
+    its writer: if the lock can be taken, its writer is gone and it goes at
+    once. Other temporaries (entries set aside) go when their ctime is over
+    `STALE_TEMP_SECONDS` old: a younger one may belong to a get still running
+    here (ctime, unlike mtime, cannot be set back by the writer).
     """
     cutoff = time.time() - STALE_TEMP_SECONDS
     removed = 0
@@ -296,10 +303,25 @@ def remove_stale_temporaries(dir_fd: int) -> int:
     for name in names:
         with contextlib.suppress(OSError):
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if st.st_ctime < cutoff:
+            dead = st.st_ctime < cutoff
+            if not dead and name.startswith(WRITE_PREFIX) and stat.S_ISREG(st.st_mode):
+                dead = _writer_gone(dir_fd, name)
+            if dead:
                 _remove_entry(dir_fd, name)
                 removed += 1
     return removed
+
+
+def _writer_gone(dir_fd: int, name: str) -> bool:
+    """True when nobody holds the lock its writer took on `name`."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # also drops a lock just taken
+    return True
 
 
 def _remove_entry(dir_fd: int, name: str) -> None:

@@ -112,6 +112,8 @@ class GetStats:
     extra_bytes: int = 0
     extra_paths: list[str] = field(default_factory=list)
     deleted: int = 0
+    leftovers_removed: int = 0
+    """Temporaries an interrupted get had left in the destination, removed by this one."""
     """Extra paths removed (`--delete`)."""
     planned: dict[str, SourceCount] = field(default_factory=dict)
     dry_run: bool = False
@@ -298,6 +300,7 @@ class Downloader:
             finally:
                 await asyncio.to_thread(self._cleanup, out)
             await asyncio.to_thread(self._finish_dirs, out, todo.dirs)
+            s.leftovers_removed = out.leftovers_removed
         s.chunks_from_cache = self.repo.chunks_from_cache - before_cache[0]
         s.bytes_from_cache = self.repo.bytes_from_cache - before_cache[1]
         s.chunks_from_store = self.repo.chunks_from_store - before_store[0]

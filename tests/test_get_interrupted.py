@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -84,7 +85,48 @@ def test_sigkill_mid_update_leaves_each_file_old_or_new(tmp_path):
             mixed_seen = True
             break
     assert mixed_seen, "no kill landed in the middle of the update"
-    # A later get finishes the job; the killed one's temporaries are not files of the tree.
-    get(store, id_b, dest, delete=True)
-    leftovers = {k for k in snapshot(dest) if k.split("/")[-1].startswith(".cas-tmp-")}
-    assert {k: v for k, v in snapshot(dest).items() if k not in leftovers} == snapshot(b)
+    # A later get finishes the job and removes what the killed one was writing, at once
+    # (its writer's lock is free), and says so.
+    before = {k for k in snapshot(dest) if k.split("/")[-1].startswith(".cas-tmp-")}
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cas_cli.main",
+            "get",
+            "--delete",
+            "--json",
+            "--no-cache",
+            "--store",
+            str(store),
+            str(id_b),
+            str(dest),
+        ],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    report = json.loads(again.stdout)
+    assert snapshot(dest) == snapshot(b)  # nothing else left behind
+    assert report["leftovers_removed"] == len(before)
+
+
+def test_a_dead_writers_temporary_goes_at_once_a_live_ones_stays(tmp_path):
+    import fcntl
+
+    from cas.fswrite import WRITE_PREFIX, remove_stale_temporaries
+
+    dead = tmp_path / f"{WRITE_PREFIX}dead0"
+    live = tmp_path / f"{WRITE_PREFIX}live0"
+    aside = tmp_path / ".cas-tmp-aside0"  # set aside by a get: only removed when old
+    for path in (dead, live, aside):
+        path.write_bytes(b"partial")
+    holder = os.open(live, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a get still writing it
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert remove_stale_temporaries(dir_fd) == 1
+    finally:
+        os.close(dir_fd)
+        os.close(holder)
+    assert not dead.exists() and live.exists() and aside.exists()

@@ -141,6 +141,7 @@ def stats_json(s: GetStats) -> dict[str, Any]:
         "extra_bytes": s.extra_bytes,
         "extra_paths": s.extra_paths,
         "deleted": s.deleted,
+        "leftovers_removed": s.leftovers_removed,
         "seconds": round(s.seconds, 3),
     }
 
@@ -161,6 +162,11 @@ def summary(s: GetStats, deleted: bool) -> str:
         f"destination {format_size(s.bytes_from_destination)}, "
         f"seeds {format_size(s.bytes_from_seeds)}; "
         f"{s.seconds:.1f}s ({format_size(rate)}/s)"
+        + (
+            f"; removed {s.leftovers_removed} temporary files an interrupted get had left"
+            if s.leftovers_removed
+            else ""
+        )
     )
 
 
