@@ -7,6 +7,10 @@ Backends convert provider errors into these once, at their edge.
 
 from __future__ import annotations
 
+import re
+
+_ID = re.compile(r"[0-9a-f]{64}")
+
 
 class CasError(Exception):
     """Something went wrong in cas."""
@@ -21,9 +25,27 @@ class UsageError(CasError):
 
 
 class ObjectNotFound(CasError, FileNotFoundError):
-    """An object, ref or path that was asked for does not exist."""
+    """An object, ref or path that was asked for does not exist.
+
+    `kind` and `object_id` name the stored object when it was one (a pack,
+    an index...), so callers can act on which object is gone without
+    parsing the message.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, *, kind: str | None = None, object_id: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.object_id = object_id
+
+    @classmethod
+    def named(cls, what: str, message: str) -> ObjectNotFound:
+        """The error for a store call on `what` ("pack 3f2a... [bytes 0-9]" names an object)."""
+        words = what.split()
+        if len(words) >= 2 and _ID.fullmatch(words[1]):
+            return cls(message, kind=words[0], object_id=words[1])
+        return cls(message)
 
 
 class IntegrityError(CasError):

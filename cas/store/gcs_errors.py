@@ -91,7 +91,7 @@ def translate_status(status: int, body: bytes, call: GcsCall, location: GcsLocat
         lowered = message.lower()
         if call.bucket_level or ("bucket" in lowered and "not exist" in lowered):
             return bucket_missing(location)
-        return ObjectNotFound(f"{call.what} not found in {location.url}")
+        return ObjectNotFound.named(call.what, f"{call.what} not found in {location.url}")
     if status == 403 and reasons & _RATE_LIMIT_REASONS:
         return StoreUnavailable(f"GCS rate limit on {location.url} for {call.what}{detail}")
     if status == 403:

@@ -229,7 +229,7 @@ class HttpStore(Store):
         if status == 403:
             return PermissionDenied(f"{on}: {reason or f'needs the {scope!r} scope'}")
         if status == 404:
-            return ObjectNotFound(f"{what} not found on {self.url}")
+            return ObjectNotFound.named(what, f"{what} not found on {self.url}")
         if status in (409, 412):
             return AlreadyExists(f"{what} already exists on {self.url}")
         if status in (400, 413, 416):
@@ -391,7 +391,11 @@ class HttpStore(Store):
                 if raw_id != expected:
                     raise StoreUnavailable(f"{what} on {self.url}: answer out of order")
                 if length == ABSENT:
-                    raise ObjectNotFound(f"{kind} {expected} not found on {self.url}")
+                    raise ObjectNotFound(
+                        f"{kind} {expected} not found on {self.url}",
+                        kind=kind,
+                        object_id=str(expected),
+                    )
                 if length > max_size:
                     raise IntegrityError(
                         str(kind), str(expected), f"stored size {length} exceeds {max_size}"

@@ -75,7 +75,7 @@ T = TypeVar("T")
 def _translate_error(exc: OSError, what: str, root: Path | None = None) -> CasError:
     """Map an OS error on the store onto `cas.errors`, naming the store and what was attempted."""
     if isinstance(exc, FileNotFoundError):
-        return ObjectNotFound(f"{what} not found")
+        return ObjectNotFound.named(what, f"{what} not found")
     where = f"the store at {root}" if root is not None else "the store"
     if isinstance(exc, PermissionError):
         path = f" ({exc.filename})" if exc.filename else ""
@@ -384,7 +384,9 @@ class LocalStore(Store):
         try:
             fd = os.open(self._path(kind, object_id), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ObjectNotFound(f"{kind} {object_id} not found") from None
+            raise ObjectNotFound(
+                f"{kind} {object_id} not found", kind=kind, object_id=str(object_id)
+            ) from None
         with os.fdopen(fd, "rb", buffering=0) as f:
             size = os.fstat(fd).st_size
             if size > max_size:
@@ -414,7 +416,9 @@ class LocalStore(Store):
         try:
             fd = os.open(self._path(kind, object_id), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ObjectNotFound(f"{kind} {object_id} not found") from None
+            raise ObjectNotFound(
+                f"{kind} {object_id} not found", kind=kind, object_id=str(object_id)
+            ) from None
         try:
             size = os.fstat(fd).st_size
             if offset + length > size:  # checked first: never allocate for a hostile length

@@ -59,8 +59,14 @@ async def test_kinds_are_separate_namespaces(store):
 
 
 async def test_get_missing_raises_object_not_found(store):
-    with pytest.raises(ObjectNotFound):
-        await store.get(Kind.PACK, oid(b"absent"), max_size=10)
+    absent = oid(b"absent")
+    with pytest.raises(ObjectNotFound) as raised:
+        await store.get(Kind.PACK, absent, max_size=10)
+    # Which object is gone, without parsing the message (gc, verify and repair use it).
+    assert (str(raised.value.kind), raised.value.object_id) == (str(Kind.PACK), str(absent))
+    with pytest.raises(ObjectNotFound) as ranged:
+        await store.get_range(Kind.PACK, absent, 0, 1)
+    assert ranged.value.object_id == str(absent)
     with pytest.raises(FileNotFoundError):  # the dual base lets plain callers catch it
         await store.stat(Kind.PACK, oid(b"absent"))
 
