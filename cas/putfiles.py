@@ -56,14 +56,16 @@ PROCESSES_FROM: Final = 64 << 20
 
 _Read = tuple[list[FileEntry | None], list[tuple[str, CachedFile]]]
 """A batch's entries (None: left out as unreadable) and its files-cache records."""
-Counter = Callable[..., None]
+CountStats = Callable[..., None]
 """Adds to the put's statistics (thread-safe)."""
 
 
 class WriterFeed:
     """Hands encoded objects from any thread to the put's pack writer, on the event loop."""
 
-    def __init__(self, writer: PackWriter, loop: asyncio.AbstractEventLoop, count: Counter) -> None:
+    def __init__(
+        self, writer: PackWriter, loop: asyncio.AbstractEventLoop, count: CountStats
+    ) -> None:
         self.writer = writer
         self._loop = loop
         self._count = count
@@ -97,7 +99,7 @@ class FileStage:
         started_ns: int,
         abort: threading.Event,
         progress: Progress,
-        count: Counter,
+        count: CountStats,
     ) -> None:
         self.settings = settings
         self.level = level
@@ -240,10 +242,14 @@ class FileStage:
         for warning in described.warnings:
             self._progress.warn(warning)
         for rel, reason in described.unreadable:
-            self._progress.warn(f"left out {rel}: {reason}")
-        with self._claim_lock:
-            self.unreadable.extend(described.unreadable)
+            self.leave_out(rel, reason)
         return described.entries, described.remember
+
+    def leave_out(self, rel: str, reason: str) -> None:
+        """Note a file or directory left out as unreadable (`skip_unreadable`); any thread."""
+        self._progress.warn(f"left out {rel}: {reason}")
+        with self._claim_lock:
+            self.unreadable.append((rel, reason))
 
     # ------------------------------------------------------------ worker processes
 

@@ -33,7 +33,7 @@ from cas.ids import ObjectId, hash_bytes
 from cas.objects import DirEntry, Entry, FileEntry, SymlinkEntry, Totals, Tree
 from cas.pack import ObjectKind
 from cas.progress import Progress
-from cas.putfiles import Counter, FileStage
+from cas.putfiles import CountStats, FileStage
 from cas.walk import Excludes, SourceEntry, list_directory
 
 BATCH_BYTES: Final = 8 << 20
@@ -61,6 +61,15 @@ class _Dir:
     """The last batch holding one of its own files."""
     done: tuple[ObjectId, Totals] | None = None
 
+    def add_file(self, entry: FileEntry | None) -> None:
+        """File a described entry (None: left out as unreadable, so not remembered)."""
+        if entry is None:
+            self.skipped = True
+        else:
+            self.results.append(
+                (entry, Totals(files=1, bytes=entry.size, chunks=len(entry.chunks)))
+            )
+
 
 @dataclass(eq=False)
 class _Batch:
@@ -85,7 +94,7 @@ class TreeWalk:
         in_flight: int,
         abort: threading.Event,
         progress: Progress,
-        count: Counter,
+        count: CountStats,
     ) -> None:
         self.files = files
         self.settings = settings
@@ -130,8 +139,7 @@ class TreeWalk:
                 except SourceError as exc:
                     if not self.files.skip_unreadable:
                         raise
-                    self._progress.warn(f"left out {child.rel}/: {exc}")
-                    self.files.unreadable.append((child.rel + "/", str(exc)))
+                    self.files.leave_out(child.rel + "/", str(exc))
                     node.skipped = True  # not remembered by the directories cache
                     continue
                 stack.append((sub, iter([c for c in sub.children if c.is_dir])))
@@ -216,10 +224,7 @@ class TreeWalk:
         assert batch.future is not None
         entries = batch.future.result()
         for (owner, _), entry in zip(batch.files, entries, strict=True):
-            if entry is None:  # left out as unreadable
-                owner.skipped = True
-            else:
-                owner.results.append((entry, _file_totals(entry)))
+            owner.add_file(entry)
         self._finished = batch.seq + 1
 
     def _check_abort(self) -> None:
@@ -241,10 +246,7 @@ class TreeWalk:
                 alone_from=self.settings.params.max_size,
             ):
                 for entry in self.files.run(batch):
-                    if entry is None:
-                        node.skipped = True
-                    else:
-                        node.results.append((entry, _file_totals(entry)))
+                    node.add_file(entry)
         links = 0
         for child in node.children:
             if child.is_symlink:
@@ -335,7 +337,3 @@ class TreeWalk:
 
     def _mtime(self, child: SourceEntry) -> int | None:
         return child.st.st_mtime_ns if self.settings.mtimes else None
-
-
-def _file_totals(entry: FileEntry) -> Totals:
-    return Totals(files=1, bytes=entry.size, chunks=len(entry.chunks))

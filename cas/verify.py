@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 import blake3
 
-from cas.batching import abatched
+from cas.batching import abatched, batch_by_size
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.idset import IdSet
@@ -320,15 +320,13 @@ async def verify_manifests(
         checker.close()
 
 
-def _batches(todo: dict[ObjectId, Location]) -> Iterator[dict[ObjectId, Location]]:
+def _batches(todo: dict[ObjectId, Location]) -> list[dict[ObjectId, Location]]:
     """Reads of at most `_BATCH` chunks and `_BATCH_RAW_BYTES` decoded bytes (at least one)."""
-    batch: dict[ObjectId, Location] = {}
-    size = 0
-    for chunk_id, loc in todo.items():
-        if batch and (len(batch) >= _BATCH or size + loc.raw > _BATCH_RAW_BYTES):
-            yield batch
-            batch, size = {}, 0
-        batch[chunk_id] = loc
-        size += loc.raw
-    if batch:
-        yield batch
+    groups = batch_by_size(
+        todo.items(),
+        lambda item: item[1].raw,
+        max_bytes=_BATCH_RAW_BYTES,
+        max_items=_BATCH,
+        alone_from=_BATCH_RAW_BYTES + 1,
+    )
+    return [dict(group) for group in groups]
