@@ -97,7 +97,13 @@ def validate_ref_name(name: str) -> str:
     A segment may not start with `.` or `-` so names can never mean `..`,
     a hidden file or an option.
     """
-    if not isinstance(name, str) or not name or len(name.encode()) > MAX_REF_BYTES:
+    # surrogatepass: a name from argv that is not UTF-8 (surrogate-escaped) is
+    # refused by the segment check below, not by an encoding error.
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_REF_BYTES
+    ):
         raise UsageError(f"invalid ref name {name!r}: empty or longer than {MAX_REF_BYTES} bytes")
     for segment in name.split("/"):
         if not _REF_SEGMENT.fullmatch(segment):
