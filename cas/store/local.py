@@ -84,6 +84,10 @@ def _translate_error(exc: OSError, what: str, root: Path | None = None) -> CasEr
         return StoreUnavailable(f"{where} is full: {what}")
     if exc.errno == errno.EROFS:
         return PermissionDenied(f"{where} is on a read-only file system: {what}")
+    if exc.errno == errno.ENAMETOOLONG:
+        # A valid ref name may hold a segment longer than a file name may be
+        # here: no such ref can exist, and retrying cannot help.
+        return UsageError(f"{what}: a name in it is too long for the file system of {where}")
     return StoreUnavailable(f"{what} in {where}: {exc.strerror or exc}")
 
 
@@ -551,7 +555,10 @@ class LocalStore(Store):
         def work() -> str:
             if path.is_dir():
                 raise ObjectNotFound(f"ref {name!r} not found")
-            return path.read_text().strip()
+            try:
+                return path.read_text().strip()
+            except NotADirectoryError:  # a shorter ref is a file where a directory would be
+                raise ObjectNotFound(f"ref {name!r} not found") from None
 
         try:
             text = await self._run(work, f"ref {name!r}")
@@ -591,7 +598,9 @@ class LocalStore(Store):
         path = self._ref_path(name)
 
         def work() -> None:
-            with contextlib.suppress(FileNotFoundError):
+            # Not a directory: a shorter ref is a file on the way; is a directory:
+            # only longer refs exist under this name. Either way this ref is absent.
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 os.unlink(path)
 
         await self._run(work, f"ref {name}")
