@@ -126,13 +126,18 @@ def trailer_bytes(entries: Iterable[PackEntry]) -> bytes:
 
 def entries_from_trailer(pack_id: ObjectId, trailer: bytes, *, max_chunk: int) -> list[PackEntry]:
     """Parse a trailer kept apart from its pack (a put's journal), checked like one read with it."""
+    _check_trailer_length(pack_id, trailer)
+    frames = sum(stored for _, _, _, stored, _ in ENTRY.iter_unpack(trailer))
+    size = len(HEAD_MAGIC) + frames + len(trailer) + FOOTER.size
+    return parse_trailer(pack_id, trailer, size, max_chunk=max_chunk)
+
+
+def _check_trailer_length(pack_id: ObjectId, trailer: bytes) -> None:
+    """A trailer's length is whole entries (checked here, not left to `struct`'s error)."""
     if len(trailer) % ENTRY.size:
         raise IntegrityError(
             "pack", str(pack_id), "trailer length is not a whole number of entries"
         )
-    frames = sum(stored for _, _, _, stored, _ in ENTRY.iter_unpack(trailer))
-    size = len(HEAD_MAGIC) + frames + len(trailer) + FOOTER.size
-    return parse_trailer(pack_id, trailer, size, max_chunk=max_chunk)
 
 
 def build_pack(
@@ -165,6 +170,7 @@ def parse_trailer(
     pack_id: ObjectId, trailer: bytes, pack_size: int, *, max_chunk: int
 ) -> list[PackEntry]:
     """The entries a trailer lists, checked to tile the pack's frame area exactly."""
+    _check_trailer_length(pack_id, trailer)
     where = str(pack_id)
     frames_end = pack_size - len(trailer) - FOOTER.size
     expected = len(HEAD_MAGIC)
