@@ -90,17 +90,40 @@ def _hex_prefix(request: web.Request) -> str:
 
 
 async def read_body(request: web.Request, limit: int, what: str) -> bytes:
-    """The whole request body, refusing (413) anything past `limit` bytes without reading it all."""
+    """The whole request body, refusing (413) anything past `limit` bytes without reading it all.
+
+    The body must arrive within the grace period plus one second per
+    `min_body_rate` bytes received (`Limits`), else `408`: the caller may
+    hold an upload slot meanwhile, and a trickling client must not keep it.
+    A client that goes away mid-body is `400`, not a server error.
+    """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise Refusal(413, "TooLarge", f"{what}: body of {declared} bytes exceeds {limit}")
+    limits = request.app[LIMITS]
+    started = asyncio.get_running_loop().time()
     body = bytearray()
-    async for piece in request.content.iter_any():
+    while True:
+        deadline = started + limits.body_grace + len(body) / limits.min_body_rate
+        try:
+            async with asyncio.timeout_at(deadline):
+                piece = await request.content.readany()
+        except TimeoutError:
+            raise Refusal(
+                408,
+                "RequestTimeout",
+                f"{what}: body arrives too slowly ({len(body)} bytes in "
+                f"{asyncio.get_running_loop().time() - started:.0f} s; after "
+                f"{limits.body_grace:g} s at least {limits.min_body_rate} bytes/s)",
+            ) from None
+        except ConnectionResetError:
+            raise UsageError(f"{what}: the client went away after {len(body)} bytes") from None
+        if not piece:
+            return bytes(body)
         body += piece
         request[BYTES_IN] = len(body)
         if len(body) > limit:
             raise Refusal(413, "TooLarge", f"{what}: body exceeds {limit} bytes")
-    return bytes(body)
 
 
 async def _read_json(request: web.Request, what: str) -> Any:

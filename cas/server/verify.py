@@ -40,11 +40,25 @@ def frame_bound(max_size: int) -> int:
     return max_size + (max_size >> 7) + 4096
 
 
+DEFAULT_BODY_GRACE: Final = 20.0
+"""Seconds any upload body may take before it must keep up `MIN_BODY_RATE`."""
+MIN_BODY_RATE: Final = 16 << 10
+"""Bytes per second an upload body must average after its grace period."""
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Largest chunk accepted, and from it the upload caps per kind."""
+    """Largest chunk accepted, and from it the upload caps per kind; how slowly a body may arrive.
+
+    An upload holds one of the server's few upload slots while its body
+    arrives, so a body may take `body_grace` seconds plus one second per
+    `min_body_rate` bytes received; a slower one is refused (408) and its
+    slot freed, and a stalled or trickling client cannot stall the others.
+    """
 
     max_chunk: int = DEFAULT_MAX_CHUNK
+    body_grace: float = DEFAULT_BODY_GRACE
+    min_body_rate: int = MIN_BODY_RATE
 
     def content(self, kind: Kind) -> int:
         """Largest uncompressed size of a single-frame object (manifests, gc records)."""

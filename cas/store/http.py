@@ -5,7 +5,7 @@ event loop carries every call; `missing` is one request per up to
 `MAX_MISSING_IDS` ids. Failures are typed once, in `_translate_status` and
 `_transport_error`:
 
-- 429, 5xx, timeouts and dropped connections -> `StoreUnavailable` (the
+- 408, 429, 5xx, timeouts and dropped connections -> `StoreUnavailable` (the
   `RetryingStore` around this backend retries those);
 - 401 / 403 -> `PermissionDenied` naming the server and the scope needed;
 - 404 -> `ObjectNotFound`; 409 / 412 -> `AlreadyExists` (refs);
@@ -236,7 +236,7 @@ class HttpStore(Store):
             return UsageError(f"{on}: {reason or f'HTTP {status}'}")
         if status == 422:
             return _error_from_record(_json_object(body), on)
-        if status == 429 or status >= 500:
+        if status in (408, 429) or status >= 500:
             return StoreUnavailable(f"{on}: HTTP {status}" + (f" ({reason})" if reason else ""))
         return CasError(f"{on}: unexpected HTTP {status}" + (f" ({reason})" if reason else ""))
 

@@ -10,6 +10,7 @@ import sys
 from cas.errors import UsageError
 from cas.repo import DEFAULT_MAX_CHUNK
 from cas.server.app import DEFAULT_MAX_PACK_UPLOADS
+from cas.server.verify import DEFAULT_BODY_GRACE, MIN_BODY_RATE
 from cas.sizes import parse_size
 from cas.store import open_store
 from cas_cli.common import refuse_json
@@ -60,6 +61,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="packs received and verified at once; more wait (default %(default)s; memory "
         "~ N x 128 MiB at most)",
     )
+    p.add_argument(
+        "--body-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_BODY_GRACE,
+        help=f"an upload body gets SECONDS plus one second per {MIN_BODY_RATE >> 10} KiB "
+        "received; a slower one "
+        "is refused (408) so it frees its upload slot (default %(default)g)",
+    )
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate chain")
     p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
     p.add_argument(
@@ -103,7 +113,14 @@ def run(args: argparse.Namespace) -> int:
     if args.token_file is None and not args.anonymous_read:
         raise UsageError("cas serve needs --token-file, --anonymous-read, or both")
     tokens = TokenTable.load(args.token_file) if args.token_file else TokenTable()
-    limits = Limits(max_chunk=parse_size(args.max_chunk_size, "--max-chunk-size"))
+    if not args.body_timeout > 0:
+        raise UsageError(
+            f"--body-timeout must be a positive number of seconds, got {args.body_timeout}"
+        )
+    limits = Limits(
+        max_chunk=parse_size(args.max_chunk_size, "--max-chunk-size"),
+        body_grace=args.body_timeout,
+    )
     tls = tls_context(args.tls_cert, args.tls_key)
     configure_logging(args.quiet)
 
