@@ -68,6 +68,8 @@ LAYOUT: Final = "cas.local-store/2"
 FORMAT_1_LAYOUT: Final = "cas.local-store/1"
 MARKER: Final = "cas-store.json"
 _STALE_TMP_SECONDS: Final = 24 * 3600
+_SKELETON: Final = frozenset([*(kind.value for kind in Kind), "refs", "tmp"])
+"""The directories `_open` makes for a new store before it writes the marker."""
 
 T = TypeVar("T")
 
@@ -123,6 +125,22 @@ def _libc() -> ctypes.CDLL | None:
 
 def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC)
+
+
+def _unfinished_skeleton(root: Path) -> bool:
+    """Whether `root` holds nothing but what creating a store makes before its marker.
+
+    A process killed while it created the store leaves empty namespace
+    directories (and maybe its marker's temp file) without the marker; the
+    next one finishes the job instead of refusing the directory as foreign.
+    """
+    for entry in root.iterdir():
+        if entry.name not in _SKELETON or not entry.is_dir() or entry.is_symlink():
+            return False
+        allowed = "marker." if entry.name == "tmp" else None
+        if any(allowed is None or not p.name.startswith(allowed) for p in entry.iterdir()):
+            return False
+    return True
 
 
 def _check_layout(root: Path, info: object) -> None:
@@ -185,7 +203,7 @@ class LocalStore(Store):
                 raise ObjectNotFound(f"no cas store at {self.root}")
             else:
                 self.root.mkdir(parents=True, exist_ok=True)
-                if any(p.name != MARKER for p in self.root.iterdir()):
+                if not _unfinished_skeleton(self.root):
                     raise UsageError(
                         f"{self.root} is not empty and not a cas store; refusing to write into it"
                     )

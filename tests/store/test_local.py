@@ -124,3 +124,20 @@ async def test_get_range_is_one_pread_of_exactly_the_range(tmp_path):
     await store.put_if_absent(Kind.PACK, object_id, data)
     assert await store.get_range(Kind.PACK, object_id, 1000, 3000) == data[1000:4000]
     await store.aclose()
+
+
+def test_a_store_whose_creation_was_killed_before_its_marker_is_finished(tmp_path):
+    """`cas put` killed while it created the store: the re-run must not call it foreign."""
+    root = tmp_path / "s"
+    for name in ("pack", "index", "manifest", "gc", "refs", "tmp"):
+        (root / name).mkdir(parents=True)
+    (root / "tmp" / "marker.0123456789abcdef").write_text('{"layout": "cas.local-store/2"}\n')
+    store = LocalStore(root, fsync=False)
+    assert store.created
+    assert json.loads((root / "cas-store.json").read_text()) == {"layout": "cas.local-store/2"}
+    # (the dead creator's marker temp stays in tmp/ until temps a day old go: another
+    # process creating the store at this moment may own it)
+    # Anything else in such a directory still makes it foreign.
+    (tmp_path / "t" / "pack" / "ab").mkdir(parents=True)
+    with pytest.raises(UsageError, match="not a cas store"):
+        LocalStore(tmp_path / "t")
