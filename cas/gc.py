@@ -288,6 +288,10 @@ class Collector:
         """(kind, id) reachable but indexed only in packs that are gone."""
         self._checked_packs: set[ObjectId] = set()
         self._marked_prefixes: dict[bytes, ObjectId] = {}
+        self._unread_roots: set[bytes] = set()
+        """First 16 bytes of roots whose manifest or indexes could not be read: a damaged
+        read (a flipped or cut answer) is no proof that they reach nothing, so every
+        index named after them is kept, and no pack is swept."""
         """First 16 bytes of each marked manifest id (an index name starts with them)."""
         self._started = datetime.now(UTC)
 
@@ -336,6 +340,11 @@ class Collector:
                 {f"deleted_{k.value}s": c.objects for k, c in self.report.deleted.items()}
             )
         return self.report
+
+    def check_lease(self) -> None:
+        """Raise unless a delete may start now (no lease in a dry run: nothing is deleted)."""
+        if self._lease is not None:
+            self._lease.check()
 
     async def _refresh_roots(self) -> None:
         """Before a beat: mark the manifests and refs that appeared since the last listing.
@@ -396,15 +405,16 @@ class Collector:
         self._reachable.add_many(Kind.INDEX.value, [index.name])
 
     def _sweepable(self, kind: Kind) -> bool:
-        """Manifests and indexes always; packs only while every root's index was readable.
+        """Manifests and indexes always; packs only while every root's manifest and index
+        was readable.
 
-        Which packs a manifest without a readable index needs is unknown, so
-        no pack is deleted (restic's prune likewise stops when reachable data
-        is missing).
+        Which packs a root whose manifest or index could not be read needs is
+        unknown, so no pack is deleted (restic's prune likewise stops when
+        reachable data is missing).
         """
         if kind is not Kind.PACK:
             return True
-        if any(k is Kind.INDEX for k, _, _ in self.report.unreadable):
+        if self._unread_roots or any(k is Kind.INDEX for k, _, _ in self.report.unreadable):
             self.report.sweep_skipped = True
             return False
         return True
@@ -430,6 +440,7 @@ class Collector:
                     return
                 except (IntegrityError, FormatError) as exc:
                     self.report.unreadable.append((Kind.MANIFEST, manifest_id, f"corrupt: {exc}"))
+                    self._unread_roots.add(bytes(manifest_id)[:16])
                     return
                 try:
                     indexes = await self.repo.indexes_of(manifest_id)
@@ -440,6 +451,7 @@ class Collector:
                 self._marked_prefixes[bytes(manifest_id)[:16]] = manifest_id
                 if not indexes:
                     self.report.unreadable.append((Kind.INDEX, manifest_id, problem))
+                    self._unread_roots.add(bytes(manifest_id)[:16])
                     return
                 for index in indexes:
                     self._mark_index(index)
@@ -477,6 +489,11 @@ class Collector:
                 if not self._sweepable(kind):
                     return
                 known = self._reachable.contains_many(kind.value, [i.id for i in items])
+                if kind is Kind.INDEX and self._unread_roots:
+                    known = [
+                        k or bytes(i.id)[:16] in self._unread_roots
+                        for i, k in zip(items, known, strict=True)
+                    ]
                 if kind is Kind.PACK and self.homeless:
                     known = await self._holding_homeless(items, known)
                 doomed = []

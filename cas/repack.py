@@ -1,4 +1,4 @@
-"""Repacking: reclaim the space of packs that are mostly dead.
+"""Moving frames between packs: repacking sparse packs, and salvaging damaged ones.
 
 A pack is deleted only when no kept index names it. Packs from many puts
 stay named as long as one live chunk of them is, so they slowly fill with
@@ -13,11 +13,17 @@ deleted by the next collection.
 A put that adopted an old index while this ran names the old packs in its
 own index; the next collection then sees them named and keeps them (and may
 repack them again), so nothing a completed manifest needs is ever deleted.
+
+`cas verify --repair` moves frames the same way out of packs that hold a
+corrupt frame (`FrameMover.move(..., salvage=True)`): intact frames are
+copied, corrupt ones dropped, and the relocated indexes leave the dropped
+objects out, so the next put of a source holding them uploads them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from cas.errors import IntegrityError, ObjectNotFound
@@ -27,6 +33,7 @@ from cas.pack import (
     FOOTER,
     HEAD_MAGIC,
     TARGET_PACK_BYTES,
+    ObjectKind,
     PackBuilder,
     PackEntry,
     SealedPack,
@@ -34,12 +41,17 @@ from cas.pack import (
 )
 from cas.packindex import Location, PackIndex, decode_index, encode_index
 from cas.repo import MAX_INDEX_BLOB, merge_ranges
-from cas.store.base import Kind
+from cas.store.base import Kind, Store
 
 if TYPE_CHECKING:
     from cas.gc import Collector
 
 _PACK_OVERHEAD = len(HEAD_MAGIC) + FOOTER.size
+
+Members = dict[int, tuple[ObjectKind, ObjectId, Location]]
+"""The frames of one pack that indexes name: offset -> (kind, id, location)."""
+Frame = tuple[ObjectId, int]
+"""A frame by where it lies: (pack, offset)."""
 
 
 def sparse_packs(collector: Collector) -> list[ObjectId]:
@@ -56,6 +68,89 @@ def sparse_packs(collector: Collector) -> list[ObjectId]:
     return sorted(out)
 
 
+class FrameMover:
+    """Copies verified frames into new packs and remembers where each one went.
+
+    An object whose frames lie in several of the moved packs is copied once
+    and every one of its old places is relocated to the copy.
+    """
+
+    def __init__(self, store: Store, on_written: Callable[[int], None]) -> None:
+        self.store = store
+        self.relocated: dict[Frame, Location] = {}
+        self.dropped: set[Frame] = set()
+        """Frames that did not verify (salvage only): no relocated index names them."""
+        self._on_written = on_written
+        self._builder = PackBuilder()
+        self._waiting: list[Frame] = []
+        self._first_copy: dict[tuple[str, ObjectId], Frame] = {}
+        self._duplicates: dict[Frame, Frame] = {}
+
+    async def move(self, pack: ObjectId, members: Members, *, salvage: bool = False) -> None:
+        """Copy `members` of `pack`; a frame that does not verify fails it, unless `salvage`."""
+        for offset, entry, frame in await _read_frames(self.store, pack, members, salvage):
+            if frame is None:
+                self.dropped.add((pack, offset))
+                continue
+            earlier = self._first_copy.get((str(entry.kind), entry.id))
+            if earlier is not None:
+                self._duplicates[pack, offset] = earlier
+                continue
+            self._first_copy[str(entry.kind), entry.id] = (pack, offset)
+            if self._builder.entries and self._builder.full(TARGET_PACK_BYTES - len(frame)):
+                await self._seal()
+            self._builder.add(entry.kind, entry.id, entry.raw, frame)
+            self._waiting.append((pack, offset))
+
+    async def finish(self) -> None:
+        """Store the last pack; every moved frame has its new place from now on."""
+        await self._seal()
+        for origin, copy in self._duplicates.items():
+            self.relocated[origin] = self.relocated[copy]
+
+    async def _seal(self) -> None:
+        if not self._builder.entries:
+            return
+        sealed: SealedPack = await asyncio.to_thread(self._builder.seal)
+        if await self.store.put_if_absent(Kind.PACK, sealed.id, sealed.data):
+            self._on_written(len(sealed.data))
+        for origin, entry in zip(self._waiting, sealed.entries, strict=True):
+            self.relocated[origin] = Location(sealed.id, entry.offset, entry.stored, entry.raw)
+        self._builder, self._waiting = PackBuilder(), []
+
+    async def relocate_index(
+        self,
+        name: ObjectId,
+        before_delete: Callable[[], None],
+        leave_out: Collection[ObjectId] = (),
+    ) -> bool:
+        """Write index `name` again with moved frames at their new places, then drop the old one.
+
+        Entries of dropped frames, and any still in a pack of `leave_out`,
+        are left out. `before_delete` raises if the old index may not be
+        deleted now (a lapsed lease). False if nothing changed.
+        """
+        try:
+            blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
+            old = decode_index(name, blob)
+        except ObjectNotFound:
+            return False
+        new = PackIndex(old.manifest)
+        for kind, object_id, loc in old.items():
+            where = (loc.pack, loc.offset)
+            moved = self.relocated.get(where, loc)
+            if where in self.dropped or moved.pack in leave_out:
+                continue
+            new.table(kind)[object_id] = moved
+        new_name, blob = await asyncio.to_thread(encode_index, new)
+        if new_name == name:
+            return False
+        await self.store.put_if_absent(Kind.INDEX, new_name, blob)
+        before_delete()
+        await self.store.delete(Kind.INDEX, name)
+        return True
+
+
 async def repack(collector: Collector) -> None:
     """Copy live frames out of sparse packs and relocate the indexes that name them."""
     sparse = sparse_packs(collector)
@@ -66,87 +161,65 @@ async def repack(collector: Collector) -> None:
         for pack in sparse:
             report.repacked.add(collector.pack_sizes[pack])
         return
-    store = collector.store
-    relocated: dict[tuple[ObjectId, int], Location] = {}
-    builder = PackBuilder()
-    waiting: list[tuple[ObjectId, int]] = []
+    mover = FrameMover(collector.store, report.repack_written.add)
     done: set[ObjectId] = set()
-    first_copy: dict[tuple[str, ObjectId], tuple[ObjectId, int]] = {}
-    duplicates: dict[tuple[ObjectId, int], tuple[ObjectId, int]] = {}
-    """Frames of one object in several sparse packs: copied once, all relocated to the copy."""
-
-    async def seal() -> None:
-        nonlocal builder, waiting
-        if not builder.entries:
-            return
-        sealed: SealedPack = await asyncio.to_thread(builder.seal)
-        if await store.put_if_absent(Kind.PACK, sealed.id, sealed.data):
-            report.repack_written.add(len(sealed.data))
-        for origin, entry in zip(waiting, sealed.entries, strict=True):
-            relocated[origin] = Location(sealed.id, entry.offset, entry.stored, entry.raw)
-        builder, waiting = PackBuilder(), []
-
     for pack in sparse:
         try:
-            frames = await _live_frames(collector, pack)
+            await mover.move(pack, collector.live.get(pack, {}))
         except (IntegrityError, ObjectNotFound) as exc:
             report.unreadable.append((Kind.PACK, pack, f"not repacked: {exc}"))
             continue
-        for offset, entry, frame in frames:
-            earlier = first_copy.get((str(entry.kind), entry.id))
-            if earlier is not None:
-                duplicates[pack, offset] = earlier
-                continue
-            first_copy[str(entry.kind), entry.id] = (pack, offset)
-            if builder.entries and builder.full(TARGET_PACK_BYTES - len(frame)):
-                await seal()
-            builder.add(entry.kind, entry.id, entry.raw, frame)
-            waiting.append((pack, offset))
         done.add(pack)
         report.repacked.add(collector.pack_sizes[pack])
-    await seal()
-    for origin, copy in duplicates.items():
-        relocated[origin] = relocated[copy]
+    await mover.finish()
     for name, packs in sorted(collector.marked_indexes.items()):
-        if packs & done:
-            await _relocate_index(collector, name, relocated)
+        if packs & done and await mover.relocate_index(name, collector.check_lease):
+            report.indexes_rewritten += 1
 
 
-async def _live_frames(collector: Collector, pack: ObjectId) -> list[tuple[int, PackEntry, bytes]]:
-    """The live frames of one pack, read in merged ranges, each verified."""
-    members = {
+async def _read_frames(
+    store: Store, pack: ObjectId, members: Members, salvage: bool
+) -> list[tuple[int, PackEntry, bytes | None]]:
+    """The frames of `members`, read in merged ranges, each verified.
+
+    With `salvage`, a frame that does not verify (or a range that cannot be
+    read) comes back as None instead of failing the pack.
+    """
+    entries = {
         offset: PackEntry(kind, object_id, offset, loc.stored, loc.raw)
-        for offset, (kind, object_id, loc) in collector.live.get(pack, {}).items()
+        for offset, (kind, object_id, loc) in members.items()
     }
-    located = [(ObjectId(bytes(32)), loc) for _, _, loc in collector.live.get(pack, {}).values()]
-    out = []
+    located = [(ObjectId(bytes(32)), loc) for _, _, loc in members.values()]
+    out: list[tuple[int, PackEntry, bytes | None]] = []
     for _, start, length, group in merge_ranges(located):
-        blob = await collector.store.get_range(Kind.PACK, pack, start, length)
+        try:
+            blob = await store.get_range(Kind.PACK, pack, start, length)
+        except (IntegrityError, ObjectNotFound):
+            if not salvage:
+                raise
+            blob = None
         for _, loc in group:
-            entry = members[loc.offset]
-            frame = blob[loc.offset - start : loc.offset - start + loc.stored]
-            await asyncio.to_thread(decode_frame, entry, frame)
+            entry = entries[loc.offset]
+            frame = (
+                blob[loc.offset - start : loc.offset - start + loc.stored]
+                if blob is not None
+                else await _read_alone(store, pack, loc)
+            )
+            try:
+                if frame is None:
+                    raise IntegrityError(str(entry.kind), str(entry.id), "unreadable")
+                await asyncio.to_thread(decode_frame, entry, frame)
+            except IntegrityError:
+                if not salvage:
+                    raise
+                frame = None
             out.append((loc.offset, entry, frame))
     return out
 
 
-async def _relocate_index(
-    collector: Collector, name: ObjectId, relocated: dict[tuple[ObjectId, int], Location]
-) -> None:
-    """Write the index again with moved frames at their new places, then drop the old one."""
-    store = collector.store
+async def _read_alone(store: Store, pack: ObjectId, loc: Location) -> bytes | None:
+    """One frame by itself, after the range around it could not be read."""
     try:
-        old = decode_index(name, await store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB))
-    except ObjectNotFound:
-        return
-    new = PackIndex(old.manifest)
-    for kind, object_id, loc in old.items():
-        new.table(kind)[object_id] = relocated.get((loc.pack, loc.offset), loc)
-    new_name, blob = await asyncio.to_thread(encode_index, new)
-    if new_name == name:
-        return
-    await store.put_if_absent(Kind.INDEX, new_name, blob)
-    if collector._lease is not None:
-        collector._lease.check()
-    await store.delete(Kind.INDEX, name)
-    collector.report.indexes_rewritten += 1
+        return await store.get_range(Kind.PACK, pack, loc.offset, loc.stored)
+    except (IntegrityError, ObjectNotFound):
+        return None

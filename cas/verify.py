@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -21,7 +22,7 @@ import blake3
 
 from cas.batching import abatched, batch_by_size
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
-from cas.ids import ObjectId
+from cas.ids import ObjectId, is_object_id
 from cas.idset import IdSet
 from cas.objects import MAX_TREE_BYTES, DirEntry, FileEntry, Tree
 from cas.pack import MAX_PACK_BYTES, ObjectKind, verify_pack
@@ -55,11 +56,50 @@ class VerifyReport:
     bytes_checked: int = 0
     orphans_checked: int = 0
     packs_checked: int = 0
+    damaged_packs: set[ObjectId] = field(default_factory=set)
+    """Packs holding a frame that does not verify (or that do not verify whole)."""
+    corrupt_manifests: set[ObjectId] = field(default_factory=set)
+    corrupt_indexes: set[ObjectId] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
         """Nothing missing or corrupt."""
         return not self.broken
+
+
+TreeChildren = tuple[dict[ObjectId, int], list[ObjectId]]
+"""What a tree names: its chunks (with their lengths) and its subtrees."""
+_CHILDREN_BYTES: Final = 64 << 20
+"""Memory for the trees' children kept between manifests (about 1M names)."""
+
+
+class _TreeChildrenCache:
+    """Least recently used trees' children, up to about `limit` bytes.
+
+    Manifests of one store share most trees: kept here, a tree is read once
+    per run while each manifest's walk still checks it against its own index.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._items: OrderedDict[ObjectId, tuple[TreeChildren, int]] = OrderedDict()
+
+    def get(self, key: ObjectId) -> TreeChildren | None:
+        found = self._items.get(key)
+        if found is None:
+            return None
+        self._items.move_to_end(key)
+        return found[0]
+
+    def put(self, key: ObjectId, children: TreeChildren) -> TreeChildren:
+        size = 64 * (len(children[0]) + len(children[1]) + 1)
+        self._items[key] = (children, size)
+        self._size += size
+        while self._size > self._limit and len(self._items) > 1:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self._size -= dropped
+        return children
 
 
 def _good_key(object_id: ObjectId, loc: Location) -> ObjectId:
@@ -93,7 +133,8 @@ class Checker:
         self._limit = asyncio.Semaphore(
             concurrency or max(1, self.store.capabilities.max_concurrency)
         )
-        self._good = IdSet(["tree", "chunk"])
+        self._good = IdSet(["chunk"])
+        self._children = _TreeChildrenCache(_CHILDREN_BYTES)
         self._bad: dict[ObjectId, frozenset[Problem]] = {}
         self._packs: dict[ObjectId, bool] = {}
         self.report = VerifyReport()
@@ -114,12 +155,24 @@ class Checker:
         except ObjectNotFound as exc:
             problems = frozenset({Problem(Kind.MANIFEST, manifest_id, f"missing: {exc}")})
         except (IntegrityError, FormatError) as exc:
+            if isinstance(exc, IntegrityError):
+                self._note_corrupt(exc)
             problems = frozenset({Problem(Kind.MANIFEST, manifest_id, f"corrupt: {exc}")})
         else:
-            problems = await self._tree(index, manifest.root)
+            problems = await self._tree(index, manifest.root, {})
         for problem in problems:
             self.report.broken.setdefault(problem, []).append(manifest_id)
         return problems
+
+    def _note_corrupt(self, exc: IntegrityError) -> None:
+        """A manifest or index object that does not verify: `--repair` deletes it."""
+        if not is_object_id(exc.object_id):
+            return
+        found = ObjectId.parse(exc.object_id)
+        if exc.kind == Kind.MANIFEST.value:
+            self.report.corrupt_manifests.add(found)
+        elif exc.kind == Kind.INDEX.value:
+            self.report.corrupt_indexes.add(found)
 
     async def _present(self, packs: set[ObjectId]) -> set[ObjectId]:
         """Which of `packs` the store holds (asked once per run)."""
@@ -131,48 +184,59 @@ class Checker:
                 self._packs[pack] = pack not in absent
         return {p for p in packs if self._packs[p]}
 
-    async def _tree(self, index: PackIndex, tree_id: ObjectId) -> frozenset[Problem]:
+    async def _tree(
+        self, index: PackIndex, tree_id: ObjectId, walked: dict[ObjectId, frozenset[Problem]]
+    ) -> frozenset[Problem]:
+        """Problems under one tree as `index` locates them.
+
+        The answer depends on the index (two indexes may place the same
+        tree's chunks differently, or one may lack some), so whole-tree
+        results are kept per walk only (`walked`); what a tree names, and
+        the check of each chunk at its location, are kept across walks.
+        """
         loc = index.trees.get(tree_id)
         if loc is None:
             return frozenset({Problem(ObjectKind.TREE, tree_id, "missing: not in the index")})
         key = _good_key(tree_id, loc)
+        if key in walked:
+            return walked[key]
         if key in self._bad:
             return self._bad[key]
-        if self._good.contains_many("tree", [key])[0]:
-            return frozenset()
-        problems: frozenset[Problem]
-        if not await self._present({loc.pack}):
-            problems = frozenset({Problem(ObjectKind.TREE, tree_id, f"missing: pack {loc.pack}")})
-        else:
-            try:
-                async with self._limit:
-                    data = await self.repo.read_located(
-                        ObjectKind.TREE, {tree_id: loc}, MAX_TREE_BYTES, ahead=False
-                    )
-                tree = Tree.from_bytes(data[tree_id], where=f"tree {tree_id}")
-            except ObjectNotFound:
-                problems = frozenset({Problem(ObjectKind.TREE, tree_id, "missing")})
-            except (IntegrityError, FormatError) as exc:
-                problems = frozenset({Problem(ObjectKind.TREE, tree_id, f"corrupt: {exc}")})
-            else:
-                self.report.trees += 1
-                lengths = {
-                    c.id: c.length
-                    for e in tree.entries
-                    if isinstance(e, FileEntry)
-                    for c in e.chunks
-                }
-                subtrees = [e.tree for e in tree.entries if isinstance(e, DirEntry)]
-                parts = await asyncio.gather(
-                    self._chunks(index, lengths),
-                    *(self._tree(index, s) for s in dict.fromkeys(subtrees)),
-                )
-                problems = frozenset().union(*parts)
-        if problems:
-            self._bad[key] = problems
-        else:
-            self._good.add_many("tree", [key])
+        children = self._children.get(key)
+        if children is None:
+            problem = await self._read_tree(tree_id, loc)
+            if isinstance(problem, Problem):
+                self._bad[key] = frozenset({problem})
+                return self._bad[key]
+            children = self._children.put(key, problem)
+        lengths, subtrees = children
+        parts = await asyncio.gather(
+            self._chunks(index, lengths), *(self._tree(index, s, walked) for s in subtrees)
+        )
+        walked[key] = problems = frozenset().union(*parts)
         return problems
+
+    async def _read_tree(self, tree_id: ObjectId, loc: Location) -> TreeChildren | Problem:
+        if not await self._present({loc.pack}):
+            return Problem(ObjectKind.TREE, tree_id, f"missing: pack {loc.pack}")
+        try:
+            async with self._limit:
+                data = await self.repo.read_located(
+                    ObjectKind.TREE, {tree_id: loc}, MAX_TREE_BYTES, ahead=False
+                )
+            tree = Tree.from_bytes(data[tree_id], where=f"tree {tree_id}")
+        except ObjectNotFound:
+            return Problem(ObjectKind.TREE, tree_id, "missing")
+        except (IntegrityError, FormatError) as exc:
+            if isinstance(exc, IntegrityError):
+                self.report.damaged_packs.add(loc.pack)
+            return Problem(ObjectKind.TREE, tree_id, f"corrupt: {exc}")
+        self.report.trees += 1
+        lengths = {
+            c.id: c.length for e in tree.entries if isinstance(e, FileEntry) for c in e.chunks
+        }
+        subtrees = list(dict.fromkeys(e.tree for e in tree.entries if isinstance(e, DirEntry)))
+        return lengths, subtrees
 
     def _picked(self, chunk_id: ObjectId) -> bool:
         if self.sample >= 1.0:
@@ -246,6 +310,7 @@ class Checker:
         except ObjectNotFound:
             return Problem(ObjectKind.CHUNK, chunk_id, f"missing: pack {loc.pack}")
         except IntegrityError as exc:
+            self.report.damaged_packs.add(loc.pack)
             return Problem(ObjectKind.CHUNK, chunk_id, f"corrupt: {exc.detail}")
         self.report.bytes_checked += loc.stored
         return None
@@ -273,6 +338,7 @@ class Checker:
         except ObjectNotFound:
             return None  # deleted since it was listed
         except IntegrityError as exc:
+            self.report.damaged_packs.add(pack_id)
             return Problem(Kind.PACK, pack_id, f"corrupt: {exc.detail}")
         self.report.bytes_checked += len(data)
         return None
@@ -284,6 +350,7 @@ class Checker:
         except ObjectNotFound:
             return None
         except IntegrityError as exc:
+            self.report.corrupt_indexes.add(name)
             return Problem(Kind.INDEX, name, f"corrupt: {exc.detail}")
         return None
 

@@ -1,0 +1,194 @@
+"""Repair what `cas verify` found corrupt, so the next put of the source stores it again.
+
+Writes are create-only, so a re-put cannot replace a damaged object in
+place, and a put adopts the locations its parent's index names: a corrupt
+frame would be named again by every later manifest. Repair therefore
+removes every way to reach the damage:
+
+1. Packs holding a corrupt frame: the intact frames that some index names
+   are copied into new packs (each verified first), every index naming the
+   damaged pack is written again without the corrupt frames (`FrameMover`,
+   as a collection's repack does), the old index is deleted, then the pack.
+2. Manifest and index objects that do not verify are deleted.
+
+3. Heal: a manifest missing objects (dropped now, or in packs that are gone)
+   gets a new index that adds them where another index locates them in a
+   pack that exists, e.g. a second copy stored by another put.
+
+A manifest that still lacks objects reads as incomplete ("missing" in `cas
+verify`, `ObjectNotFound` in `cas get`), never as wrong bytes. A put of a
+source holding the lost content stores it again, and the next `cas verify
+--repair` heals the old manifest from that put's packs (a put with
+`--reproducible` of the same tree writes the same manifest, and so heals it
+at once). Nothing intact is lost.
+
+Repair runs under a collection's lease and records (`cas.gc.Lease`), so a
+put running meanwhile settles as it does against a collection: one that
+adopted a damaged pack finds it gone and stores what it needs again
+(docs/gc.md). Deleting needs the store's admin scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+
+from cas.errors import IntegrityError, ObjectNotFound
+from cas.gc import DEFAULT_GRACE, DEFAULT_LEASE, Lease, list_concurrently
+from cas.ids import ObjectId
+from cas.pack import ObjectKind
+from cas.packindex import Location, PackIndex, decode_index, encode_index
+from cas.repack import FrameMover, Members
+from cas.repo import MAX_INDEX_BLOB, Repository
+from cas.store.base import Kind
+from cas.verify import VerifyReport, manifest_complete
+
+
+@dataclass
+class RepairReport:
+    """What a repair changed."""
+
+    packs_replaced: list[ObjectId] = field(default_factory=list)
+    frames_copied: int = 0
+    frames_dropped: int = 0
+    packs_written: int = 0
+    bytes_written: int = 0
+    indexes_rewritten: int = 0
+    indexes_deleted: list[ObjectId] = field(default_factory=list)
+    manifests_deleted: list[ObjectId] = field(default_factory=list)
+    healed: list[ObjectId] = field(default_factory=list)
+    """Manifests made whole by a new index pointing at copies stored elsewhere."""
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was written or deleted."""
+        return bool(self.packs_replaced or self.indexes_deleted or self.manifests_deleted)
+
+
+async def repair(
+    repo: Repository, found: VerifyReport, *, lease_seconds: float = DEFAULT_LEASE
+) -> RepairReport:
+    """Remove the damage `found` names; intact frames of damaged packs move to new packs."""
+    report = RepairReport()
+    damaged = set(found.damaged_packs)
+    if found.ok:
+        return report
+    store = repo.store
+    # Deleting a name that cannot exist asks for the admin scope before anything is
+    # written, so a token that may only write cannot leave a repair half done.
+    await store.delete(Kind.PACK, ObjectId(secrets.token_bytes(32)))
+    lease = Lease(store, lease_seconds, DEFAULT_GRACE)
+    await lease.start()
+    try:
+        naming, members = await _indexes_naming(repo, damaged, found.corrupt_indexes)
+
+        def written(size: int) -> None:
+            report.packs_written += 1
+            report.bytes_written += size
+
+        mover = FrameMover(store, written)
+        for pack in sorted(damaged):
+            await mover.move(pack, members.get(pack, {}), salvage=True)
+        await mover.finish()
+        report.frames_dropped = len(mover.dropped)
+        report.frames_copied = sum(len(m) for m in members.values()) - report.frames_dropped
+        for name in sorted(naming):
+            if await mover.relocate_index(name, lease.check, leave_out=damaged):
+                report.indexes_rewritten += 1
+        for name in sorted(found.corrupt_indexes):
+            lease.check()
+            await store.delete(Kind.INDEX, name)
+            report.indexes_deleted.append(name)
+        for manifest_id in sorted(found.corrupt_manifests):
+            lease.check()
+            await store.delete(Kind.MANIFEST, manifest_id)
+            report.manifests_deleted.append(manifest_id)
+        for pack in sorted(damaged):
+            lease.check()
+            await store.delete(Kind.PACK, pack)
+            report.packs_replaced.append(pack)
+        report.healed = await _heal(repo, found)
+        await lease.finish(
+            {
+                "repaired_packs": len(report.packs_replaced),
+                "dropped_frames": report.frames_dropped,
+                "healed_manifests": len(report.healed),
+            }
+        )
+    finally:
+        await lease.stop()
+    return report
+
+
+async def _indexes_naming(
+    repo: Repository, packs: set[ObjectId], skip: set[ObjectId]
+) -> tuple[set[ObjectId], dict[ObjectId, Members]]:
+    """Every readable index naming one of `packs`, and the frames they name in each."""
+    naming: set[ObjectId] = set()
+    members: dict[ObjectId, Members] = {}
+    if not packs:
+        return naming, members
+    store = repo.store
+    async for listed in list_concurrently(store, Kind.INDEX, store.capabilities.max_concurrency):
+        for info in listed:
+            if info.id in skip:
+                continue
+            index = await _read_index(repo, info.id)
+            if index is None or not index.packs() & packs:
+                continue
+            naming.add(info.id)
+            for kind, object_id, loc in index.items():
+                if loc.pack in packs:
+                    members.setdefault(loc.pack, {})[loc.offset] = (kind, object_id, loc)
+    return naming, members
+
+
+async def _heal(repo: Repository, found: VerifyReport) -> list[ObjectId]:
+    """New indexes for manifests whose lost objects another index locates in a live pack."""
+    wanted: dict[ObjectId, set[tuple[ObjectKind, ObjectId]]] = {}
+    for problem, manifests in found.broken.items():
+        if isinstance(problem.kind, ObjectKind):
+            for manifest_id in manifests:
+                if manifest_id not in found.corrupt_manifests:
+                    wanted.setdefault(manifest_id, set()).add((problem.kind, problem.id))
+    if not wanted:
+        return []
+    needed = set().union(*wanted.values())
+    store = repo.store
+    elsewhere: dict[tuple[ObjectKind, ObjectId], list[Location]] = {}
+    async for listed in list_concurrently(store, Kind.INDEX, store.capabilities.max_concurrency):
+        for info in listed:
+            index = await _read_index(repo, info.id)
+            for kind, object_id, loc in index.items() if index is not None else ():
+                if (kind, object_id) in needed:
+                    elsewhere.setdefault((kind, object_id), []).append(loc)
+    packs = {loc.pack for locs in elsewhere.values() for loc in locs}
+    gone = await store.missing(Kind.PACK, list(packs)) if packs else set()
+    healed = []
+    for manifest_id, objects in sorted(wanted.items()):
+        copies = {
+            obj: loc for obj in objects for loc in elsewhere.get(obj, []) if loc.pack not in gone
+        }
+        if not copies:
+            continue
+        current = await repo.indexes_of(manifest_id)
+        new = PackIndex(manifest_id)
+        for kind, object_id, loc in current[0].items() if current else ():
+            new.table(kind)[object_id] = loc
+        for (kind, object_id), loc in copies.items():
+            new.table(kind)[object_id] = loc
+        name, blob = await asyncio.to_thread(encode_index, new)
+        await store.put_if_absent(Kind.INDEX, name, blob)
+        if await manifest_complete(repo, manifest_id):
+            healed.append(manifest_id)
+    return healed
+
+
+async def _read_index(repo: Repository, name: ObjectId) -> PackIndex | None:
+    """An index, or None if it is gone since the listing or damaged (it locates nothing)."""
+    try:
+        blob = await repo.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
+        return await asyncio.to_thread(decode_index, name, blob)
+    except (ObjectNotFound, IntegrityError):
+        return None

@@ -1,0 +1,204 @@
+"""`cas verify --repair`: corrupt objects go, intact neighbours stay, a re-put restores the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cas.get import get_manifest
+from cas.ids import ObjectId
+from cas.pack import read_entries
+from cas.packindex import PackIndex, encode_index
+from cas.repair import repair
+from cas.repo import Repository
+from cas.store.base import Kind
+from cas.verify import Checker
+from tests.conftest import snapshot
+from tests.gc.test_gc import put, write_tree
+from tests.gc.test_gc_cli import corrupt_one_chunk
+from tests.gc.test_gc_cli import put as cli_put
+from tests.test_cli import cas
+
+REPAIR_BACKENDS = ["local_backend", "serve_backend", "gcs_backend"]
+
+
+@pytest.fixture(params=REPAIR_BACKENDS)
+def repair_backend(request: pytest.FixtureRequest):
+    return request.getfixturevalue(request.param)
+
+
+async def check(repo: Repository, manifests: list[ObjectId]):
+    checker = Checker(repo)
+    try:
+        for manifest_id in manifests:
+            await checker.check_manifest(manifest_id)
+        return checker.report
+    finally:
+        checker.close()
+
+
+async def packs_holding(store, kind: str) -> dict[ObjectId, list]:
+    """Pack id -> entries of `kind`, read through the store."""
+    out = {}
+    async for info in store.list(Kind.PACK):
+        data = await store.get(Kind.PACK, info.id, max_size=1 << 30)
+        entries = [e for e in read_entries(info.id, data, max_chunk=16 << 20) if e.kind == kind]
+        if entries:
+            out[info.id] = entries
+    return out
+
+
+async def test_repair_drops_the_corrupt_chunk_keeps_its_neighbours_and_a_reput_restores_it(
+    repair_backend, tmp_path
+):
+    backend = repair_backend
+    store = backend.store
+    # One put, so one pack holds both files' chunks: the damaged one and an intact neighbour.
+    src = write_tree(tmp_path / "src", {"bad": os.urandom(40_000), "good": os.urandom(40_000)})
+    whole = await put(store, src, ref="whole", reproducible=True)
+    good_only = await put(store, write_tree(tmp_path / "g", {"good": (src / "good").read_bytes()}))
+    [(pack, entries)] = (await packs_holding(store, "chunk")).items()
+    assert len(entries) == 2
+    data = bytearray(backend.peek(Kind.PACK, pack))
+    # The chunk of "bad" is the one good_only does not reach.
+    good_index = await Repository(store).index(good_only)
+    bad = next(e for e in entries if e.id not in good_index.chunks)
+    data[bad.offset : bad.offset + bad.stored] = b"\xa5" * bad.stored
+    backend.plant(Kind.PACK, pack, bytes(data))
+
+    found = await check(Repository(store), [whole, good_only])
+    assert found.damaged_packs == {pack}
+    done = await repair(Repository(store), found)
+    assert done.packs_replaced == [pack] and done.frames_dropped == 1
+    assert done.frames_copied == 1 and done.packs_written == 1
+
+    assert pack not in {i.id async for i in store.list(Kind.PACK)}
+    after = await check(Repository(store), [whole, good_only])
+    assert [m for ms in after.broken.values() for m in ms] == [whole]  # missing, not corrupt
+    assert all(p.detail.startswith("missing") for p in after.broken)
+    out = tmp_path / "out-good"
+    await get_manifest(Repository(store), good_only, out)
+    assert (out / "good").read_bytes() == (src / "good").read_bytes()
+
+    # The same source again, reproducibly: the dropped chunk is stored anew under a new
+    # index of the same manifest, which reads whole again.
+    assert await put(store, src, reproducible=True) == whole
+    assert (await check(Repository(store), [whole, good_only])).ok
+    out = tmp_path / "out-whole"
+    await get_manifest(Repository(store), whole, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
+        p.name: p.read_bytes() for p in src.iterdir()
+    }
+
+
+async def test_repair_with_nothing_corrupt_changes_nothing(local_backend, tmp_path):
+    store = local_backend.store
+    manifest = await put(store, write_tree(tmp_path / "a", {"x": os.urandom(9000)}), ref="a")
+    before = local_backend.snapshot()
+    found = await check(Repository(store), [manifest])
+    assert found.ok
+    done = await repair(Repository(store), found)
+    assert not done.changed and local_backend.snapshot() == before
+
+
+def test_cli_repair_then_reput_makes_verify_clean(tmp_path):
+    store = str(tmp_path / "store")
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(3):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(200_000))
+    manifest = cli_put(store, src, "--ref", "ci/main/1")
+    chunk, pack = corrupt_one_chunk(store)
+
+    proc = cas("verify", "--store", store, "--all", "--repair", "--json", check=False)
+    assert proc.returncode == 4  # the exit code says what was found
+    report = json.loads(proc.stdout)
+    assert report["repair"]["packs_replaced"] == [pack]
+    assert report["repair"]["frames_dropped"] == 1 and report["repair"]["frames_copied"] == 2
+
+    again = cas("verify", "--store", store, "--all", check=False)
+    assert again.returncode == 3  # only missing now: nothing corrupt is left to be adopted
+    assert chunk.encode() in again.stdout and b"missing" in again.stdout
+
+    text = cas("verify", "--store", store, "--all", "--repair", check=False)
+    assert b"nothing to remove or heal" in text.stderr
+
+    # A new put of the source stores the lost chunk again (a new manifest: its time differs);
+    # the next repair heals the old manifest, which its ref still names, from that copy.
+    assert cli_put(store, src) != manifest
+    healed = cas("verify", "--store", store, "--all", "--repair", "--json", check=False)
+    assert healed.returncode == 3 and json.loads(healed.stdout)["repair"]["healed"] == [manifest]
+    assert cas("verify", "--store", store, "--all").returncode == 0
+    out = tmp_path / "out"
+    cas("get", "--store", store, "ci/main/1", str(out))
+    assert snapshot(out) == snapshot(src)
+
+
+def test_cli_repair_deletes_a_corrupt_manifest_so_a_reput_writes_it_again(tmp_path):
+    store = Path(tmp_path / "store")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(20_000))
+    manifest = cli_put(str(store), src, "--ref", "r", "--reproducible")
+    [path] = [p for p in (store / "manifest").rglob("*") if p.is_file()]
+    path.chmod(0o644)
+    path.write_bytes(b"\x28\xb5\x2f\xfd" + b"junk" * 10)
+
+    proc = cas("verify", "--store", str(store), "r", "--repair", "--json", check=False)
+    assert proc.returncode == 4
+    assert json.loads(proc.stdout)["repair"]["manifests_deleted"] == [manifest]
+    assert not path.exists()
+    # Only a reproducible put can write the same manifest again (others carry their time).
+    assert cli_put(str(store), src, "--reproducible") == manifest
+    assert cas("verify", "--store", str(store), "r").returncode == 0
+
+
+def test_repair_over_cas_serve_needs_the_admin_scope(serve_process, tmp_path, monkeypatch):
+    from tests.serve_process import TOKENS
+
+    serve_process.reset()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(300_000))
+    monkeypatch.setenv("CAS_TOKEN", TOKENS["write"])
+    cli_put(serve_process.url, src, "--ref", "r")
+    pack_dir = serve_process.root / "pack"
+    corrupt_one_chunk(str(serve_process.root))
+    assert pack_dir.exists()
+    before = sorted(p.name for p in serve_process.root.rglob("*") if p.is_file())
+    proc = cas("verify", "--store", serve_process.url, "r", "--repair", check=False)
+    assert proc.returncode != 0 and b"admin" in proc.stderr
+    # Refused before anything was written: no half-done repair.
+    assert sorted(p.name for p in serve_process.root.rglob("*") if p.is_file()) == before
+    monkeypatch.setenv("CAS_TOKEN", TOKENS["admin"])
+    proc = cas("verify", "--store", serve_process.url, "r", "--repair", "--json", check=False)
+    assert proc.returncode == 4 and json.loads(proc.stdout)["repair"]["frames_dropped"] == 1
+
+
+async def test_a_tree_shared_by_two_manifests_is_checked_against_each_ones_index(
+    local_backend, tmp_path
+):
+    """One index lacking a chunk breaks its manifest only, whichever is checked first."""
+    store = local_backend.store
+    src = write_tree(tmp_path / "src", {"a": os.urandom(30_000), "b": os.urandom(30_000)})
+    first = await put(store, src)
+    second = await put(store, src, labels={"run": "2"})  # another manifest, the same tree
+    assert first != second
+    repo = Repository(store)
+    [index] = await repo.indexes_of(second)
+    lacking = PackIndex(second)
+    for kind, object_id, loc in index.items():
+        lacking.table(kind)[object_id] = loc
+    dropped = next(iter(lacking.chunks))
+    del lacking.chunks[dropped]
+    name, blob = encode_index(lacking)
+    await store.put_if_absent(Kind.INDEX, name, blob)
+    await store.delete(Kind.INDEX, index.name)
+    for order in ([first, second], [second, first]):
+        report = await check(Repository(store), order)
+        assert {m for ms in report.broken.values() for m in ms} == {second}, order
+        [problem] = report.broken
+        assert problem.id == dropped and problem.detail.startswith("missing")
