@@ -1,0 +1,32 @@
+"""A bound on every store wait of a mount: a stalled store is an error, never a hang.
+
+A process blocked in a read of a FUSE file cannot be interrupted by its
+user, so the mount must answer every request in bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from cas.errors import StoreUnavailable
+
+T = TypeVar("T")
+
+
+async def within(awaitable: Awaitable[T], seconds: float, what: str) -> T:
+    """`awaitable`'s result, or `StoreUnavailable` naming `what` after `seconds`."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        raise StoreUnavailable(f"{what}: the store did not answer within {seconds:g} s") from None
+
+
+def fail(future: asyncio.Future[T], exc: BaseException) -> None:
+    """Hand `exc` to the waiters of `future` (a cancelled fetch cancels them)."""
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(exc)
+        future.exception()  # retrieved: waiters re-raise it themselves

@@ -1,0 +1,176 @@
+"""Byte ranges of stored files, from verified chunks, with readahead.
+
+Every chunk comes from `Repository.get_chunks`: the LMDB chunk cache if it
+holds it, else the store in merged ranged reads of packs, and in both cases
+decompressed within the manifest's chunk limit and checked against its
+BLAKE3 id before a byte of it is returned; its length is checked against
+the tree. Decoded chunks are kept in a byte-capped LRU, since the kernel
+asks for 128 KiB at a time and a chunk is ~512 KiB. A read that continues
+where the previous one of the same open file ended fetches the next
+`readahead` bytes of chunks in the background, in one batch (so neighbours
+in a pack become one ranged read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Final
+
+from cas.browse import checked_length
+from cas.errors import CasError
+from cas.ids import ObjectId
+from cas.mount.deadline import fail, within
+from cas.mount.lru import ByteLRU
+from cas.objects import ChunkRef, FileEntry
+from cas.repo import Repository
+
+DEFAULT_CHUNK_BYTES: Final = 64 << 20
+DEFAULT_READAHEAD: Final = 8 << 20
+log = logging.getLogger("cas.mount")
+
+
+class ReadFailed(CasError):
+    """A file's bytes could not be had verified: the caller answers EIO."""
+
+
+@dataclass
+class OpenFile:
+    """An open file: its chunk list, where each chunk starts, and the reading pattern."""
+
+    entry: FileEntry
+    path: str
+    starts: list[int] = field(default_factory=list)
+    next_offset: int = 0
+    """Where the last read ended: a read starting here is sequential."""
+    ahead: int = 0
+    """Chunks before this index were already asked for by readahead."""
+
+    def __post_init__(self) -> None:
+        self.starts = list(itertools.accumulate((c.length for c in self.entry.chunks), initial=0))
+
+
+class ChunkReader:
+    """Reads of open files, served from decoded chunks fetched once."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        max_chunk: int,
+        *,
+        capacity: int = DEFAULT_CHUNK_BYTES,
+        readahead: int = DEFAULT_READAHEAD,
+        timeout: float = 60.0,
+    ) -> None:
+        self.repo = repo
+        self.max_chunk = max_chunk
+        self.readahead = readahead
+        self.timeout = timeout
+        self._lru: ByteLRU[ObjectId, bytes] = ByteLRU(capacity)
+        self._inflight: dict[ObjectId, asyncio.Future[bytes | None]] = {}
+        self._background: set[asyncio.Task[dict[ObjectId, bytes]]] = set()
+
+    async def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+        """Up to `size` bytes at `offset`; `ReadFailed` rather than any unverified byte."""
+        entry = handle.entry
+        end = min(entry.size, offset + size)
+        if offset >= end:
+            return b""
+        if entry.inline is not None:
+            return entry.inline[offset:end]
+        first = bisect.bisect_right(handle.starts, offset) - 1
+        last = bisect.bisect_right(handle.starts, end - 1) - 1
+        if offset in (0, handle.next_offset):
+            self._read_ahead(handle, last + 1, end)
+        handle.next_offset = end
+        refs = entry.chunks[first : last + 1]
+        data = await self._chunks(refs, handle.path)
+        pieces = []
+        for index, ref in enumerate(refs, start=first):
+            start = handle.starts[index]
+            chunk = data[ref.id]
+            pieces.append(chunk[max(0, offset - start) : end - start])
+        return b"".join(pieces)
+
+    def _read_ahead(self, handle: OpenFile, after: int, end: int) -> None:
+        """Start fetching the chunks of the next `readahead` bytes not asked for yet."""
+        chunks = handle.entry.chunks
+        stop = bisect.bisect_left(handle.starts, end + self.readahead, lo=after)
+        start = max(after, handle.ahead)
+        if start >= min(stop, len(chunks)):
+            return
+        handle.ahead = stop
+        wanted = [
+            ref
+            for ref in chunks[start:stop]
+            if ref.id not in self._lru and ref.id not in self._inflight
+        ]
+        if wanted:
+            task = asyncio.ensure_future(self._fetch(wanted, handle.path, background=True))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _chunks(self, refs: tuple[ChunkRef, ...], path: str) -> dict[ObjectId, bytes]:
+        """The verified bytes of `refs`, from the LRU, a fetch in flight or a new fetch."""
+        found: dict[ObjectId, bytes] = {}
+        waiting: dict[ObjectId, asyncio.Future[bytes | None]] = {}
+        missing: list[ChunkRef] = []
+        for ref in refs:
+            data = self._lru.get(ref.id)
+            if data is not None:
+                found[ref.id] = data
+            elif ref.id in self._inflight:
+                waiting[ref.id] = self._inflight[ref.id]
+            elif ref.id not in found:
+                missing.append(ref)
+        if missing:
+            found.update(await self._fetch(list(dict.fromkeys(missing)), path))
+        for chunk_id, future in waiting.items():
+            data = await asyncio.shield(future)
+            if data is None:  # its readahead failed: fetch it alone, and say why if it fails
+                ref = next(r for r in refs if r.id == chunk_id)
+                data = (await self._fetch([ref], path))[chunk_id]
+            found[chunk_id] = data
+        return found
+
+    async def _fetch(
+        self, refs: list[ChunkRef], path: str, *, background: bool = False
+    ) -> dict[ObjectId, bytes]:
+        """One batched, verified fetch; readahead failures are quiet (the demand read reports)."""
+        loop = asyncio.get_running_loop()
+        futures: dict[ObjectId, asyncio.Future[bytes | None]] = {}
+        for ref in refs:
+            futures[ref.id] = self._inflight[ref.id] = loop.create_future()
+        ids = list(futures)
+        try:
+            what = f"chunk {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
+            got = await within(self.repo.get_chunks(ids, self.max_chunk), self.timeout, what)
+            out = {r.id: checked_length(got[r.id], r.length, f"{path}: chunk {r.id}") for r in refs}
+        except CasError as exc:
+            for future in futures.values():
+                future.set_result(None)
+            if background:
+                log.debug("readahead of %s failed: %s", path, exc)
+                return {}
+            raise ReadFailed(f"{path}: {exc}") from None
+        except BaseException as exc:  # cancelled (unmounting), or a bug: never leave waiters
+            for future in futures.values():
+                fail(future, exc)
+            raise
+        finally:
+            for chunk_id, future in futures.items():
+                if self._inflight.get(chunk_id) is future:
+                    del self._inflight[chunk_id]
+        for chunk_id, data in out.items():
+            self._lru.put(chunk_id, data, len(data))
+            futures[chunk_id].set_result(data)
+        return out
+
+    async def close(self) -> None:
+        """Stop readahead still running."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,154 @@
+"""Mounting a manifest, serving it until unmounted or signalled, and unmounting cleanly.
+
+Everything that can fail before the kernel sees the mount (the manifest,
+its index, the root tree, the mount point) is checked first, so a typo is
+an error with its exit code, never an empty mount. SIGINT, SIGTERM and
+SIGHUP end the serving loop and unmount; `fusermount3 -u DIR` by anyone
+allowed ends it the same way. A process killed with SIGKILL leaves a dead
+mount ("Transport endpoint is not connected") that `fusermount3 -u DIR`
+removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from cas.browse import lookup, split_path
+from cas.errors import DestinationError, UsageError
+from cas.ids import ObjectId
+from cas.mount.nodes import NodeTable
+from cas.mount.reader import DEFAULT_CHUNK_BYTES, DEFAULT_READAHEAD, ChunkReader
+from cas.mount.trees import DEFAULT_TREE_BYTES, TreeSource
+from cas.objects import DirEntry, Manifest
+from cas.repo import Repository
+
+_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+log = logging.getLogger("cas.mount")
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """Bounds of one mount: memory caps, readahead, and how long a store may take."""
+
+    timeout: float = 60.0
+    """Seconds a store read may take before the request fails with EIO."""
+    readahead: int = DEFAULT_READAHEAD
+    chunk_memory: int = DEFAULT_CHUNK_BYTES
+    tree_memory: int = DEFAULT_TREE_BYTES
+    on_open: Callable[[str], None] | None = None
+    """Called with the path of every file opened (`--record`)."""
+
+
+@dataclass
+class MountStats:
+    """What a mount did, for its summary line and `--json`."""
+
+    trees_fetched: int = 0
+    chunks_from_store: int = 0
+    chunks_from_cache: int = 0
+    bytes_from_store: int = 0
+    bytes_from_cache: int = 0
+    reads: int = 0
+    """Ranged reads of packs (trees and chunks)."""
+    errors: int = 0
+    """Requests answered EIO."""
+    seconds: float = 0.0
+
+
+async def subtree(repo: Repository, manifest: Manifest, path: str) -> ObjectId:
+    """The tree of directory `path` of the manifest (`ID:PATH`), as `cas get` finds it."""
+    if not split_path(path):
+        return manifest.root
+    found = await lookup(repo, manifest, path)
+    if found is None:
+        return manifest.root
+    if not isinstance(found.entry, DirEntry):
+        raise UsageError(f"{found.path!r} is not a directory of the manifest (use cas cat)")
+    return found.entry.tree
+
+
+def check_mountpoint(path: str) -> None:
+    """An existing or new empty directory that is not already a mount point."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(f"cannot create mount point {path}: {exc.strerror}") from None
+    if not os.path.isdir(path):
+        raise DestinationError(f"mount point {path} is not a directory")
+    if os.path.ismount(path):
+        raise DestinationError(f"{path} is already a mount point (fusermount3 -u {path})")
+
+
+async def serve(
+    repo: Repository,
+    manifest: Manifest,
+    root: ObjectId,
+    mountpoint: str,
+    options: MountOptions,
+    *,
+    fsname: str,
+    on_ready: Callable[[], None] | None = None,
+) -> MountStats:
+    """Mount `root` at `mountpoint` and answer the kernel until unmounted or signalled."""
+    import pyfuse3
+    import pyfuse3.asyncio
+
+    from cas.mount.fs import CasOperations
+
+    pyfuse3.asyncio.enable()
+    started = time.monotonic()
+    max_chunk = manifest.chunker.max_size
+    trees = TreeSource(repo, max_chunk, capacity=options.tree_memory, timeout=options.timeout)
+    await trees.listing(root, ".")  # a broken root fails here, before anything is mounted
+    reader = ChunkReader(
+        repo,
+        max_chunk,
+        capacity=options.chunk_memory,
+        readahead=options.readahead,
+        timeout=options.timeout,
+    )
+    nodes = NodeTable(root, time.time_ns())
+    ops = CasOperations(nodes, trees, reader, manifest.totals, on_open=options.on_open)
+    check_mountpoint(mountpoint)
+    mount_options = set(pyfuse3.default_options) | {"ro", f"fsname={fsname}", "subtype=cas"}
+    try:
+        pyfuse3.init(ops, mountpoint, mount_options)
+    except RuntimeError as exc:
+        raise DestinationError(f"cannot mount at {mountpoint}: {exc}") from None
+    loop = asyncio.get_running_loop()
+    signalled: list[int] = []
+
+    def stop(signum: int) -> None:
+        signalled.append(signum)
+        pyfuse3.terminate()
+
+    for signum in _SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        if on_ready is not None:
+            on_ready()
+        await pyfuse3.main()
+    finally:
+        for signum in _SIGNALS:
+            loop.remove_signal_handler(signum)
+        await reader.close()
+        pyfuse3.close(unmount=True)
+    if signalled:
+        log.info("unmounted %s on %s", mountpoint, signal.Signals(signalled[0]).name)
+    return MountStats(
+        trees_fetched=trees.fetched,
+        chunks_from_store=repo.chunks_from_store,
+        chunks_from_cache=repo.chunks_from_cache,
+        bytes_from_store=repo.bytes_from_store,
+        bytes_from_cache=repo.bytes_from_cache,
+        reads=repo.reads,
+        errors=ops.errors,
+        seconds=time.monotonic() - started,
+    )
