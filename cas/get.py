@@ -285,7 +285,7 @@ class Downloader:
         s = self.stats
         s.dry_run = False
         s.files = s.bytes_written = s.dirs = s.symlinks = 0
-        self.progress.set_total(sum(_file_size(f) for f in to_write))
+        self.progress.set_total(sum(_file_size(f) for f in to_write), len(to_write))
         before_cache = (self.repo.chunks_from_cache, self.repo.bytes_from_cache)
         before_store = (self.repo.chunks_from_store, self.repo.bytes_from_store)
         with Destination(dest) as out:
@@ -607,6 +607,7 @@ class Downloader:
         with self._lock:
             self.stats.files += 1
             self.stats.bytes_written += entry.size
+        self.progress.advance(0, files=1)
 
     async def _fetch_segment(
         self,
@@ -626,7 +627,7 @@ class Downloader:
         with self._lock:
             self.stats.files += 1
             self.stats.bytes_written += size
-        self.progress.advance(size)
+        self.progress.advance(size, files=1)
 
     def _make_links(self, out: Destination, links: list[Located]) -> None:
         for located in links:

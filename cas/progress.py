@@ -13,11 +13,11 @@ from typing import Protocol
 class Progress(Protocol):
     """Receives events from `put` and `get`."""
 
-    def advance(self, nbytes: int) -> None:
-        """`nbytes` more of the input were processed."""
+    def advance(self, nbytes: int, files: int = 0) -> None:
+        """`nbytes` more of the input were processed, and `files` more files finished."""
 
-    def set_total(self, nbytes: int) -> None:
-        """The total, once known."""
+    def set_total(self, nbytes: int, files: int | None = None) -> None:
+        """The totals (bytes, and files where counted), once known or as they grow."""
 
     def warn(self, message: str) -> None:
         """Something the user should know that does not stop the operation."""
@@ -29,10 +29,10 @@ class NullProgress:
     def __init__(self) -> None:
         self.warnings: list[str] = []
 
-    def advance(self, nbytes: int) -> None:
+    def advance(self, nbytes: int, files: int = 0) -> None:
         """Ignore."""
 
-    def set_total(self, nbytes: int) -> None:
+    def set_total(self, nbytes: int, files: int | None = None) -> None:
         """Ignore."""
 
     def warn(self, message: str) -> None:

@@ -279,10 +279,13 @@ class Uploader:
             try:
                 await self.repo.store.create_ref(opts.ref, manifest_id)
             except AlreadyExists:
-                taken = AlreadyExists(
-                    f"ref {opts.ref!r} already exists; manifest {manifest_id} was stored "
-                    "but not named"
-                )
+                # A create the store ran twice (replayed below the retry layer) answers
+                # "exists" the second time: a ref naming this very manifest is ours.
+                if await self.repo.store.read_ref(opts.ref) != manifest_id:
+                    taken = AlreadyExists(
+                        f"ref {opts.ref!r} already exists; manifest {manifest_id} was stored "
+                        "but not named"
+                    )
         # The ref (a root) comes before settling so that the manifest stays a root
         # however long settling takes, even with a short grace period.
         try:
@@ -412,6 +415,8 @@ class Uploader:
         with self._stats_lock:
             for key, value in deltas.items():
                 setattr(self.stats, key, getattr(self.stats, key) + value)
+        if deltas.get("files"):
+            self.progress.advance(0, files=deltas["files"])
 
 
 def _identities(paths: Iterable[str | os.PathLike[str]]) -> set[tuple[int, int]]:

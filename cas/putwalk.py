@@ -123,6 +123,7 @@ class TreeWalk:
         self._trees_bytes = 0
         self._trees_queued: set[ObjectId] = set()
         self._seen_bytes = 0
+        self._seen_files = 0
         self._total_told = time.monotonic()
 
     def run(self, root: str) -> tuple[ObjectId, Totals]:
@@ -148,7 +149,8 @@ class TreeWalk:
             self._queue_files(node)
             self._dirs.append(node)
             self._drain(self._in_flight)
-        self._progress.set_total(self._seen_bytes)  # the walk is complete: the true total
+        # the walk is complete: the true totals
+        self._progress.set_total(self._seen_bytes, self._seen_files)
         self._send_open_batch()
         self._drain(0)
         self._send_trees()
@@ -176,10 +178,11 @@ class TreeWalk:
     def _queue_files(self, node: _Dir) -> None:
         files = [c for c in node.children if c.is_file]
         self._seen_bytes += sum(c.st.st_size for c in files)
+        self._seen_files += len(files)
         now = time.monotonic()
         if now - self._total_told >= _TOTAL_EVERY_S:  # a growing total, told now and then
             self._total_told = now
-            self._progress.set_total(self._seen_bytes)
+            self._progress.set_total(self._seen_bytes, self._seen_files)
         if node.cached is not None:
             node.deferred = files
             return

@@ -109,7 +109,7 @@ def add_progress_option(parser: argparse.ArgumentParser) -> None:
         choices=PROGRESS_MODES,
         default="auto",
         help="auto: a bar on a terminal, plain lines when $CI is set, else none; plain: "
-        f"one line every {PLAIN_EVERY_S:.0f} s (bytes done of the total, rate, ETA; "
+        f"one line every {PLAIN_EVERY_S:.0f} s (files and bytes done of the totals, rate, ETA; "
         "NDJSON events on stderr with --json); none: warnings only",
     )
 
@@ -136,6 +136,8 @@ class BarProgress:
         self._what = description
         self._done = 0
         self._total: int | None = None
+        self._files = 0
+        self._files_total: int | None = None
         self._started = time.monotonic()
         self._last_line = self._started
         self._every = _interval()
@@ -153,11 +155,14 @@ class BarProgress:
             else None
         )
 
-    def advance(self, nbytes: int) -> None:
-        """Count bytes done; a plain line when the interval has passed."""
+    def advance(self, nbytes: int, files: int = 0) -> None:
+        """Count bytes and files done; a plain line when the interval has passed."""
         with self._lock:
             self._done += nbytes
+            self._files += files
             if self._bar is not None:
+                if files:
+                    self._bar.set_postfix_str(self._file_count(), refresh=False)
                 self._bar.update(nbytes)
             elif self._mode == "plain":
                 now = time.monotonic()
@@ -165,13 +170,20 @@ class BarProgress:
                     self._last_line = now
                     self._line(now)
 
-    def set_total(self, nbytes: int) -> None:
-        """Give the progress an end."""
+    def set_total(self, nbytes: int, files: int | None = None) -> None:
+        """Give the progress an end (it may grow while a put still lists its source)."""
         with self._lock:
             self._total = nbytes
+            if files is not None:
+                self._files_total = files
             if self._bar is not None:
                 self._bar.total = nbytes
+                self._bar.set_postfix_str(self._file_count(), refresh=False)
                 self._bar.refresh()
+
+    def _file_count(self) -> str:
+        total = "" if self._files_total is None else f"/{self._files_total}"
+        return f"{self._files}{total} files"
 
     def _line(self, now: float) -> None:
         elapsed = max(now - self._started, 1e-6)
@@ -184,6 +196,8 @@ class BarProgress:
                 "command": self._what,
                 "bytes_done": self._done,
                 "bytes_total": total,
+                "files_done": self._files,
+                "files_total": self._files_total,
                 "seconds": round(elapsed, 1),
                 "bytes_per_second": round(rate),
                 "eta_seconds": None if eta is None else round(eta),
@@ -194,7 +208,8 @@ class BarProgress:
         of = "" if total is None else f" of {format_size(total)} ({self._done / max(total, 1):.0%})"
         tail = "" if eta is None else f", ETA {_clock(eta)}"
         print(
-            f"cas {self._what}: {done}{of} in {_clock(elapsed)}, {format_size(rate)}/s{tail}",
+            f"cas {self._what}: {self._file_count()}, {done}{of} in {_clock(elapsed)}, "
+            f"{format_size(rate)}/s{tail}",
             file=sys.stderr,
             flush=True,
         )

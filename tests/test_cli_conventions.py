@@ -209,6 +209,7 @@ def test_plain_progress_is_the_default_under_ci(tmp_path):
     lines = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("cas put: ")]
     assert lines, proc.stderr
     assert "/s" in lines[-1] and "MiB" in lines[-1]
+    assert re.search(r": \d+/40 files, ", lines[-1]), lines[-1]  # files done of the total
 
 
 def test_progress_is_ndjson_with_json(tmp_path):
@@ -217,6 +218,8 @@ def test_progress_is_ndjson_with_json(tmp_path):
     events = [json.loads(ln) for ln in proc.stderr.decode().splitlines() if ln.startswith("{")]
     assert events and all(e["event"] == "progress" for e in events)
     assert events[-1]["bytes_done"] <= 40 * 200_000
+    assert all(0 <= e["files_done"] <= 40 for e in events)
+    assert events[-1]["files_total"] in (None, 40)
     json.loads(proc.stdout)  # stdout stays one JSON document
 
 
