@@ -236,6 +236,9 @@ class PackWriter:
         task = asyncio.create_task(self._upload(pack, pack_id))
         self._uploads.add(task)
         task.add_done_callback(self._uploads.discard)
+        # Its failure is raised from `_failure` (by `add` or `close`); a task leaving
+        # the set before anyone awaits it would otherwise log "never retrieved" too.
+        task.add_done_callback(_retrieve)
 
     async def _upload(self, pack: _OpenPack, pack_id: ObjectId) -> None:
         size = pack.upload.size
@@ -259,6 +262,11 @@ class PackWriter:
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _OpenPack:

@@ -206,3 +206,24 @@ async def test_gc_that_reads_a_damaged_root_deletes_nothing_it_reaches(
     assert [(k, i) for k, i, _ in report.unreadable] == [(kind, result.manifest_id)]
     assert report.deleted[Kind.INDEX].objects == 0 and report.deleted[Kind.PACK].objects == 0
     await _reads_back(store, result.manifest_id, source, tmp_path / "out")
+
+
+async def test_failed_pack_upload_is_one_error_and_no_unretrieved_task(store, source):
+    # A pack upload that fails is raised by the put; asyncio must not also print
+    # "Task exception was never retrieved" with a traceback on the user's terminal.
+    import asyncio
+    import gc
+
+    loop = asyncio.get_running_loop()
+    logged: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: logged.append(context))
+    try:
+        repo, layer = _layers(store, ("put_if_absent", 2, Fault.PERMANENT))
+        with pytest.raises(PermissionDenied):
+            await _put(repo, source)
+        assert layer.injected == {Fault.PERMANENT: 1}
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert [c.get("message") for c in logged] == []
