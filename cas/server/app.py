@@ -2,7 +2,8 @@
 
 Request path:
 
-1. `errors` turns typed errors into a status and a JSON body
+1. `errors` turns typed errors, and aiohttp's own 4xx (no such route,
+   method not allowed), into a status and a JSON body
    `{"error": CLASS, "message": ONE_LINE}` (docs/http-api.md lists them);
 2. `refuse_dot_segments` answers `400` to `..` tricks;
 3. `authorize` finds the scope the route needs, checks the bearer token
@@ -88,6 +89,19 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except CasError as exc:
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
         return web.json_response(error_body(exc), status=status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own refusals (no such route 404, method 405) get the
+        # documented JSON body too, instead of aiohttp's plain text.
+        response = _error_response(
+            exc.status,
+            exc.reason.replace(" ", ""),
+            f"{request.method} {request.path[:200]}: {exc.reason}",
+        )
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
 
 @web.middleware
