@@ -31,6 +31,19 @@ def route_label(request: web.BaseRequest) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def _app_of(request: web.BaseRequest) -> web.Application | None:
+    """The application that handled `request`; None for one aiohttp could not parse.
+
+    A request refused by the HTTP parser (a bad Content-Length, broken
+    chunking) never reached routing: `request.app` asserts instead of
+    raising AttributeError, so `getattr` with a default is not enough.
+    """
+    try:
+        return request.app if isinstance(request, web.Request) else None
+    except AssertionError:
+        return None
+
+
 class AccessLogger(AbstractAccessLogger):
     """Logs one line and counts the request."""
 
@@ -43,7 +56,7 @@ class AccessLogger(AbstractAccessLogger):
         """Called by aiohttp after each response."""
         bytes_in = request.get(BYTES_IN, 0)
         bytes_out = response.body_length
-        app = getattr(request, "app", None)
+        app = _app_of(request)
         metrics = app.get(METRICS) if app is not None else None
         if metrics is not None:
             metrics.observe(
