@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import RequestPayloadError
 
 from cas import __version__
 from cas.errors import CasError, ObjectNotFound, UsageError
@@ -118,6 +120,12 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
             ) from None
         except ConnectionResetError:
             raise UsageError(f"{what}: the client went away after {len(body)} bytes") from None
+        except (RequestPayloadError, HttpProcessingError) as exc:
+            # A Content-Encoding that does not decode, chunking broken mid-body.
+            detail = getattr(exc, "message", None) or str(exc)
+            raise UsageError(
+                f"{what}: unreadable body ({' '.join(str(detail).split())[:200]})"
+            ) from None
         if not piece:
             return bytes(body)
         body += piece
