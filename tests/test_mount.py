@@ -93,7 +93,7 @@ def describe(root: Path) -> dict[str, tuple]:
 class Mount:
     """A `cas mount` process and its mount point."""
 
-    def __init__(self, store: Path, manifest: str, point: Path, env: dict[str, str], *extra: str):
+    def __init__(self, store: Path | str, manifest: str, point: Path, env: dict[str, str], *extra):
         self.point = point
         command = ["--store", str(store), "--json", "mount", manifest, str(point), *extra]
         self.proc = subprocess.Popen(
@@ -272,6 +272,7 @@ def test_signal_unmounts_and_leaves_no_mount(world, mount, signum):
         with contextlib.suppress(OSError):  # ENOTCONN: its file system is gone
             os.close(fd)
     assert not os.path.ismount(m.point)
+    assert "Traceback" not in m.stderr and "Exception" not in m.stderr, m.stderr
     with open("/proc/self/mounts") as f:
         assert str(m.point) not in f.read()
     assert os.listdir(m.point) == []
@@ -283,3 +284,78 @@ def test_unknown_ref_fails_before_mounting(world, tmp_path):
                env=world["env"], check=False)  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert not os.path.ismount(point)
+
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1 that can stop passing answers back (a store that hangs)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.stalled = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source, sink, answers: bool) -> None:
+        while True:
+            if answers and self.stalled.is_set():
+                time.sleep(0.05)  # hold the answer back: the client waits forever
+                continue
+            try:
+                data = source.recv(1 << 16)
+                if not data:
+                    return
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_stalled_store_is_eio_after_the_timeout_not_a_hang(world, tmp_path):
+    from tests.serve_process import TOKENS, start_serve
+
+    env = world["env"] | {"CAS_CACHE_DIR": str(tmp_path / "cache"), "CAS_TOKEN": TOKENS["read"]}
+    workdir = tmp_path / "srv"
+    store = workdir / "store"
+    manifest = cas("--store", str(store), "put", "-q", *CHUNK, str(world["src"]), env=env)
+    server = start_serve(workdir)
+    proxy = StallingProxy(int(server.url.rsplit(":", 1)[1]))
+    url = f"http://127.0.0.1:{proxy.port}"
+    m = Mount(url, manifest.stdout.strip(), tmp_path / "mnt", env, "--timeout", "2s")
+    try:
+        assert sorted(os.listdir(m.point)) == sorted(os.listdir(world["dest"]))
+        proxy.stalled.set()
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as info:
+            (m.point / "mid.bin").read_bytes()
+        assert info.value.errno == errno.EIO
+        assert time.monotonic() - t0 < 10
+        assert m.stop() == 0
+    finally:
+        m.cleanup()
+        proxy.close()
+        server.stop()
+    assert "did not answer within 2 s" in m.stderr and "mid.bin" in m.stderr, m.stderr

@@ -96,11 +96,18 @@ class ChunkReader:
         return b"".join(pieces)
 
     def _read_ahead(self, handle: OpenFile, after: int, end: int) -> None:
-        """Start fetching the chunks of the next `readahead` bytes not asked for yet."""
+        """Fetch the chunks of the next `readahead` bytes, in batches of at least half that.
+
+        A batch starts only once less than half a window is left ahead of the
+        reader, so each one is a few MiB: neighbours in a pack merge into one
+        ranged read, not one read per chunk.
+        """
         chunks = handle.entry.chunks
-        stop = bisect.bisect_left(handle.starts, end + self.readahead, lo=after)
         start = max(after, handle.ahead)
-        if start >= min(stop, len(chunks)):
+        if start >= len(chunks) or handle.starts[start] >= end + self.readahead // 2:
+            return
+        stop = min(len(chunks), bisect.bisect_left(handle.starts, end + self.readahead, lo=start))
+        if start >= stop:
             return
         handle.ahead = stop
         wanted = [

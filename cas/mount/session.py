@@ -98,11 +98,11 @@ async def serve(
 ) -> MountStats:
     """Mount `root` at `mountpoint` and answer the kernel until unmounted or signalled."""
     import pyfuse3
-    import pyfuse3.asyncio
 
+    from cas.mount import compat
     from cas.mount.fs import CasOperations
 
-    pyfuse3.asyncio.enable()
+    compat.enable()
     started = time.monotonic()
     max_chunk = manifest.chunker.max_size
     trees = TreeSource(repo, max_chunk, capacity=options.tree_memory, timeout=options.timeout)
