@@ -359,3 +359,72 @@ def test_stalled_store_is_eio_after_the_timeout_not_a_hang(world, tmp_path):
         proxy.close()
         server.stop()
     assert "did not answer within 2 s" in m.stderr and "mid.bin" in m.stderr, m.stderr
+
+
+def test_record_then_prefetch_fills_the_cache_before_reads(world, tmp_path):
+    env = world["env"] | {"CAS_CACHE_DIR": str(tmp_path / "cache")}
+    trace = tmp_path / "trace"
+    m = Mount(world["store"], world["manifest"], tmp_path / "a", env, "--record", str(trace))
+    try:
+        for rel in ("sub/deeper/leaf.c", "mid.bin", "small.txt", "mid.bin", "big.bin"):
+            (m.point / rel).read_bytes()
+        assert m.stop() == 0
+    finally:
+        m.cleanup()
+    assert trace.read_text().splitlines() == [
+        "sub/deeper/leaf.c",
+        "mid.bin",
+        "small.txt",
+        "big.bin",
+    ]
+    assert m.stats["recorded"] == 4
+
+    extra = ("--cache", "--prefetch", str(trace))
+    wanted = chunk_ids(
+        world["store"], world["manifest"], ["sub/deeper/leaf.c", "mid.bin", "big.bin"]
+    )
+    m = Mount(world["store"], world["manifest"], tmp_path / "b", env, *extra)
+    try:
+        from cas.cache import ChunkCache
+
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # the prefetch fills the cache with no read at all
+            if (tmp_path / "cache" / "chunks.lmdb").exists():
+                cache = ChunkCache(tmp_path / "cache", capacity=1 << 30)
+                held = cache.has_many(wanted)
+                cache.close()
+                if held == set(wanted):
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the prefetch did not fill the cache within 15 s")
+        assert (m.point / "big.bin").read_bytes() == world["files"]["big.bin"]
+        assert m.stop() == 0
+    finally:
+        m.cleanup()
+    fetched = m.stats["prefetched"]
+    assert fetched["done"] and fetched["files"] == 4 and fetched["failed_batches"] == 0
+    assert m.stats["chunks_from_store"] == fetched["chunks"] == len(wanted)  # each fetched once
+    assert m.stats["chunks_from_cache"] >= len(
+        chunk_ids(world["store"], world["manifest"], ["big.bin"])
+    )
+
+
+def chunk_ids(store: Path, manifest: str, paths: list[str]) -> list:
+    import asyncio
+
+    from cas.browse import lookup
+    from cas.ids import ObjectId
+    from cas.repo import Repository
+    from cas.store.local import LocalStore
+
+    async def ids():
+        repo = Repository(LocalStore(str(store)))
+        m = await repo.get_manifest(ObjectId.parse(manifest))
+        out = {}
+        for path in paths:
+            for ref in (await lookup(repo, m, path)).entry.chunks:
+                out[ref.id] = None
+        return list(out)
+
+    return asyncio.run(ids())

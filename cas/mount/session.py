@@ -24,7 +24,9 @@ from cas.browse import lookup, split_path
 from cas.errors import DestinationError, UsageError
 from cas.ids import ObjectId
 from cas.mount.nodes import NodeTable
+from cas.mount.prefetch import PrefetchStats, every_file, listed_files, prefetch
 from cas.mount.reader import DEFAULT_CHUNK_BYTES, DEFAULT_READAHEAD, ChunkReader
+from cas.mount.record import Recorder, read_trace
 from cas.mount.trees import DEFAULT_TREE_BYTES, TreeSource
 from cas.objects import DirEntry, Manifest
 from cas.repo import Repository
@@ -42,8 +44,10 @@ class MountOptions:
     readahead: int = DEFAULT_READAHEAD
     chunk_memory: int = DEFAULT_CHUNK_BYTES
     tree_memory: int = DEFAULT_TREE_BYTES
-    on_open: Callable[[str], None] | None = None
-    """Called with the path of every file opened (`--record`)."""
+    record: str | None = None
+    """Append the path of each file opened first to this file (`--record`)."""
+    prefetch: str | None = None
+    """A list of paths (one per line), or "all": fetched in the background (`--prefetch`)."""
 
 
 @dataclass
@@ -59,6 +63,9 @@ class MountStats:
     """Ranged reads of packs (trees and chunks)."""
     errors: int = 0
     """Requests answered EIO."""
+    recorded: int = 0
+    """Paths written to the `--record` trace."""
+    prefetched: PrefetchStats | None = None
     seconds: float = 0.0
 
 
@@ -115,8 +122,16 @@ async def serve(
         timeout=options.timeout,
     )
     nodes = NodeTable(root, time.time_ns())
-    ops = CasOperations(nodes, trees, reader, manifest.totals, on_open=options.on_open)
+    paths = read_trace(options.prefetch) if options.prefetch not in (None, "all") else None
     check_mountpoint(mountpoint)
+    recorder = Recorder(options.record) if options.record else None
+    ops = CasOperations(
+        nodes,
+        trees,
+        reader,
+        manifest.totals,
+        on_open=recorder.opened if recorder is not None else None,
+    )
     mount_options = set(pyfuse3.default_options) | {"ro", f"fsname={fsname}", "subtype=cas"}
     try:
         pyfuse3.init(ops, mountpoint, mount_options)
@@ -131,15 +146,32 @@ async def serve(
 
     for signum in _SIGNALS:
         loop.add_signal_handler(signum, stop, signum)
+    fetching = None
+    prefetched = None
     try:
         if on_ready is not None:
             on_ready()
+        if options.prefetch is not None:
+            prefetched = PrefetchStats()
+            files = (
+                every_file(repo, manifest, root)
+                if paths is None
+                else listed_files(trees, root, paths)
+            )
+            fetching = asyncio.ensure_future(
+                prefetch(repo, files, max_chunk, prefetched, timeout=options.timeout)
+            )
         await pyfuse3.main()
     finally:
         for signum in _SIGNALS:
             loop.remove_signal_handler(signum)
+        if fetching is not None:
+            fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
         await reader.close()
         pyfuse3.close(unmount=True)
+        if recorder is not None:
+            recorder.close()
     if signalled:
         log.info("unmounted %s on %s", mountpoint, signal.Signals(signalled[0]).name)
     return MountStats(
@@ -150,5 +182,7 @@ async def serve(
         bytes_from_cache=repo.bytes_from_cache,
         reads=repo.reads,
         errors=ops.errors,
+        recorded=recorder.count if recorder is not None else 0,
+        prefetched=prefetched,
         seconds=time.monotonic() - started,
     )

@@ -46,6 +46,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         metavar="SIZE",
         help="decoded chunks kept in memory (default 64M; trees have their own 32M)",
     )
+    p.add_argument(
+        "--record",
+        metavar="FILE",
+        help="append the path of each file opened, in first-open order, to FILE (an access "
+        "trace for a later --prefetch)",
+    )
+    p.add_argument(
+        "--prefetch",
+        metavar="FILE|all",
+        help="fetch into the chunk cache, in the background, the files listed in FILE (one "
+        "path per line, e.g. a --record trace) or all files",
+    )
     add_cache_options(p)
     p.set_defaults(run=run)
 
@@ -64,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         timeout=parse_duration(args.timeout, "--timeout"),
         readahead=parse_size(args.readahead, "--readahead"),
         chunk_memory=parse_size(args.memory, "--memory"),
+        record=args.record,
+        prefetch=args.prefetch,
     )
     if options.timeout <= 0:
         raise UsageError("--timeout must be positive")
@@ -108,6 +122,16 @@ def stats_json(s: MountStats) -> dict[str, Any]:
         "bytes_from_cache": s.bytes_from_cache,
         "reads": s.reads,
         "errors": s.errors,
+        "recorded": s.recorded,
+        "prefetched": None
+        if s.prefetched is None
+        else {
+            "files": s.prefetched.files,
+            "chunks": s.prefetched.chunks,
+            "bytes": s.prefetched.bytes,
+            "failed_batches": s.prefetched.failed,
+            "done": s.prefetched.done,
+        },
         "seconds": round(s.seconds, 3),
     }
 

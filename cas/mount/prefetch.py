@@ -1,0 +1,117 @@
+"""`--prefetch FILE|all`: fetch files into the chunk cache ahead of demand reads.
+
+Runs in the background of a mount: the files of a list (a `--record`
+trace of an earlier job) in its order, or every file of the tree. Chunks
+are fetched through `Repository.get_chunks` in batches of a few MiB, one
+batch at a time, so demand reads always have the store's other
+connections; each fetched chunk is verified and lands in the LMDB cache,
+from where the demand read takes it. Without a cache (a store on a local
+disk) there is nowhere to keep them, so nothing is prefetched. Failures
+are logged once and skipped: the demand read of that file reports its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+from cas.browse import split_path, walk
+from cas.errors import CasError
+from cas.ids import ObjectId
+from cas.mount.deadline import within
+from cas.mount.trees import TreeSource
+from cas.objects import DirEntry, FileEntry, Manifest
+from cas.repo import Repository
+
+BATCH_BYTES: Final = 8 << 20
+log = logging.getLogger("cas.mount")
+
+
+@dataclass
+class PrefetchStats:
+    """What the background prefetch did."""
+
+    files: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    failed: int = 0
+    done: bool = False
+
+
+async def listed_files(
+    trees: TreeSource, root: ObjectId, paths: list[str]
+) -> AsyncIterator[tuple[str, FileEntry]]:
+    """The files at `paths` (relative to the mount root); paths that are not files are skipped."""
+    for path in paths:
+        try:
+            parts = split_path(path)
+        except CasError:
+            continue
+        tree: ObjectId | None = root
+        entry = None
+        for depth, name in enumerate(parts):
+            if tree is None:
+                break
+            where = "/".join(parts[:depth]) or "."
+            entry = (await trees.listing(tree, where)).find(name)
+            tree = entry.tree if isinstance(entry, DirEntry) else None
+        if isinstance(entry, FileEntry) and parts:
+            yield "/".join(parts), entry
+
+
+async def every_file(
+    repo: Repository, manifest: Manifest, root: ObjectId
+) -> AsyncIterator[tuple[str, FileEntry]]:
+    """Every file under `root`, breadth first (trees verified as `cas get` reads them)."""
+    async for located in walk(repo, manifest, root):
+        if isinstance(located.entry, FileEntry):
+            yield located.path, located.entry
+
+
+async def prefetch(
+    repo: Repository,
+    files: AsyncIterator[tuple[str, FileEntry]],
+    max_chunk: int,
+    stats: PrefetchStats,
+    *,
+    timeout: float,
+) -> None:
+    """Fetch the chunks of `files` the cache lacks, in order, one batch at a time."""
+    cache = repo.cache
+    if cache is None:
+        log.warning("--prefetch needs the chunk cache (a remote store, or --cache): skipped")
+        stats.done = True
+        return
+    batch: dict[ObjectId, int] = {}
+    size = 0
+
+    async def flush() -> None:
+        nonlocal size
+        present = cache.has_many(batch)
+        ids = [i for i in batch if i not in present]
+        try:
+            if ids:
+                got = await within(repo.get_chunks(ids, max_chunk), timeout, "prefetch")
+                stats.chunks += len(got)
+                stats.bytes += sum(len(d) for d in got.values())
+        except CasError as exc:
+            stats.failed += 1
+            log.warning("prefetch: %s", exc)
+        batch.clear()
+        size = 0
+
+    try:
+        async for _path, entry in files:
+            stats.files += 1
+            for ref in entry.chunks:
+                if ref.id not in batch:
+                    batch[ref.id] = ref.length
+                    size += ref.length
+                if size >= BATCH_BYTES:
+                    await flush()
+        await flush()
+    except CasError as exc:
+        log.warning("prefetch stopped: %s", exc)
+    stats.done = True
