@@ -403,7 +403,7 @@ class HttpStore(Store):
                 out[expected] = await content.readexactly(length)
         except asyncio.IncompleteReadError:
             raise StoreUnavailable(f"{what} on {self.url}: answer was cut off") from None
-        except (ValueError, AttributeError) as exc:
+        except (ValueError, AttributeError, RecursionError) as exc:
             raise StoreUnavailable(f"{what} on {self.url}: garbled answer ({exc})") from None
         return out
 
@@ -520,7 +520,7 @@ class HttpStore(Store):
                     raise StoreUnavailable(f"{what} on {self.url}: listing was cut off")
                 try:
                     record = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise StoreUnavailable(f"{what} on {self.url}: garbled listing") from None
                 if not isinstance(record, dict):
                     raise StoreUnavailable(f"{what} on {self.url}: garbled listing")
@@ -533,7 +533,7 @@ class HttpStore(Store):
     def _parse(self, record: dict[str, Any], build: Callable[[dict[str, Any]], T]) -> T:
         try:
             return build(record)
-        except (KeyError, TypeError, ValueError, UsageError):
+        except (KeyError, TypeError, ValueError, OverflowError, UsageError):
             raise StoreUnavailable(
                 f"{self.url}: malformed listing record {record!r:.200}"
             ) from None
@@ -564,7 +564,7 @@ def _batches(items: Sequence[tuple[ObjectId, bytes]]) -> Iterator[list[tuple[Obj
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # a hostile body can nest deeper than the parser goes
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -598,7 +598,7 @@ def _error_from_record(record: dict[str, Any], where: str) -> CasError:
 def _json_field(body: bytes, key: str, expected: type, url: str) -> Any:
     try:
         value = json.loads(body)[key]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise StoreUnavailable(f"{url}: answer without '{key}'") from None
     if not isinstance(value, expected):
         raise StoreUnavailable(f"{url}: '{key}' in the answer has the wrong type")
