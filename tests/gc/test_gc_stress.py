@@ -9,8 +9,16 @@ with a sub-second grace period and expire refs after a second. At the end
 every manifest still in the store, and every completed put whose ref
 survived, must read back in full.
 
-`CAS_STRESS_NO_PROTOCOL=1` turns the put's settling step off, to show that
-the test then fails.
+A reader gets the newest completed put, again and again, into an empty
+directory and compares every byte with the tree that was put. A get may
+lose a race with retention (the ref expires after a second, and the grace
+period is sub-second here, so a get slower than that may find the manifest
+or a pack gone); such a failure counts only if the manifest is still stored
+and no longer reads back (then it is broken). Wrong bytes always fail.
+
+`CAS_STRESS_SECONDS` (default 6) and `CAS_STRESS_PUTTERS` (default 3) make
+it a longer campaign. `CAS_STRESS_NO_PROTOCOL=1` turns the put's settling
+step off, to show that the test then fails.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from pathlib import Path
 
 import pytest
 
+from cas.errors import IntegrityError, ObjectNotFound
 from cas.gc import GcOptions, LeaseLost, collect
 from cas.gcfence import ConcurrentGcError
+from cas.get import get_manifest
 from cas.put import PutOptions, Uploader
 from cas.repo import Repository
 from cas.retention import ExpireRule, Retention
@@ -33,7 +43,7 @@ from cas.store.base import Kind
 
 GC_BACKENDS = ["local_backend", "gcs_backend", "serve_backend"]
 DURATION = float(os.environ.get("CAS_STRESS_SECONDS", "6"))
-PUTTERS = 3
+PUTTERS = int(os.environ.get("CAS_STRESS_PUTTERS", "3"))
 POOL = [os.urandom(4500 + 7 * i) for i in range(600)]
 
 
@@ -56,6 +66,7 @@ def putter(
     index: int,
     stop: threading.Event,
     done: list,
+    sources: dict,
     expired: list,
     errors: list,
 ) -> None:
@@ -87,6 +98,7 @@ def putter(
                         raise
                     expired.append(options.ref)  # retention, not loss: this put never completed
                     continue
+                sources[result.manifest_id] = src
                 done.append(
                     (options.ref, result.manifest_id, result.stats.gc_waits, time.monotonic())
                 )
@@ -97,6 +109,65 @@ def putter(
         asyncio.run(loop())
     except BaseException as exc:
         errors.append(exc)
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def reader(
+    open_store, workdir: Path, stop: threading.Event, done: list, sources: dict, gets: dict
+) -> None:
+    """Get the newest completed put into an empty directory and compare its bytes, repeatedly.
+
+    `gets` counts: `ok`; `gone` (the get failed and retention has removed
+    the manifest); `raced` (the get failed, but the manifest is still stored
+    and reads back whole: the get read a pack a collection removed, e.g. an
+    old pack of a repack, gone one sub-second grace period later); `broken`
+    (wrong bytes, or a stored manifest that no longer reads back), with
+    details; `errors` for anything else.
+    """
+
+    async def loop() -> None:
+        from cas.verify import Checker
+
+        store = open_store()
+        n = 0
+        gone: set = set()
+        try:
+            while not stop.is_set():
+                if not done or done[-1][1] in gone:
+                    await asyncio.sleep(0.05)
+                    continue
+                ref, manifest_id, _, _ = done[-1]
+                n += 1
+                dest = workdir / f"get-{n}"
+                try:
+                    await get_manifest(Repository(store), manifest_id, dest)
+                except (ObjectNotFound, IntegrityError) as exc:
+                    stored = {i.id async for i in store.list(Kind.MANIFEST, str(manifest_id))}
+                    checker = Checker(Repository(store))
+                    try:
+                        problems = await checker.check_manifest(manifest_id) if stored else []
+                    finally:
+                        checker.close()
+                    if problems:
+                        gets["broken"].append(f"get {ref} {manifest_id}: {exc}")
+                    else:
+                        gets["raced" if stored else "gone"] += 1
+                        gone.add(manifest_id)
+                    continue
+                if files_of(dest) != files_of(sources[manifest_id]):
+                    gets["broken"].append(f"get {ref} {manifest_id}: bytes differ")
+                else:
+                    gets["ok"] += 1
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(loop())
+    except BaseException as exc:
+        gets["errors"].append(exc)
 
 
 def collector(open_store, stop: threading.Event, reports: list, lost: list, errors: list) -> None:
@@ -129,14 +200,21 @@ def test_concurrent_puts_and_collections_never_break_a_completed_manifest(
     assert open_store is not None
     stop = threading.Event()
     done: list = []
+    sources: dict = {}
+    gets: dict = {"ok": 0, "gone": 0, "raced": 0, "broken": [], "errors": []}
     expired: list = []
     lost: list = []
     reports: list = []
     errors: list = []
     threads = [
-        threading.Thread(target=putter, args=(open_store, tmp_path, i, stop, done, expired, errors))
+        threading.Thread(
+            target=putter, args=(open_store, tmp_path, i, stop, done, sources, expired, errors)
+        )
         for i in range(PUTTERS)
-    ] + [threading.Thread(target=collector, args=(open_store, stop, reports, lost, errors))]
+    ] + [
+        threading.Thread(target=collector, args=(open_store, stop, reports, lost, errors)),
+        threading.Thread(target=reader, args=(open_store, tmp_path, stop, done, sources, gets)),
+    ]
     for thread in threads:
         thread.start()
     time.sleep(DURATION)
@@ -144,30 +222,34 @@ def test_concurrent_puts_and_collections_never_break_a_completed_manifest(
     for thread in threads:
         thread.join(60)
     assert not errors, errors
+    assert not gets["errors"], gets["errors"]
 
-    async def check() -> list[str]:
+    async def check() -> tuple[list[str], int]:
         from cas.verify import Checker
 
         store = open_store()
         checker = Checker(Repository(store))
         broken = []
+        checked = 0
         try:
             refs = {r.name async for r in store.list_refs()}
             manifests = {i.id async for i in store.list(Kind.MANIFEST)}
             for ref, manifest_id, _, _ in done:
                 if ref in refs or manifest_id in manifests:
                     problems = await checker.check_manifest(manifest_id)
+                    checked += 1
                     if problems:
                         broken.append(f"{ref} {manifest_id}: {sorted(p.detail for p in problems)}")
             for manifest_id in manifests:
+                checked += 1
                 if await checker.check_manifest(manifest_id):
                     broken.append(f"stored manifest {manifest_id}")
         finally:
             checker.close()
             await store.aclose()
-        return broken
+        return broken, checked
 
-    broken = asyncio.run(check())
+    broken, checked = asyncio.run(check())
     deleted_packs = sum(r.deleted[Kind.PACK].objects for r in reports)
     repacked = sum(r.repacked.objects for r in reports)
     waits = sum(w for _, _, w, _ in done)
@@ -175,7 +257,12 @@ def test_concurrent_puts_and_collections_never_break_a_completed_manifest(
         f"\nstress: {len(done)} puts, {len(reports)} collections ({len(lost)} lost their "
         f"lease), {deleted_packs} packs deleted, {repacked} repacked, "
         f"{waits} settle rounds, {len(expired)} refs expired before their put "
-        f"finished, {len(broken)} broken manifests"
+        f"finished; {gets['ok']} gets checked byte for byte, {gets['gone']} failed on a "
+        f"manifest retention removed, {gets['raced']} on a pack removed under them, "
+        f"{len(gets['broken'])} broken; {checked} manifest checks at the "
+        f"end, {len(broken)} broken manifests"
     )
     assert len(done) >= PUTTERS and len(reports) >= 2 and deleted_packs > 0
+    assert gets["ok"] >= 1
+    assert not gets["broken"], gets["broken"][:5]
     assert not broken, broken[:5]
