@@ -137,6 +137,22 @@ class Repository:
         self._plan[ObjectKind.TREE].update(dict.fromkeys(chosen.trees))  # a walk reads them
         return chosen
 
+    async def reload_index(self, manifest_id: ObjectId) -> bool:
+        """Read a manifest's indexes again; True if the one now chosen names other packs.
+
+        A collection that repacks a kept manifest writes a relocated index and
+        deletes the old packs at its next run, so a long-lived reader (`cas
+        mount`) that finds a pack gone reloads the index before it gives up.
+        """
+        old = self._indexes.pop(manifest_id, None)
+        try:
+            new = await self.index(manifest_id)
+        except ObjectNotFound:
+            if old is not None:
+                self._indexes[manifest_id] = old
+            raise
+        return old is None or set(new.packs()) != set(old.packs())
+
     def expect(self, manifest_id: ObjectId) -> None:
         """Load `manifest_id`'s index before the next object that is not located yet."""
         if manifest_id not in self._indexes:

@@ -27,6 +27,7 @@ from cas.mount.nodes import NodeTable
 from cas.mount.prefetch import PrefetchStats, every_file, listed_files, prefetch
 from cas.mount.reader import DEFAULT_CHUNK_BYTES, DEFAULT_READAHEAD, ChunkReader
 from cas.mount.record import Recorder, read_trace
+from cas.mount.relocation import Relocation
 from cas.mount.trees import DEFAULT_TREE_BYTES, TreeSource
 from cas.objects import DirEntry, Manifest
 from cas.repo import Repository
@@ -61,6 +62,8 @@ class MountStats:
     bytes_from_cache: int = 0
     reads: int = 0
     """Ranged reads of packs (trees and chunks)."""
+    index_reloads: int = 0
+    """Times a missing pack made the mount read the manifest's index again."""
     errors: int = 0
     """Requests answered EIO."""
     recorded: int = 0
@@ -95,6 +98,7 @@ def check_mountpoint(path: str) -> None:
 
 async def serve(
     repo: Repository,
+    manifest_id: ObjectId,
     manifest: Manifest,
     root: ObjectId,
     mountpoint: str,
@@ -103,7 +107,7 @@ async def serve(
     fsname: str,
     on_ready: Callable[[], None] | None = None,
 ) -> MountStats:
-    """Mount `root` at `mountpoint` and answer the kernel until unmounted or signalled."""
+    """Mount `root` (of `manifest`) at `mountpoint`; answer the kernel until unmounted."""
     import pyfuse3
 
     from cas.mount import compat
@@ -112,7 +116,14 @@ async def serve(
     compat.enable()
     started = time.monotonic()
     max_chunk = manifest.chunker.max_size
-    trees = TreeSource(repo, max_chunk, capacity=options.tree_memory, timeout=options.timeout)
+    relocation = Relocation(repo, manifest_id, options.timeout)
+    trees = TreeSource(
+        repo,
+        max_chunk,
+        capacity=options.tree_memory,
+        timeout=options.timeout,
+        relocation=relocation,
+    )
     await trees.listing(root, ".")  # a broken root fails here, before anything is mounted
     reader = ChunkReader(
         repo,
@@ -120,6 +131,7 @@ async def serve(
         capacity=options.chunk_memory,
         readahead=options.readahead,
         timeout=options.timeout,
+        relocation=relocation,
     )
     nodes = NodeTable(root, time.time_ns())
     paths = read_trace(options.prefetch) if options.prefetch not in (None, "all") else None
@@ -181,6 +193,7 @@ async def serve(
         bytes_from_store=repo.bytes_from_store,
         bytes_from_cache=repo.bytes_from_cache,
         reads=repo.reads,
+        index_reloads=relocation.reloads,
         errors=ops.errors,
         recorded=recorder.count if recorder is not None else 0,
         prefetched=prefetched,

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from cas.browse import check_chunks
+from cas.errors import ObjectNotFound
 from cas.ids import ObjectId
 from cas.mount.deadline import fail, within
 from cas.mount.lru import ByteLRU
+from cas.mount.relocation import Relocation
 from cas.objects import Entry, FileEntry
 from cas.repo import Repository
 
@@ -56,8 +58,10 @@ class TreeSource:
         *,
         capacity: int = DEFAULT_TREE_BYTES,
         timeout: float = 60.0,
+        relocation: Relocation | None = None,
     ) -> None:
         self.repo = repo
+        self.relocation = relocation
         self.max_chunk = max_chunk
         self.timeout = timeout
         self._lru: ByteLRU[ObjectId, Listing] = ByteLRU(capacity)
@@ -76,7 +80,13 @@ class TreeSource:
         future: asyncio.Future[Listing] = asyncio.get_running_loop().create_future()
         self._inflight[tree_id] = future
         try:
-            tree = await within(self.repo.get_tree(tree_id), self.timeout, f"tree {tree_id}")
+            what = f"tree {tree_id}"
+            try:
+                tree = await within(self.repo.get_tree(tree_id), self.timeout, what)
+            except ObjectNotFound:
+                if self.relocation is None or not await self.relocation.moved():
+                    raise
+                tree = await within(self.repo.get_tree(tree_id), self.timeout, what)
             for entry in tree.entries:
                 if isinstance(entry, FileEntry):
                     check_chunks(entry, self.max_chunk, f"{where}/{entry.name}")

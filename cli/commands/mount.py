@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
         return await serve(
             repo,
+            manifest_id,
             manifest,
             root,
             args.dir,
@@ -121,6 +122,7 @@ def stats_json(s: MountStats) -> dict[str, Any]:
         "bytes_from_store": s.bytes_from_store,
         "bytes_from_cache": s.bytes_from_cache,
         "reads": s.reads,
+        "index_reloads": s.index_reloads,
         "errors": s.errors,
         "recorded": s.recorded,
         "prefetched": None
