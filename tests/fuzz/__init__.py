@@ -7,8 +7,9 @@ Examples are few in the regular suite; a campaign scales them:
 
     CAS_FUZZ_EXAMPLES=20000 python -m pytest tests/fuzz -q
 
-`fuzz_settings(weight)` gives `weight` x the scale (a slow property, such
-as one that starts a subprocess, takes a fraction), `bounded` fails an
+`fuzz_settings(weight)` gives `weight` x the scale: 1 for a parser called
+in-process, 0.5 for one example per HTTP request, 0.01 for one subprocess
+per example (at least `least`, 5 unless told). `bounded` fails an
 example that runs too long instead of letting it hang the run, and
 `peak_alloc` measures what a parse allocated, so a parser that believes a
 declared size (2^40 entries, a 1 TiB frame) is caught before it matters.
@@ -24,15 +25,15 @@ from collections.abc import Iterator
 
 from hypothesis import HealthCheck, settings
 
-SCALE = int(os.environ.get("CAS_FUZZ_EXAMPLES", "40"))
+SCALE = int(os.environ.get("CAS_FUZZ_EXAMPLES", "60"))
 """Examples per property of weight 1 (the regular suite's default is small)."""
 EXAMPLE_SECONDS = float(os.environ.get("CAS_FUZZ_EXAMPLE_SECONDS", "10"))
 
 
-def fuzz_settings(weight: float = 1.0) -> settings:
+def fuzz_settings(weight: float = 1.0, least: int = 5) -> settings:
     """Hypothesis settings for one property: scaled examples, no deadline flakiness."""
     return settings(
-        max_examples=max(5, int(SCALE * weight)),
+        max_examples=max(least, int(SCALE * weight)),
         deadline=None,
         suppress_health_check=[
             HealthCheck.too_slow,

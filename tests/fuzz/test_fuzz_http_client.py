@@ -313,7 +313,7 @@ async def _collect(iterator):
     return [item async for item in iterator]
 
 
-@fuzz_settings(8)
+@fuzz_settings(0.5)
 @given(
     operation=st.sampled_from(sorted(OPERATIONS)),
     status=statuses,
@@ -334,7 +334,7 @@ def test_any_answer_is_a_value_or_a_typed_error(hostile, operation, status, head
     check(operation, result, status)
 
 
-@fuzz_settings(2)
+@fuzz_settings(0.5)
 @given(line_bytes=st.integers(60_000, 400_000), operation=st.sampled_from(["list", "list_refs"]))
 @example(line_bytes=300_000, operation="list")
 def test_an_overlong_listing_line_is_store_unavailable(hostile, line_bytes, operation):
@@ -366,7 +366,7 @@ raw_framings = st.builds(
 )
 
 
-@fuzz_settings(4)
+@fuzz_settings(0.5)
 @given(operation=st.sampled_from(sorted(OPERATIONS)), raw=raw_framings | st.binary(max_size=80))
 def test_lying_framing_is_a_typed_error(hostile, operation, raw):
     """Content-Length that lies, chunking cut short, garbage instead of HTTP: typed errors only."""

@@ -47,7 +47,7 @@ def documented_ref(name: str) -> bool:
     return 0 < len(raw) <= MAX_REF_BYTES and all(_SEGMENT.fullmatch(s) for s in name.split("/"))
 
 
-@fuzz_settings(4)
+@fuzz_settings()
 @given(name=names)
 @example(name="\udcff")  # a non-UTF-8 argv byte: was UnicodeEncodeError, a traceback in the CLI
 @example(name="a/\udcffb")
@@ -61,7 +61,7 @@ def test_ref_names_are_accepted_exactly_as_documented(name):
         assert not any(s in (".", "..") or s.startswith(("-", ".")) for s in name.split("/"))
 
 
-@fuzz_settings(2)
+@fuzz_settings()
 @given(text=st.one_of(names, st.text(alphabet="0123456789abcdefABCDEF", min_size=60, max_size=68)))
 def test_object_ids_parse_only_from_64_lower_hex(text):
     try:
@@ -137,7 +137,7 @@ resolvable = st.one_of(
 )
 
 
-@fuzz_settings(2)
+@fuzz_settings()
 @given(name=resolvable)
 @example(name="\udcff")
 @example(name="a" * 300)  # was StoreUnavailable (ENAMETOOLONG), which is retried
@@ -168,7 +168,7 @@ cli_names = st.one_of(
 )
 
 
-@fuzz_settings(0.125)
+@fuzz_settings(0.01, least=2)
 @given(name=cli_names)
 @example(name=b"\xff")  # was a UnicodeEncodeError traceback with exit status 1
 def test_the_cli_answers_any_name_with_a_typed_exit_code(resolve_store, name):
@@ -207,7 +207,7 @@ def check_table(table: TokenTable) -> None:
         assert table.scope_of(token.decode()) >= scope
 
 
-@fuzz_settings(2)
+@fuzz_settings()
 @given(
     lines=st.lists(token_lines, max_size=6),
     ending=st.sampled_from(["\n", "\r\n", "\r", "\x0b", "\x85"]),
@@ -228,7 +228,7 @@ def test_token_files_load_or_name_the_bad_line(lines, ending, raw):
     check_table(table)
 
 
-@fuzz_settings(2)
+@fuzz_settings()
 @given(presented=st.one_of(st.text(max_size=40), argv_text, st.just("read-token-0123456789abcdef")))
 def test_presented_tokens_match_only_exactly(presented):
     table = TokenTable(((b"read-token-0123456789abcdef", Scope.READ),))
@@ -238,15 +238,7 @@ def test_presented_tokens_match_only_exactly(presented):
 
 @pytest.mark.parametrize(
     "content",
-    [
-        b"\xff\xfe read x\n",
-        b"",
-        b"# only a comment\n",
-        b"write short\n",
-        b"root " + b"x" * 20,
-        b"read a b c\n",
-        b"read\0" + b"x" * 20 + b"\n",
-    ],
+    [b"\xff\xfe read x\n", b"# only a comment\n", b"write short\n"],
 )
 def test_serve_refuses_a_bad_token_file_in_one_line(tmp_path, content):
     """`cas serve --token-file` with a broken file: exit 2, one line, no traceback."""

@@ -196,7 +196,7 @@ def parse_tree(data: bytes) -> Tree | None:
     return tree
 
 
-@fuzz_settings(4)
+@fuzz_settings()
 @given(doc=tree_docs)
 def test_valid_trees_round_trip_byte_for_byte(doc):
     data = canon(doc)
@@ -205,14 +205,14 @@ def test_valid_trees_round_trip_byte_for_byte(doc):
     assert tree.to_bytes() == data
 
 
-@fuzz_settings(8)
+@fuzz_settings()
 @given(doc=tree_docs, changes=mutations)
 @example(doc={"format": "cas.tree/1", "entries": []}, changes=[("entries", 0, {"a": 1})])
 def test_mutated_trees_parse_safely_or_are_refused(doc, changes):
     parse_tree(canon(mutate(doc, changes)))
 
 
-@fuzz_settings(4)
+@fuzz_settings()
 @given(
     payload=st.one_of(
         st.binary(max_size=300),
@@ -302,7 +302,7 @@ manifest_mutations = st.lists(
 )
 
 
-@fuzz_settings(6)
+@fuzz_settings()
 @given(doc=manifest_docs, changes=manifest_mutations)
 def test_mutated_manifests_parse_consistently_or_are_format_errors(doc, changes):
     for path, value in changes:

@@ -143,7 +143,7 @@ def test_built_packs_verify_and_list_what_was_packed(items, kinds):
     ]
 
 
-@fuzz_settings(2)
+@fuzz_settings()
 @given(
     items=contents,
     edits=edits,
@@ -168,7 +168,7 @@ def test_spoiled_packs_are_refused_or_still_consistent(items, edits, cut, extra,
     check_tiling(entries, len(data), trailer_len)
 
 
-@fuzz_settings(2)
+@fuzz_settings()
 @given(data=st.binary(max_size=1200), head=st.booleans(), tail=st.booleans())
 def test_random_bytes_as_a_pack(data, head, tail):
     """Raw garbage, optionally with the right magic at either end: entries or refusal."""
@@ -282,7 +282,7 @@ def check_index(index: PackIndex, packs: list[bytes]) -> None:
     assert (again.chunks, again.trees) == (index.chunks, index.trees)
 
 
-@fuzz_settings(2)
+@fuzz_settings()
 @given(
     packs=st.lists(st.binary(min_size=32, max_size=32), max_size=4),
     rows=st.lists(index_rows, max_size=6),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -70,24 +71,33 @@ def server(tmp_path_factory):
         proc.stop()
 
 
-def check_log(log: str) -> None:
-    """No traceback in the server's log through cas code, and none but aiohttp's own.
+ACCESS_5XX = re.compile(r'^\S+ \S+ \S+ \S+ "[^"]*" 5\d\d ', re.MULTILINE)
 
-    aiohttp logs its refusals of unparseable HTTP (and a `100 Continue` it could not
-    write to a client already gone) with a traceback of its own frames; a frame of
-    cas in one, or any other exception, is a cas bug (as the access logger's
-    AssertionError on unparseable requests was).
+
+def check_log(log: str) -> None:
+    """No 5xx in the access log, and no traceback but aiohttp's own.
+
+    aiohttp logs with a traceback its refusals of unparseable HTTP, a `100
+    Continue` it could not write to a client already gone, and (after cas has
+    answered 400) the payload error again when it drains a body that does not
+    decode. Any other traceback, or one through cas code elsewhere, is a cas
+    bug (as the access logger's AssertionError on unparseable requests was).
     """
+    assert not ACCESS_5XX.search(log), ACCESS_5XX.search(log)
     lines = log.splitlines()
     for n, line in enumerate(lines):
         if line.startswith("Traceback"):
             end = next(
                 i for i in range(n + 1, len(lines)) if lines[i] and not lines[i].startswith(" ")
             )
+            after = next((x for x in lines[end + 1 :] if x), "")
+            if after.startswith(("During handling", "The above")):
+                continue  # a chained exception: the last traceback of the chain decides
             block = "\n".join(lines[n - 2 : end + 3])
             assert lines[end].startswith("aiohttp."), block
-            assert "/cas/" not in "\n".join(lines[n:end]), block
-    assert "Unhandled exception" not in log
+            assert "/cas/" not in "\n".join(lines[n:end]) or "await payload.readany()" in block, (
+                block
+            )
 
 
 def auth(scope: str = "admin") -> list[tuple[str, str]]:
@@ -171,7 +181,7 @@ def build_path(parts: list[str], encode: list[bool], query: str) -> str:
     return path + ("?" + quote(query, safe="=&") if query else "")
 
 
-@fuzz_settings(4)
+@fuzz_settings(0.5)
 @given(
     method=st.sampled_from(["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]),
     v1=st.booleans(),
@@ -209,7 +219,7 @@ def test_any_path_and_method_gets_a_documented_answer(
         assert answer.status in (400, 404, 405), answer
 
 
-@fuzz_settings(2)
+@fuzz_settings(0.5)
 @given(
     kind=st.sampled_from(["pack", "index", "manifest", "gc", "tree"]),
     object_id=ids,
@@ -252,7 +262,7 @@ json_bodies = st.one_of(
 )
 
 
-@fuzz_settings(3)
+@fuzz_settings(0.5)
 @given(kind=st.sampled_from(["pack", "index", "manifest", "gc", "chunk"]), body=json_bodies)
 @example(kind="manifest", body=b"[" * 50_000)
 def test_missing_bodies(server, kind, body):
@@ -269,7 +279,7 @@ def test_missing_bodies(server, kind, body):
         assert answer.status == 400, answer
 
 
-@fuzz_settings(3)
+@fuzz_settings(0.5)
 @given(
     kind=st.sampled_from(["pack", "index", "manifest", "gc"]),
     body=json_bodies,
@@ -327,7 +337,7 @@ def records(draw):
     return out[:cut] + draw(st.binary(max_size=8))
 
 
-@fuzz_settings(3)
+@fuzz_settings(0.5)
 @given(kind=st.sampled_from(["manifest", "gc", "pack", "index", "tree"]), body=records())
 def test_batch_put_bodies(server, kind, body):
     """`POST /v1/KIND/put`: `{"created": [BOOL...]}` for valid records only, else 400/413/422."""
@@ -342,7 +352,7 @@ def test_batch_put_bodies(server, kind, body):
         assert answer.status in (400, 413, 422), answer
 
 
-@fuzz_settings(3)
+@fuzz_settings(0.5)
 @given(
     kind=st.sampled_from(["manifest", "gc", "index", "pack"]),
     content=st.binary(max_size=200),
@@ -399,7 +409,7 @@ range_headers = st.one_of(
 )
 
 
-@fuzz_settings(4)
+@fuzz_settings(0.5)
 @given(header=range_headers, which=st.sampled_from(["pack", "absent", "manifest"]))
 @example(header="bytes=9999999999999999999-9999999999999999999", which="pack")
 @example(header="bytes=18446744073709551615-18446744073709551615", which="pack")
@@ -468,7 +478,7 @@ raw_bodies = st.one_of(
 )
 
 
-@fuzz_settings(3)
+@fuzz_settings(0.5)
 @given(
     target=st.sampled_from(
         [
@@ -534,7 +544,7 @@ authorizations = st.one_of(
 )
 
 
-@fuzz_settings(3)
+@fuzz_settings(0.5)
 @given(value=authorizations, repeat=st.booleans())
 @example(value="Bearer \udcff", repeat=False)
 def test_authorization_headers(server, value, repeat):
@@ -564,7 +574,7 @@ ref_names = st.one_of(
 )
 
 
-@fuzz_settings(3)
+@fuzz_settings(0.5)
 @given(
     name=ref_names,
     body=st.one_of(
