@@ -20,6 +20,9 @@ Rules that make a hostile manifest harmless:
    and both are removed at the end (`remove_asides`). Files whose old bytes
    later writes will copy are first hard-linked to a temporary name in the
    root (`pin`), so replacing them does not take those bytes away.
+6. A killed get's temporaries are removed by the next get at once: files
+   being written are locked by their writer, and pins and asides carry the
+   token of a get whose owner file in the root it keeps locked while it runs.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ TEMP_PREFIX: Final = ".cas-tmp-"
 WRITE_PREFIX: Final = TEMP_PREFIX + "w"
 """Files being written: each is held under an exclusive `flock` by its writer, so a later
 get can tell a dead writer's file (lock free: removed at once) from a live one's."""
+OWNER_PREFIX: Final = TEMP_PREFIX + "l"
+"""One file per get in the destination root, `OWNER_PREFIX + token`, held under `flock`
+while the get runs: its pins and the entries it set aside (`TEMP_PREFIX + token +
+serial`) belong to a dead get once that lock is free. The next get removes a dead
+get's owner file when it closes, after it has visited the directories it writes."""
+_TOKEN_HEX: Final = 12
 STALE_TEMP_SECONDS: Final = 3600
 # setuid/setgid bits from a manifest are never applied.
 _MODE_MASK: Final = 0o1777
@@ -77,12 +86,16 @@ class Destination:
         self.root = os.fspath(root)
         self._asides: list[tuple[tuple[str, ...], str]] = []
         self._pins: list[str] = []
-        self._token = secrets.token_hex(6)
+        self._token = secrets.token_hex(_TOKEN_HEX // 2)
         self._serial = itertools.count()
+        self._owner_fd = -1
         try:
             os.makedirs(self.root, exist_ok=True)
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            self.leftovers_removed = remove_stale_temporaries(self._root_fd)
+            self._claim()
+            self._dead_owners = _dead_owners(self._root_fd)
+            self.leftovers_removed = len(self._dead_owners)
+            self.leftovers_removed += remove_stale_temporaries(self._root_fd, self._root_fd)
             self._handles = DirectoryHandles(
                 self._root_fd,
                 lambda parts: check_name(parts[-1], _describe(parts)),
@@ -97,9 +110,36 @@ class Destination:
         except OSError as exc:
             raise _fail(exc, "creating", self.root) from None
 
+    def _claim(self) -> None:
+        """Create and lock this get's owner file (see `OWNER_PREFIX`).
+
+        Without it (a read-only root, say) the get still runs; only a later get
+        would then leave its pins and asides for `STALE_TEMP_SECONDS`.
+        """
+        name = OWNER_PREFIX + self._token
+        try:
+            fd = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=self._root_fd,
+            )
+        except OSError:
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: never contended
+        self._owner_fd = fd
+
     def close(self) -> None:
-        """Release the directory descriptors."""
+        """Release the directory descriptors and this get's owner file."""
         self._handles.close()
+        for name in self._dead_owners:  # their pins and asides are gone with this get's visit
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self._root_fd)
+        if self._owner_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(OWNER_PREFIX + self._token, dir_fd=self._root_fd)
+            os.close(self._owner_fd)
+            self._owner_fd = -1
         os.close(self._root_fd)
 
     def __enter__(self) -> Destination:
@@ -135,7 +175,7 @@ class Destination:
                     mode = os.fstat(probe).st_mode
                     if mode & 0o700 != 0o700:  # left read-only by an earlier get
                         os.fchmod(probe, (mode | 0o700) & 0o7777)
-                    self.leftovers_removed += remove_stale_temporaries(probe)
+                    self.leftovers_removed += remove_stale_temporaries(probe, self._root_fd)
                 finally:
                     os.close(probe)
             except OSError as exc:
@@ -285,14 +325,18 @@ class Destination:
                 raise _fail(exc, "setting metadata of", _describe(parts)) from None
 
 
-def remove_stale_temporaries(dir_fd: int) -> int:
+def remove_stale_temporaries(dir_fd: int, root_fd: int | None = None) -> int:
     """Delete temporaries an interrupted get left in this directory; return how many.
 
     A file being written (`WRITE_PREFIX`) is held under an exclusive lock by
     its writer: if the lock can be taken, its writer is gone and it goes at
-    once. Other temporaries (entries set aside) go when their ctime is over
-    `STALE_TEMP_SECONDS` old: a younger one may belong to a get still running
-    here (ctime, unlike mtime, cannot be set back by the writer).
+    once. Pins and entries set aside carry their get's token: given the
+    destination root (`root_fd`), they go at once when that get's owner file
+    (`OWNER_PREFIX`) is unlocked. Without an owner file (its get predates
+    them, or a later get removed it), a temporary goes when its ctime is over
+    `STALE_TEMP_SECONDS` old: a younger one may belong to a running get
+    (ctime, unlike mtime, cannot be set back by the writer). Owner files are
+    left to `Destination.close`.
     """
     cutoff = time.time() - STALE_TEMP_SECONDS
     removed = 0
@@ -300,16 +344,55 @@ def remove_stale_temporaries(dir_fd: int) -> int:
         names = [n for n in os.listdir(dir_fd) if n.startswith(TEMP_PREFIX)]
     except OSError:
         return 0
+    owners: dict[str, bool] = {}
     for name in names:
         with contextlib.suppress(OSError):
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             dead = st.st_ctime < cutoff
+            if name.startswith(OWNER_PREFIX):
+                continue  # removed by `Destination.close` (`_dead_owners`)
             if not dead and name.startswith(WRITE_PREFIX) and stat.S_ISREG(st.st_mode):
                 dead = _writer_gone(dir_fd, name)
+            elif not dead and root_fd is not None:
+                token = _owner_token(name)
+                if token is not None:
+                    if token not in owners:
+                        owners[token] = _owner_gone(root_fd, token)
+                    dead = owners[token]
             if dead:
                 _remove_entry(dir_fd, name)
                 removed += 1
     return removed
+
+
+def _owner_token(name: str) -> str | None:
+    """The token of the get that made a pin or aside, from its name (None: not one)."""
+    token = name[len(TEMP_PREFIX) : len(TEMP_PREFIX) + _TOKEN_HEX]
+    if len(token) == _TOKEN_HEX and all(c in "0123456789abcdef" for c in token):
+        return token
+    return None
+
+
+def _owner_gone(root_fd: int, token: str) -> bool:
+    """True when the get with this token has left its owner file unlocked (died)."""
+    try:
+        return _writer_gone(root_fd, OWNER_PREFIX + token)
+    except OSError:
+        return False  # no owner file: only the age rule can tell
+
+
+def _dead_owners(root_fd: int) -> list[str]:
+    """Owner files in the root whose gets are dead (their lock is free)."""
+    try:
+        names = [n for n in os.listdir(root_fd) if n.startswith(OWNER_PREFIX)]
+    except OSError:
+        return []
+    dead = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            if _writer_gone(root_fd, name):
+                dead.append(name)
+    return dead
 
 
 def _writer_gone(dir_fd: int, name: str) -> bool:

@@ -130,3 +130,54 @@ def test_a_dead_writers_temporary_goes_at_once_a_live_ones_stays(tmp_path):
         os.close(dir_fd)
         os.close(holder)
     assert not dead.exists() and live.exists() and aside.exists()
+
+
+_HOLDER = """
+import sys, time
+from cas.fswrite import Destination
+
+out = Destination(sys.argv[1])
+pin = out.pin((), "old.bin")
+out.move_aside(("sub",), "gone")
+print(pin, flush=True)
+time.sleep(60)
+"""
+
+
+def _killed_get_with_pin_and_aside(dest: Path) -> subprocess.Popen:
+    """A process that pinned a file and set a directory aside, as a get does, then waits."""
+    (dest / "sub" / "gone").mkdir(parents=True)
+    (dest / "sub" / "gone" / "f").write_bytes(b"old directory content")
+    (dest / "old.bin").write_bytes(b"old bytes")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(dest)], env=env, stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip()
+    return proc
+
+
+def _temporaries(dest: Path) -> list[str]:
+    return sorted(str(p.relative_to(dest)) for p in dest.rglob(".cas-tmp-*"))
+
+
+def test_a_killed_gets_pins_and_asides_go_with_the_next_get_a_live_ones_stay(tmp_path):
+    from cas.fswrite import Destination
+
+    dest = tmp_path / "dest"
+    proc = _killed_get_with_pin_and_aside(dest)
+    try:
+        left = _temporaries(dest)
+        assert len(left) == 3  # its owner file and pin in the root, the aside in sub/
+        with Destination(dest) as out:  # the first get is alive: nothing of it is touched
+            out.make_dir((), "sub")
+            assert out.leftovers_removed == 0
+        assert _temporaries(dest) == left
+    finally:
+        proc.kill()
+        proc.wait()
+    with Destination(dest) as out:
+        out.make_dir((), "sub")
+        assert out.leftovers_removed == 3
+    assert _temporaries(dest) == []
+    assert (dest / "old.bin").read_bytes() == b"old bytes"  # a pin is only a second name
