@@ -34,7 +34,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass, field
 
-from cas.errors import IntegrityError, ObjectNotFound
+from cas.errors import FormatError, IntegrityError, ObjectNotFound
 from cas.gc import DEFAULT_GRACE, DEFAULT_LEASE, Lease, list_concurrently
 from cas.ids import ObjectId
 from cas.pack import ObjectKind
@@ -81,7 +81,15 @@ async def repair(
     lease = Lease(store, lease_seconds, DEFAULT_GRACE)
     await lease.start()
     try:
-        naming, members = await _indexes_naming(repo, damaged, found.corrupt_indexes)
+        # One damaged answer in transit is not a damaged object: only what still
+        # fails to verify when read again is deleted.
+        corrupt_indexes = {
+            n for n in found.corrupt_indexes if await _still_corrupt(repo, Kind.INDEX, n)
+        }
+        corrupt_manifests = {
+            m for m in found.corrupt_manifests if await _still_corrupt(repo, Kind.MANIFEST, m)
+        }
+        naming, members = await _indexes_naming(repo, damaged, corrupt_indexes)
 
         def written(size: int) -> None:
             report.packs_written += 1
@@ -96,11 +104,11 @@ async def repair(
         for name in sorted(naming):
             if await mover.relocate_index(name, lease.check, leave_out=damaged):
                 report.indexes_rewritten += 1
-        for name in sorted(found.corrupt_indexes):
+        for name in sorted(corrupt_indexes):
             lease.check()
             await store.delete(Kind.INDEX, name)
             report.indexes_deleted.append(name)
-        for manifest_id in sorted(found.corrupt_manifests):
+        for manifest_id in sorted(corrupt_manifests):
             lease.check()
             await store.delete(Kind.MANIFEST, manifest_id)
             report.manifests_deleted.append(manifest_id)
@@ -183,6 +191,21 @@ async def _heal(repo: Repository, found: VerifyReport) -> list[ObjectId]:
         if await manifest_complete(repo, manifest_id):
             healed.append(manifest_id)
     return healed
+
+
+async def _still_corrupt(repo: Repository, kind: Kind, object_id: ObjectId) -> bool:
+    """Whether a manifest or index that verify found corrupt still fails to verify."""
+    try:
+        if kind is Kind.MANIFEST:
+            await repo.get_manifest(object_id)
+        else:
+            blob = await repo.store.get(Kind.INDEX, object_id, max_size=MAX_INDEX_BLOB)
+            await asyncio.to_thread(decode_index, object_id, blob)
+    except (IntegrityError, FormatError):
+        return True
+    except ObjectNotFound:
+        return False  # gone already: nothing to delete
+    return False
 
 
 async def _read_index(repo: Repository, name: ObjectId) -> PackIndex | None:

@@ -227,3 +227,20 @@ async def test_failed_pack_upload_is_one_error_and_no_unretrieved_task(store, so
     finally:
         loop.set_exception_handler(None)
     assert [c.get("message") for c in logged] == []
+
+
+@pytest.mark.parametrize(("call", "kind"), [(1, Kind.MANIFEST), (2, Kind.INDEX)])
+async def test_repair_deletes_nothing_verify_only_read_damaged(store, source, tmp_path, call, kind):
+    # verify through a flaky store reports the manifest (or index) corrupt; the object
+    # itself is intact, so `verify --repair` must read it again and keep it.
+    from cas.repair import repair
+
+    result = await _put(Repository(store, level=1), source)
+    repo, _ = _layers(store, ("get", call, Fault.FLIP))
+    found = await verify_manifests(repo, [result.manifest_id])
+    flagged = found.corrupt_manifests if kind is Kind.MANIFEST else found.corrupt_indexes
+    assert len(flagged) == 1
+    done = await repair(Repository(store), found, lease_seconds=2.0)
+    assert done.manifests_deleted == [] and done.indexes_deleted == []
+    assert await store.read_ref("ci/1") == result.manifest_id
+    await _reads_back(store, result.manifest_id, source, tmp_path / "out")
