@@ -50,7 +50,7 @@ def parse_record(data: bytes) -> dict[str, Any] | None:
     """A record's fields, or None for anything that is not a well-formed cas record."""
     try:
         body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, over-long integers, deep nesting
         return None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         return None
