@@ -147,8 +147,8 @@ class Repository:
         old = self._indexes.pop(manifest_id, None)
         try:
             new = await self.index(manifest_id)
-        except ObjectNotFound:
-            if old is not None:
+        except BaseException:
+            if old is not None:  # no readable index now: keep the locations known so far
                 self._indexes[manifest_id] = old
             raise
         return old is None or set(new.packs()) != set(old.packs())

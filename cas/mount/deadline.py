@@ -21,6 +21,12 @@ async def within(awaitable: Awaitable[T], seconds: float, what: str) -> T:
         return await asyncio.wait_for(awaitable, seconds)
     except TimeoutError:
         raise StoreUnavailable(f"{what}: the store did not answer within {seconds:g} s") from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this request itself is cancelled (unmounting)
+        # A read shared with another caller was abandoned by it (its own deadline).
+        raise StoreUnavailable(f"{what}: a shared read of it was abandoned") from None
 
 
 def fail(future: asyncio.Future[T], exc: BaseException) -> None:

@@ -11,12 +11,13 @@ get verified data is EIO plus one log line naming the object and the path.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
 import stat
-from collections.abc import Callable, Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar, cast
 
 import pyfuse3
 
@@ -32,6 +33,26 @@ BLOCK_SIZE: Final = 128 << 10
 """Preferred I/O size reported to readers: what the kernel asks for at a time."""
 _MAX_LOGGED: Final = 10_000
 log = logging.getLogger("cas.mount")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def guarded(method: F) -> F:
+    """Answer EIO for any failure but FUSEError: pyfuse3 ends the whole mount on the rest."""
+
+    @functools.wraps(method)
+    async def wrapper(self: CasOperations, *args: Any) -> Any:
+        try:
+            return await method(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except CasError as exc:
+            raise self._fail(f"{method.__name__}: {exc}") from None
+        except Exception:
+            self.errors += 1
+            log.exception("EIO: unexpected failure in %s", method.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return cast(F, wrapper)
 
 
 class CasOperations(pyfuse3.Operations):
@@ -103,6 +124,7 @@ class CasOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ names and attributes
 
+    @guarded
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
@@ -126,17 +148,20 @@ class CasOperations(pyfuse3.Operations):
         for ino, count in inode_list:
             self.nodes.release(ino, count)
 
+    @guarded
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         return self.attributes(self._node(inode))
 
+    @guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         if node.target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(node.target)
 
+    @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = 4096
@@ -149,12 +174,14 @@ class CasOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ directories
 
+    @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
         if node.kind != "dir":
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode  # a directory handle is its inode: the kernel holds it while open
 
+    @guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         parent = self._node(fh)
         listing = await self._listing(parent)
@@ -175,11 +202,12 @@ class CasOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ files
 
+    @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
         if node.kind != "file" or node.holder is None:
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind == "dir" else errno.EINVAL)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+        if flags & (os.O_WRONLY | os.O_RDWR):
             raise pyfuse3.FUSEError(errno.EROFS)
         try:
             listing = await self.trees.listing(node.holder, node.path.rpartition("/")[0] or ".")
@@ -194,6 +222,7 @@ class CasOperations(pyfuse3.Operations):
             self.on_open(node.path)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
+    @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._handles.get(fh)
         if handle is None:
