@@ -220,7 +220,7 @@ class LocalStore(Store):
                     pass  # another process initialised it at the same moment
                 finally:
                     tmp.unlink()
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deeply
             raise UsageError(f"{marker} is not valid JSON") from None
         except OSError as exc:
             raise _translate_error(exc, f"store {self.root}") from None
