@@ -101,7 +101,7 @@ def _parse(body: bytes, call: GcsCall, location: GcsLocation) -> dict[str, Any]:
     """A JSON answer; anything else (say, a proxy's HTML page) is worth another try."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     if not isinstance(parsed, dict):
         raise StoreUnavailable(
@@ -304,7 +304,7 @@ class GcsStore(Store):
         try:
             body = await self._download(self.location.marker_name, call, _MARKER_MAX_BYTES)
             info = json.loads(body)
-        except (BodyTooLarge, ValueError):
+        except (BodyTooLarge, ValueError, RecursionError):
             return None
         return info.get("layout") if isinstance(info, dict) else None
 

@@ -66,7 +66,7 @@ def _parse_body(body: bytes) -> tuple[str, set[str]]:
         message = str(error.get("message", ""))
         reasons = {str(e.get("reason", "")) for e in error.get("errors", []) if isinstance(e, dict)}
         return message, reasons
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return body[:300].decode("utf-8", "replace").strip(), set()
 
 
