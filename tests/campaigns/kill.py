@@ -44,6 +44,7 @@ from pathlib import Path
 
 from cas.ids import ObjectId
 from cas.pack import ObjectKind, read_entries
+from tests.serve_process import TOKENS, ServeProcess, start_serve
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TEMP_PREFIX = ".cas-tmp-"
@@ -186,6 +187,14 @@ def mutate(src: Path, rng: random.Random, stamp: int) -> None:
 
 
 @dataclass
+class StoreLoc:
+    """Where commands reach a store (`--store`), and its directory (to look inside)."""
+
+    url: str
+    root: Path
+
+
+@dataclass
 class Outcome:
     """One command run, maybe killed."""
 
@@ -202,7 +211,7 @@ class Outcome:
 class Cli:
     """`python -m cas` with its own cache directory, as its own process group."""
 
-    def __init__(self, cache: Path) -> None:
+    def __init__(self, cache: Path, token: str | None = None) -> None:
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -211,6 +220,8 @@ class Cli:
             "XDG_DATA_HOME": str(cache / "data"),
         }
         self.env.pop("CAS_STORE", None)
+        if token is not None:
+            self.env["CAS_TOKEN"] = token
 
     def start(self, args: list[str]) -> subprocess.Popen:
         return subprocess.Popen(
@@ -285,9 +296,19 @@ class Figures:
 
 class Campaign:
     def __init__(
-        self, work: Path, seed: int, *, files: int, big: int, big_mib: int, measure_runs: int = 3
+        self,
+        work: Path,
+        seed: int,
+        *,
+        files: int,
+        big: int,
+        big_mib: int,
+        measure_runs: int = 3,
+        serve: bool = False,
     ) -> None:
         self.work = work
+        self.serve = serve
+        self.servers: dict[str, ServeProcess] = {}
         self.measure_runs = measure_runs
         self.seed = seed
         self.rng = random.Random(f"kill:{seed}")
@@ -306,8 +327,26 @@ class Campaign:
             _rmtree(path)
         return path
 
-    def cli(self) -> Cli:
-        return Cli(self.fresh("cache"))
+    def cli(self, cache: Path | None = None) -> Cli:
+        token = TOKENS["admin"] if self.serve else None
+        return Cli(cache or self.fresh("cache"), token)
+
+    def new_store(self, name: str) -> StoreLoc:
+        """An empty store: a directory, or one `cas serve` on 127.0.0.1 per name, emptied."""
+        if not self.serve:
+            path = self.fresh(name)
+            return StoreLoc(str(path), path)
+        server = self.servers.get(name)
+        if server is None:
+            server = self.servers[name] = start_serve(self.work / f"serve-{name}")
+        else:
+            server.reset()
+        return StoreLoc(server.url, server.root)
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        self.servers.clear()
 
     def violation(self, command: str, delay: float, text: str) -> None:
         self.fig.violations.append(
@@ -324,8 +363,8 @@ class Campaign:
             return typical * self.rng.uniform(0.85, 1.1)
         return self.rng.uniform(0.0, typical)
 
-    def verify_all(self, cli: Cli, store: Path, command: str, delay: float, when: str) -> bool:
-        o = cli.run(["verify", "--store", str(store), "--all", "--json", "-q"])
+    def verify_all(self, cli: Cli, store: StoreLoc, command: str, delay: float, when: str) -> bool:
+        o = cli.run(["verify", "--store", store.url, "--all", "--json", "-q"])
         if o.code != 0:
             problems = o.stdout.decode(errors="replace")[:600]
             self.violation(command, delay, f"verify --all {when} exited {o.code}: {problems}")
@@ -334,11 +373,11 @@ class Campaign:
 
     # ------------------------------------------------------------ put
 
-    def put_args(self, store: Path, source: Path, ref: str) -> list[str]:
+    def put_args(self, store: StoreLoc, source: Path, ref: str) -> list[str]:
         return [
             "put",
             "--store",
-            str(store),
+            store.url,
             "--json",
             "--progress",
             "none",
@@ -352,7 +391,7 @@ class Campaign:
     def measure_put(self) -> None:
         runs = []
         for _ in range(self.measure_runs):
-            store = self.fresh("put-store")
+            store = self.new_store("put-store")
             o = self.cli().run(self.put_args(store, self.b, "ci/1"))
             assert o.code == 0, o.stderr
             runs.append(o)
@@ -360,21 +399,21 @@ class Campaign:
         self.baseline["put"] = runs[-1].json()
 
     def round_put(self) -> None:
-        store = self.fresh("put-store")
+        store = self.new_store("put-store")
         cli = self.cli()
         delay = self.delay("put")
         args = self.put_args(store, self.b, "ci/1")
         o = cli.run_killed(args, delay)
         self._count("put", o)
         full = self.baseline["put"]
-        packs = [p for p in (store / "pack").rglob("*") if p.is_file()] if store.exists() else []
+        packs = [p for p in (store.root / "pack").rglob("*") if p.is_file()]
         stored = stored_chunk_bytes(packs)
         if packs and o.killed:
             self.fig.partial["put"] += 1
             self.fig.adopted["put"] += stored[1]
-        if store.exists() and (store / "cas-store.json").exists():
+        if (store.root / "cas-store.json").exists():
             self.verify_all(cli, store, "put", delay, "after the kill")
-        ref_before = (store / "refs" / "ci" / "1").exists()
+        ref_before = (store.root / "refs" / "ci" / "1").exists()
         again = cli.run(args)
         if again.code == 6 and ref_before:
             # The put (killed or not) had created the ref, create-only: the re-run refuses.
@@ -414,10 +453,10 @@ class Campaign:
         self.verify_all(cli, store, "put", delay, "after the re-run")
 
     def _check_ref_gets(
-        self, cli: Cli, store: Path, ref: str, want: Snapshot, command: str, delay: float
+        self, cli: Cli, store: StoreLoc, ref: str, want: Snapshot, command: str, delay: float
     ) -> None:
         dest = self.fresh("check-dest")
-        o = cli.run(["get", "--store", str(store), "-q", "--progress", "none", ref, str(dest)])
+        o = cli.run(["get", "--store", store.url, "-q", "--progress", "none", ref, str(dest)])
         if o.code != 0:
             self.violation(command, delay, f"get {ref} exited {o.code}: {_tail(o)}")
             return
@@ -431,7 +470,7 @@ class Campaign:
         return [
             "get",
             "--store",
-            str(self.get_store),
+            self.get_store.url,
             "--json",
             "--progress",
             "none",
@@ -441,10 +480,10 @@ class Campaign:
         ]
 
     def setup_get(self) -> None:
-        self.get_store = self.fresh("get-store")
+        self.get_store = self.new_store("get-store")
         cli = self.cli()
         for ref, tree in (("ci/a", self.a), ("ci/b", self.b)):
-            o = cli.run(["put", "--store", str(self.get_store), "-q", "--ref", ref, str(tree)])
+            o = cli.run(["put", "--store", self.get_store.url, "-q", "--ref", ref, str(tree)])
             assert o.code == 0, o.stderr
         for mode in ("get-empty", "get-inplace"):
             runs = []
@@ -541,7 +580,7 @@ class Campaign:
         return [
             "gc",
             "--store",
-            str(self.gc_store),
+            self.gc_store.url,
             "--json",
             "-q",
             "--keep-last",
@@ -554,7 +593,7 @@ class Campaign:
         ]
 
     def setup_gc(self) -> None:
-        self.gc_store = self.fresh("gc-store")
+        self.gc_store = self.new_store("gc-store")
         self.gc_src = self.fresh("gc-src")
         shutil.copytree(self.b, self.gc_src, symlinks=True)
         self.gc_version = 0
@@ -574,7 +613,7 @@ class Campaign:
         mutate(self.gc_src, self.rng, stamp)
         ref = f"ci/{self.gc_version:05}"
         args = self.put_args(self.gc_store, self.gc_src, ref)
-        o = Cli(self.work / "gc-cache").run(args)  # one machine: its files cache kept
+        o = self.cli(self.work / "gc-cache").run(args)  # one machine: its files cache kept
         assert o.code == 0, o.stderr
         self.fig.gc_waits += o.json()["gc_waits"]
         self.gc_refs[ref] = scan(self.gc_src)
@@ -596,7 +635,7 @@ class Campaign:
         if o.killed and (r["refs_expired"] or any(c["objects"] for c in r["deleted"].values())):
             self.fig.partial["gc"] += 1  # the killed run had left work undone
         self.fig.redone["gc"] += r["bytes_reclaimed"]
-        refs = sorted(p.name for p in (self.gc_store / "refs" / "ci").iterdir())
+        refs = sorted(p.name for p in (self.gc_store.root / "refs" / "ci").iterdir())
         for gone in set(self.gc_refs) - {f"ci/{r}" for r in refs}:
             del self.gc_refs[gone]
         if len(refs) != 2:
@@ -604,7 +643,7 @@ class Campaign:
 
     def check_gc_store(self, cli: Cli, delay: float, when: str) -> None:
         self.verify_all(cli, self.gc_store, "gc", delay, when)
-        refs = sorted(p.name for p in (self.gc_store / "refs" / "ci").iterdir())
+        refs = sorted(p.name for p in (self.gc_store.root / "refs" / "ci").iterdir())
         for name in refs:
             ref = f"ci/{name}"
             self._check_ref_gets(cli, self.gc_store, ref, self.gc_refs[ref], "gc", delay)
@@ -624,6 +663,15 @@ class Campaign:
         """Rounds cycle through `only` until `rounds`, or `seconds` from the start (setup
         included) once `min_rounds` are done."""
         started = time.monotonic()
+        try:
+            self._run(started, seconds, rounds, only, min_rounds)
+        finally:
+            self.stop()
+        self.wall = time.monotonic() - started
+
+    def _run(
+        self, started: float, seconds: float, rounds: int | None, only: list[str], min_rounds: int
+    ) -> None:
         self.measure_put()
         self.setup_get()
         self.setup_gc()
@@ -641,12 +689,13 @@ class Campaign:
             else:
                 self.round_get(command)
             n += 1
-        self.wall = time.monotonic() - started
 
     def report(self) -> str:
         f = self.fig
         lines = [
-            f"kill campaign: seed {self.seed}, wall {self.wall:.1f}s "
+            f"kill campaign: seed {self.seed}, stores: "
+            + ("cas serve on 127.0.0.1" if self.serve else "local directories")
+            + f", wall {self.wall:.1f}s "
             f"(setup and measuring {self.setup_seconds:.1f}s)",
             "tree B: {} files, {:.1f} MiB; typical unkilled run: {}".format(
                 len(self.snap_b.files),
@@ -708,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", type=int, default=3, help="multi-MiB files")
     parser.add_argument("--big-mib", type=int, default=3)
     parser.add_argument("--measure-runs", type=int, default=3, help="unkilled runs per command")
+    parser.add_argument(
+        "--serve", action="store_true", help="reach each store through a cas serve on 127.0.0.1"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="kept after the run")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -719,6 +771,7 @@ def main(argv: list[str] | None = None) -> int:
             big=args.big,
             big_mib=args.big_mib,
             measure_runs=args.measure_runs,
+            serve=args.serve,
         )
         campaign.run(args.seconds, args.rounds, args.only or list(COMMANDS))
         print(campaign.report(), flush=True)
