@@ -497,3 +497,19 @@ def collect_twice(store: Path, ref: str) -> None:
                 await collect(Repository(local), GcOptions(grace=0.0))
 
     asyncio.run(run())
+
+
+def test_daemon_returns_once_mounted_and_fusermount_ends_it(world, tmp_path):
+    point, log = tmp_path / "mnt", tmp_path / "mount.log"
+    args = ("--store", str(world["store"]), "mount", world["manifest"], str(point))
+    done = cas(*args, "--daemon", "--log", str(log), env=world["env"])
+    assert done.returncode == 0 and os.path.ismount(point)  # up when the command returns
+    try:
+        assert (point / "small.txt").read_bytes() == b"hello\n"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(point)], check=True)
+    deadline = time.monotonic() + 10
+    while "unmounted" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "unmounted" in log.read_text()  # the background process saw it and ended cleanly
+    assert not os.path.ismount(point)

@@ -86,11 +86,12 @@ class ChunkReader:
             return entry.inline[offset:end]
         first = bisect.bisect_right(handle.starts, offset) - 1
         last = bisect.bisect_right(handle.starts, end - 1) - 1
+        refs = entry.chunks[first : last + 1]
+        demand = asyncio.ensure_future(self._chunks(refs, handle.path))  # queued before readahead
         if offset in (0, handle.next_offset):
             self._read_ahead(handle, last + 1, end)
         handle.next_offset = end
-        refs = entry.chunks[first : last + 1]
-        data = await self._chunks(refs, handle.path)
+        data = await demand
         pieces = []
         for index, ref in enumerate(refs, start=first):
             start = handle.starts[index]

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from typing import Any
 
-from cas.errors import UsageError
+from cas.errors import CasError, UsageError
 from cas.mount.session import MountOptions, MountStats, serve, subtree
 from cas.repo import Repository
 from cas.sizes import format_size, parse_duration, parse_size
@@ -58,6 +63,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="fetch into the chunk cache, in the background, the files listed in FILE (one "
         "path per line, e.g. a --record trace) or all files",
     )
+    p.add_argument(
+        "--daemon",
+        action="store_true",
+        help="return once the mount is up (exit 0) and serve it in the background; "
+        "`fusermount3 -u DIR` or a SIGTERM to it stops it",
+    )
+    p.add_argument(
+        "--log",
+        metavar="FILE",
+        help="with --daemon: append its messages (and its --json summary) to FILE",
+    )
     add_cache_options(p)
     p.set_defaults(run=run)
 
@@ -71,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             "cas mount needs pyfuse3 and libfuse3: apt-get install fuse3 libfuse3-dev "
             "pkg-config, then pip install 'cas-store[mount]'"
         ) from None
+    if args.daemon:
+        return daemonize(args)
     name, subpath = split_target(args.manifest)
     options = MountOptions(
         timeout=parse_duration(args.timeout, "--timeout"),
@@ -145,3 +163,50 @@ def summary(s: MountStats, where: str) -> str:
         f"{s.chunks_from_store} chunks from the store ({format_size(s.bytes_from_store)} "
         f"compressed), {s.chunks_from_cache} from the cache, {s.errors} I/O errors"
     )
+
+
+def child_command(args: argparse.Namespace) -> list[str]:
+    """The same mount, in the foreground: what `--daemon` runs in the background."""
+    command = [sys.executable, "-m", "cas", "mount", args.manifest, os.path.abspath(args.dir)]
+    if args.store:
+        command += ["--store", args.store]
+    command += ["--timeout", args.timeout, "--readahead", args.readahead, "--memory", args.memory]
+    for flag, value in (("--record", args.record), ("--prefetch", args.prefetch)):
+        if value:
+            command += [flag, value if value == "all" else os.path.abspath(value)]
+    flags = {"--cache": args.cache, "--no-cache": args.no_cache, "--json": args.json}
+    flags |= {"-q": args.quiet, "-v": getattr(args, "verbose", False)}
+    flags["--debug"] = getattr(args, "debug", False)
+    return command + [flag for flag, on in flags.items() if on]
+
+
+def daemonize(args: argparse.Namespace) -> int:
+    """Start the mount in a new session, wait until the kernel shows it, and return."""
+    log_path = os.path.abspath(args.log) if args.log else None
+    with tempfile.TemporaryFile() if log_path is None else open(log_path, "a+b") as log_file:
+        child = subprocess.Popen(
+            child_command(args),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            cwd="/",
+        )
+        deadline = time.monotonic() + 60 + parse_duration(args.timeout, "--timeout")
+        while not os.path.ismount(args.dir):
+            code = child.poll()
+            if code is not None or time.monotonic() > deadline:
+                if code is None:
+                    child.terminate()
+                    code = child.wait()
+                log_file.seek(0)
+                lines = log_file.read().decode(errors="replace").strip().splitlines()
+                error = CasError(
+                    f"the background mount exited with {code} before mounting"
+                    + (f" ({lines[-1]})" if lines else "")
+                )
+                error.exit_code = code if code > 0 else 1  # the mount's own reason
+                raise error
+            time.sleep(0.02)
+    info(args, f"mounted {args.manifest} at {args.dir} in the background (pid {child.pid})")
+    return 0
