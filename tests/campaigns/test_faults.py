@@ -244,3 +244,19 @@ async def test_repair_deletes_nothing_verify_only_read_damaged(store, source, tm
     assert done.manifests_deleted == [] and done.indexes_deleted == []
     assert await store.read_ref("ci/1") == result.manifest_id
     await _reads_back(store, result.manifest_id, source, tmp_path / "out")
+
+
+@pytest.mark.parametrize("call", [1, 2])
+async def test_repair_keeps_a_pack_verify_only_read_damaged(store, source, tmp_path, call):
+    # A flipped range read makes verify flag a pack; read again, all its frames verify,
+    # so repair rebuilds it byte for byte under the same id. It must stay named and
+    # stored: before, repair left its entries out of the index and deleted it.
+    from cas.repair import repair
+
+    result = await _put(Repository(store, level=1), source)
+    repo, layer = _layers(store, ("get_range", call, Fault.FLIP))
+    found = await verify_manifests(repo, [result.manifest_id])
+    assert layer.injected == {Fault.FLIP: 1} and found.damaged_packs
+    done = await repair(repo, found, lease_seconds=2.0)
+    assert done.packs_replaced == [] and done.frames_dropped == 0
+    await _reads_back(store, result.manifest_id, source, tmp_path / "out")
