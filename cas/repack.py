@@ -212,9 +212,27 @@ async def _read_frames(
             except IntegrityError:
                 if not salvage:
                     raise
-                frame = None
+                frame = await _read_again(store, pack, loc, entry) if blob is not None else None
             out.append((loc.offset, entry, frame))
     return out
+
+
+async def _read_again(
+    store: Store, pack: ObjectId, loc: Location, entry: PackEntry
+) -> bytes | None:
+    """A frame that did not verify, read once more by itself before salvage drops it.
+
+    One damaged answer (a flipped or cut read) is not a damaged frame, and a
+    dropped frame is lost for good.
+    """
+    frame = await _read_alone(store, pack, loc)
+    if frame is None:
+        return None
+    try:
+        await asyncio.to_thread(decode_frame, entry, frame)
+    except IntegrityError:
+        return None
+    return frame
 
 
 async def _read_alone(store: Store, pack: ObjectId, loc: Location) -> bytes | None:

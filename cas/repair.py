@@ -214,9 +214,18 @@ async def _still_corrupt(repo: Repository, kind: Kind, object_id: ObjectId) -> b
 
 
 async def _read_index(repo: Repository, name: ObjectId) -> PackIndex | None:
-    """An index, or None if it is gone since the listing or damaged (it locates nothing)."""
-    try:
-        blob = await repo.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
-        return await asyncio.to_thread(decode_index, name, blob)
-    except (ObjectNotFound, IntegrityError):
-        return None
+    """An index, or None if it is gone since the listing or damaged (it locates nothing).
+
+    A damaged index is read a second time first: taking one damaged answer as
+    "locates nothing" would let repair delete a pack the index still names.
+    """
+    for attempt in range(2):
+        try:
+            blob = await repo.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
+            return await asyncio.to_thread(decode_index, name, blob)
+        except ObjectNotFound:
+            return None
+        except IntegrityError:
+            if attempt:
+                return None
+    return None

@@ -260,3 +260,45 @@ async def test_repair_keeps_a_pack_verify_only_read_damaged(store, source, tmp_p
     done = await repair(repo, found, lease_seconds=2.0)
     assert done.packs_replaced == [] and done.frames_dropped == 0
     await _reads_back(store, result.manifest_id, source, tmp_path / "out")
+
+
+async def test_repair_reads_a_damaged_frame_again_before_dropping_it(store, source, tmp_path):
+    # verify's read and then repair's read of the same pack both come back damaged
+    # once: the frame is read again by itself, verifies, and nothing is dropped.
+    from cas.repair import repair
+
+    result = await _put(Repository(store, level=1), source)
+    found = await verify_manifests(
+        _layers(store, ("get_range", 1, Fault.FLIP))[0], [result.manifest_id]
+    )
+    assert found.damaged_packs
+    repo, layer = _layers(store, ("get_range", 1, Fault.FLIP))
+    done = await repair(repo, found, lease_seconds=2.0)
+    assert layer.injected == {Fault.FLIP: 1}
+    assert done.frames_dropped == 0
+    await _reads_back(store, result.manifest_id, source, tmp_path / "out")
+
+
+async def test_repair_reads_a_damaged_index_again_before_deleting_packs(store, source):
+    # A pack really holds one corrupt chunk; repair's first read of the index that
+    # names the pack comes back damaged. Taken as "names nothing", the index was not
+    # rewritten and lost every intact frame of the replaced pack.
+    from cas.pack import ObjectKind
+    from cas.repair import repair
+
+    result = await _put(Repository(store, level=1), source)
+    index = await Repository(store).index(result.manifest_id)
+    chunk, loc = next(iter(sorted(index.table(ObjectKind.CHUNK).items())))
+    path = store.root / "pack" / str(loc.pack)[:2] / str(loc.pack)
+    data = bytearray(path.read_bytes())
+    data[loc.offset + loc.stored // 2] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    found = await verify_manifests(Repository(store), [result.manifest_id])
+    assert found.damaged_packs == {loc.pack}
+    repo, layer = _layers(store, ("get", 1, Fault.FLIP))
+    done = await repair(repo, found, lease_seconds=2.0)
+    assert layer.injected == {Fault.FLIP: 1}
+    assert done.frames_dropped == 1 and done.indexes_rewritten == 1
+    after = await verify_manifests(Repository(store), [result.manifest_id])
+    assert [p.id for p in after.broken] == [chunk]  # only the corrupt chunk is missing
