@@ -15,8 +15,8 @@ Starts a real `cas serve` subprocess on 127.0.0.1 over a new local store
 2. `slow`: the same, plus `--slow` clients that start a pack upload and
    trickle its body one byte every 100 ms until the phase ends.
 
-Printed: requests the server answered (its `/metrics`), p50/p99 latency per
-operation for each phase (a put or get is the whole operation; the small
+Printed: requests the server answered (its `/metrics`), p50/p99/max latency
+per operation for each phase (a put or get is the whole operation; the small
 requests are single requests), unexpected errors (anything but `413` for
 the oversize bodies; any failed put, get or small request; any 5xx), what
 happened to the tricklers, and the server's RSS at the start, at the end
@@ -329,11 +329,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proc.start()
 
         peak_rss = [rss_start["VmRSS"]]
+        rss_series: list[tuple[float, int]] = []
 
         async def hostile() -> tuple[dict, list[dict]]:
             async def sample_rss() -> None:
                 while time.time() < t0 + 2 * half:
                     peak_rss.append(vm_status(pid)["VmRSS"])
+                    if len(peak_rss) % 20 == 0:  # every 5 s, for the JSON
+                        rss_series.append((round(time.time() - t0, 1), peak_rss[-1]))
                     await asyncio.sleep(0.25)
 
             async def slow_phase() -> list[dict]:
@@ -379,6 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "n": len(values),
                 "p50": percentile(values, 0.5),
                 "p99": percentile(values, 0.99),
+                "max": max(values),
                 "mean": statistics.fmean(values),
             }
             for phase, values in by_phase.items()
@@ -402,6 +406,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "end": rss_end["VmRSS"],
             "peak_sampled": max(peak_rss),
             "hwm": rss_end["VmHWM"],
+            "every_5s": rss_series,
         },
         "unexpected_errors": errors,
     }
@@ -413,8 +418,8 @@ def report(out: dict[str, Any]) -> str:
         f"({out['seconds'] / 2:g} s without, {out['seconds'] / 2:g} s with {out['slow']} "
         f"tricklers), {out['clients']} put+get clients, flood width {out['flood']}",
         "",
-        "| operation | phase | n | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|",
+        "| operation | phase | n | p50 ms | p99 ms | max ms |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for op in ("put", "get", "stat", "missing", "ref"):
         for phase in PHASES:
@@ -422,7 +427,7 @@ def report(out: dict[str, Any]) -> str:
             if row:
                 lines.append(
                     f"| {op} | {phase} | {row['n']} | {row['p50'] * 1000:.1f} | "
-                    f"{row['p99'] * 1000:.1f} |"
+                    f"{row['p99'] * 1000:.1f} | {row['max'] * 1000:.1f} |"
                 )
     rss = out["rss_kib"]
     lines += [
@@ -431,6 +436,8 @@ def report(out: dict[str, Any]) -> str:
         f"oversize answers: {out['oversize']}",
         f"server RSS: start {rss['start'] / 1024:.1f} MiB, end {rss['end'] / 1024:.1f} MiB, "
         f"peak sampled {rss['peak_sampled'] / 1024:.1f} MiB, VmHWM {rss['hwm'] / 1024:.1f} MiB",
+        "server RSS every 5 s (MiB): "
+        + " ".join(f"{kib / 1024:.0f}" for _, kib in rss["every_5s"]),
     ]
     for i, t in enumerate(out["tricklers"]):
         lines.append(f"trickler {i}: {t['bytes_sent']} bytes in {t['seconds']} s, {t['outcome']}")
