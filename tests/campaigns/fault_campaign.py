@@ -19,7 +19,7 @@ every ref its rules keep. Damaged reads (truncated, flipped) must surface as
 `IntegrityError` or be read again, never reach a destination; verify through
 the faulty store may report damage only when some was injected.
 
-Every fourth round runs in permanent mode: the random errors are permanent
+Every fourth round (`permanent_every`) runs in permanent mode: the random errors are permanent
 (`PermissionDenied`) instead of transient.
 """
 
@@ -174,6 +174,10 @@ class Figures:
     store_calls: Counter[str] = field(default_factory=Counter)
     injected: Counter[str] = field(default_factory=Counter)
     permanent_rounds: int = 0
+    survived: Counter[str] = field(default_factory=Counter)
+    """Operations that met at least one fault and succeeded all the same."""
+    survived_faults: Counter[str] = field(default_factory=Counter)
+    """Per fault type: operations that met it and succeeded."""
     put_retries_succeeded: int = 0
     put_failed_after_ref: int = 0
     """Puts that failed after creating their ref (the ref names a whole manifest)."""
@@ -193,6 +197,10 @@ class Figures:
             f"store calls (through the fault layer): {sum(self.store_calls.values())} "
             + _pairs(self.store_calls),
             f"faults injected: {sum(self.injected.values())} " + _pairs(self.injected),
+            f"operations that met faults and succeeded: {sum(self.survived.values())} "
+            + _pairs(self.survived)
+            + "; by fault met "
+            + _pairs(self.survived_faults),
             f"failed with a typed error: {sum(self.failed.values())} "
             + _pairs({f"{op}/{err}": n for (op, err), n in self.failed.items()}),
             "failures by error and faults injected during the operation: "
@@ -242,6 +250,7 @@ class Campaign:
         rate: float = 0.03,
         files: int = 40,
         policy: RetryPolicy = FAST_RETRIES,
+        permanent_every: int = 4,
     ) -> None:
         self.store = store
         self.clean = clean
@@ -250,6 +259,7 @@ class Campaign:
         self.rate = rate
         self.files = files
         self.policy = policy
+        self.permanent_every = permanent_every
         self.rng = random.Random(seed)
         self.figures = Figures()
         self.stored: dict[ObjectId, Stored] = {}
@@ -309,7 +319,11 @@ class Campaign:
             return False, exc, {f for _, _, f in self.layer.fired[before:]}
         self._last = (op, "ok", self.layer.fired[before:])
         self.figures.succeeded[op] += 1
-        return True, result, {f for _, _, f in self.layer.fired[before:]}
+        faults = {f for _, _, f in self.layer.fired[before:]}
+        if faults:
+            self.figures.survived[op] += 1
+            self.figures.survived_faults.update(str(f) for f in faults)
+        return True, result, faults
 
     def _violation(self, text: str, lost: int = 0) -> None:
         op, outcome, fired = self._last
@@ -375,7 +389,7 @@ class Campaign:
         refs_before = [r async for r in self.clean.list_refs()]
         retention = Retention(keep_last=(KeepLastRule("camp/*", KEEP_REFS),))
         may_go = {r.name for r in retention.expired(refs_before, time_now())}
-        options = GcOptions(retention=retention, grace=0.0, lease=2.0)
+        options = GcOptions(retention=retention, grace=0.0, lease=1.0)
         ok, _, _ = await self._attempt("gc", collect(self._fresh_repo(), options))
         refs_after = {r.name async for r in self.clean.list_refs()}
         for ref in refs_before:
@@ -536,7 +550,7 @@ class Campaign:
 
     async def round(self) -> None:
         r = self.figures.rounds
-        permanent = r % 4 == 3
+        permanent = r % self.permanent_every == self.permanent_every - 1
         self.figures.permanent_rounds += permanent
         self._open(permanent, r)
         src = self.workdir / "src" / f"r{r}"
@@ -617,10 +631,19 @@ async def run_campaign(
     max_rounds: int | None = None,
     rate: float = 0.03,
     files: int = 40,
+    permanent_every: int = 4,
 ) -> Figures:
     """One campaign in `workdir`; returns its figures."""
     with _backend(backend, workdir) as (store, clean):
-        campaign = Campaign(store, clean, workdir, seed=seed, rate=rate, files=files)
+        campaign = Campaign(
+            store,
+            clean,
+            workdir,
+            seed=seed,
+            rate=rate,
+            files=files,
+            permanent_every=permanent_every,
+        )
         try:
             return await campaign.run(seconds, max_rounds)
         finally:

@@ -36,13 +36,16 @@ FAST = RetryPolicy(attempts=4, initial=0.001, maximum=0.01, deadline=5)
 
 @pytest.mark.parametrize("seed", [3, 11])
 async def test_campaign_keeps_every_invariant(tmp_path: Path, seed: int) -> None:
-    # Round 3 of each seed runs in permanent mode; a higher rate makes each round count.
-    figures = await run_campaign(seed, 6.0, workdir=tmp_path, max_rounds=4, rate=0.06, files=24)
-    assert figures.rounds >= 2, figures.report()
+    # Rounds alternate transient and permanent mode (gc in the permanent ones), started
+    # for 2.5 s; a higher rate than the long runs' makes each round count.
+    figures = await run_campaign(
+        seed, 2.5, workdir=tmp_path, max_rounds=4, rate=0.08, files=14, permanent_every=2
+    )
+    assert figures.rounds >= 1, figures.report()
     assert figures.unexpected == [], figures.report()
     assert figures.violations == [], figures.report()
     assert figures.bytes_lost == 0
-    assert sum(figures.injected.values()) > 20, figures.report()
+    assert sum(figures.injected.values()) > 5, figures.report()
     assert figures.succeeded["put"] > 0 and figures.succeeded["get-empty"] > 0
 
 
