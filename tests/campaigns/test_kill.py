@@ -11,8 +11,8 @@ from tests.campaigns.kill import COMMANDS, Campaign
 
 
 def test_killed_commands_leave_a_sound_store_and_destination_and_reruns_finish(tmp_path):
-    campaign = Campaign(tmp_path, seed=7, files=120, big=2, big_mib=2, measure_runs=1)
-    campaign.run(seconds=14, rounds=2 * len(COMMANDS), only=list(COMMANDS), min_rounds=4)
+    campaign = Campaign(tmp_path, seed=7, files=80, big=2, big_mib=2, measure_runs=1)
+    campaign.run(seconds=12, rounds=2 * len(COMMANDS), only=list(COMMANDS), min_rounds=4)
     report = campaign.report()
     print(report)
     f = campaign.fig
