@@ -93,11 +93,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         # aiohttp's own refusals (no such route 404, method 405) get the
-        # documented JSON body too, instead of aiohttp's plain text.
+        # documented JSON body too, instead of aiohttp's plain text. The raw
+        # (still percent-encoded) path keeps the message on one line.
         response = _error_response(
             exc.status,
             exc.reason.replace(" ", ""),
-            f"{request.method} {request.path[:200]}: {exc.reason}",
+            f"{request.method} {request.raw_path[:200]}: {exc.reason}",
         )
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]

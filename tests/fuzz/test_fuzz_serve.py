@@ -596,6 +596,7 @@ ref_names = st.one_of(
 )
 @example(name="a" * 300, body=json.dumps({"target": "a" * 64}).encode())
 @example(name="main/x", body=json.dumps({"target": "a" * 64}).encode())
+@example(name="/\n", body=b"")  # a 404 message held the decoded path: not one line
 def test_ref_names_and_bodies(server, name, body):
     """PUT, then GET, a ref: 201/409 for valid names and bodies; 400 otherwise; never a 5xx."""
     proc, _ = server
