@@ -102,9 +102,9 @@ class CasOperations(pyfuse3.Operations):
         if node.kind != "dir" or node.tree is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         try:
-            return await self.trees.listing(node.tree, node.path)
+            return await self.trees.listing(node.tree, self.nodes.path(node))
         except CasError as exc:
-            raise self._fail(f"directory {node.path}: {exc}") from None
+            raise self._fail(f"directory {self.nodes.path(node)}: {exc}") from None
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         """What `stat` shows, as `cas get` would have written it."""
@@ -209,17 +209,18 @@ class CasOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind == "dir" else errno.EINVAL)
         if flags & (os.O_WRONLY | os.O_RDWR):
             raise pyfuse3.FUSEError(errno.EROFS)
+        path = self.nodes.path(node)
         try:
-            listing = await self.trees.listing(node.holder, node.path.rpartition("/")[0] or ".")
+            listing = await self.trees.listing(node.holder, path.rpartition("/")[0] or ".")
         except CasError as exc:
-            raise self._fail(f"{node.path}: {exc}") from None
+            raise self._fail(f"{path}: {exc}") from None
         entry = listing.find(node.name)
         if not isinstance(entry, FileEntry):
-            raise self._fail(f"{node.path}: no longer a file in its tree")
+            raise self._fail(f"{path}: no longer a file in its tree")
         fh = next(self._serial)
-        self._handles[fh] = OpenFile(entry, node.path)
+        self._handles[fh] = OpenFile(entry, path)
         if self.on_open is not None:
-            self.on_open(node.path)
+            self.on_open(path)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @guarded

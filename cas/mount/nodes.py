@@ -32,8 +32,6 @@ class Node:
     kind: str
     """"dir", "file" or "symlink"."""
     name: str
-    path: str
-    """Relative to the mount root, for messages."""
     mode: int
     size: int
     mtime_ns: int
@@ -52,7 +50,7 @@ class NodeTable:
         self.default_mtime_ns = default_mtime_ns
         """The time of an entry stored without one (`cas get` leaves the time of writing)."""
         self.root = Node(
-            ROOT_INO, ROOT_INO, "dir", "", ".", ROOT_MODE, 0, default_mtime_ns, root_tree, None
+            ROOT_INO, ROOT_INO, "dir", ".", ROOT_MODE, 0, default_mtime_ns, root_tree, None
         )
         self._nodes: dict[int, Node] = {ROOT_INO: self.root}
         self._by_name: dict[tuple[int, str], int] = {}
@@ -72,26 +70,41 @@ class NodeTable:
             return self._nodes[ino]
         ino = self._next
         self._next += 1
-        path = entry.name if parent.ino == ROOT_INO else f"{parent.path}/{entry.name}"
         mtime = self.default_mtime_ns if entry.mtime_ns is None else entry.mtime_ns
         if isinstance(entry, FileEntry):
             node = Node(
-                ino, parent.ino, "file", entry.name, path, entry.mode & MODE_MASK,
+                ino, parent.ino, "file", entry.name, entry.mode & MODE_MASK,
                 entry.size, mtime, None, parent.tree,
             )  # fmt: skip
         elif isinstance(entry, DirEntry):
             node = Node(
-                ino, parent.ino, "dir", entry.name, path, entry.mode & MODE_MASK, 0, mtime,
+                ino, parent.ino, "dir", entry.name, entry.mode & MODE_MASK, 0, mtime,
                 entry.tree, parent.tree,
             )  # fmt: skip
         else:
             node = Node(
-                ino, parent.ino, "symlink", entry.name, path, 0o777,
+                ino, parent.ino, "symlink", entry.name, 0o777,
                 len(os.fsencode(entry.target)), mtime, None, parent.tree, entry.target,
             )  # fmt: skip
         self._nodes[ino] = node
         self._by_name[parent.ino, entry.name] = ino
         return node
+
+    def path(self, node: Node) -> str:
+        """`node`'s path from the mount root (for messages and traces), through its parents.
+
+        Not stored per node: the kernel holds every parent of a node it holds, so
+        the chain is there (150k cached inodes: 47 MB instead of 56 MB).
+        """
+        parts = []
+        while node.ino != ROOT_INO:
+            parts.append(node.name)
+            parent = self._nodes.get(node.parent)
+            if parent is None:  # not expected; say so rather than guess
+                parts.append("…")
+                break
+            node = parent
+        return "/".join(reversed(parts)) or "."
 
     def hold(self, node: Node) -> None:
         """The kernel now holds one more reference (a lookup or a readdirplus entry)."""
