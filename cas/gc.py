@@ -37,7 +37,7 @@ from cas.gcrecords import BEAT, DONE, START, RunTracker, new_run_id, record_body
 from cas.ids import ObjectId
 from cas.idset import IdSet
 from cas.pack import ObjectKind
-from cas.packindex import Location, PackIndex, decode_index
+from cas.packindex import Location, PackIndex, decode_index, index_prefix
 from cas.repack import repack
 from cas.repo import MAX_INDEX_BLOB, Repository, read_pack_entries
 from cas.retention import Retention
@@ -405,8 +405,7 @@ class Collector:
         self._reachable.add_many(Kind.INDEX.value, [index.name])
 
     def _sweepable(self, kind: Kind) -> bool:
-        """Manifests and indexes always; packs only while every root's manifest and index
-        was readable.
+        """Manifests and indexes always; packs only while every root was read whole.
 
         Which packs a root whose manifest or index could not be read needs is
         unknown, so no pack is deleted (restic's prune likewise stops when
@@ -442,22 +441,46 @@ class Collector:
                     self.report.unreadable.append((Kind.MANIFEST, manifest_id, f"corrupt: {exc}"))
                     self._unread_roots.add(bytes(manifest_id)[:16])
                     return
-                try:
-                    indexes = await self.repo.indexes_of(manifest_id)
-                except IntegrityError as exc:
-                    indexes, problem = [], f"corrupt: {exc}"
-                else:
-                    problem = "missing"
+                indexes, damaged = await self._indexes_of(manifest_id)
                 self._marked_prefixes[bytes(manifest_id)[:16]] = manifest_id
-                if not indexes:
+                if damaged is not None or not indexes:
+                    problem = "missing" if damaged is None else f"corrupt: {damaged}"
                     self.report.unreadable.append((Kind.INDEX, manifest_id, problem))
                     self._unread_roots.add(bytes(manifest_id)[:16])
-                    return
                 for index in indexes:
                     self._mark_index(index)
 
         await asyncio.gather(*(one(m) for m in fresh_roots))
         await self._find_homeless()
+
+    async def _indexes_of(
+        self, manifest_id: ObjectId
+    ) -> tuple[list[PackIndex], IntegrityError | None]:
+        """Every readable index of a root, and the error of one that read damaged.
+
+        `Repository.indexes_of` passes over a damaged index when another one
+        reads; here that one must still count: a root with two indexes (a
+        repaired put) whose older, complete one came back damaged would lose
+        that index and the packs only it names.
+        """
+        found: list[PackIndex] = []
+        damaged: IntegrityError | None = None
+        async for info in self.store.list(Kind.INDEX, index_prefix(manifest_id)):
+            try:
+                blob = await self.store.get(Kind.INDEX, info.id, max_size=MAX_INDEX_BLOB)
+                index = await asyncio.to_thread(decode_index, info.id, blob)
+            except ObjectNotFound:
+                continue  # replaced by a collection since the listing
+            except IntegrityError as exc:
+                damaged = damaged or exc
+                continue
+            if index.manifest != manifest_id:
+                damaged = damaged or IntegrityError(
+                    "index", str(info.id), f"serves {index.manifest}"
+                )
+                continue
+            found.append(index)
+        return found, damaged
 
     async def _find_homeless(self) -> None:
         """Objects roots reach whose indexed pack is gone: a put may be uploading them again.

@@ -305,3 +305,27 @@ async def test_repair_reads_a_damaged_index_again_before_deleting_packs(store, s
     assert done.frames_dropped == 1 and done.indexes_rewritten == 1
     after = await verify_manifests(Repository(store), [result.manifest_id])
     assert [p.id for p in after.broken] == [chunk]  # only the corrupt chunk is missing
+
+
+@pytest.mark.parametrize("call", [2, 3])
+async def test_gc_keeps_every_index_of_a_root_when_one_reads_damaged(store, source, tmp_path, call):
+    # A root with two indexes (a repaired put leaves two): the read of either comes
+    # back damaged once. Before, gc marked only the one that read well, and deleted
+    # the other with the packs only it names.
+    from cas.pack import ObjectKind
+    from cas.packindex import PackIndex, encode_index
+
+    result = await _put(Repository(store, level=1), source)
+    full = (await Repository(store).indexes_of(result.manifest_id))[0]
+    trees = PackIndex(result.manifest_id)
+    trees.table(ObjectKind.TREE).update(full.table(ObjectKind.TREE))
+    name, blob = encode_index(trees)
+    await store.put_if_absent(Kind.INDEX, name, blob)
+    os.utime(store.root / "index" / str(name)[:2] / str(name), (1, 1))  # the older one
+    repo, layer = _layers(store, ("get", call, Fault.FLIP))  # get 1 reads the manifest
+    report = await collect(repo, GcOptions(grace=0.0, lease=2.0))
+    assert layer.injected == {Fault.FLIP: 1}
+    assert [(k, i) for k, i, _ in report.unreadable] == [(Kind.INDEX, result.manifest_id)]
+    assert report.deleted[Kind.INDEX].objects == 0 and report.deleted[Kind.PACK].objects == 0
+    assert len([i async for i in store.list(Kind.INDEX)]) == 2
+    await _reads_back(store, result.manifest_id, source, tmp_path / "out")
