@@ -190,7 +190,6 @@ def daemonize(args: argparse.Namespace) -> int:
             stdout=log_file,
             stderr=log_file,
             start_new_session=True,
-            cwd="/",
         )
         deadline = time.monotonic() + 60 + parse_duration(args.timeout, "--timeout")
         while not os.path.ismount(args.dir):
