@@ -17,6 +17,7 @@ import asyncio
 import bisect
 import itertools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -26,11 +27,14 @@ from cas.ids import ObjectId
 from cas.mount.deadline import fail, within
 from cas.mount.lru import ByteLRU
 from cas.mount.relocation import Relocation
-from cas.objects import ChunkRef, FileEntry
+from cas.objects import ChunkRef, Entry, FileEntry
 from cas.repo import Repository
 
 DEFAULT_CHUNK_BYTES: Final = 64 << 20
 DEFAULT_READAHEAD: Final = 8 << 20
+SIBLINGS_BYTES: Final = 4 << 20
+"""Small files of a directory fetched together when the first of them is opened."""
+_WARMED_DIRS: Final = 4096
 log = logging.getLogger("cas.mount")
 
 
@@ -75,6 +79,7 @@ class ChunkReader:
         self._lru: ByteLRU[ObjectId, bytes] = ByteLRU(capacity)
         self._inflight: dict[ObjectId, asyncio.Future[bytes | None]] = {}
         self._background: set[asyncio.Task[dict[ObjectId, bytes]]] = set()
+        self._warmed: ByteLRU[ObjectId, bool] = ByteLRU(_WARMED_DIRS)
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
         """Up to `size` bytes at `offset`; `ReadFailed` rather than any unverified byte."""
@@ -121,6 +126,34 @@ class ChunkReader:
         ]
         if wanted:
             task = asyncio.ensure_future(self._fetch(wanted, handle.path, background=True))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def read_siblings(self, directory: ObjectId, entries: Iterable[Entry], where: str) -> None:
+        """Start fetching the small files of a directory one of them was opened in.
+
+        Files of a directory were packed side by side by their put, so one
+        ranged read brings them all, where opening them one by one costs a
+        read each (what test runners and compilers do to small files). Once
+        per directory (a bounded memory of them), at most `SIBLINGS_BYTES`.
+        """
+        if self.readahead <= 0 or directory in self._warmed:
+            return
+        self._warmed.put(directory, True, 1)
+        wanted: list[ChunkRef] = []
+        total = 0
+        for entry in entries:
+            if not isinstance(entry, FileEntry) or len(entry.chunks) != 1:
+                continue
+            ref = entry.chunks[0]
+            if ref.id in self._lru or ref.id in self._inflight:
+                continue
+            total += ref.length
+            if total > SIBLINGS_BYTES:
+                break
+            wanted.append(ref)
+        if wanted:
+            task = asyncio.ensure_future(self._fetch(wanted, where, background=True))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 

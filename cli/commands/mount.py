@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--readahead",
         default="8M",
         metavar="SIZE",
-        help="bytes of a file fetched ahead of sequential reads (default 8M; 0 disables)",
+        help="bytes of a file fetched ahead of sequential reads (default 8M); 0 also stops "
+        "fetching a directory's small files together when one is opened",
     )
     p.add_argument(
         "--memory",
