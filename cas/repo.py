@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
+import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final, TypeVar
 
 from cas import codec
 from cas.cache import ChunkCache
@@ -37,6 +39,9 @@ from cas.pack import (
 )
 from cas.packindex import Location, PackIndex, decode_index, encode_index, index_prefix
 from cas.store.base import Kind, Store, validate_ref_name
+
+T = TypeVar("T")
+log = logging.getLogger("cas.repo")
 
 DEFAULT_MAX_CHUNK: Final = 16 << 20
 MAX_INDEX_BLOB: Final = 64 << 20
@@ -103,8 +108,7 @@ class Repository:
         damaged: IntegrityError | None = None
         for info in listed:
             try:
-                blob = await self.store.get(Kind.INDEX, info.id, max_size=MAX_INDEX_BLOB)
-                index = await asyncio.to_thread(decode_index, info.id, blob)
+                index = await read_twice(functools.partial(self._read_index, info.id))
                 if index.manifest != manifest_id:
                     raise IntegrityError("index", str(info.id), f"serves {index.manifest}")
             except ObjectNotFound:
@@ -116,6 +120,10 @@ class Repository:
         if not found and damaged is not None:
             raise damaged
         return found
+
+    async def _read_index(self, name: ObjectId) -> PackIndex:
+        blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
+        return await asyncio.to_thread(decode_index, name, blob)
 
     async def index(self, manifest_id: ObjectId) -> PackIndex:
         """The index a reader uses: the newest one whose packs all exist."""
@@ -222,7 +230,8 @@ class Repository:
                     if self._ahead.get(key) is claim:
                         del self._ahead[key]
                 claim.set()
-        return await self._read_ranges(kind, locations, merge_ranges(list(locations.items())))
+        exact = merge_ranges(list(locations.items()))
+        return await read_twice(lambda: self._read_ranges(kind, locations, exact))
 
     async def _read_ranges(
         self,
@@ -464,12 +473,16 @@ class Repository:
 
         Its index is read the first time one of its trees or chunks is.
         """
-        blob = await self.store.get(
-            Kind.MANIFEST, object_id, max_size=stored_size_bound(MAX_MANIFEST_BYTES)
-        )
-        data = await asyncio.to_thread(
-            decode_object, "manifest", object_id, blob, MAX_MANIFEST_BYTES
-        )
+
+        async def read() -> bytes:
+            blob = await self.store.get(
+                Kind.MANIFEST, object_id, max_size=stored_size_bound(MAX_MANIFEST_BYTES)
+            )
+            return await asyncio.to_thread(
+                decode_object, "manifest", object_id, blob, MAX_MANIFEST_BYTES
+            )
+
+        data = await read_twice(read)
         manifest = Manifest.from_bytes(data, where=f"manifest {object_id}")
         self.expect(object_id)
         return manifest
@@ -522,6 +535,20 @@ _STAGED_MAX: Final = 64 << 20
 """Read-ahead frames kept in memory when there is no chunk cache."""
 _AHEAD_MAX: Final = 32 << 20
 """Stored bytes of planned chunks one read may add to what was asked for."""
+
+
+async def read_twice(read: Callable[[], Awaitable[T]]) -> T:
+    """A read whose bytes do not verify is made once more before the object is called corrupt.
+
+    A damaged answer (a flipped bit or a cut body past the transport's own
+    checks, a proxy's fault) is not a damaged object; as restic does, one
+    more read tells them apart. The retry layer repeats only unavailability.
+    """
+    try:
+        return await read()
+    except IntegrityError as exc:
+        log.info("%s; reading it again", exc)
+        return await read()
 
 
 def merge_ranges(
