@@ -236,6 +236,47 @@ class LastPuts:
         put_all(self._files.env, self._db, [(self._key(source), bytes(manifest_id))])
 
 
+class UnsettledRefs:
+    """Refs a put created but did not live to finish with: what its re-run completes.
+
+    A put names its manifest before it settles against collections, so a
+    put killed in between (a cancelled CI job) leaves a ref to a manifest it
+    never saw through. Noted here before the ref is created and forgotten
+    when the put ends; the re-run of the same source with the same ref then
+    completes that manifest instead of failing on a name that is its own.
+    """
+
+    def __init__(self, files: FilesCache) -> None:
+        self._files = files
+        self._db = files.table(b"unsettled")
+
+    def _key(self, source: str, ref: str) -> bytes:
+        path = os.fsencode(os.path.abspath(source))
+        name = ref.encode("utf-8", "surrogatepass")
+        return blake3.blake3(self._files.scope + b"\0" + path + b"\0" + name).digest()
+
+    def get(self, source: str, ref: str) -> ObjectId | None:
+        """The manifest an unfinished put of `source` named `ref`, if any."""
+        try:
+            with self._files.env.begin() as txn:
+                raw = txn.get(self._key(source, ref), db=self._db)
+        except lmdb.Error:
+            return None
+        return ObjectId(bytes(raw)) if raw is not None and len(raw) == ID_BYTES else None
+
+    def note(self, source: str, ref: str, manifest_id: ObjectId) -> None:
+        """Before the ref is created (a cache: failures only lose the hint)."""
+        put_all(self._files.env, self._db, [(self._key(source, ref), bytes(manifest_id))])
+
+    def clear(self, source: str, ref: str) -> None:
+        """The put that created the ref finished."""
+        try:
+            with self._files.env.begin(write=True) as txn:
+                txn.delete(self._key(source, ref), db=self._db)
+        except lmdb.Error:
+            pass
+
+
 class PutJournal:
     """Packs an unfinished put of a source directory has stored: what its re-run reuses.
 

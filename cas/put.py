@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import stat
@@ -35,18 +36,18 @@ from cas.chunking import ChunkParams, FastCdcChunker
 from cas.dirscache import DirsCache
 from cas.errors import AlreadyExists, ConcurrentGcError, ObjectNotFound, SourceError, UsageError
 from cas.filecut import CutSettings
-from cas.filescache import FilesCache, LastPuts, PutJournal
+from cas.filescache import FilesCache, LastPuts, PutJournal, UnsettledRefs
 from cas.gcfence import GcFence
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import Manifest, Totals, now_rfc3339
 from cas.pack import MAX_PACK_BYTES, TARGET_PACK_BYTES, trailer_bytes
-from cas.packindex import PackIndex, encode_index
+from cas.packindex import PackIndex
 from cas.packwriter import PackWriter
 from cas.progress import NullProgress, Progress
 from cas.putfiles import FileStage, WriterFeed
 from cas.putwalk import TreeWalk
 from cas.repo import Repository
-from cas.store.base import Kind, validate_ref_name
+from cas.store.base import validate_ref_name
 from cas.verify import manifest_complete
 from cas.walk import Excludes, SourceEntry
 
@@ -181,6 +182,8 @@ class Uploader:
         self._used_chunks: set[ObjectId] = set()
         self._used_trees: set[ObjectId] = set()
         """Every chunk and tree the manifest reaches: exactly what its index lists."""
+        self._ref_named: ObjectId | None = None
+        """The manifest `--ref` already names when this put re-runs one killed after naming it."""
         self.gc_fence = True
         """Settle the manifest against concurrent collections (docs/gc.md); off only in tests."""
 
@@ -192,9 +195,8 @@ class Uploader:
         check_source(root)
 
         ref = self.options.ref
-        if ref is not None and await self._ref_exists(ref):
-            # Checked first so a taken name costs nothing; creating it stays create-only.
-            raise AlreadyExists(f"ref {ref!r} already exists; nothing was uploaded")
+        if ref is not None:
+            self._ref_named = await self._taken_by_own_put(ref, root)
         fence = GcFence(self.repo.store, enabled=self.gc_fence)
         await fence.begin()  # before any parent's index is read
         for parent in await self._parents(root):
@@ -225,7 +227,31 @@ class Uploader:
         if self.files_cache is not None and journal is not None:
             await asyncio.to_thread(LastPuts(self.files_cache).remember, root, result.manifest_id)
             await asyncio.to_thread(journal.clear)
+            if self.options.ref is not None:
+                unsettled = UnsettledRefs(self.files_cache)
+                await asyncio.to_thread(unsettled.clear, root, self.options.ref)
         return result
+
+    async def _taken_by_own_put(self, ref: str, root: str) -> ObjectId | None:
+        """None if `ref` is free; its manifest if a put of this source here named it.
+
+        Checked first so a taken name costs nothing; creating it stays
+        create-only. A put killed after it created its ref (a cancelled CI
+        job) left the ref naming its manifest, noted as unsettled for this
+        source, so the re-run goes on: if the tree is still the same, the put
+        completes that manifest instead of failing.
+        """
+        try:
+            target = await self.repo.store.read_ref(ref)
+        except ObjectNotFound:
+            return None
+        unsettled = None
+        if self.files_cache is not None:
+            unsettled = await asyncio.to_thread(UnsettledRefs(self.files_cache).get, root, ref)
+        if unsettled == target:
+            log.info("ref %s names an unfinished put of this source: completing it", ref)
+            return target
+        raise AlreadyExists(f"ref {ref!r} already exists; nothing was uploaded")
 
     async def _parents(self, root: str) -> list[ObjectId]:
         """Manifests to reuse: `--parent`, else the newest ref nearby and the last put."""
@@ -272,10 +298,21 @@ class Uploader:
             tool=None if opts.reproducible else f"cas {__version__}",
         )
         manifest_id = hash_bytes(manifest.to_bytes())
-        index = self._writer.index(manifest_id, self._used_chunks, self._used_trees)
-        await self.repo.put_manifest(manifest, index)
+        named = await self._same_tree(self._ref_named, manifest)
+        if named is not None:
+            # The re-run of a put killed after naming its manifest: complete that one.
+            manifest_id, manifest = named, await self.repo.get_manifest(named)
+            index = self._writer.index(manifest_id, self._used_chunks, self._used_trees)
+            await self.repo.put_index(index)
+        else:
+            index = self._writer.index(manifest_id, self._used_chunks, self._used_trees)
+            await self.repo.put_manifest(manifest, index)
+        if self.files_cache is not None and opts.ref is not None:
+            # Before the ref: a re-run after a kill from here on completes this manifest.
+            unsettled = UnsettledRefs(self.files_cache)
+            await asyncio.to_thread(unsettled.note, root, opts.ref, manifest_id)
         taken = None
-        if opts.ref is not None:
+        if opts.ref is not None and named is None:
             try:
                 await self.repo.store.create_ref(opts.ref, manifest_id)
             except AlreadyExists:
@@ -363,6 +400,17 @@ class Uploader:
             await asyncio.to_thread(self.dirs_cache.record_many, walk.dir_records)
         return done
 
+    async def _same_tree(self, named: ObjectId | None, made: Manifest) -> ObjectId | None:
+        """`named` if it describes what this put made (all but its time and tool)."""
+        if named is None:
+            return None
+        try:
+            earlier = await self.repo.get_manifest(named)
+        except ObjectNotFound:
+            return None
+        same = dataclasses.replace(earlier, created=made.created, tool=made.tool)
+        return named if same == made else None
+
     async def _ref_exists(self, name: str) -> bool:
         try:
             await self.repo.store.read_ref(name)
@@ -400,9 +448,9 @@ class Uploader:
                 "garbage collection removed objects this put relied on, and the source "
                 "changed before they could be uploaded again; run the put again"
             )
-        index = again._writer.index(written.manifest, again._used_chunks, again._used_trees)
-        name, blob = await asyncio.to_thread(encode_index, index, self.options.level)
-        await self.repo.store.put_if_absent(Kind.INDEX, name, blob)
+        await self.repo.put_index(
+            again._writer.index(written.manifest, again._used_chunks, again._used_trees)
+        )
 
     def _is_skipped(self, child: SourceEntry) -> bool:
         if child.is_dir and (child.st.st_dev, child.st.st_ino) in self._skip_ids:

@@ -468,6 +468,12 @@ class Repository:
         self.adopt(index)
         return object_id
 
+    async def put_index(self, index: PackIndex) -> None:
+        """Store another index of a manifest that is already stored (a put's repair)."""
+        name, blob = await asyncio.to_thread(encode_index, index, self.level)
+        await self.store.put_if_absent(Kind.INDEX, name, blob)
+        self.adopt(index)
+
     async def get_manifest(self, object_id: ObjectId) -> Manifest:
         """Fetch, verify and strictly parse a manifest (never from the cache).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -15,13 +16,15 @@ from pathlib import Path
 import pytest
 
 from cas import codec
-from cas.errors import StoreUnavailable
+from cas.errors import AlreadyExists, PermissionDenied, StoreUnavailable
 from cas.filescache import FilesCache
+from cas.objects import ChunkParams
 from cas.pack import read_entries
 from cas.put import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore
+from cas.store.wrapping import WrappingStore
 from cas.verify import manifest_complete
 from cas.walk import Excludes
 from tests.store.faulty import FaultyStore
@@ -237,7 +240,6 @@ def test_killed_put_leaves_no_manifest_and_rerun_completes(tmp_path):
     assert stored_before > 0
     all_trees_complete(store_dir)
     done = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, check=True)
-    import json
 
     report = json.loads(done.stdout)
     assert report["chunks_new"] == report["chunks"] - stored_before
@@ -341,3 +343,39 @@ def test_a_parent_collected_since_is_skipped_with_a_warning(tmp_path):
     assert second.stats.parents == [] and second.stats.chunks_new == first.stats.chunks_new
     assert any("no longer stored" in w for w in progress.warnings)
     assert asyncio.run(manifest_complete(Repository(store), second.manifest_id))
+
+
+class _DiesAfterNaming(WrappingStore):
+    """The ref is created, then the put is cut off (a job killed right after naming)."""
+
+    async def create_ref(self, name, target):
+        await self.inner.create_ref(name, target)
+        raise PermissionDenied("cut off after the ref was created")
+
+
+async def test_a_put_cut_off_after_naming_is_completed_by_its_rerun(tmp_path):
+    """A CI job retried on the same workspace: the ref its first run created is its own."""
+    store = LocalStore(tmp_path / "store", fsync=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(50_000))
+    files = FilesCache(tmp_path / "cache", store.url, ChunkParams())
+    options = PutOptions(ref="ci/1")
+    try:
+        with pytest.raises(PermissionDenied):
+            await Uploader(Repository(_DiesAfterNaming(store)), options, files_cache=files).put(src)
+        named = await store.read_ref("ci/1")
+        again = await Uploader(Repository(store), options, files_cache=files).put(src)
+        assert again.manifest_id == named and again.stats.bytes_uploaded == 0
+        # Finished now: a further put with the name is refused before anything is read.
+        with pytest.raises(AlreadyExists, match="nothing was uploaded"):
+            await Uploader(Repository(store), options, files_cache=files).put(src)
+        # Cut off again, but the source changed meanwhile: create-only, refused.
+        await store.delete_ref("ci/1")
+        with pytest.raises(PermissionDenied):
+            await Uploader(Repository(_DiesAfterNaming(store)), options, files_cache=files).put(src)
+        (src / "b").write_bytes(b"new")
+        with pytest.raises(AlreadyExists, match="was stored but not named"):
+            await Uploader(Repository(store), options, files_cache=files).put(src)
+    finally:
+        files.close()
