@@ -303,8 +303,8 @@ class Figures:
     lease_lost: int = 0
     """Following gcs that stopped with LeaseLost (exit 14) and were run once more."""
     ref_refused: collections.Counter = field(default_factory=collections.Counter)
-    """Re-runs of a put refused (exit 6) because the first one had created the ref:
-    by whether that first one was killed (a violation since re-runs complete it)."""
+    """Re-runs of a put refused (exit 6) because the first one had created the ref and
+    finished: by whether that first one was killed (after it finished)."""
     ref_completed: collections.Counter = field(default_factory=collections.Counter)
     """Re-runs of a put whose first run had created the ref, completed (exit 0)."""
     gc_waits: int = 0
@@ -434,11 +434,15 @@ class Campaign:
             self.verify_all(cli, store, "put", delay, "after the kill")
         ref_before = (store.root / "refs" / "ci" / "1").exists()
         again = cli.run(args)
-        if ref_before:
-            # The put (killed or not) had created the ref: the re-run of the same source
-            # here completes the manifest it names instead of refusing the name.
-            self.fig.ref_refused[o.killed] += again.code == 6
-            self.fig.ref_completed[o.killed] += again.code == 0
+        if ref_before and again.code == 0:
+            # A put killed after it created the ref, before it finished: the re-run of
+            # the same source here completes the manifest the ref names.
+            self.fig.ref_completed[o.killed] += 1
+        if again.code == 6 and ref_before:
+            # The first put had finished (or was killed after it did), create-only: refused.
+            self.fig.ref_refused[o.killed] += 1
+            self._check_ref_gets(cli, store, "ci/1", self.snap_b, "put", delay)
+            return
         if again.code != 0:
             self.violation("put", delay, f"re-run exited {again.code}: {_tail(again)}")
             return
@@ -748,7 +752,8 @@ class Campaign:
         lines.append(
             "put re-runs whose first put had created the ref: completed "
             f"{f.ref_completed[True]} after a kill, {f.ref_completed[False]} after a completed "
-            f"put; refused (exit 6) {f.ref_refused[True] + f.ref_refused[False]}; "
+            f"put; refused (exit 6) as the first had finished: {f.ref_refused[True]} killed "
+            f"after, {f.ref_refused[False]} not killed; "
             f"put waits for a killed gc's lease: {f.gc_waits}; following gcs that lost "
             f"their lease (exit 14) and were run again: {f.lease_lost}"
         )
