@@ -30,7 +30,7 @@ from pathlib import Path
 from cas import codec
 from cas.chunking import ChunkParams, FastCdcChunker
 from cas.ids import hash_bytes
-from cas.put import PutOptions, Uploader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store import open_store
 

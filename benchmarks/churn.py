@@ -29,10 +29,10 @@ work directory (on the same disk as --work) and put as run 0 (`ci/main/0`).
    a random existing file (at most 4 MiB). Touched files and directories
    get the run's mtime, so every variant and every invocation sees the same
    trees.
-2. Put: `cas.put.Uploader` with `PutOptions(ref="ci/main/N")` and a
+2. Put: `cas.put.uploader.Uploader` with `PutOptions(ref="ci/main/N")` and a
    `FilesCache` in a temporary cache directory, exactly what `cas put --ref
    ci/main/N` does (its default parent is the newest ref under `ci/main/`).
-3. Collect: `cas.gc.collect` with `GcOptions(retention=Retention(keep_last=
+3. Collect: `cas.gc.collector.collect` with `GcOptions(retention=Retention(keep_last=
    (KeepLastRule("ci/main/*", KEEP),)), grace=0.0, repack_below=R)`: `cas gc
    --keep-last 10 'ci/main/*' --grace 0s` (the command has no option for R;
    its default is 0.5).
@@ -46,7 +46,7 @@ work directory (on the same disk as --work) and put as run 0 (`ci/main/0`).
    index names: those a repack has just copied, which gc leaves for its
    next run (a get or put may still be reading them), so "stored/live after
    every run" includes each repack's input once. Every kept manifest is
-   checked complete (`cas.verify.manifest_complete`; `--smoke` reads
+   checked complete (`cas.gc.verify.manifest_complete`; `--smoke` reads
    everything back).
 
 **Format 1 on the same runs, derived from the same data.** Format 1 stored
@@ -109,18 +109,18 @@ sys.path.insert(0, str(HERE))
 
 import corpus  # noqa: E402
 
-import cas.repack  # noqa: E402, F401  (gc imports it lazily: load it with the rest)
-from cas.filescache import FilesCache  # noqa: E402
-from cas.gc import GcOptions, GcReport, collect  # noqa: E402
+import cas.gc.repack  # noqa: E402, F401  (gc imports it lazily: load it with the rest)
+from cas.caches.files import FilesCache  # noqa: E402
+from cas.gc.collector import GcOptions, GcReport, collect  # noqa: E402
+from cas.gc.retention import KeepLastRule, Retention  # noqa: E402
+from cas.gc.verify import manifest_complete, verify_manifests  # noqa: E402
 from cas.ids import ObjectId  # noqa: E402
 from cas.pack import ObjectKind  # noqa: E402
-from cas.put import PutOptions, PutResult, Uploader  # noqa: E402
+from cas.put.uploader import PutOptions, PutResult, Uploader  # noqa: E402
 from cas.repo import Repository  # noqa: E402
-from cas.retention import KeepLastRule, Retention  # noqa: E402
 from cas.store.base import Kind, Store  # noqa: E402
 from cas.store.local import LocalStore  # noqa: E402
 from cas.store.wrapping import WrappingStore  # noqa: E402
-from cas.verify import manifest_complete, verify_manifests  # noqa: E402
 
 REF_PREFIX = "ci/main/"
 LARGE = 1 << 20

@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE))
 import compare  # noqa: E402
 import corpus  # noqa: E402
 
-from cas.browse import walk  # noqa: E402
+from cas.get.browse import walk  # noqa: E402
 from cas.ids import ObjectId  # noqa: E402
 from cas.objects import FileEntry  # noqa: E402
 from cas.repo import Repository  # noqa: E402

@@ -30,7 +30,7 @@ of the memory-mapped LMDB mark set): `--dry-run --grace 0s`, a real
 rewrites the index), and a second real run (deletes the packs the first
 one repacked). The peak of Python allocations of a dry run (tracemalloc)
 is measured in-process in a child. After the real runs the manifest must
-still be complete (`cas.verify.manifest_complete`) and the pack counts must
+still be complete (`cas.gc.verify.manifest_complete`) and the pack counts must
 be the expected ones, or the exit status is 1.
 """
 
@@ -57,6 +57,7 @@ import measure  # noqa: E402
 
 from cas import codec  # noqa: E402
 from cas.chunking import ChunkParams  # noqa: E402
+from cas.gc.verify import manifest_complete  # noqa: E402
 from cas.ids import ObjectId, hash_bytes  # noqa: E402
 from cas.objects import ChunkRef, DirEntry, FileEntry, Manifest, Totals, Tree  # noqa: E402
 from cas.pack import TARGET_PACK_BYTES, ObjectKind, PackBuilder  # noqa: E402
@@ -64,7 +65,6 @@ from cas.packindex import Location, PackIndex, encode_index  # noqa: E402
 from cas.repo import Repository, encode_object  # noqa: E402
 from cas.store.base import Kind  # noqa: E402
 from cas.store.local import LocalStore  # noqa: E402
-from cas.verify import manifest_complete  # noqa: E402
 
 FILES_PER_TREE = 1000
 HALF_LIVE_SHARE = 0.10
@@ -240,7 +240,7 @@ def heap_peak(store: Path, env: dict[str, str]) -> float:
     """Peak of Python allocations (MiB) in a dry run, in a child process (tracemalloc)."""
     code = (
         "import asyncio, sys, tracemalloc\n"
-        "from cas.gc import GcOptions, collect\n"
+        "from cas.gc.collector import GcOptions, collect\n"
         "from cas.repo import Repository\n"
         "from cas.store.local import LocalStore\n"
         "tracemalloc.start()\n"

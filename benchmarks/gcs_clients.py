@@ -152,8 +152,8 @@ def run_store(url: str, names: list[str], payloads: list[bytes], inflight: int) 
     """`GcsStore` itself (aiohttp underneath), through the layers `open_store` adds."""
     from cas.ids import hash_bytes
     from cas.store.base import Kind
-    from cas.store.gcs import GcsStore
-    from cas.store.gcs_location import GcsLocation
+    from cas.store.gcs.location import GcsLocation
+    from cas.store.gcs.store import GcsStore
     from cas.store.registry import wrap_remote
 
     ids = [hash_bytes(p) for p in payloads]

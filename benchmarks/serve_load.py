@@ -104,8 +104,8 @@ def normal_client(
     url: str, index: int, seed: int, t0: float, half: float, work: str, queue: Any
 ) -> None:
     """Put a tree, get it back, compare; repeat until the end of the second phase."""
-    from cas.get import get_manifest
-    from cas.put import PutOptions, Uploader
+    from cas.get.downloader import restore_manifest
+    from cas.put.uploader import PutOptions, Uploader
     from cas.repo import Repository
     from cas.store.http import HttpStore
     from cas.store.registry import wrap_remote
@@ -135,7 +135,7 @@ def normal_client(
                 samples.append((phase_of(started, t0, half), "put", time.time() - started))
                 started = time.time()
                 try:
-                    await get_manifest(repo, result.manifest_id, dst)
+                    await restore_manifest(repo, result.manifest_id, dst)
                 except Exception as exc:
                     errors.append(f"get: {type(exc).__name__}: {exc}")
                     continue
@@ -265,7 +265,7 @@ async def trickler(host: str, port: int, index: int, until: float) -> dict[str, 
 
 async def seed_store(url: str, work: Path, seed: int) -> dict[str, Any]:
     """One put, so the flood has real objects and a ref to read."""
-    from cas.put import PutOptions, Uploader
+    from cas.put.uploader import PutOptions, Uploader
     from cas.repo import Repository
     from cas.store.base import Kind
     from cas.store.http import HttpStore

@@ -8,7 +8,7 @@ cache; a mismatch is an `IntegrityError` naming the object. Reads of
 neighbouring frames of one pack are merged into one ranged read. CPU work
 (zstd, BLAKE3) runs in threads: both libraries release the GIL.
 
-Writes go through a `PackWriter` (`cas.packwriter`), opened per put with
+Writes go through a `PackWriter` (`cas.put.packwriter`), opened per put with
 `Repository.writer`: it is the only code that packs and uploads chunks and
 trees, for threads and worker processes alike.
 """

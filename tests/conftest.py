@@ -160,8 +160,8 @@ class GcsBackend(Backend):
     """A `GcsStore` under a unique prefix, checked through raw JSON API calls to the emulator."""
 
     def __init__(self, emulator: Emulator, prefix: str) -> None:
-        from cas.store.gcs import GcsStore
-        from cas.store.gcs_location import GcsLocation
+        from cas.store.gcs.location import GcsLocation
+        from cas.store.gcs.store import GcsStore
 
         self.emulator = emulator
         self.location = GcsLocation(GCS_BUCKET, prefix)

@@ -6,14 +6,14 @@ import asyncio
 import os
 from pathlib import Path
 
-from cas.browse import walk
 from cas.cache import ChunkCache
 from cas.chunking import ChunkParams, FastCdcChunker
-from cas.get import Downloader, GetOptions, GetStats
+from cas.get.browse import walk
+from cas.get.downloader import Downloader, GetOptions, GetStats
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import FileEntry
 from cas.pack import ObjectKind, PackEntry, decode_frame
-from cas.put import PutOptions, Uploader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore

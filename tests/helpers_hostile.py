@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cas import codec
-from cas.get import Downloader, GetStats
+from cas.get.downloader import Downloader, GetStats
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import MANIFEST_FORMAT, TREE_FORMAT
 from cas.pack import ObjectKind, PackBuilder, SealedPack

@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 
 from cas import codec
-from cas.browse import lookup
 from cas.chunking import ChunkParams
 from cas.errors import (
     DestinationError,
@@ -39,10 +38,11 @@ from cas.errors import (
     StoreUnavailable,
     UsageError,
 )
+from cas.get.browse import lookup
 from cas.ids import ObjectId
 from cas.objects import FileEntry
 from cas.packindex import PackIndex, encode_index
-from cas.put import PutOptions, Uploader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from cas.browse import walk
 from cas.cache import ChunkCache
-from cas.get import Downloader, GetOptions
+from cas.get.browse import walk
+from cas.get.downloader import Downloader, GetOptions
 from cas.objects import FileEntry
 from cas.pack import ObjectKind, PackEntry, decode_frame
-from cas.put import PutOptions, Uploader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from tests.conftest import snapshot

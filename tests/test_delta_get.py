@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from cas.caches.files import CachedFile, FileIdentity, FilesCache
 from cas.errors import DestinationError
-from cas.filescache import CachedFile, FileIdentity, FilesCache
-from cas.get import Downloader
+from cas.get.downloader import Downloader
 from tests.conftest import snapshot
 from tests.delta_helpers import (
     SMALL,
@@ -101,7 +101,7 @@ def test_delete_is_off_by_default_and_excluded_paths_are_protected(tmp_path, pai
 
 
 def _sel(include=(), exclude=()):
-    from cas.selection import Selection
+    from cas.get.selection import Selection
 
     return Selection(include, exclude)
 
@@ -247,7 +247,7 @@ def test_files_cache_spares_reading_unchanged_destination_files(tmp_path, pair):
         if path.is_file() and not path.is_symlink():
             mtime = path.stat().st_mtime_ns
             os.utime(path, ns=(mtime, mtime))
-    import cas.filescache as filescache
+    import cas.caches.files as filescache
 
     fc = tmp_path / "fc"
     old_window = filescache.RACY_WINDOW_NS
@@ -261,7 +261,7 @@ def test_files_cache_spares_reading_unchanged_destination_files(tmp_path, pair):
 
 
 def _describer_reads(store, manifest_id, dest, fc) -> int:
-    import cas.localchunks as localchunks
+    import cas.get.localchunks as localchunks
 
     counted = []
     real = localchunks.Describer.record

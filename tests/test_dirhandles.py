@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cas.dirhandles import DirectoryHandles
 from cas.errors import DestinationError
-from cas.fswrite import Destination
+from cas.get.dirhandles import DirectoryHandles
+from cas.get.fswrite import Destination
 
 
 def handles(root: Path, keep: int = 256) -> tuple[DirectoryHandles, int]:

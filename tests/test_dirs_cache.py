@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cas.caches.files import FilesCache
 from cas.chunking import ChunkParams
-from cas.filecut import CutSettings
-from cas.filescache import FilesCache
-from cas.get import Downloader
-from cas.put import PutOptions, PutResult, Uploader
+from cas.gc.verify import manifest_complete
+from cas.get.downloader import Downloader
+from cas.put.filecut import CutSettings
+from cas.put.uploader import PutOptions, PutResult, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore
-from cas.verify import manifest_complete
 from tests.conftest import snapshot
 
 OLD = 1_600_000_000 * 10**9
@@ -57,7 +57,7 @@ def get(store: LocalStore, result: PutResult, out: Path) -> None:
 @pytest.fixture
 def settled(monkeypatch):
     """Puts start well after every file's ctime, as if the files were old (the racy rule)."""
-    import cas.put as put_module
+    import cas.put.uploader as put_module
 
     real = time.time_ns
     monkeypatch.setattr(put_module.time, "time_ns", lambda: real() + 10 * 10**9)
@@ -225,7 +225,7 @@ def test_cached_puts_match_uncached_puts(tmp_path_factory, settled, rounds):
 
 
 def test_entries_unused_for_a_month_are_pruned(tmp_path, store, settled, monkeypatch):
-    import cas.dirscache as dirscache
+    import cas.caches.dirs as dirscache
 
     src = tmp_path / "src"
     make_tree(src)

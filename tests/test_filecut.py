@@ -9,8 +9,8 @@ import pytest
 
 from cas.chunking import ChunkParams, FastCdcChunker
 from cas.errors import SourceError
-from cas.filecut import CutSettings, FileCutter, OpenedAhead
-from cas.walk import Excludes, list_directory
+from cas.put.filecut import CutSettings, FileCutter, OpenedAhead
+from cas.put.listing import Excludes, list_directory
 
 SETTINGS = CutSettings(ChunkParams(), 4096, True)
 

@@ -7,10 +7,10 @@ import os
 import time
 from pathlib import Path
 
+from cas.caches.files import FilesCache
 from cas.chunking import ChunkParams
-from cas.filescache import FilesCache
-from cas.get import Downloader
-from cas.put import PutOptions, Uploader
+from cas.get.downloader import Downloader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore
@@ -43,7 +43,7 @@ def put(store: LocalStore, src: Path, cache_dir: Path, **options):
 
 def settle(monkeypatch) -> None:
     """Make the put start well after the files' ctimes (the racy rule)."""
-    import cas.put as put_module
+    import cas.put.uploader as put_module
 
     real = time.time_ns
     monkeypatch.setattr(put_module.time, "time_ns", lambda: real() + 10 * 10**9)

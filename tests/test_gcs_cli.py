@@ -87,8 +87,8 @@ async def test_put_in_worker_processes_opens_its_own_gcs_clients(
     build, tmp_path, gcs_emulator, gs_url, monkeypatch
 ):
     """put's worker processes reopen the store through its opener, layers included."""
-    from cas.get import Downloader
-    from cas.put import PutOptions, Uploader
+    from cas.get.downloader import Downloader
+    from cas.put.uploader import PutOptions, Uploader
     from cas.repo import Repository
     from cas.store.registry import open_store
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-import cas.filescache
-from cas.filescache import FileIdentity, FilesCache
+import cas.caches.files
+from cas.caches.files import FileIdentity, FilesCache
 from cas.store.local import LocalStore
 from tests.conftest import snapshot
 from tests.delta_helpers import SMALL, get, put
@@ -35,7 +35,7 @@ def remembered(store, files_cache_dir, path):
 
 
 def test_written_files_are_remembered_with_their_chunks(tmp_path, pair, monkeypatch):
-    monkeypatch.setattr(cas.filescache, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(cas.caches.files, "RACY_WINDOW_NS", 0)
     _a, b, store, id_a, id_b = pair
     dest, fc = tmp_path / "dest", tmp_path / "fc"
     get(store, id_a, dest, files_cache_dir=fc)
@@ -47,7 +47,7 @@ def test_written_files_are_remembered_with_their_chunks(tmp_path, pair, monkeypa
 
 def test_a_file_changed_after_get_is_read_again(tmp_path, pair, monkeypatch):
     """Same size, mtime set back: only the ctime tells, and the next get must not trust it."""
-    monkeypatch.setattr(cas.filescache, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(cas.caches.files, "RACY_WINDOW_NS", 0)
     _a, b, store, id_a, id_b = pair
     dest, fc = tmp_path / "dest", tmp_path / "fc"
     get(store, id_a, dest, files_cache_dir=fc)

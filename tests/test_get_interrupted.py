@@ -114,7 +114,7 @@ def test_sigkill_mid_update_leaves_each_file_old_or_new(tmp_path):
 def test_a_dead_writers_temporary_goes_at_once_a_live_ones_stays(tmp_path):
     import fcntl
 
-    from cas.fswrite import WRITE_PREFIX, remove_stale_temporaries
+    from cas.get.fswrite import WRITE_PREFIX, remove_stale_temporaries
 
     dead = tmp_path / f"{WRITE_PREFIX}dead0"
     live = tmp_path / f"{WRITE_PREFIX}live0"
@@ -134,7 +134,7 @@ def test_a_dead_writers_temporary_goes_at_once_a_live_ones_stays(tmp_path):
 
 _HOLDER = """
 import sys, time
-from cas.fswrite import Destination
+from cas.get.fswrite import Destination
 
 out = Destination(sys.argv[1])
 pin = out.pin((), "old.bin")
@@ -162,7 +162,7 @@ def _temporaries(dest: Path) -> list[str]:
 
 
 def test_a_killed_gets_pins_and_asides_go_with_the_next_get_a_live_ones_stay(tmp_path):
-    from cas.fswrite import Destination
+    from cas.get.fswrite import Destination
 
     dest = tmp_path / "dest"
     proc = _killed_get_with_pin_and_aside(dest)

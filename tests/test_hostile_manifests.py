@@ -26,7 +26,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import codec
-from cas.browse import MAX_DEPTH
 from cas.errors import (
     CasError,
     DestinationError,
@@ -35,6 +34,7 @@ from cas.errors import (
     ObjectNotFound,
     UnsafeManifest,
 )
+from cas.get.browse import MAX_DEPTH
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import MAX_MANIFEST_BYTES, MAX_NAME_BYTES
 from cas.pack import ObjectKind

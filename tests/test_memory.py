@@ -103,8 +103,8 @@ def test_in_place_get_of_a_changed_large_file_stays_small(tmp_path):
 @given(st.lists(st.integers(min_value=1, max_value=20 << 20), max_size=300))
 def test_verify_reads_stay_within_the_byte_budget(sizes):
     """verify's reads cover every chunk once, in order, each within its decoded-bytes budget."""
+    from cas.gc.verify import _BATCH, _BATCH_RAW_BYTES, _batches
     from cas.packindex import Location
-    from cas.verify import _BATCH, _BATCH_RAW_BYTES, _batches
 
     todo = {
         ObjectId(i.to_bytes(32, "big")): Location(ObjectId(bytes(32)), 0, 1, raw)

@@ -52,7 +52,7 @@ def put_tree(store: Path, src: Path, ref: str | None = None) -> str:
     import asyncio
 
     from cas.chunking import ChunkParams
-    from cas.put import PutOptions, Uploader
+    from cas.put.uploader import PutOptions, Uploader
     from cas.repo import Repository
     from cas.store.local import LocalStore
 
@@ -245,7 +245,7 @@ def corrupt_one_chunk(store: Path, manifest: str, path: str, which: int) -> str:
     """Flip a byte inside the frame of chunk `which` of file `path`; returns the chunk id."""
     import asyncio
 
-    from cas.browse import lookup
+    from cas.get.browse import lookup
     from cas.ids import ObjectId
     from cas.pack import ObjectKind
     from cas.repo import Repository
@@ -445,7 +445,7 @@ def test_record_then_prefetch_fills_the_cache_before_reads(world, tmp_path):
 def chunk_ids(store: Path, manifest: str, paths: list[str]) -> list:
     import asyncio
 
-    from cas.browse import lookup
+    from cas.get.browse import lookup
     from cas.ids import ObjectId
     from cas.repo import Repository
     from cas.store.local import LocalStore
@@ -499,7 +499,7 @@ def collect_twice(store: Path, ref: str) -> None:
     repacks its mostly dead data pack, the second deletes the old pack."""
     import asyncio
 
-    from cas.gc import GcOptions, collect
+    from cas.gc.collector import GcOptions, collect
     from cas.repo import Repository
     from cas.store.local import LocalStore
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from cas.browse import lookup
 from cas.errors import ObjectNotFound, UsageError
+from cas.get.browse import lookup
+from cas.get.selection import Selection
 from cas.objects import DirEntry
 from cas.packindex import encode_index
 from cas.repo import Repository
-from cas.selection import Selection
 from cas.store.base import Kind
 from cas.store.local import LocalStore
 from tests.conftest import snapshot

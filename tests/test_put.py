@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 
 from cas import codec
+from cas.caches.files import FilesCache
 from cas.errors import AlreadyExists, PermissionDenied, StoreUnavailable
-from cas.filescache import FilesCache
+from cas.gc.verify import manifest_complete
 from cas.objects import ChunkParams
 from cas.pack import read_entries
-from cas.put import PutOptions, Uploader
+from cas.put.listing import Excludes
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore
 from cas.store.wrapping import WrappingStore
-from cas.verify import manifest_complete
-from cas.walk import Excludes
 from tests.store.faulty import FaultyStore
 
 
@@ -268,7 +268,7 @@ def test_excludes_gitignore_style(tmp_path):
     )
     result = put(store, src, excludes=excludes)
     out = tmp_path / "out"
-    from cas.get import Downloader
+    from cas.get.downloader import Downloader
 
     asyncio.run(Downloader(Repository(store)).get(result.manifest_id, out))
     got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())

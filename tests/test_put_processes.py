@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from cas.caches.files import FilesCache
 from cas.chunking import FastCdcChunker
 from cas.errors import SourceError
-from cas.filecut import CutSettings
-from cas.filescache import FilesCache
-from cas.get import get_manifest
-from cas.packwriter import PackWriter
+from cas.get.downloader import restore_manifest
 from cas.progress import NullProgress
-from cas.put import PutOptions, Uploader
-from cas.putfiles import FileStage, WriterFeed
+from cas.put.filecut import CutSettings
+from cas.put.files import FileStage, WriterFeed
+from cas.put.listing import SourceEntry
+from cas.put.packwriter import PackWriter
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.local import LocalStore
-from cas.walk import SourceEntry
 from tests.conftest import snapshot
 from tests.store.faulty import FaultyStore
 
@@ -76,7 +76,7 @@ def test_put_in_processes_restores_exactly(tmp_path, tree):
 
     async def get():
         async with LocalStore(store_dir, create=False) as store:
-            await get_manifest(Repository(store), result.manifest_id, tmp_path / "out")
+            await restore_manifest(Repository(store), result.manifest_id, tmp_path / "out")
 
     asyncio.run(get())
     assert snapshot(tmp_path / "out") == snapshot(tree)
@@ -153,7 +153,7 @@ def test_source_removed_after_put_leaves_store_readable(tmp_path, tree):
 
     async def get():
         async with LocalStore(store_dir, create=False) as store:
-            await get_manifest(Repository(store), result.manifest_id, tmp_path / "out")
+            await restore_manifest(Repository(store), result.manifest_id, tmp_path / "out")
 
     asyncio.run(get())
     assert (tmp_path / "out" / "big").stat().st_size == 5 << 20

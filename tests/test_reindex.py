@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from cas.errors import ObjectNotFound
-from cas.put import PutOptions, Uploader
-from cas.reindex import rebuild_index, reindex
+from cas.gc.reindex import rebuild_index, reindex
+from cas.gc.verify import manifest_complete, verify_manifests
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore
-from cas.verify import manifest_complete, verify_manifests
 from tests.serve_process import TOKENS
 from tests.test_cli import cas
 

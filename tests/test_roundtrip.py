@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 
 from cas.chunking import ChunkParams
-from cas.get import Downloader
-from cas.put import PutOptions, Uploader
+from cas.get.downloader import Downloader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.local import LocalStore
 from tests.conftest import snapshot
@@ -96,7 +96,7 @@ def _dest_with_temporaries(tmp_path):
 
 
 def test_stale_temporaries_of_an_interrupted_get_are_removed(tmp_path, monkeypatch):
-    import cas.fswrite as fswrite
+    import cas.get.fswrite as fswrite
 
     src, dest = _dest_with_temporaries(tmp_path)
     real_time = fswrite.time.time

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from cas.errors import StoreUnavailable
-from cas.put import PutOptions, Uploader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.http import HttpStore
 from cas.store.registry import wrap_remote

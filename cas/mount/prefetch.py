@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
-from cas.browse import split_path, walk
 from cas.errors import CasError
+from cas.get.browse import split_path, walk
 from cas.ids import ObjectId
 from cas.mount.deadline import within
 from cas.mount.trees import TreeSource

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from cas.browse import checked_length
 from cas.errors import CasError, ObjectNotFound
+from cas.get.browse import checked_length
 from cas.ids import ObjectId
 from cas.mount.deadline import fail, within
 from cas.mount.lru import ByteLRU

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from cas.browse import lookup, split_path
 from cas.errors import DestinationError, UsageError
+from cas.get.browse import lookup, split_path
 from cas.ids import ObjectId
 from cas.mount.nodes import NodeTable
 from cas.mount.prefetch import PrefetchStats, every_file, listed_files, prefetch

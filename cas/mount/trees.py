@@ -13,8 +13,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Final
 
-from cas.browse import check_chunks
 from cas.errors import ObjectNotFound
+from cas.get.browse import check_chunks
 from cas.ids import ObjectId
 from cas.mount.deadline import fail, within
 from cas.mount.lru import ByteLRU

@@ -91,7 +91,7 @@ def _open_gcs(url: str, create: bool) -> Store:
         raise UsageError(
             f"{url}: gs:// stores need the gcs extra: pip install 'cas-store[gcs]'"
         ) from None
-    from cas.store.gcs import GcsStore
+    from cas.store.gcs.store import GcsStore
 
     return wrap_remote(GcsStore.from_url(url))
 

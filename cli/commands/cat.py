@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cas.browse import lookup, stream_file
 from cas.errors import UsageError
+from cas.get.browse import lookup, stream_file
 from cas.objects import FileEntry
 from cas.repo import Repository
 from cas_cli.common import add_cache_options, refuse_json, run_with_repo

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from cas.diff import Change, Diff, Side, diff
+from cas.get.diff import Change, Diff, Side, diff
 from cas.repo import Repository
 from cas.sizes import format_size
 from cas_cli.common import emit_json, info, run_with_repo

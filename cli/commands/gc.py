@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 
 from cas.errors import UsageError
-from cas.gc import DEFAULT_GRACE, DEFAULT_LEASE, REPACK_BELOW, GcOptions, GcReport, collect
-from cas.gcrecords import MAX_LEASE_SECONDS
+from cas.gc.collector import (
+    DEFAULT_GRACE,
+    DEFAULT_LEASE,
+    REPACK_BELOW,
+    GcOptions,
+    GcReport,
+    collect,
+)
+from cas.gc.records import MAX_LEASE_SECONDS
+from cas.gc.retention import rules_from_options
 from cas.repo import Repository
-from cas.retention import rules_from_options
 from cas.sizes import format_duration, format_size, parse_duration
 from cas_cli.common import emit_json, info, run_with_repo
 

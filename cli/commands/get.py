@@ -6,9 +6,9 @@ import argparse
 from typing import Any
 
 from cas.cache import default_cache_dir
-from cas.get import SOURCES, Downloader, GetOptions, GetStats
+from cas.get.downloader import SOURCES, Downloader, GetOptions, GetStats
+from cas.get.selection import Selection
 from cas.repo import Repository
-from cas.selection import Selection
 from cas.sizes import format_size
 from cas_cli.common import (
     BarProgress,

@@ -6,7 +6,7 @@ import argparse
 import stat
 import sys
 
-from cas.browse import Located, lookup, walk
+from cas.get.browse import Located, lookup, walk
 from cas.objects import DirEntry, FileEntry, SymlinkEntry
 from cas.repo import Repository
 from cas_cli.common import emit_json, run_with_repo

@@ -7,16 +7,16 @@ import time
 
 from cas import codec
 from cas.cache import default_cache_dir
+from cas.caches.files import FilesCache
 from cas.chunking import ChunkParams
 from cas.errors import IncompletePut, UsageError
-from cas.filescache import FilesCache
 from cas.objects import parse_label
 from cas.pack import TARGET_PACK_BYTES
-from cas.put import PutOptions, PutResult, Uploader, check_source
+from cas.put.listing import Excludes
+from cas.put.uploader import PutOptions, PutResult, Uploader, check_source
 from cas.repo import Repository
 from cas.sizes import format_size, parse_size
 from cas.store.local import LocalStore
-from cas.walk import Excludes
 from cas_cli.common import BarProgress, add_progress_option, emit_json, info, run_with_repo
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cas.reindex import reindex
+from cas.gc.reindex import reindex
 from cas.repo import Repository
 from cas_cli.common import emit_json, info, run_with_repo
 

@@ -43,21 +43,21 @@ from pathlib import Path
 from typing import Any
 
 from cas.cache import ChunkCache
+from cas.caches.files import FilesCache
 from cas.chunking import ChunkParams
 from cas.errors import CasError
-from cas.filescache import FilesCache
-from cas.fswrite import TEMP_PREFIX
-from cas.gc import GcOptions, collect
-from cas.get import Downloader, GetOptions
+from cas.gc.collector import GcOptions, collect
+from cas.gc.repair import repair
+from cas.gc.retention import KeepLastRule, Retention
+from cas.gc.verify import Checker, verify_manifests
+from cas.get.downloader import Downloader, GetOptions
+from cas.get.fswrite import TEMP_PREFIX
 from cas.ids import ObjectId, hash_bytes
-from cas.put import PutOptions, Uploader
-from cas.repair import repair
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import DEFAULT_MAX_CHUNK, Repository
-from cas.retention import KeepLastRule, Retention
 from cas.store.base import Kind, Store
 from cas.store.local import LocalStore
 from cas.store.retrying import RetryingStore, RetryPolicy
-from cas.verify import Checker, verify_manifests
 from tests.campaigns.faults import TRANSIENT, Fault, FaultPlan, FaultStore
 
 FAST_RETRIES = RetryPolicy(attempts=6, initial=0.005, maximum=0.05, deadline=10.0)

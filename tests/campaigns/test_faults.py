@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from cas.errors import IntegrityError, PermissionDenied, StoreUnavailable
-from cas.gc import GcOptions, collect
-from cas.get import Downloader
-from cas.put import PutOptions, Uploader
+from cas.gc.collector import GcOptions, collect
+from cas.gc.verify import verify_manifests
+from cas.get.downloader import Downloader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.local import LocalStore
 from cas.store.retrying import RetryingStore, RetryPolicy
-from cas.verify import verify_manifests
 from tests.campaigns.fault_campaign import (
     PARAMS,
     run_campaign,
@@ -247,7 +247,7 @@ async def test_failed_pack_upload_is_one_error_and_no_unretrieved_task(store, so
 async def test_repair_deletes_nothing_verify_only_read_damaged(store, source, tmp_path, call, kind):
     # verify through a flaky store reports the manifest (or index) corrupt; the object
     # itself is intact, so `verify --repair` must read it again and keep it.
-    from cas.repair import repair
+    from cas.gc.repair import repair
 
     result = await _put(Repository(store, level=1), source)
     repo, _ = _layers(store, ("get", call, Fault.FLIP), ("get", call + 1, Fault.FLIP))
@@ -264,7 +264,7 @@ async def test_repair_keeps_a_pack_verify_only_read_damaged(store, source, tmp_p
     # A flipped range read makes verify flag a pack; read again, all its frames verify,
     # so repair rebuilds it byte for byte under the same id. It must stay named and
     # stored: before, repair left its entries out of the index and deleted it.
-    from cas.repair import repair
+    from cas.gc.repair import repair
 
     result = await _put(Repository(store, level=1), source)
     # The root tree's read and its read again both come back damaged.
@@ -279,7 +279,7 @@ async def test_repair_keeps_a_pack_verify_only_read_damaged(store, source, tmp_p
 async def test_repair_reads_a_damaged_frame_again_before_dropping_it(store, source, tmp_path):
     # verify's read and then repair's read of the same pack both come back damaged
     # once: the frame is read again by itself, verifies, and nothing is dropped.
-    from cas.repair import repair
+    from cas.gc.repair import repair
 
     result = await _put(Repository(store, level=1), source)
     found = await verify_manifests(
@@ -298,8 +298,8 @@ async def test_repair_reads_a_damaged_index_again_before_deleting_packs(store, s
     # A pack really holds one corrupt chunk; repair's first read of the index that
     # names the pack comes back damaged. Taken as "names nothing", the index was not
     # rewritten and lost every intact frame of the replaced pack.
+    from cas.gc.repair import repair
     from cas.pack import ObjectKind
-    from cas.repair import repair
 
     result = await _put(Repository(store, level=1), source)
     index = await Repository(store).index(result.manifest_id)

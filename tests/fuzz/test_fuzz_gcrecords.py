@@ -1,4 +1,4 @@
-"""Fuzz the garbage-collection record parser (`cas.gcrecords.parse_record`).
+"""Fuzz the garbage-collection record parser (`cas.gc.records.parse_record`).
 
 Any writer may create objects in the `gc` namespace (the server checks only
 that a record hashes to its name), and every collection reads them all to
@@ -14,7 +14,7 @@ import json
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cas.gcrecords import FORMAT, MAX_LEASE_SECONDS, parse_record
+from cas.gc.records import FORMAT, MAX_LEASE_SECONDS, parse_record
 from tests.fuzz import bounded, fuzz_settings
 
 json_values = st.recursive(

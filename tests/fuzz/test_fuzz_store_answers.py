@@ -16,9 +16,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cas.errors import CasError, StoreUnavailable, UsageError
-from cas.store.gcs import _parse
-from cas.store.gcs_errors import list_call, read_call, translate_status
-from cas.store.gcs_location import GcsLocation
+from cas.store.gcs.errors import list_call, read_call, translate_status
+from cas.store.gcs.location import GcsLocation
+from cas.store.gcs.store import _parse
 from cas.store.local import LAYOUT, MARKER, LocalStore
 from tests.fuzz import bounded, fuzz_settings
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from cas.gc import GcOptions, collect
-from cas.gcrecords import RunTracker
+from cas.gc.collector import GcOptions, collect
+from cas.gc.records import RunTracker
+from cas.gc.retention import ExpireRule, KeepLastRule, Retention
+from cas.gc.verify import manifest_complete, verify_manifests
 from cas.ids import ObjectId, hash_bytes
-from cas.put import PutOptions, Uploader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
-from cas.retention import ExpireRule, KeepLastRule, Retention
 from cas.store.base import Kind, Store
 from cas.store.local import LocalStore
 from cas.store.wrapping import WrappingStore
-from cas.verify import manifest_complete, verify_manifests
 
 NOW_GRACE = GcOptions(grace=0.0, lease=2.0)
 
@@ -158,7 +158,7 @@ async def test_without_the_protocol_the_same_race_loses_data(store, tmp_path):
 
 
 async def test_put_waits_for_two_heartbeats_of_a_running_collection_not_its_end(store, tmp_path):
-    from cas.gc import Lease
+    from cas.gc.collector import Lease
 
     lease = Lease(store, lease=1.0, grace=0.0)  # a beat every 0.25 s
     await lease.start()
@@ -218,7 +218,7 @@ async def test_a_put_during_a_long_sweep_finishes_first_and_stays_whole(store, t
 
 
 async def test_put_gives_up_waiting_on_a_dead_collection_after_its_lease(store, tmp_path):
-    from cas.gc import Lease
+    from cas.gc.collector import Lease
 
     lease = Lease(store, lease=0.5, grace=0.0)
     await lease.start()
@@ -230,7 +230,7 @@ async def test_put_gives_up_waiting_on_a_dead_collection_after_its_lease(store, 
 
 
 async def test_a_lease_that_cannot_be_renewed_stops_deletes(store):
-    from cas.gc import Lease, LeaseLost
+    from cas.gc.collector import Lease, LeaseLost
 
     lease = Lease(store, lease=0.2, grace=0.0)
     await lease.start()

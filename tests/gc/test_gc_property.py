@@ -10,15 +10,15 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cas.gc import GcOptions, collect
+from cas.gc.collector import GcOptions, collect
+from cas.gc.retention import KeepLastRule, Retention
+from cas.gc.verify import Checker
 from cas.ids import hash_bytes
 from cas.pack import read_entries
-from cas.put import PutOptions, Uploader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
-from cas.retention import KeepLastRule, Retention
 from cas.store.base import Kind
 from cas.store.local import LocalStore
-from cas.verify import Checker
 
 POOL = [os.urandom(5000 + i) for i in range(12)]
 puts = st.lists(

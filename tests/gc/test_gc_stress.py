@@ -33,12 +33,12 @@ from pathlib import Path
 import pytest
 
 from cas.errors import IntegrityError, ObjectNotFound
-from cas.gc import GcOptions, LeaseLost, collect
-from cas.gcfence import ConcurrentGcError
-from cas.get import get_manifest
-from cas.put import PutOptions, Uploader
+from cas.gc.collector import GcOptions, LeaseLost, collect
+from cas.gc.fence import ConcurrentGcError
+from cas.gc.retention import ExpireRule, Retention
+from cas.get.downloader import restore_manifest
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository
-from cas.retention import ExpireRule, Retention
 from cas.store.base import Kind
 
 GC_BACKENDS = ["local_backend", "gcs_backend", "serve_backend"]
@@ -129,7 +129,7 @@ def reader(
     """
 
     async def loop() -> None:
-        from cas.verify import Checker
+        from cas.gc.verify import Checker
 
         store = open_store()
         n = 0
@@ -143,7 +143,7 @@ def reader(
                 n += 1
                 dest = workdir / f"get-{n}"
                 try:
-                    await get_manifest(Repository(store), manifest_id, dest)
+                    await restore_manifest(Repository(store), manifest_id, dest)
                 except (ObjectNotFound, IntegrityError) as exc:
                     stored = {i.id async for i in store.list(Kind.MANIFEST, str(manifest_id))}
                     checker = Checker(Repository(store))
@@ -225,7 +225,7 @@ def test_concurrent_puts_and_collections_never_break_a_completed_manifest(
     assert not gets["errors"], gets["errors"]
 
     async def check() -> tuple[list[str], int]:
-        from cas.verify import Checker
+        from cas.gc.verify import Checker
 
         store = open_store()
         checker = Checker(Repository(store))

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas.errors import UsageError
+from cas.gc.retention import ExpireRule, KeepLastRule, Retention, rules_from_options
 from cas.ids import ObjectId
-from cas.retention import ExpireRule, KeepLastRule, Retention, rules_from_options
 from cas.sizes import format_duration, parse_duration
 from cas.store.base import RefInfo
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from cas.get import get_manifest
+from cas.gc.repair import repair
+from cas.gc.verify import Checker
+from cas.get.downloader import restore_manifest
 from cas.ids import ObjectId
 from cas.pack import read_entries
 from cas.packindex import PackIndex, encode_index
-from cas.repair import repair
 from cas.repo import Repository
 from cas.store.base import Kind
-from cas.verify import Checker
 from tests.conftest import snapshot
 from tests.gc.test_gc import put, write_tree
 from tests.gc.test_gc_cli import corrupt_one_chunk
@@ -80,7 +80,7 @@ async def test_repair_drops_the_corrupt_chunk_keeps_its_neighbours_and_a_reput_r
     assert [m for ms in after.broken.values() for m in ms] == [whole]  # missing, not corrupt
     assert all(p.detail.startswith("missing") for p in after.broken)
     out = tmp_path / "out-good"
-    await get_manifest(Repository(store), good_only, out)
+    await restore_manifest(Repository(store), good_only, out)
     assert (out / "good").read_bytes() == (src / "good").read_bytes()
 
     # The same source again, reproducibly: the dropped chunk is stored anew under a new
@@ -88,7 +88,7 @@ async def test_repair_drops_the_corrupt_chunk_keeps_its_neighbours_and_a_reput_r
     assert await put(store, src, reproducible=True) == whole
     assert (await check(Repository(store), [whole, good_only])).ok
     out = tmp_path / "out-whole"
-    await get_manifest(Repository(store), whole, out)
+    await restore_manifest(Repository(store), whole, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {
         p.name: p.read_bytes() for p in src.iterdir()
     }

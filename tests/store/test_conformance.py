@@ -246,8 +246,8 @@ async def test_concurrent_put_many_of_one_id_creates_once(store):
 
 async def test_put_then_get_round_trip_through_the_backend(store, tmp_path):
     """The whole put/get path, once per backend: what went in comes out."""
-    from cas.get import Downloader
-    from cas.put import PutOptions, Uploader
+    from cas.get.downloader import Downloader
+    from cas.put.uploader import PutOptions, Uploader
     from cas.repo import Repository
     from tests.conftest import snapshot
 

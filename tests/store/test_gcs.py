@@ -27,8 +27,8 @@ from cas.errors import (
 )
 from cas.ids import hash_bytes
 from cas.store.base import Kind
-from cas.store.gcs import GcsStore
-from cas.store.gcs_location import GcsLocation
+from cas.store.gcs.location import GcsLocation
+from cas.store.gcs.store import GcsStore
 from cas.store.registry import open_store, wrap_remote
 from cas.store.retrying import RetryPolicy
 from tests.conftest import GcsBackend
@@ -508,7 +508,7 @@ async def test_garbled_batch_answers_are_store_unavailable(scripted, scripted_st
 
 
 async def test_listings_follow_every_page(gcs_backend, monkeypatch):
-    import cas.store.gcs as gcs_module
+    import cas.store.gcs.store as gcs_module
 
     monkeypatch.setattr(gcs_module, "_PAGE_SIZE", 7)
     store = gcs_backend.store

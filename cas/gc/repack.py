@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
@@ -43,9 +43,6 @@ from cas.packindex import Location, PackIndex, decode_index, encode_index
 from cas.repo import MAX_INDEX_BLOB, merge_ranges
 from cas.store.base import Kind, Store
 
-if TYPE_CHECKING:
-    from cas.gc import Collector
-
 _PACK_OVERHEAD = len(HEAD_MAGIC) + FOOTER.size
 
 Members = dict[int, tuple[ObjectKind, ObjectId, Location]]
@@ -54,12 +51,34 @@ Frame = tuple[ObjectId, int]
 """A frame by where it lies: (pack, offset)."""
 
 
-def sparse_packs(collector: Collector) -> list[ObjectId]:
-    """Kept packs whose live frames fill less than the threshold."""
-    below = collector.options.repack_below
+@dataclass
+class Marks:
+    """What a collection's mark phase knows of the packs it keeps."""
+
+    live: dict[ObjectId, Members]
+    """Per pack: the frames some kept index names."""
+    pack_sizes: dict[ObjectId, int]
+    marked_indexes: dict[ObjectId, set[ObjectId]]
+    """Per kept index: the packs it names."""
+
+
+@dataclass
+class Repacked:
+    """What a repack did (or, in a dry run, would do)."""
+
+    pack_sizes: list[int] = field(default_factory=list)
+    """Sizes of the packs whose live frames were copied out."""
+    written: list[int] = field(default_factory=list)
+    """Sizes of the new packs."""
+    unreadable: list[tuple[ObjectId, str]] = field(default_factory=list)
+    indexes_rewritten: int = 0
+
+
+def sparse_packs(marks: Marks, below: float) -> list[ObjectId]:
+    """Kept packs whose live frames fill less than `below` of them."""
     out = []
-    for pack, size in collector.pack_sizes.items():
-        frames = collector.live.get(pack, {})
+    for pack, size in marks.pack_sizes.items():
+        frames = marks.live.get(pack, {})
         # What the live frames would take in a pack of their own, trailer included,
         # so that a pack of tiny frames that are all live does not look sparse.
         live = sum(loc.stored + ENTRY.size for _, _, loc in frames.values()) + _PACK_OVERHEAD
@@ -151,30 +170,35 @@ class FrameMover:
         return True
 
 
-async def repack(collector: Collector) -> None:
+async def repack(
+    store: Store,
+    marks: Marks,
+    *,
+    below: float,
+    dry_run: bool,
+    before_delete: Callable[[], None],
+) -> Repacked:
     """Copy live frames out of sparse packs and relocate the indexes that name them."""
-    sparse = sparse_packs(collector)
-    report = collector.report
-    if not sparse:
-        return
-    if collector.options.dry_run:
-        for pack in sparse:
-            report.repacked.add(collector.pack_sizes[pack])
-        return
-    mover = FrameMover(collector.store, report.repack_written.add)
-    done: set[ObjectId] = set()
+    done = Repacked()
+    sparse = sparse_packs(marks, below)
+    if dry_run or not sparse:
+        done.pack_sizes = [marks.pack_sizes[pack] for pack in sparse]
+        return done
+    mover = FrameMover(store, done.written.append)
+    moved: set[ObjectId] = set()
     for pack in sparse:
         try:
-            await mover.move(pack, collector.live.get(pack, {}))
+            await mover.move(pack, marks.live.get(pack, {}))
         except (IntegrityError, ObjectNotFound) as exc:
-            report.unreadable.append((Kind.PACK, pack, f"not repacked: {exc}"))
+            done.unreadable.append((pack, f"not repacked: {exc}"))
             continue
-        done.add(pack)
-        report.repacked.add(collector.pack_sizes[pack])
+        moved.add(pack)
+        done.pack_sizes.append(marks.pack_sizes[pack])
     await mover.finish()
-    for name, packs in sorted(collector.marked_indexes.items()):
-        if packs & done and await mover.relocate_index(name, collector.check_lease):
-            report.indexes_rewritten += 1
+    for name, packs in sorted(marks.marked_indexes.items()):
+        if packs & moved and await mover.relocate_index(name, before_delete):
+            done.indexes_rewritten += 1
+    return done
 
 
 async def _read_frames(

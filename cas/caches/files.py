@@ -40,7 +40,7 @@ from cas.lmdbenv import StampedTable, open_env, put_all
 from cas.objects import ChunkRef
 
 if TYPE_CHECKING:
-    from cas.walk import SourceEntry
+    from cas.put.listing import SourceEntry
 
 RACY_WINDOW_NS: Final = 2 * 10**9
 MAX_AGE_S: Final = 30 * 24 * 3600

@@ -5,7 +5,7 @@ every quarter of its lease while it runs, and a *done* record after its last
 delete has returned. Records are ordinary create-only objects (zstd frame of
 canonical JSON, named by the BLAKE3 of the JSON), so every backend stores
 them like any other object. Puts read them to learn whether a collection may
-have deleted something they relied on (see docs/gc.md and `cas.gcfence`).
+have deleted something they relied on (see docs/gc.md and `cas.gc.fence`).
 """
 
 from __future__ import annotations

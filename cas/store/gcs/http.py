@@ -3,7 +3,7 @@
 `GcsStore` decides what to ask; this module only knows how: one aiohttp
 session per event loop, a bearer token on every request (refreshed once on
 a 401), create-only multipart uploads, bounded (and ranged) downloads, and
-every failure mapped by cas/store/gcs_errors.py.
+every failure mapped by cas/store/gcs/errors.py.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import aiohttp
 
 from cas import __version__
 from cas.errors import CasError
-from cas.store.gcs_auth import GcsAuth
-from cas.store.gcs_errors import GcsCall, translate_exception, translate_status
-from cas.store.gcs_location import GcsLocation
+from cas.store.gcs.auth import GcsAuth
+from cas.store.gcs.errors import GcsCall, translate_exception, translate_status
+from cas.store.gcs.location import GcsLocation
 
 
 class Answer(NamedTuple):

@@ -1,22 +1,22 @@
 """The downward transfer engine: a manifest id in, a directory out.
 
-1. Read the manifest and walk its trees (`cas.browse.walk`), verifying and
+1. Read the manifest and walk its trees (`cas.get.browse.walk`), verifying and
    validating every tree before anything is written: names, chunk sizes,
-   depth. Only the trees on the way to selected paths (`cas.selection`) are
+   depth. Only the trees on the way to selected paths (`cas.get.selection`) are
    read. A hostile manifest fails here, with the destination untouched.
-2. Survey the destination (`cas.survey`): a file already there with the
+2. Survey the destination (`cas.get.survey`): a file already there with the
    same size whose chunk ids (files cache, or cut again with the manifest's
    parameters) match the manifest is identical and left untouched (only
    its mode and mtime are set if they differ).
 3. Sources for the chunks of the files to write, in order: the LMDB cache,
    files in the destination, `--seed` directories (both indexed by
-   `cas.localchunks`, only for chunks still needed), the store. Every local
+   `cas.get.localchunks`, only for chunks still needed), the store. Every local
    chunk is verified against its id before use; a mismatch costs a fetch.
 4. Pin destination files whose old bytes will be copied but which this get
    replaces (hard links to temporary names), move files out of the way of
    directories, and create the directories (owner-writable for now).
 5. Write files concurrently, each to a temporary name, its whole-content
-   digest checked before it is renamed into place (`cas.fswrite`): every
+   digest checked before it is renamed into place (`cas.get.fswrite`): every
    path holds the old file or the new one, never a mix.
 6. Create symlinks, only now that no more file content will be written;
    with `--delete`, remove what the manifest lacks; drop pins and whatever
@@ -36,12 +36,11 @@ from typing import Final
 
 from cas.aiotools import gather_or_cancel
 from cas.batching import batch_by_size, batched
-from cas.browse import Located, check_digest, checked_length, lookup, split_path, walk
+from cas.caches.files import CachedFile, FileIdentity, FilesCache
 from cas.errors import DestinationError, ObjectNotFound, UsageError
-from cas.filescache import CachedFile, FileIdentity, FilesCache
-from cas.fswrite import Destination, PendingFile
-from cas.ids import ObjectId, new_hasher
-from cas.localchunks import (
+from cas.get.browse import Located, check_digest, checked_length, lookup, split_path, walk
+from cas.get.fswrite import Destination, PendingFile
+from cas.get.localchunks import (
     Described,
     Describer,
     LocalChunks,
@@ -49,11 +48,12 @@ from cas.localchunks import (
     Origin,
     regular_files,
 )
+from cas.get.selection import Selection
+from cas.get.survey import Layout, survey
+from cas.ids import ObjectId, new_hasher
 from cas.objects import ChunkRef, DirEntry, FileEntry, Manifest, SymlinkEntry
 from cas.progress import NullProgress, Progress
 from cas.repo import Repository
-from cas.selection import Selection
-from cas.survey import Layout, survey
 
 _UNIT_CONCURRENCY: Final = 4
 _BATCH_BYTES: Final = 8 << 20
@@ -671,7 +671,7 @@ def _segments(entry: FileEntry) -> list[list[ChunkRef]]:
     return segments
 
 
-async def get_manifest(
+async def restore_manifest(
     repo: Repository,
     manifest_id: ObjectId,
     dest: str | os.PathLike[str],

@@ -21,10 +21,10 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from cas.browse import Located
-from cas.fswrite import TEMP_PREFIX
+from cas.get.browse import Located
+from cas.get.fswrite import TEMP_PREFIX
+from cas.get.selection import Selection
 from cas.objects import DirEntry, FileEntry
-from cas.selection import Selection
 
 
 def survey(root: str, selection: Selection) -> dict[str, os.stat_result]:

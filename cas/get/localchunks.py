@@ -3,7 +3,7 @@
 1. A local file is described by its chunk list under the manifest's chunking
    parameters: from the files cache when its stat is unchanged since it was
    last cut, else by reading and cutting it exactly as `put` does
-   (`cas.filecut`), which also refreshes the files cache.
+   (`cas.put.filecut`), which also refreshes the files cache.
 2. Only chunks the get still needs are indexed (id -> file, offset, length),
    so the index never outgrows the set of chunks to write.
 3. Reading a chunk re-reads its bytes and checks them against the id. A file
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from cas.caches.files import CachedFile, FileIdentity, FilesCache
 from cas.chunking import ChunkParams, FastCdcChunker
 from cas.errors import SourceError
-from cas.filecut import CutSettings, FileCutter
-from cas.filescache import CachedFile, FileIdentity, FilesCache
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import ChunkRef
-from cas.walk import SourceEntry
+from cas.put.filecut import CutSettings, FileCutter
+from cas.put.listing import SourceEntry
 
 _CUT_CONCURRENCY: Final = max(1, os.cpu_count() or 1)
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK

@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from cas.caches.files import CachedFile, FileIdentity
 from cas.chunking import Chunker, ChunkParams
 from cas.errors import SourceError
-from cas.filescache import CachedFile, FileIdentity
 from cas.ids import ObjectId, hash_bytes, new_hasher
 from cas.objects import ChunkRef, FileEntry
-from cas.walk import SourceEntry
+from cas.put.listing import SourceEntry
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FADVISE = getattr(os, "posix_fadvise", None)

@@ -18,9 +18,9 @@ client CPU, which put needs for chunking and compression.
    different, so a flipped bit in transit cannot become a permanent,
    create-only corrupt object.
 3. `missing` asks for each id's metadata (`fields=name`), 100 ids to a batch
-   request (cas/store/gcs_batch.py), so checking the chunks of a large put
+   request (cas/store/gcs/batch.py), so checking the chunks of a large put
    costs a hundredth of the round trips.
-4. Failures are mapped once, in cas/store/gcs_errors.py; retries happen in
+4. Failures are mapped once, in cas/store/gcs/errors.py; retries happen in
    `RetryingStore` around this class (`registry.wrap_remote`).
 5. Pack frames are read with `get_range`: one media GET with a `Range`
    header, answered 206 with exactly the bytes asked.
@@ -32,7 +32,7 @@ client CPU, which put needs for chunking and compression.
    written, create-only, before the first write to a store that lacks it, so
    read-only credentials never need to write.
 
-Credentials come from Application Default Credentials (cas/store/gcs_auth.py);
+Credentials come from Application Default Credentials (cas/store/gcs/auth.py);
 with `STORAGE_EMULATOR_HOST` set, requests go to that emulator, unauthenticated.
 """
 
@@ -69,9 +69,9 @@ from cas.store.base import (
     range_past_end,
     validate_ref_name,
 )
-from cas.store.gcs_batch import MAX_CALLS as MAX_BATCH_CALLS
-from cas.store.gcs_batch import BatchGarbled, batch_body, parse_batch
-from cas.store.gcs_errors import (
+from cas.store.gcs.batch import MAX_CALLS as MAX_BATCH_CALLS
+from cas.store.gcs.batch import BatchGarbled, batch_body, parse_batch
+from cas.store.gcs.errors import (
     BucketNotFound,
     GcsCall,
     RangeNotSatisfiable,
@@ -81,8 +81,8 @@ from cas.store.gcs_errors import (
     read_call,
     translate_status,
 )
-from cas.store.gcs_http import BodyTooLarge, GcsHttp
-from cas.store.gcs_location import DEFAULT_ENDPOINT, GcsLocation, emulator_endpoint
+from cas.store.gcs.http import BodyTooLarge, GcsHttp
+from cas.store.gcs.location import DEFAULT_ENDPOINT, GcsLocation, emulator_endpoint
 
 DEFAULT_CONCURRENCY: Final = 64
 _PAGE_SIZE: Final = 1000

@@ -1,6 +1,6 @@
 """Garbage collection: keep what the roots reach, delete the rest once it is old enough.
 
-1. Write a start record (`cas.gcrecords`) and keep a lease alive with
+1. Write a start record (`cas.gc.records`) and keep a lease alive with
    heartbeat records; deletes happen only while the lease is fresh.
 2. Roots: every ref the retention rules keep, plus every manifest younger
    than the grace period (a run passed on by id but never named).
@@ -12,13 +12,13 @@
    prefixes concurrently) and delete, in batches and concurrently, what is
    unreachable and older than the grace period, measured from the start
    record's store time.
-5. Repack (`cas.repack`): copy the live frames of mostly dead packs into new
+5. Repack (`cas.gc.repack`): copy the live frames of mostly dead packs into new
    packs and replace the indexes naming them; the old packs, unreferenced
    now, go in a later run.
 6. Write a done record; drop records of runs finished long ago.
 
 Why concurrent puts stay correct is argued in docs/gc.md; the put side is
-`cas.gcfence`.
+`cas.gc.fence`.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from cas.errors import CasError, FormatError, IntegrityError, LeaseLost, ObjectNotFound
-from cas.gcfence import RECORD_KEEP_SECONDS
-from cas.gcrecords import BEAT, DONE, START, RunTracker, new_run_id, record_body, write_record
+from cas.gc.fence import RECORD_KEEP_SECONDS
+from cas.gc.idset import IdSet
+from cas.gc.records import BEAT, DONE, START, RunTracker, new_run_id, record_body, write_record
+from cas.gc.repack import Marks, repack
+from cas.gc.retention import Retention
 from cas.ids import ObjectId
-from cas.idset import IdSet
 from cas.pack import ObjectKind
 from cas.packindex import Location, PackIndex, decode_index, index_prefix
-from cas.repack import repack
 from cas.repo import MAX_INDEX_BLOB, Repository, read_pack_entries
-from cas.retention import Retention
 from cas.store.base import Kind, ObjectInfo, RefInfo, Store
 
 DEFAULT_GRACE: Final = 86400.0
@@ -333,13 +333,28 @@ class Collector:
             if self._sweepable(kind):
                 await self._sweep(kind, cutoff)
         if self.options.repack_below > 0 and self._sweepable(Kind.PACK):
-            await repack(self)
+            await self._repack()
         if self._lease is not None:
             await self._housekeep_records(started)
             await self._lease.finish(
                 {f"deleted_{k.value}s": c.objects for k, c in self.report.deleted.items()}
             )
         return self.report
+
+    async def _repack(self) -> None:
+        done = await repack(
+            self.store,
+            Marks(self.live, self.pack_sizes, self.marked_indexes),
+            below=self.options.repack_below,
+            dry_run=self.options.dry_run,
+            before_delete=self.check_lease,
+        )
+        for size in done.pack_sizes:
+            self.report.repacked.add(size)
+        for size in done.written:
+            self.report.repack_written.add(size)
+        self.report.unreadable.extend((Kind.PACK, pack, why) for pack, why in done.unreadable)
+        self.report.indexes_rewritten += done.indexes_rewritten
 
     def check_lease(self) -> None:
         """Raise unless a delete may start now (no lease in a dry run: nothing is deleted)."""

@@ -23,7 +23,7 @@ from cas.errors import (
     StoreUnavailable,
     UsageError,
 )
-from cas.store.gcs_location import GcsLocation
+from cas.store.gcs.location import GcsLocation
 
 _PERMISSION: Final = re.compile(r"storage\.[a-zA-Z]+\.[a-zA-Z]+")
 _RATE_LIMIT_REASONS: Final = {"rateLimitExceeded", "userRateLimitExceeded"}

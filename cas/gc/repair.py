@@ -22,7 +22,7 @@ source holding the lost content stores it again, and the next `cas verify
 `--reproducible` of the same tree writes the same manifest, and so heals it
 at once). Nothing intact is lost.
 
-Repair runs under a collection's lease and records (`cas.gc.Lease`), so a
+Repair runs under a collection's lease and records (`cas.gc.collector.Lease`), so a
 put running meanwhile settles as it does against a collection: one that
 adopted a damaged pack finds it gone and stores what it needs again
 (docs/gc.md). Deleting needs the store's admin scope.
@@ -35,14 +35,14 @@ import secrets
 from dataclasses import dataclass, field
 
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
-from cas.gc import DEFAULT_GRACE, DEFAULT_LEASE, Lease, list_concurrently
+from cas.gc.collector import DEFAULT_GRACE, DEFAULT_LEASE, Lease, list_concurrently
+from cas.gc.repack import FrameMover, Members
+from cas.gc.verify import VerifyReport, manifest_complete
 from cas.ids import ObjectId
 from cas.pack import ObjectKind
 from cas.packindex import Location, PackIndex, decode_index, encode_index
-from cas.repack import FrameMover, Members
 from cas.repo import MAX_INDEX_BLOB, Repository
 from cas.store.base import Kind
-from cas.verify import VerifyReport, manifest_complete
 
 
 @dataclass

@@ -1,14 +1,14 @@
 """The upward transfer engine: a directory in, a manifest id out.
 
 1. One thread walks the source depth first, in a deterministic order
-   (`cas.walk`), skipping excluded paths, and builds each directory's tree
+   (`cas.put.listing`), skipping excluded paths, and builds each directory's tree
    once its subdirectories' trees and files' entries are known
-   (`cas.putwalk`).
-2. Files travel in batches to reader threads (`cas.putfiles`): unchanged
+   (`cas.put.treewalk`).
+2. Files travel in batches to reader threads (`cas.put.files`): unchanged
    ones come from the files cache without a read; the others are cut by
    FastCDC and named by BLAKE3, tiny ones kept inline in their tree; only
    chunks no parent and no other batch holds are compressed and packed.
-3. The one pack writer of the put (`cas.packwriter`) appends frames to the
+3. The one pack writer of the put (`cas.put.packwriter`) appends frames to the
    open pack and uploads sealed ones, at most two at a time, on the event
    loop; a window of batches in flight bounds memory whatever the tree size.
 4. The index (where every object of the manifest lives) is written after
@@ -32,27 +32,27 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from cas import __version__, codec
+from cas.caches.dirs import DirsCache
+from cas.caches.files import FilesCache, LastPuts, PutJournal, UnsettledRefs
 from cas.chunking import ChunkParams, FastCdcChunker
-from cas.dirscache import DirsCache
 from cas.errors import AlreadyExists, ConcurrentGcError, ObjectNotFound, SourceError, UsageError
-from cas.filecut import CutSettings
-from cas.filescache import FilesCache, LastPuts, PutJournal, UnsettledRefs
-from cas.gcfence import GcFence
+from cas.gc.fence import GcFence
+from cas.gc.verify import manifest_complete
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import Manifest, Totals, now_rfc3339
 from cas.pack import MAX_PACK_BYTES, TARGET_PACK_BYTES, trailer_bytes
 from cas.packindex import PackIndex
-from cas.packwriter import PackWriter
 from cas.progress import NullProgress, Progress
-from cas.putfiles import FileStage, WriterFeed
-from cas.putwalk import TreeWalk
+from cas.put.filecut import CutSettings
+from cas.put.files import FileStage, WriterFeed
+from cas.put.listing import Excludes, SourceEntry
+from cas.put.packwriter import PackWriter
+from cas.put.treewalk import TreeWalk
 from cas.repo import Repository
 from cas.store.base import validate_ref_name
-from cas.verify import manifest_complete
-from cas.walk import Excludes, SourceEntry
 
 DEFAULT_INLINE_MAX: Final = 4096
-log = logging.getLogger("cas.put")
+log = logging.getLogger("cas.put.uploader")
 
 
 @dataclass(frozen=True)

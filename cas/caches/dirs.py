@@ -20,7 +20,7 @@ file, once
    entries). Otherwise the directory is put normally.
 
 A directory is remembered only if none of its files is racy (see
-`cas.filescache`): a file changed within the same timestamp tick as its last
+`cas.caches.files`): a file changed within the same timestamp tick as its last
 stat would keep its fingerprint. Entries are keyed by content, not path, so
 they never go stale; entries unused for `MAX_AGE_S` are dropped.
 """
@@ -38,12 +38,12 @@ from typing import Final
 import blake3
 import lmdb
 
-from cas.filecut import CutSettings
-from cas.filescache import MAX_AGE_S, RACY_WINDOW_NS, FilesCache
+from cas.caches.files import MAX_AGE_S, RACY_WINDOW_NS, FilesCache
 from cas.ids import ID_BYTES, ObjectId
 from cas.lmdbenv import StampedTable
 from cas.objects import Totals
-from cas.walk import SourceEntry
+from cas.put.filecut import CutSettings
+from cas.put.listing import SourceEntry
 
 _REFRESH_AFTER_S: Final = 24 * 3600
 _HEADER = struct.Struct(f">Q{ID_BYTES}sQQQQQII")  # used_at, tree, totals x5, subtrees, chunks

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from cas.errors import ConcurrentGcError
-from cas.gcrecords import RunTracker
+from cas.gc.records import RunTracker
 from cas.store.base import Store
 
 RECORD_KEEP_SECONDS: Final = 7 * 86400

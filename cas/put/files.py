@@ -21,10 +21,22 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Final
 
-from cas import codec, putworker
+from cas import codec
+from cas.caches.files import (
+    CachedFile,
+    FilesCache,
+    chunk_ids,
+    reusable_candidates,
+    still_stored,
+)
 from cas.chunking import Chunker
 from cas.errors import CasError
-from cas.filecut import (
+from cas.ids import ObjectId
+from cas.objects import FileEntry
+from cas.pack import ObjectKind
+from cas.progress import Progress
+from cas.put import worker as putworker
+from cas.put.filecut import (
     CutSettings,
     Described,
     FileCutter,
@@ -32,19 +44,8 @@ from cas.filecut import (
     cut_all,
     entry_from_cache,
 )
-from cas.filescache import (
-    CachedFile,
-    FilesCache,
-    chunk_ids,
-    reusable_candidates,
-    still_stored,
-)
-from cas.ids import ObjectId
-from cas.objects import FileEntry
-from cas.pack import ObjectKind
-from cas.packwriter import PackWriter
-from cas.progress import Progress
-from cas.walk import SourceEntry
+from cas.put.listing import SourceEntry
+from cas.put.packwriter import PackWriter
 
 COMPRESS_IN_POOL_FROM: Final = 32 << 20
 """Files this large send their chunks to the compression pool (one file, every core)."""

@@ -1,6 +1,6 @@
 """Comparing two manifests: what changed, and how much a get of the second would move.
 
-Both trees are walked whole (`cas.browse.walk`; identical subtrees are read
+Both trees are walked whole (`cas.get.browse.walk`; identical subtrees are read
 once per level). A path is *changed* when its type, a file's content digest
 or mode, or a symlink's target differs. The *new chunks* are the chunks the
 second manifest names that the first does not, counted once each: that is
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cas.browse import walk
+from cas.get.browse import walk
 from cas.ids import ObjectId
 from cas.objects import DirEntry, Entry, FileEntry, Manifest
 from cas.repo import Repository

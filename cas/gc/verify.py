@@ -22,8 +22,8 @@ import blake3
 
 from cas.batching import abatched, batch_by_size
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
+from cas.gc.idset import IdSet
 from cas.ids import ObjectId, is_object_id
-from cas.idset import IdSet
 from cas.objects import MAX_TREE_BYTES, DirEntry, FileEntry, Tree
 from cas.pack import MAX_PACK_BYTES, ObjectKind, verify_pack
 from cas.packindex import Location, PackIndex, decode_index

@@ -1,7 +1,7 @@
 """Put's tree stage: walk the source once, in one thread, and build its trees.
 
 The walk lists directories depth first and queues their files, in batches
-that may span directories, to the file stage (`cas.putfiles`); a
+that may span directories, to the file stage (`cas.put.files`); a
 directory's tree is built once its subdirectories' trees and its own
 files' entries are known. Work is a queue, not a coroutine per
 directory: a window of batches in flight keeps every core busy while the
@@ -26,15 +26,15 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from cas.batching import batch_by_size
-from cas.dirscache import CachedDir, DirsCache, recordable
+from cas.caches.dirs import CachedDir, DirsCache, recordable
 from cas.errors import SourceError
-from cas.filecut import CutSettings
 from cas.ids import ObjectId, hash_bytes
 from cas.objects import DirEntry, Entry, FileEntry, SymlinkEntry, Totals, Tree
 from cas.pack import ObjectKind
 from cas.progress import Progress
-from cas.putfiles import CountStats, FileStage
-from cas.walk import Excludes, SourceEntry, list_directory
+from cas.put.filecut import CutSettings
+from cas.put.files import CountStats, FileStage
+from cas.put.listing import Excludes, SourceEntry, list_directory
 
 BATCH_BYTES: Final = 8 << 20
 BATCH_FILES: Final = 128

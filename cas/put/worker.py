@@ -7,7 +7,7 @@ the reader threads waiting, not working. A worker process has its own lock,
 so each core runs the whole per-file pipeline (read, FastCDC, BLAKE3, zstd)
 for its batch and sends back the tree entries and the compressed frames of
 chunks the put does not hold yet. The put process packs those frames (the
-one writer of a put, `cas.packwriter`), keeps the walk, the trees and the
+one writer of a put, `cas.put.packwriter`), keeps the walk, the trees and the
 manifest. Workers never talk to the store.
 """
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from cas import codec
 from cas.allocator import return_large_blocks
 from cas.chunking import FastCdcChunker
-from cas.filecut import CutSettings, Described, FileCutter, OpenedAhead, cut_all
 from cas.ids import ObjectId
-from cas.walk import SourceEntry
+from cas.put.filecut import CutSettings, Described, FileCutter, OpenedAhead, cut_all
+from cas.put.listing import SourceEntry
 
 
 @dataclass(frozen=True)

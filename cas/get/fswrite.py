@@ -39,8 +39,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Final
 
-from cas.dirhandles import DIR_FLAGS, DirectoryHandles
 from cas.errors import CasError, DestinationError, UnsafeManifest
+from cas.get.dirhandles import DIR_FLAGS, DirectoryHandles
 from cas.objects import check_name
 
 TEMP_PREFIX: Final = ".cas-tmp-"
