@@ -38,8 +38,3 @@ FAILED: Final = (1 << 64) - 2
 FAILURE_HEADER: Final = struct.Struct(">I")
 MAX_BATCH_OBJECTS: Final = 1024
 MAX_BATCH_BODY: Final = 32 << 20
-
-
-def pack_record(object_id: bytes, data: bytes) -> bytes:
-    """The header of one record; the caller sends `data` after it."""
-    return RECORD_HEADER.pack(object_id, len(data))

@@ -379,3 +379,17 @@ async def test_a_put_cut_off_after_naming_is_completed_by_its_rerun(tmp_path):
             await Uploader(Repository(store), options, files_cache=files).put(src)
     finally:
         files.close()
+
+
+async def test_the_library_leaves_a_store_inside_the_source_out_as_the_cli_does(tmp_path):
+    from cas.get.browse import walk
+    from cas.put.uploader import put_directory
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"x" * 5000)
+    store = LocalStore(src / "store", fsync=False)
+    repo = Repository(store)
+    result = await put_directory(repo, src)
+    names = [located.path async for located in walk(repo, result.manifest)]
+    assert names == ["a"] and result.stats.skipped == [("store", "store or cache")]

@@ -166,7 +166,10 @@ class Uploader:
         self._settings = CutSettings(opts.params, opts.inline_max, opts.mtimes)
         self.dirs_cache = None if files_cache is None else DirsCache(files_cache, self._settings)
         # Directories never stored even when inside the source: the store and caches themselves.
+        # The store itself, when it lies inside the source, is never put into itself.
         self._skip_dirs = list(skip_dirs)
+        if repo.store.local_root is not None:
+            self._skip_dirs.append(repo.store.local_root)
         self._skip_ids = _identities(self._skip_dirs)
         self._started_ns = time.time_ns()
         self.progress: Progress = progress or NullProgress()

@@ -145,6 +145,9 @@ class Store(ABC):
     url: str = ""
     created: bool = False
     """True when opening it made a new, empty store (a put to a mistyped path does)."""
+    local_root: str | None = None
+    """The directory holding the store, for a store on this machine: a put of a tree
+    that contains it leaves it out."""
 
     @abstractmethod
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:

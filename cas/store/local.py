@@ -169,6 +169,7 @@ class LocalStore(Store):
     ) -> None:
         self.root = Path(root).absolute()
         self._root_str = str(self.root)
+        self.local_root = self._root_str
         self._tmp_str = f"{self._root_str}/tmp"
         self._ready_dirs: set[str] = set()
         self._tmpfile_ok = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")

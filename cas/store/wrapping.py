@@ -27,6 +27,7 @@ class WrappingStore(Store):
         self.capabilities = inner.capabilities
         self.url = inner.url
         self.created = inner.created
+        self.local_root = inner.local_root
 
     def rewrap(self) -> Callable[[Store], Store]:
         """A picklable function that puts this same layer around another store."""

@@ -16,7 +16,6 @@ from cas.put.listing import Excludes
 from cas.put.uploader import PutOptions, PutResult, Uploader, check_source
 from cas.repo import Repository
 from cas.sizes import format_size, parse_size
-from cas.store.local import LocalStore
 from cas_cli.common import BarProgress, add_progress_option, emit_json, info, run_with_repo
 
 
@@ -149,8 +148,6 @@ def run(args: argparse.Namespace) -> int:
             files_cache = FilesCache(default_cache_dir(), repo.store.url, options.params)
             files_cache.prune()
         skip = [default_cache_dir()]
-        if isinstance(repo.store, LocalStore):
-            skip.append(repo.store.root)
         try:
             uploader = Uploader(
                 repo,
