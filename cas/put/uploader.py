@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import stat
@@ -33,9 +32,9 @@ from typing import Final
 
 from cas import __version__, codec
 from cas.caches.dirs import DirsCache
-from cas.caches.files import FilesCache, LastPuts, PutJournal, UnsettledRefs
+from cas.caches.files import FilesCache, PutJournal
 from cas.chunking import ChunkParams, FastCdcChunker
-from cas.errors import AlreadyExists, ConcurrentGcError, ObjectNotFound, SourceError, UsageError
+from cas.errors import ConcurrentGcError, ObjectNotFound, SourceError, UsageError
 from cas.gc.fence import GcFence
 from cas.gc.verify import manifest_complete
 from cas.ids import ObjectId, hash_bytes
@@ -46,6 +45,7 @@ from cas.progress import NullProgress, Progress
 from cas.put.filecut import CutSettings
 from cas.put.files import FileStage, WriterFeed
 from cas.put.listing import Excludes, SourceEntry
+from cas.put.naming import PutNaming
 from cas.put.packwriter import PackWriter
 from cas.put.treewalk import TreeWalk
 from cas.repo import Repository
@@ -185,8 +185,6 @@ class Uploader:
         self._used_chunks: set[ObjectId] = set()
         self._used_trees: set[ObjectId] = set()
         """Every chunk and tree the manifest reaches: exactly what its index lists."""
-        self._ref_named: ObjectId | None = None
-        """The manifest `--ref` already names when this put re-runs one killed after naming it."""
         self.gc_fence = True
         """Settle the manifest against concurrent collections (docs/gc.md); off only in tests."""
 
@@ -197,12 +195,11 @@ class Uploader:
         root = os.fspath(source)
         check_source(root)
 
-        ref = self.options.ref
-        if ref is not None:
-            self._ref_named = await self._taken_by_own_put(ref, root)
+        naming = PutNaming(self.repo, root, self.options.ref, self.options.parent, self.files_cache)
+        await naming.check_ref()
         fence = GcFence(self.repo.store, enabled=self.gc_fence)
         await fence.begin()  # before any parent's index is read
-        for parent in await self._parents(root):
+        for parent in await naming.parents():
             try:
                 index = await self.repo.index(parent)
             except ObjectNotFound:
@@ -223,59 +220,16 @@ class Uploader:
                 pack_id, trailer_bytes(entries)
             )
         try:
-            result = await self._put(root, fence)
+            result = await self._put(root, fence, naming)
         except BaseException:
             await self._writer.abort()
             raise
-        if self.files_cache is not None and journal is not None:
-            await asyncio.to_thread(LastPuts(self.files_cache).remember, root, result.manifest_id)
+        await naming.finished(result.manifest_id)
+        if journal is not None:
             await asyncio.to_thread(journal.clear)
-            if self.options.ref is not None:
-                unsettled = UnsettledRefs(self.files_cache)
-                await asyncio.to_thread(unsettled.clear, root, self.options.ref)
         return result
 
-    async def _taken_by_own_put(self, ref: str, root: str) -> ObjectId | None:
-        """None if `ref` is free; its manifest if a put of this source here named it.
-
-        Checked first so a taken name costs nothing; creating it stays
-        create-only. A put killed after it created its ref (a cancelled CI
-        job) left the ref naming its manifest, noted as unsettled for this
-        source, so the re-run goes on: if the tree is still the same, the put
-        completes that manifest instead of failing.
-        """
-        try:
-            target = await self.repo.store.read_ref(ref)
-        except ObjectNotFound:
-            return None
-        unsettled = None
-        if self.files_cache is not None:
-            unsettled = await asyncio.to_thread(UnsettledRefs(self.files_cache).get, root, ref)
-        if unsettled == target:
-            log.info("ref %s names an unfinished put of this source: completing it", ref)
-            return target
-        raise AlreadyExists(f"ref {ref!r} already exists; nothing was uploaded")
-
-    async def _parents(self, root: str) -> list[ObjectId]:
-        """Manifests to reuse: `--parent`, else the newest ref nearby and the last put."""
-        opts = self.options
-        if opts.parent is not None:
-            try:
-                return [await self.repo.resolve(opts.parent)]
-            except ObjectNotFound as exc:
-                raise ObjectNotFound(f"parent: {exc}") from None
-        found: list[ObjectId] = []
-        prefix = opts.ref.rsplit("/", 1)[0] + "/" if opts.ref and "/" in opts.ref else ""
-        refs = [r async for r in self.repo.store.list_refs(prefix)]
-        if refs:
-            found.append(max(refs, key=lambda r: (r.mtime, r.name)).target)
-        if self.files_cache is not None:
-            last = await asyncio.to_thread(LastPuts(self.files_cache).get, root)
-            if last is not None and last not in found:
-                found.append(last)
-        return found
-
-    async def _put(self, root: str, fence: GcFence) -> PutResult:
+    async def _put(self, root: str, fence: GcFence, naming: PutNaming) -> PutResult:
         started = time.monotonic()
         root_tree, totals = await self._upload(root)
         walked = time.monotonic()
@@ -301,7 +255,7 @@ class Uploader:
             tool=None if opts.reproducible else f"cas {__version__}",
         )
         manifest_id = hash_bytes(manifest.to_bytes())
-        named = await self._same_tree(self._ref_named, manifest)
+        named = await naming.completed(manifest)
         if named is not None:
             # The re-run of a put killed after naming its manifest: complete that one.
             manifest_id, manifest = named, await self.repo.get_manifest(named)
@@ -310,22 +264,7 @@ class Uploader:
         else:
             index = self._writer.index(manifest_id, self._used_chunks, self._used_trees)
             await self.repo.put_manifest(manifest, index)
-        if self.files_cache is not None and opts.ref is not None:
-            # Before the ref: a re-run after a kill from here on completes this manifest.
-            unsettled = UnsettledRefs(self.files_cache)
-            await asyncio.to_thread(unsettled.note, root, opts.ref, manifest_id)
-        taken = None
-        if opts.ref is not None and named is None:
-            try:
-                await self.repo.store.create_ref(opts.ref, manifest_id)
-            except AlreadyExists:
-                # A create the store ran twice (replayed below the retry layer) answers
-                # "exists" the second time: a ref naming this very manifest is ours.
-                if await self.repo.store.read_ref(opts.ref) != manifest_id:
-                    taken = AlreadyExists(
-                        f"ref {opts.ref!r} already exists; manifest {manifest_id} was stored "
-                        "but not named"
-                    )
+        taken = await naming.name(manifest_id)
         # The ref (a root) comes before settling so that the manifest stays a root
         # however long settling takes, even with a short grace period.
         try:
@@ -334,7 +273,7 @@ class Uploader:
                 lambda: self._repair(root, root_tree, index),
             )
         except ConcurrentGcError as exc:
-            if opts.ref is not None and taken is None and not await self._ref_exists(opts.ref):
+            if opts.ref is not None and taken is None and not await naming.ref_exists():
                 raise ConcurrentGcError(
                     f"ref {opts.ref!r} was removed while the put was settling (expired by "
                     f"gc's retention rules?), and gc then collected part of {manifest_id}"
@@ -402,24 +341,6 @@ class Uploader:
         if self.dirs_cache is not None and walk.dir_records:
             await asyncio.to_thread(self.dirs_cache.record_many, walk.dir_records)
         return done
-
-    async def _same_tree(self, named: ObjectId | None, made: Manifest) -> ObjectId | None:
-        """`named` if it describes what this put made (all but its time and tool)."""
-        if named is None:
-            return None
-        try:
-            earlier = await self.repo.get_manifest(named)
-        except ObjectNotFound:
-            return None
-        same = dataclasses.replace(earlier, created=made.created, tool=made.tool)
-        return named if same == made else None
-
-    async def _ref_exists(self, name: str) -> bool:
-        try:
-            await self.repo.store.read_ref(name)
-        except ObjectNotFound:
-            return False
-        return True
 
     async def _repair(self, root: str, root_tree: ObjectId, written: PackIndex) -> None:
         """Upload again what a concurrent collection removed from under the manifest.
