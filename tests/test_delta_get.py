@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 
 from cas.caches.files import CachedFile, FileIdentity, FilesCache
 from cas.errors import DestinationError
-from cas.get.downloader import Downloader
+from cas.get.sources import Sources
 from tests.conftest import snapshot
 from tests.delta_helpers import (
     SMALL,
@@ -220,7 +220,7 @@ def test_seed_changing_after_it_was_indexed_costs_only_a_fetch(tmp_path, pair, m
     a, b, store, _id_a, id_b = pair
     seed = tmp_path / "seed"
     shutil.copytree(a, seed, symlinks=True)
-    real_pin = Downloader._pin_sources
+    real_pin = Sources.pin
 
     def scribble_then_pin(self, out):  # runs after indexing, before any chunk is read
         for path in seed.rglob("*"):
@@ -231,7 +231,7 @@ def test_seed_changing_after_it_was_indexed_costs_only_a_fetch(tmp_path, pair, m
                 path.write_bytes(bytes(data))
         return real_pin(self, out)
 
-    monkeypatch.setattr(Downloader, "_pin_sources", scribble_then_pin)
+    monkeypatch.setattr(Sources, "pin", scribble_then_pin)
     dest = tmp_path / "dest"
     stats = get(store, id_b, dest, seeds=(str(seed),))
     assert snapshot(dest) == snapshot(b)

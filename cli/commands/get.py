@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from cas.cache import default_cache_dir
-from cas.get.downloader import SOURCES, Downloader, GetOptions, GetStats
+from cas.get.downloader import Downloader, GetOptions, GetStats
 from cas.get.selection import Selection
+from cas.get.sources import SOURCES
 from cas.repo import Repository
 from cas.sizes import format_size
 from cas_cli.common import (
