@@ -31,17 +31,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from cas.errors import CasError, FormatError, IntegrityError, LeaseLost, ObjectNotFound
+from cas.errors import CasError, IntegrityError, LeaseLost, ObjectNotFound
 from cas.gc.fence import RECORD_KEEP_SECONDS
 from cas.gc.idset import IdSet
+from cas.gc.marking import Marker
 from cas.gc.records import BEAT, DONE, START, RunTracker, new_run_id, record_body, write_record
 from cas.gc.repack import Marks, repack
 from cas.gc.retention import Retention
 from cas.ids import ObjectId
-from cas.pack import ObjectKind
-from cas.packindex import Location, PackIndex, decode_index, index_prefix
-from cas.repo import MAX_INDEX_BLOB, Repository, read_pack_entries
+from cas.repo import Repository, read_pack_entries
 from cas.store.base import Kind, ObjectInfo, RefInfo, Store
+from cas.store.listing import list_concurrently
 
 DEFAULT_GRACE: Final = 86400.0
 DEFAULT_LEASE: Final = 300.0
@@ -224,45 +224,6 @@ class _Gate:
                 self._cond.notify_all()
 
 
-async def list_concurrently(
-    store: Store, kind: Kind, concurrency: int
-) -> AsyncIterator[list[ObjectInfo]]:
-    """Every object of `kind` in batches, listing the 16 hex prefixes side by side.
-
-    A bounded queue of batches keeps memory flat whatever the store holds.
-    """
-    queue: asyncio.Queue[list[ObjectInfo] | None] = asyncio.Queue(maxsize=2 * len(_HEX))
-    limit = asyncio.Semaphore(max(1, min(concurrency, len(_HEX))))
-
-    async def one(prefix: str) -> None:
-        async with limit:
-            batch: list[ObjectInfo] = []
-            async for info in store.list(kind, prefix):
-                batch.append(info)
-                if len(batch) >= _BATCH:
-                    await queue.put(batch)
-                    batch = []
-            if batch:
-                await queue.put(batch)
-
-    async def all_prefixes() -> None:
-        try:
-            await asyncio.gather(*(one(p) for p in _HEX))
-        finally:
-            await queue.put(None)
-
-    producer = asyncio.create_task(all_prefixes())
-    try:
-        while (batch := await queue.get()) is not None:
-            yield batch
-        await producer  # re-raise a listing failure: never sweep on a partial listing
-    finally:
-        if not producer.done():
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, CasError):
-                await producer
-
-
 class Collector:
     """One run of `cas gc`."""
 
@@ -277,28 +238,15 @@ class Collector:
         self._roots_lock = asyncio.Lock()
         self._known_refs: set[str] | None = None
         self._cutoff = datetime.now(UTC)
-        self._reachable: IdSet
-        self.live: dict[ObjectId, dict[int, tuple[ObjectKind, ObjectId, Location]]] = {}
-        """Per marked pack: offset -> (kind, id, location) of each frame a root reaches."""
-        self.marked_indexes: dict[ObjectId, set[ObjectId]] = {}
-        """Per marked index name: the packs it names."""
+        self._marker: Marker
         self.pack_sizes: dict[ObjectId, int] = {}
         """Sizes of the packs kept by the sweep (they are listed anyway)."""
-        self.homeless: set[tuple[str, bytes]] = set()
-        """(kind, id) reachable but indexed only in packs that are gone."""
-        self._checked_packs: set[ObjectId] = set()
-        self._marked_prefixes: dict[bytes, ObjectId] = {}
-        self._unread_roots: set[bytes] = set()
-        """First 16 bytes of roots whose manifest or indexes could not be read: a damaged
-        read (a flipped or cut answer) is no proof that they reach nothing, so every
-        index named after them is kept, and no pack is swept."""
-        """First 16 bytes of each marked manifest id (an index name starts with them)."""
         self._started = datetime.now(UTC)
 
     async def run(self) -> GcReport:
         """Mark and sweep; with `dry_run` nothing is written or deleted."""
         with IdSet([k.value for k in SWEEP_ORDER]) as reachable:
-            self._reachable = reachable
+            self._marker = Marker(self.repo, self.concurrency, reachable, self.report.unreadable)
             try:
                 return await self._run()
             finally:
@@ -324,7 +272,7 @@ class Collector:
             async for listed in list_concurrently(self.store, Kind.MANIFEST, self.concurrency):
                 roots.update(info.id for info in listed if info.mtime >= cutoff)
         self.report.roots = len(roots)
-        await self._mark(sorted(roots))
+        await self._marker.mark(sorted(roots))
         if self._lease is not None:
             for ref in expired:
                 self._lease.check()
@@ -344,7 +292,7 @@ class Collector:
     async def _repack(self) -> None:
         done = await repack(
             self.store,
-            Marks(self.live, self.pack_sizes, self.marked_indexes),
+            Marks(self._marker.live, self.pack_sizes, self._marker.marked_indexes),
             below=self.options.repack_below,
             dry_run=self.options.dry_run,
             before_delete=self.check_lease,
@@ -378,46 +326,8 @@ class Collector:
                         roots.add(ref.target)
                 async for listed in list_concurrently(self.store, Kind.MANIFEST, self.concurrency):
                     roots.update(info.id for info in listed if info.mtime >= self._cutoff)
-                await self._mark(sorted(roots))
-                await self._mark_late_indexes()
-
-    async def _mark_late_indexes(self) -> None:
-        """Indexes written for manifests already marked: a put's repair, another run's repack.
-
-        They appear after their manifest, so listing the roots again does not
-        find them; they are listed here before each beat (only those newer than
-        this run's start), so a put that waits two beats after writing one
-        knows it is marked (docs/gc.md).
-        """
-        late: list[tuple[ObjectId, ObjectId]] = []
-        async for listed in list_concurrently(self.store, Kind.INDEX, self.concurrency):
-            for info in listed:
-                manifest = self._marked_prefixes.get(bytes(info.id)[:16])
-                if manifest is not None and info.mtime >= self._started:
-                    late.append((manifest, info.id))
-        fresh = set(self._reachable.new_of(Kind.INDEX.value, [name for _, name in late]))
-        for manifest_id, name in late:
-            if name not in fresh:
-                continue
-            try:
-                blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
-                index = await asyncio.to_thread(decode_index, name, blob)
-            except ObjectNotFound:
-                continue
-            except IntegrityError:
-                continue  # a forged index can only add marks; a damaged one adds none
-            if index.manifest == manifest_id:
-                self._mark_index(index)
-        await self._find_homeless()
-
-    def _mark_index(self, index: PackIndex) -> None:
-        packs = index.packs()
-        self._reachable.add_many(Kind.PACK.value, sorted(packs))
-        for kind, object_id, loc in index.items():
-            self.live.setdefault(loc.pack, {})[loc.offset] = (kind, object_id, loc)
-        assert index.name is not None
-        self.marked_indexes[index.name] = packs
-        self._reachable.add_many(Kind.INDEX.value, [index.name])
+                await self._marker.mark(sorted(roots))
+                await self._marker.mark_late_indexes(self._started)
 
     def _sweepable(self, kind: Kind) -> bool:
         """Manifests and indexes always; packs only while every root was read whole.
@@ -428,91 +338,12 @@ class Collector:
         """
         if kind is not Kind.PACK:
             return True
-        if self._unread_roots or any(k is Kind.INDEX for k, _, _ in self.report.unreadable):
+        if self._marker.unread_roots or any(k is Kind.INDEX for k, _, _ in self.report.unreadable):
             self.report.sweep_skipped = True
             return False
         return True
 
     # ------------------------------------------------------------ mark
-
-    async def _mark(self, roots: list[ObjectId]) -> None:
-        """Every index of `roots` and every pack they name into the mark set.
-
-        All indexes of a manifest count (a repaired put leaves two, and a
-        forged one can only keep more), so no pack any of them needs is lost.
-        """
-        reachable = self._reachable
-        fresh_roots = reachable.new_of(Kind.MANIFEST.value, roots)
-        limit = asyncio.Semaphore(self.concurrency)
-
-        async def one(manifest_id: ObjectId) -> None:
-            async with limit:
-                try:
-                    await self.repo.get_manifest(manifest_id)
-                except ObjectNotFound:
-                    self.report.unreadable.append((Kind.MANIFEST, manifest_id, "missing"))
-                    return
-                except (IntegrityError, FormatError) as exc:
-                    self.report.unreadable.append((Kind.MANIFEST, manifest_id, f"corrupt: {exc}"))
-                    self._unread_roots.add(bytes(manifest_id)[:16])
-                    return
-                indexes, damaged = await self._indexes_of(manifest_id)
-                self._marked_prefixes[bytes(manifest_id)[:16]] = manifest_id
-                if damaged is not None or not indexes:
-                    problem = "missing" if damaged is None else f"corrupt: {damaged}"
-                    self.report.unreadable.append((Kind.INDEX, manifest_id, problem))
-                    self._unread_roots.add(bytes(manifest_id)[:16])
-                for index in indexes:
-                    self._mark_index(index)
-
-        await asyncio.gather(*(one(m) for m in fresh_roots))
-        await self._find_homeless()
-
-    async def _indexes_of(
-        self, manifest_id: ObjectId
-    ) -> tuple[list[PackIndex], IntegrityError | None]:
-        """Every readable index of a root, and the error of one that read damaged.
-
-        `Repository.indexes_of` passes over a damaged index when another one
-        reads; here that one must still count: a root with two indexes (a
-        repaired put) whose older, complete one came back damaged would lose
-        that index and the packs only it names.
-        """
-        found: list[PackIndex] = []
-        damaged: IntegrityError | None = None
-        async for info in self.store.list(Kind.INDEX, index_prefix(manifest_id)):
-            try:
-                blob = await self.store.get(Kind.INDEX, info.id, max_size=MAX_INDEX_BLOB)
-                index = await asyncio.to_thread(decode_index, info.id, blob)
-            except ObjectNotFound:
-                continue  # replaced by a collection since the listing
-            except IntegrityError as exc:
-                damaged = damaged or exc
-                continue
-            if index.manifest != manifest_id:
-                damaged = damaged or IntegrityError(
-                    "index", str(info.id), f"serves {index.manifest}"
-                )
-                continue
-            found.append(index)
-        return found, damaged
-
-    async def _find_homeless(self) -> None:
-        """Objects roots reach whose indexed pack is gone: a put may be uploading them again.
-
-        A put that repairs its manifest after a collection stores the missing
-        objects in new packs that no index names yet; the sweep keeps any
-        pack holding one of these (the format 1 rule "a mark of a missing
-        object spares its re-upload", for packs).
-        """
-        unchecked = [p for p in self.live if p not in self._checked_packs]
-        if not unchecked:
-            return
-        gone = await self.store.missing(Kind.PACK, unchecked)
-        self._checked_packs.update(unchecked)
-        for pack in gone:
-            for kind, object_id, _ in self.live[pack].values():
-                self.homeless.add((str(kind), bytes(object_id)))
 
     # ------------------------------------------------------------ sweep
 
@@ -526,13 +357,13 @@ class Collector:
             async with slots, self._gate.deleting():
                 if not self._sweepable(kind):
                     return
-                known = self._reachable.contains_many(kind.value, [i.id for i in items])
-                if kind is Kind.INDEX and self._unread_roots:
+                known = self._marker.reachable.contains_many(kind.value, [i.id for i in items])
+                if kind is Kind.INDEX and self._marker.unread_roots:
                     known = [
-                        k or bytes(i.id)[:16] in self._unread_roots
+                        k or bytes(i.id)[:16] in self._marker.unread_roots
                         for i, k in zip(items, known, strict=True)
                     ]
-                if kind is Kind.PACK and self.homeless:
+                if kind is Kind.PACK and self._marker.homeless:
                     known = await self._holding_homeless(items, known)
                 doomed = []
                 for info, keep in zip(items, known, strict=True):
@@ -581,7 +412,7 @@ class Collector:
                     entries = await read_pack_entries(self.store, info.id, info.size)
                 except (IntegrityError, ObjectNotFound):
                     entries = []
-                keep = any((str(e.kind), bytes(e.id)) in self.homeless for e in entries)
+                keep = any((str(e.kind), bytes(e.id)) in self._marker.homeless for e in entries)
             out.append(keep)
         return out
 

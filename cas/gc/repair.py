@@ -35,7 +35,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
-from cas.gc.collector import DEFAULT_GRACE, DEFAULT_LEASE, Lease, list_concurrently
+from cas.gc.collector import DEFAULT_GRACE, DEFAULT_LEASE, Lease
 from cas.gc.repack import FrameMover, Members
 from cas.gc.verify import VerifyReport, manifest_complete
 from cas.ids import ObjectId
@@ -43,6 +43,7 @@ from cas.pack import ObjectKind
 from cas.packindex import Location, PackIndex, decode_index, encode_index
 from cas.repo import MAX_INDEX_BLOB, Repository
 from cas.store.base import Kind
+from cas.store.listing import list_concurrently
 
 
 @dataclass

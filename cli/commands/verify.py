@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from cas.errors import IntegrityError, ObjectNotFound, UsageError
-from cas.gc.collector import list_concurrently
 from cas.gc.repair import RepairReport, repair
 from cas.gc.verify import Checker, VerifyReport
 from cas.ids import ObjectId
 from cas.repo import DEFAULT_MAX_CHUNK, Repository
 from cas.store.base import Kind
+from cas.store.listing import list_concurrently
 from cas_cli.common import emit_json, info, run_with_repo
 
 

@@ -108,8 +108,8 @@ def test_cli_repair_then_reput_makes_verify_clean(tmp_path):
     store = str(tmp_path / "store")
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
-    for i in range(3):
-        (src / "d" / f"f{i}").write_bytes(os.urandom(200_000))
+    for i in range(3):  # under the minimum chunk size: one chunk each
+        (src / "d" / f"f{i}").write_bytes(os.urandom(100_000))
     manifest = cli_put(store, src, "--ref", "ci/main/1")
     chunk, pack = corrupt_one_chunk(store)
 
