@@ -119,7 +119,7 @@ def local_named_temp_backend(tmp_path: Path) -> Iterator[Backend]:
     """The portable write path, used where O_TMPFILE is unavailable: named temp + link."""
     root = tmp_path / "store"
     store = LocalStore(root, fsync=True)
-    store._tmpfile_ok = False
+    store.files.tmpfile_ok = False
     yield LocalBackend(store, root)
 
 

@@ -19,7 +19,7 @@ from cas.store.local import LocalStore
 @pytest.mark.parametrize("tmpfile", [True, False])
 def test_writes_leave_no_temporaries_and_objects_are_read_only(tmp_path, tmpfile):
     store = LocalStore(tmp_path / "s", fsync=True)
-    store._tmpfile_ok = tmpfile
+    store.files.tmpfile_ok = tmpfile
     items = [(hash_bytes(b"%d" % i), b"data %d" % i) for i in range(20)]
     assert asyncio.run(store.put_many(Kind.PACK, items)) == [True] * 20
     assert list((tmp_path / "s" / "tmp").iterdir()) == []
