@@ -11,10 +11,10 @@ from pathlib import Path
 
 from cas import codec
 from cas.cache import ChunkCache
-from cas.get import Downloader
+from cas.get.downloader import Downloader
 from cas.ids import ObjectId, hash_bytes
 from cas.pack import ObjectKind
-from cas.put import PutOptions, Uploader
+from cas.put.uploader import PutOptions, Uploader
 from cas.repo import Repository, decode_object
 from cas.store.local import LocalStore
 
@@ -55,6 +55,7 @@ def test_recently_read_entries_survive_eviction(tmp_path, monkeypatch):
     for object_id, blob in items[9:]:
         cache.put(object_id, blob)
         clock[0] += 10 * 10**9
+    cache.flush()  # writes (and the evictions they cause) are committed in the background
     assert cache.get(items[0][0]) == items[0][1]
     assert cache.get(items[1][0]) is None
     cache.close()
@@ -108,6 +109,7 @@ def test_corrupt_cache_entry_is_a_miss_not_bad_data(tmp_path):
     store, manifest_id = _make_store_with_tree(tmp_path)
     cache = ChunkCache(tmp_path / "cache", capacity=64 << 20)
     asyncio.run(Downloader(Repository(store, cache)).get(manifest_id, tmp_path / "o1"))
+    cache.flush()  # entries are committed in the background
     # Overwrite every cached entry with a valid frame of other content.
     bogus = codec.encode(b"not the chunk")
     with cache._env.begin(write=True) as txn:
@@ -166,3 +168,104 @@ def test_cache_survives_a_writer_killed_mid_write(tmp_path):
             assert cache.get(fresh[0]) == fresh[1]
         finally:
             cache.close()
+
+
+def test_a_get_leaves_its_chunks_in_the_cache_for_the_next_run(tmp_path):
+    """`cas get` returns after its fetched chunks are committed: the next process finds them."""
+    import json
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in range(4):
+        (src / f"f{n}.bin").write_bytes(os.urandom(1 << 20))
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "CAS_CACHE_DIR": str(tmp_path / "cache")}
+
+    def cas(*args):
+        done = subprocess.run(
+            [sys.executable, "-m", "cas_cli.main", "--store", str(tmp_path / "store"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    manifest = cas("put", "-q", str(src)).strip()
+    first = json.loads(cas("--json", "get", "--cache", manifest, str(tmp_path / "o1")))
+    assert first["chunks_from_store"] > 0
+    cache = ChunkCache(tmp_path / "cache", capacity=1 << 30)
+    assert cache.stats().entries >= first["chunks_from_store"]
+    cache.close()
+    second = json.loads(cas("--json", "get", "--cache", manifest, str(tmp_path / "o2")))
+    assert second["chunks_from_store"] == 0
+    assert second["chunks_from_cache"] == first["chunks_from_store"]
+
+
+def _hold_write_lock(path: str, ready, release) -> None:
+    """Keep the cache's one write transaction open until told: every other writer waits."""
+    cache = ChunkCache(Path(path), capacity=64 << 20)
+    with cache._env.begin(write=True):
+        ready.set()
+        release.wait(30)
+    cache.close()
+
+
+def test_reads_do_not_wait_for_cache_commits(tmp_path):
+    """A get with a cache whose writer is blocked still returns; the entries land afterwards."""
+    store, manifest_id = _make_store_with_tree(tmp_path)
+    cache = ChunkCache(tmp_path / "cache", capacity=64 << 20)  # opening takes the lock too
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_write_lock, args=(str(tmp_path / "cache"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        t0 = time.monotonic()
+        stats = asyncio.run(
+            asyncio.wait_for(
+                Downloader(Repository(store, cache)).get(manifest_id, tmp_path / "o1"), 20
+            )
+        )
+        assert time.monotonic() - t0 < 20
+        assert stats.chunks_from_store > 0
+        assert (tmp_path / "o1" / "a.bin").read_bytes() == (tmp_path / "src" / "a.bin").read_bytes()
+        # Not committed yet (the writer waits for the lock), yet this process's reads see them.
+        assert not cache.flush(timeout=0.2)
+        again = asyncio.run(Downloader(Repository(store, cache)).get(manifest_id, tmp_path / "o2"))
+        assert again.chunks_from_store == 0 and again.chunks_from_cache == stats.chunks_from_store
+    finally:
+        release.set()
+        holder.join(30)
+    cache.close()  # commits what was pending
+    reopened = ChunkCache(tmp_path / "cache", capacity=64 << 20)
+    assert reopened.stats().entries >= stats.chunks_from_store
+    reopened.close()
+
+
+def test_a_full_write_queue_drops_entries_instead_of_blocking_reads(tmp_path):
+    """With the writer stuck, puts past the pending bound wait about a second, then are lost."""
+    cache = ChunkCache(tmp_path, capacity=64 << 20, pending_bytes=1 << 20)
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_write_lock, args=(str(tmp_path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        items = [blob_of(os.urandom(300_000)) for _ in range(6)]
+        t0 = time.monotonic()
+        cache.put_many(items)
+        assert time.monotonic() - t0 < 5
+        assert cache.dropped > 0
+        kept = [i for i, _ in items if cache.get(i) is not None]
+        assert 0 < len(kept) < len(items)
+    finally:
+        release.set()
+        holder.join(30)
+    cache.close()
+    reopened = ChunkCache(tmp_path, capacity=64 << 20)
+    assert reopened.has_many([i for i, _ in items]) == set(kept)
+    reopened.close()
