@@ -102,7 +102,7 @@ def test_client_gone_mid_body_is_not_a_server_error(server):
 
 def test_client_retries_a_408():
     store = HttpStore("http://127.0.0.1:9")
-    error = store._translate_status(
+    error = store.client.translate_status(
         408, b'{"error": "RequestTimeout", "message": "slow"}', "x", "write"
     )
     assert isinstance(error, StoreUnavailable)

@@ -2,16 +2,8 @@
 
 The client side of docs/http-api.md. One pooled `aiohttp` session per
 event loop carries every call; `missing` is one request per up to
-`MAX_MISSING_IDS` ids. Failures are typed once, in `_translate_status` and
-`_transport_error`:
-
-- 408, 429, 5xx, timeouts and dropped connections -> `StoreUnavailable` (the
-  `RetryingStore` around this backend retries those);
-- 401 / 403 -> `PermissionDenied` naming the server and the scope needed;
-- 404 -> `ObjectNotFound`; 409 / 412 -> `AlreadyExists` (refs);
-- 400 / 413 / 416 -> `UsageError`; 422 -> `IntegrityError` (also for a
-  range past an object's end);
-- an untrusted TLS certificate -> `UsageError` (fix the CA bundle, do not retry).
+`MAX_MISSING_IDS` ids. Failures are typed once, in `cas.store.httpclient`
+(the status table is there); answers are checked in `cas.store.httpstreams`.
 
 `get_range` sends `Range: bytes=FIRST-LAST` and accepts only a 206 with
 exactly that range. Packs are uploaded one `PUT` each (the batch endpoint
@@ -25,7 +17,6 @@ server's `end` record; one cut short raises instead of looking complete.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import re
@@ -34,32 +25,19 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from cas.aiotools import gather_or_cancel
 from cas.errors import (
-    AlreadyExists,
-    CasError,
     IntegrityError,
-    ObjectNotFound,
-    PermissionDenied,
     StoreUnavailable,
     UsageError,
 )
 from cas.httpapi import (
-    ABSENT,
     API_PREFIX,
-    END_KEY,
-    ERROR_KEY,
-    FAILED,
-    FAILURE_HEADER,
     MAX_BATCH_BODY,
     MAX_BATCH_OBJECTS,
     MAX_MISSING_IDS,
-    MTIME_HEADER,
     OCTETS,
     RECORD_HEADER,
-    SIZE_HEADER,
 )
 from cas.ids import ObjectId, is_object_id
 from cas.store.base import (
@@ -72,23 +50,17 @@ from cas.store.base import (
     check_range,
     validate_ref_name,
 )
+from cas.store.httpclient import ServeClient
+from cas.store.httpstreams import object_info, parse_record, read_batch, read_range
 
 T = TypeVar("T")
 
 DEFAULT_CONCURRENCY: Final = 32
-_CONNECT_TIMEOUT: Final = 10.0
 _READ_TIMEOUT: Final = 120.0
 _MAX_LIST_LINE: Final = 1 << 16
-_MAX_ERROR_BODY: Final = 1 << 16
 _PACK_UPLOADS: Final = 4
 """Pack PUTs in flight from one `put_many`: the server verifies a few at a time anyway."""
 _CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-# Server-side error classes a client re-raises as the same typed error.
-_NAMED_ERRORS: Final[dict[str, type[CasError]]] = {
-    cls.__name__: cls
-    for cls in (UsageError, ObjectNotFound, AlreadyExists, PermissionDenied, StoreUnavailable)
-}
 
 
 def parse_http_url(url: str) -> str:
@@ -126,7 +98,7 @@ class HttpStore(Store):
         self.capabilities = Capabilities(
             max_concurrency=max_concurrency, atomic_create=True, native_missing=True
         )
-        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self.client = ServeClient(self.url, self._token, max_concurrency, read_timeout)
 
     def opener(self) -> Callable[[], Store]:
         """The same server and token, for put's worker processes."""
@@ -138,114 +110,12 @@ class HttpStore(Store):
             read_timeout=self._read_timeout,
         )
 
-    # ------------------------------------------------------------ transport
-
-    def _session(self) -> aiohttp.ClientSession:
-        """The pooled session of the running loop (sessions cannot cross loops)."""
-        loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            self._sessions = {k: v for k, v in self._sessions.items() if not k.is_closed()}
-            headers = {"User-Agent": "cas"}
-            if self._token:
-                headers["Authorization"] = f"Bearer {self._token}"
-            session = aiohttp.ClientSession(
-                headers=headers,
-                connector=aiohttp.TCPConnector(limit=self._max_concurrency),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=_CONNECT_TIMEOUT, sock_read=self._read_timeout
-                ),
-                raise_for_status=False,
-            )
-            self._sessions[loop] = session
-        return session
-
-    @contextlib.asynccontextmanager
-    async def _response(
-        self,
-        method: str,
-        path: str,
-        what: str,
-        scope: str,
-        *,
-        ok: Collection[int] = (200,),
-        **kwargs: Any,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """An answer with an `ok` status; others, and transport failures, become typed errors.
-
-        Failures while the caller reads the body are translated too.
-        """
-        kwargs.setdefault("allow_redirects", False)  # the token goes to this server only
-        try:
-            async with self._session().request(method, self._api + path, **kwargs) as response:
-                if response.status not in ok:
-                    body = await response.content.read(_MAX_ERROR_BODY)
-                    raise self._translate_status(response.status, body, what, scope)
-                yield response
-        except CasError:
-            raise
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise UsageError(
-                f"{what} on {self.url}: the server's TLS certificate is not trusted "
-                f"({exc.certificate_error}); set SSL_CERT_FILE to its CA bundle"
-            ) from None
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-            raise self._transport_error(exc, what) from None
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        what: str,
-        scope: str,
-        *,
-        ok: Collection[int] = (200,),
-        **kwargs: Any,
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """One request, its answer read whole."""
-        async with self._response(method, path, what, scope, ok=ok, **kwargs) as response:
-            return response.status, await response.read(), dict(response.headers)
-
-    def _transport_error(self, exc: BaseException, what: str) -> StoreUnavailable:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            # Nothing answered: say so in the user's terms, not the socket library's.
-            return StoreUnavailable(
-                f"{what}: cannot reach cas serve at {self.url} ({exc.os_error.strerror or exc}); "
-                "is it running?"
-            )
-        detail = str(exc) or type(exc).__name__
-        return StoreUnavailable(f"{what} on {self.url}: {detail}")
-
-    def _translate_status(self, status: int, body: bytes, what: str, scope: str) -> CasError:
-        """Map an HTTP answer onto `cas.errors`, keeping the server's one-line reason."""
-        reason = _server_reason(body)
-        on = f"{what} on {self.url}"
-        if status == 401:
-            token = "CAS_TOKEN is not accepted" if self._token else "CAS_TOKEN is not set"
-            return PermissionDenied(
-                f"{on}: {token}; a token with the '{scope}' scope is needed"
-                + (f" ({reason})" if reason else "")
-            )
-        if status == 403:
-            return PermissionDenied(f"{on}: {reason or f'needs the {scope!r} scope'}")
-        if status == 404:
-            return ObjectNotFound.named(what, f"{what} not found on {self.url}")
-        if status in (409, 412):
-            return AlreadyExists(f"{what} already exists on {self.url}")
-        if status in (400, 413, 416):
-            return UsageError(f"{on}: {reason or f'HTTP {status}'}")
-        if status == 422:
-            return _error_from_record(_json_object(body), on)
-        if status in (408, 429) or status >= 500:
-            return StoreUnavailable(f"{on}: HTTP {status}" + (f" ({reason})" if reason else ""))
-        return CasError(f"{on}: unexpected HTTP {status}" + (f" ({reason})" if reason else ""))
-
     # ------------------------------------------------------------ objects
 
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
         """PUT: 201 created, 200 already present."""
         check_id(object_id)
-        status, _, _ = await self._call(
+        status, _, _ = await self.client.call(
             "PUT",
             f"/{Kind(kind).value}/{object_id}",
             f"{kind} {object_id}",
@@ -260,7 +130,7 @@ class HttpStore(Store):
         """GET, refusing (before reading it) a body larger than `max_size`."""
         check_id(object_id)
         path = f"/{Kind(kind).value}/{object_id}"
-        async with self._response("GET", path, f"{kind} {object_id}", "read") as response:
+        async with self.client.response("GET", path, f"{kind} {object_id}", "read") as response:
             declared = response.content_length
             if declared is not None and declared > max_size:
                 raise IntegrityError(
@@ -281,7 +151,7 @@ class HttpStore(Store):
         check_range(offset, length)
         last = offset + length - 1
         what = f"{kind} {object_id} bytes {offset}-{last}"
-        async with self._response(
+        async with self.client.response(
             "GET",
             f"/{Kind(kind).value}/{object_id}",
             what,
@@ -289,24 +159,7 @@ class HttpStore(Store):
             ok=(200, 206),
             headers={"Range": f"bytes={offset}-{last}"},
         ) as response:
-            if response.status == 200:
-                raise CasError(
-                    f"{what} on {self.url}: the server ignored the Range header "
-                    "(a cas serve older than store format 2?)"
-                )
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
-            if match is None or (int(match[1]), int(match[2])) != (offset, last):
-                raise StoreUnavailable(f"{what} on {self.url}: answer is for another range")
-            if response.content_length not in (None, length):
-                raise StoreUnavailable(f"{what} on {self.url}: answer has the wrong length")
-            body = bytearray()
-            async for piece in response.content.iter_any():
-                body += piece
-                if len(body) > length:
-                    break
-        if len(body) != length:
-            raise StoreUnavailable(f"{what} on {self.url}: answer has the wrong length")
-        return bytes(body)
+            return await read_range(response, offset, length, f"{what} on {self.url}")
 
     async def put_many(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
         """Batches of up to `MAX_BATCH_OBJECTS` objects (and ~`MAX_BATCH_BODY` bytes) per request.
@@ -318,14 +171,14 @@ class HttpStore(Store):
         for object_id, _ in items:
             check_id(object_id)
         if Kind(kind) is Kind.PACK:
-            return await self._put_each(kind, items, _PACK_UPLOADS)
+            return await _put_each(self, kind, items, _PACK_UPLOADS)
         created: list[bool] = []
         for batch in _batches(items):
             if len(batch) == 1:
                 created.append(await self.put_if_absent(kind, *batch[0]))
                 continue
             body = b"".join(RECORD_HEADER.pack(i, len(d)) + d for i, d in batch)
-            _, answer, _ = await self._call(
+            _, answer, _ = await self.client.call(
                 "POST",
                 f"/{Kind(kind).value}/put",
                 f"{kind} batch of {len(batch)}",
@@ -339,18 +192,6 @@ class HttpStore(Store):
             created.extend(flags)
         return created
 
-    async def _put_each(
-        self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]], in_flight: int
-    ) -> list[bool]:
-        """One `PUT` per object, `in_flight` at a time, answers in item order."""
-        limit = asyncio.Semaphore(in_flight)
-
-        async def one(object_id: ObjectId, data: bytes) -> bool:
-            async with limit:
-                return await self.put_if_absent(kind, object_id, data)
-
-        return await gather_or_cancel(one(i, d) for i, d in items)
-
     async def get_many(
         self, kind: Kind, ids: Sequence[ObjectId], *, max_size: int
     ) -> dict[ObjectId, bytes]:
@@ -360,66 +201,25 @@ class HttpStore(Store):
         for start in range(0, len(wanted), MAX_BATCH_OBJECTS):
             batch = wanted[start : start + MAX_BATCH_OBJECTS]
             what = f"{kind} batch of {len(batch)}"
-            async with self._response(
+            async with self.client.response(
                 "POST",
                 f"/{Kind(kind).value}/get",
                 what,
                 "read",
                 json={"ids": [str(i) for i in batch], "max_size": max_size},
             ) as response:
-                found.update(await self._read_records(response, kind, batch, max_size, what))
+                where = f"{what} on {self.url}"
+                found.update(await read_batch(response, kind, batch, max_size, where))
         return found
-
-    async def _read_records(
-        self,
-        response: aiohttp.ClientResponse,
-        kind: Kind,
-        batch: list[ObjectId],
-        max_size: int,
-        what: str,
-    ) -> dict[ObjectId, bytes]:
-        """The records of a batch get, each checked against the id asked for in its place."""
-        out: dict[ObjectId, bytes] = {}
-        content = response.content
-        try:
-            for expected in batch:
-                raw_id, length = RECORD_HEADER.unpack(await content.readexactly(RECORD_HEADER.size))
-                if length == FAILED:
-                    (size,) = FAILURE_HEADER.unpack(await content.readexactly(FAILURE_HEADER.size))
-                    error = json.loads(await content.readexactly(min(size, 1 << 16)))
-                    raise _error_from_record(error, f"{what} on {self.url}")
-                if raw_id != expected:
-                    raise StoreUnavailable(f"{what} on {self.url}: answer out of order")
-                if length == ABSENT:
-                    raise ObjectNotFound(
-                        f"{kind} {expected} not found on {self.url}",
-                        kind=kind,
-                        object_id=str(expected),
-                    )
-                if length > max_size:
-                    raise IntegrityError(
-                        str(kind), str(expected), f"stored size {length} exceeds {max_size}"
-                    )
-                out[expected] = await content.readexactly(length)
-        except asyncio.IncompleteReadError:
-            raise StoreUnavailable(f"{what} on {self.url}: answer was cut off") from None
-        except (ValueError, AttributeError, RecursionError) as exc:
-            raise StoreUnavailable(f"{what} on {self.url}: garbled answer ({exc})") from None
-        return out
 
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
         """HEAD: size and creation time from the server's headers."""
         check_id(object_id)
         what = f"{kind} {object_id}"
-        _, _, headers = await self._call("HEAD", f"/{Kind(kind).value}/{object_id}", what, "read")
-        try:
-            size = int(headers[SIZE_HEADER])
-            mtime = datetime.fromisoformat(headers[MTIME_HEADER])
-        except (KeyError, ValueError):
-            raise StoreUnavailable(
-                f"{what} on {self.url}: stat answer lacks size or time"
-            ) from None
-        return ObjectInfo(Kind(kind), object_id, size, mtime)
+        _, _, headers = await self.client.call(
+            "HEAD", f"/{Kind(kind).value}/{object_id}", what, "read"
+        )
+        return object_info(Kind(kind), object_id, headers, f"{what} on {self.url}")
 
     async def missing(self, kind: Kind, ids: Collection[ObjectId]) -> set[ObjectId]:
         """One POST per `MAX_MISSING_IDS` ids."""
@@ -427,7 +227,7 @@ class HttpStore(Store):
         absent: set[ObjectId] = set()
         for start in range(0, len(unique), MAX_MISSING_IDS):
             batch = unique[start : start + MAX_MISSING_IDS]
-            _, body, _ = await self._call(
+            _, body, _ = await self.client.call(
                 "POST",
                 f"/{Kind(kind).value}/missing",
                 f"{kind} missing",
@@ -446,8 +246,11 @@ class HttpStore(Store):
         if prefix and not all(c in "0123456789abcdef" for c in prefix):
             raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
         kind = Kind(kind)
-        async for record in self._records(f"/{kind.value}", {"prefix": prefix}, f"{kind} list"):
-            yield self._parse(
+        async for record in self.client.records(
+            f"/{kind.value}", {"prefix": prefix}, f"{kind} list"
+        ):
+            yield parse_record(
+                self.url,
                 record,
                 lambda r: ObjectInfo(
                     kind,
@@ -460,7 +263,7 @@ class HttpStore(Store):
     async def delete(self, kind: Kind, object_id: ObjectId) -> None:
         """DELETE (admin scope); absent is fine."""
         check_id(object_id)
-        await self._call(
+        await self.client.call(
             "DELETE",
             f"/{Kind(kind).value}/{object_id}",
             f"delete {kind} {object_id}",
@@ -474,7 +277,7 @@ class HttpStore(Store):
         """PUT a ref; 409 means the name is taken."""
         validate_ref_name(name)
         check_id(target)
-        await self._call(
+        await self.client.call(
             "PUT",
             f"/refs/{name}",
             f"ref {name!r}",
@@ -486,7 +289,7 @@ class HttpStore(Store):
     async def read_ref(self, name: str) -> ObjectId:
         """GET a ref's target."""
         validate_ref_name(name)
-        _, body, _ = await self._call("GET", f"/refs/{name}", f"ref {name!r}", "read")
+        _, body, _ = await self.client.call("GET", f"/refs/{name}", f"ref {name!r}", "read")
         target = _json_field(body, "target", str, self.url)
         if not is_object_id(target):
             raise IntegrityError("ref", name, "does not hold a valid id")
@@ -494,8 +297,9 @@ class HttpStore(Store):
 
     async def list_refs(self, prefix: str = "") -> AsyncIterator[RefInfo]:
         """Stream the server's ref listing."""
-        async for record in self._records("/refs", {"prefix": prefix}, "ref list"):
-            yield self._parse(
+        async for record in self.client.records("/refs", {"prefix": prefix}, "ref list"):
+            yield parse_record(
+                self.url,
                 record,
                 lambda r: RefInfo(
                     str(r["name"]), ObjectId.parse(r["target"]), datetime.fromisoformat(r["mtime"])
@@ -505,45 +309,28 @@ class HttpStore(Store):
     async def delete_ref(self, name: str) -> None:
         """DELETE a ref (admin scope); absent is fine."""
         validate_ref_name(name)
-        await self._call("DELETE", f"/refs/{name}", f"delete ref {name!r}", "admin", ok=(200, 204))
+        await self.client.call(
+            "DELETE", f"/refs/{name}", f"delete ref {name!r}", "admin", ok=(200, 204)
+        )
 
     # ------------------------------------------------------------ listings
 
-    async def _records(
-        self, path: str, params: dict[str, str], what: str
-    ) -> AsyncIterator[dict[str, Any]]:
-        """JSON lines up to the `end` record; an `error` record or a cut-off raises."""
-        async with self._response("GET", path, what, "read", params=params) as response:
-            while True:
-                line = await response.content.readline()
-                if not line.endswith(b"\n") or len(line) > _MAX_LIST_LINE:
-                    raise StoreUnavailable(f"{what} on {self.url}: listing was cut off")
-                try:
-                    record = json.loads(line)
-                except (ValueError, RecursionError):
-                    raise StoreUnavailable(f"{what} on {self.url}: garbled listing") from None
-                if not isinstance(record, dict):
-                    raise StoreUnavailable(f"{what} on {self.url}: garbled listing")
-                if record.get(END_KEY):
-                    return
-                if ERROR_KEY in record:
-                    raise _error_from_record(record, f"{what} on {self.url}")
-                yield record
-
-    def _parse(self, record: dict[str, Any], build: Callable[[dict[str, Any]], T]) -> T:
-        try:
-            return build(record)
-        except (KeyError, TypeError, ValueError, OverflowError, UsageError):
-            raise StoreUnavailable(
-                f"{self.url}: malformed listing record {record!r:.200}"
-            ) from None
-
     async def aclose(self) -> None:
-        """Close the session of the running loop (and forget those of finished loops)."""
-        sessions, self._sessions = self._sessions, {}
-        for loop, session in sessions.items():
-            if not loop.is_closed() and not session.closed:
-                await session.close()
+        """Close the client's sessions."""
+        await self.client.close()
+
+
+async def _put_each(
+    store: Store, kind: Kind, items: Sequence[tuple[ObjectId, bytes]], in_flight: int
+) -> list[bool]:
+    """One `PUT` per object, `in_flight` at a time, answers in item order."""
+    limit = asyncio.Semaphore(in_flight)
+
+    async def one(object_id: ObjectId, data: bytes) -> bool:
+        async with limit:
+            return await store.put_if_absent(kind, object_id, data)
+
+    return await gather_or_cancel(one(i, d) for i, d in items)
 
 
 def _batches(items: Sequence[tuple[ObjectId, bytes]]) -> Iterator[list[tuple[ObjectId, bytes]]]:
@@ -559,40 +346,6 @@ def _batches(items: Sequence[tuple[ObjectId, bytes]]) -> Iterator[list[tuple[Obj
         size += cost
     if batch:
         yield batch
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):  # a hostile body can nest deeper than the parser goes
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _server_reason(body: bytes) -> str:
-    """The `message` of the server's JSON error body, cut to one line."""
-    message = _json_object(body).get("message", "")
-    return str(message).splitlines()[0][:300] if message else ""
-
-
-def _error_from_record(record: dict[str, Any], where: str) -> CasError:
-    """The typed error a server's JSON error body or record describes."""
-    name = str(record.get(ERROR_KEY, ""))
-    message = str(record.get("message", "")).splitlines()[0][:300] if record.get("message") else ""
-    if name == "IntegrityError":
-        return IntegrityError(
-            str(record.get("kind", "object")),
-            str(record.get("id", "?")),
-            f"{record.get('detail', message)} (reported by {where})",
-        )
-    known = _NAMED_ERRORS.get(name)
-    if known is None:
-        # A bug or a newer server: retrying would not help, so say what came back.
-        return CasError(
-            f"{where}: the server answered with an error this client does not know "
-            f"({name or 'no error name'}: {message or 'no message'}); is it a newer cas?"
-        )
-    return known(f"{where}: {message}")
 
 
 def _json_field(body: bytes, key: str, expected: type, url: str) -> Any:
