@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 
@@ -21,3 +21,16 @@ async def gather_or_cancel(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def for_each(
+    items: Iterable[Any], work: Callable[[Any], Awaitable[None]], in_flight: int
+) -> None:
+    """Run `work` over `items`, `in_flight` at a time; the first error stops the rest."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:
+            await work(item)
+
+    await gather_or_cancel(worker() for _ in range(max(1, in_flight)))

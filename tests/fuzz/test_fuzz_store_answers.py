@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from cas.errors import CasError, StoreUnavailable, UsageError
 from cas.store.gcs.errors import list_call, read_call, translate_status
+from cas.store.gcs.errors import parse_answer as _parse
 from cas.store.gcs.location import GcsLocation
-from cas.store.gcs.store import _parse
-from cas.store.local import LAYOUT, MARKER, LocalStore
+from cas.store.local import LocalStore
+from cas.store.locallayout import LAYOUT, MARKER
 from tests.fuzz import bounded, fuzz_settings
 
 json_values = st.recursive(

@@ -13,7 +13,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from cas.errors import (
     AlreadyExists,
@@ -124,3 +124,16 @@ def translate_exception(exc: BaseException, call: GcsCall, location: GcsLocation
     return StoreUnavailable(
         f"connection to GCS failed on {call.what} ({location.url}): {type(exc).__name__}: {exc}"
     )
+
+
+def parse_answer(body: bytes, call: GcsCall, location: GcsLocation) -> dict[str, Any]:
+    """A JSON answer; anything else (say, a proxy's HTML page) is worth another try."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise StoreUnavailable(
+            f"GCS sent an answer that is not a JSON object for {call.what} ({location.url})"
+        )
+    return parsed

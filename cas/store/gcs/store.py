@@ -38,17 +38,13 @@ with `STORAGE_EMULATOR_HOST` set, requests go to that emulator, unauthenticated.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import json
 import re
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import quote
 
-from cas.aiotools import gather_or_cancel
+from cas.aiotools import for_each
 from cas.errors import (
     AlreadyExists,
     CasError,
@@ -70,7 +66,6 @@ from cas.store.base import (
     validate_ref_name,
 )
 from cas.store.gcs.batch import MAX_CALLS as MAX_BATCH_CALLS
-from cas.store.gcs.batch import BatchGarbled, batch_body, parse_batch
 from cas.store.gcs.errors import (
     BucketNotFound,
     GcsCall,
@@ -78,10 +73,12 @@ from cas.store.gcs.errors import (
     create_call,
     delete_call,
     list_call,
+    parse_answer,
     read_call,
-    translate_status,
 )
+from cas.store.gcs.existence import absent_among
 from cas.store.gcs.http import BodyTooLarge, GcsHttp
+from cas.store.gcs.layout import GcsLayout
 from cas.store.gcs.location import DEFAULT_ENDPOINT, GcsLocation, emulator_endpoint
 
 DEFAULT_CONCURRENCY: Final = 64
@@ -89,25 +86,7 @@ _PAGE_SIZE: Final = 1000
 _REF_MAX_BYTES: Final = 1024
 _TARGET_KEY: Final = "cas-target"
 _LIST_FIELDS: Final = "items(name,size,timeCreated,updated,metadata),nextPageToken"
-LAYOUT: Final = "cas.gcs-store/2"
-_LAYOUT_KEY: Final = "cas-layout"
-_LAYOUT_FIELDS: Final = "items(name,metadata),prefixes,nextPageToken"
-_FORMAT_1_NAMESPACES: Final = ("chunk", "tree")
-_MARKER_MAX_BYTES: Final = 4096
 _CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
-def _parse(body: bytes, call: GcsCall, location: GcsLocation) -> dict[str, Any]:
-    """A JSON answer; anything else (say, a proxy's HTML page) is worth another try."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise StoreUnavailable(
-            f"GCS sent an answer that is not a JSON object for {call.what} ({location.url})"
-        )
-    return parsed
 
 
 def _info(
@@ -166,9 +145,7 @@ class GcsStore(Store):
         )
         # Each batch is up to 100 calls on the server side; a few at once is plenty.
         self._batches_in_flight = max(1, max_concurrency // 8)
-        self._layout_checked = False
-        self._marker_missing = False
-        self._layout_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self.layout = GcsLayout(self._http, location)
 
     @classmethod
     def from_url(cls, url: str) -> GcsStore:
@@ -192,7 +169,7 @@ class GcsStore(Store):
         answer = await self._http.send(
             "GET", self._http.object_url(name), call, params={"fields": fields}
         )
-        return _parse(answer.body, call, self.location)
+        return parse_answer(answer.body, call, self.location)
 
     async def _download(self, name: str, call: GcsCall, max_size: int) -> bytes:
         answer = await self._http.send(
@@ -214,7 +191,7 @@ class GcsStore(Store):
         params = {"prefix": prefix, "maxResults": str(_PAGE_SIZE), "fields": _LIST_FIELDS}
         while True:
             answer = await self._http.send("GET", self._http.objects_url, call, params=params)
-            page = _parse(answer.body, call, self.location)
+            page = parse_answer(answer.body, call, self.location)
             for item in page.get("items") or ():
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
                     yield item
@@ -223,114 +200,18 @@ class GcsStore(Store):
                 return
             params = {**params, "pageToken": token}
 
-    @staticmethod
-    async def _for_each(
-        items: Iterable[Any], work: Callable[[Any], Awaitable[None]], in_flight: int
-    ) -> None:
-        """Run `work` over `items`, `in_flight` at a time; the first error stops the rest."""
-        pending = iter(items)
-
-        async def worker() -> None:
-            for item in pending:
-                await work(item)
-
-        await gather_or_cancel(worker() for _ in range(max(1, in_flight)))
-
-    # ------------------------------------------------------------ layout
-
-    async def _ready(self, *, writing: bool = False) -> None:
-        """Check the layout once per store; before the first write, make sure the marker exists."""
-        if self._layout_checked and not (writing and self._marker_missing):
-            return
-        async with self._layout_lock():
-            if not self._layout_checked:
-                await self._check_layout()
-            if writing and self._marker_missing:
-                await self._write_marker()
-
-    def _layout_lock(self) -> asyncio.Lock:
-        """One lock per event loop (a lock cannot move between loops)."""
-        loop = asyncio.get_running_loop()
-        lock = self._layout_locks.get(loop)
-        if lock is None:
-            self._layout_locks = {k: v for k, v in self._layout_locks.items() if not k.is_closed()}
-            lock = self._layout_locks[loop] = asyncio.Lock()
-        return lock
-
-    async def _top_level(self) -> tuple[dict[str, Any] | None, set[str]]:
-        """The marker's listing entry (or None) and the sub-prefixes directly under the store."""
-        call = list_call("store layout check")
-        marker: dict[str, Any] | None = None
-        prefixes: set[str] = set()
-        params = {"prefix": self.location.base, "delimiter": "/", "fields": _LAYOUT_FIELDS}
-        while True:
-            answer = await self._http.send("GET", self._http.objects_url, call, params=params)
-            page = _parse(answer.body, call, self.location)
-            for item in page.get("items") or ():
-                if isinstance(item, dict) and item.get("name") == self.location.marker_name:
-                    marker = item
-            prefixes.update(p for p in page.get("prefixes") or () if isinstance(p, str))
-            token = page.get("nextPageToken")
-            if not token:
-                return marker, prefixes
-            params = {**params, "pageToken": token}
-
-    async def _check_layout(self) -> None:
-        """Refuse a format 1 store or another layout; note whether the marker is still to write."""
-        marker, prefixes = await self._top_level()
-        base = self.location.base
-        old = [f"{name}/" for name in _FORMAT_1_NAMESPACES if f"{base}{name}/" in prefixes]
-        if old:
-            raise UsageError(
-                f"{self.location.url} is a format 1 store (objects under {' and '.join(old)}); "
-                "this cas reads and writes format 2 only: put into a new store"
-            )
-        if marker is not None:
-            layout = await self._marker_layout(marker)
-            if layout != LAYOUT:
-                raise UsageError(
-                    f"{self.location.url}: unsupported store layout {layout!r} "
-                    f"in {self.location.marker_name} (this cas reads {LAYOUT})"
-                )
-        self._marker_missing = marker is None
-        self._layout_checked = True
-
-    async def _marker_layout(self, item: dict[str, Any]) -> object:
-        """The layout a marker names: from its metadata, else (written by hand) from its content."""
-        metadata = item.get("metadata")
-        if isinstance(metadata, dict) and _LAYOUT_KEY in metadata:
-            return metadata[_LAYOUT_KEY]
-        call = read_call(f"store marker {self.location.marker_name}")
-        try:
-            body = await self._download(self.location.marker_name, call, _MARKER_MAX_BYTES)
-            info = json.loads(body)
-        except (BodyTooLarge, ValueError, RecursionError):
-            return None
-        return info.get("layout") if isinstance(info, dict) else None
-
-    async def _write_marker(self) -> None:
-        """Create the marker; another writer creating it first is just as good."""
-        body = (json.dumps({"layout": LAYOUT}) + "\n").encode()
-        await self._http.create(
-            self.location.marker_name,
-            body,
-            create_call(f"store marker {self.location.marker_name}"),
-            metadata={_LAYOUT_KEY: LAYOUT},
-        )
-        self._marker_missing = False
-
     # ------------------------------------------------------------ objects
 
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
         """One create-only upload; False when the object already exists (same name, same bytes)."""
         name = self.location.object_name(kind, object_id)
-        await self._ready(writing=True)
+        await self.layout.ready(writing=True)
         return await self._http.create(name, data, create_call(f"{kind} {object_id}"))
 
     async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
         """Download, refusing to read past `max_size`."""
         name = self.location.object_name(kind, object_id)
-        await self._ready()
+        await self.layout.ready()
         try:
             return await self._download(name, read_call(f"{kind} {object_id}"), max_size)
         except BodyTooLarge as exc:
@@ -342,7 +223,7 @@ class GcsStore(Store):
         """One media GET with `Range: bytes=FIRST-LAST`, answered 206 with exactly those bytes."""
         name = self.location.object_name(kind, object_id)
         check_range(offset, length)
-        await self._ready()
+        await self.layout.ready()
         call = read_call(f"{kind} {object_id}")
         try:
             answer = await self._http.send(
@@ -361,7 +242,7 @@ class GcsStore(Store):
                 f"GCS sent more than the {length} bytes asked for {call.what} "
                 f"({self.location.url}): was the Range header ignored?"
             ) from None
-        start, size = self._answered_range(answer.status, answer.content_range, call)
+        start, size = _answered_range(answer.status, answer.content_range, call, self.location)
         if start != offset:
             raise CasError(
                 f"GCS sent bytes from {start} instead of {offset} for {call.what} "
@@ -371,25 +252,10 @@ class GcsStore(Store):
             raise range_past_end(kind, object_id, offset, length, size)
         return answer.body
 
-    def _answered_range(
-        self, status: int, content_range: str, call: GcsCall
-    ) -> tuple[int, int | None]:
-        """(first byte, object size if known) of a range answer; a 200 is the whole object."""
-        if status == 200:
-            return 0, None
-        match = _CONTENT_RANGE.fullmatch(content_range.strip())
-        if match is None:
-            raise StoreUnavailable(
-                f"GCS sent a 206 without a valid Content-Range for {call.what} "
-                f"({self.location.url}): {content_range[:80]!r}"
-            )
-        total = match.group(3)
-        return int(match.group(1)), int(total) if total != "*" else None
-
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
         """Size and creation time from the object's metadata."""
         name = self.location.object_name(kind, object_id)
-        await self._ready()
+        await self.layout.ready()
         call = read_call(f"{kind} {object_id}")
         item = await self._metadata(name, call, "name,size,timeCreated,updated")
         return _info(kind, object_id, item, call, self.location)
@@ -397,48 +263,14 @@ class GcsStore(Store):
     async def missing(self, kind: Kind, ids: Collection[ObjectId]) -> set[ObjectId]:
         """Existence checks, 100 to a batch request, a few batches in flight, as one call."""
         unique = list(dict.fromkeys(check_id(i) for i in ids))
-        await self._ready()
+        await self.layout.ready()
         groups = [unique[i : i + MAX_BATCH_CALLS] for i in range(0, len(unique), MAX_BATCH_CALLS)]
         absent: set[ObjectId] = set()
 
         async def probe(group: list[ObjectId]) -> None:
-            absent.update(await self._absent_among(kind, group))
+            absent.update(await absent_among(self._http, self.location, kind, group))
 
-        await self._for_each(groups, probe, self._batches_in_flight)
-        return absent
-
-    async def _absent_among(self, kind: Kind, group: list[ObjectId]) -> set[ObjectId]:
-        """One batch of metadata GETs; 404 means absent, any other failure fails the call."""
-        call = read_call(f"existence checks of {len(group)} {kind} objects")
-        boundary = secrets.token_hex(16)
-        base = f"/storage/v1/b/{quote(self.location.bucket, safe='')}/o/"
-        paths = [
-            f"{base}{quote(self.location.object_name(kind, i), safe='')}?fields=name" for i in group
-        ]
-        answer = await self._http.send(
-            "POST",
-            self._http.batch_url,
-            call,
-            data=batch_body(paths, boundary),
-            headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
-        )
-        try:
-            subs = parse_batch(answer.content_type, answer.body, len(group))
-        except BatchGarbled as exc:
-            raise StoreUnavailable(
-                f"GCS sent a batch answer that cannot be read for {call.what} "
-                f"({self.location.url}): {exc}"
-            ) from None
-        absent: set[ObjectId] = set()
-        for object_id, sub in zip(group, subs, strict=True):
-            if sub.status == 200:
-                continue
-            error = translate_status(
-                sub.status, sub.body, read_call(f"{kind} {object_id}"), self.location
-            )
-            if type(error) is not ObjectNotFound:  # a missing bucket, a 403, a 503...
-                raise error
-            absent.add(object_id)
+        await for_each(groups, probe, self._batches_in_flight)
         return absent
 
     async def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:
@@ -446,7 +278,7 @@ class GcsStore(Store):
         if prefix and not all(c in "0123456789abcdef" for c in prefix):
             raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
         base = self.location.kind_prefix(kind)
-        await self._ready()
+        await self.layout.ready()
         call = list_call(f"{kind} listing")
         async for item in self._list(base + prefix, call):
             rest = item["name"][len(base) :]
@@ -456,7 +288,7 @@ class GcsStore(Store):
     async def delete(self, kind: Kind, object_id: ObjectId) -> None:
         """Delete; absent is fine."""
         name = self.location.object_name(kind, object_id)
-        await self._ready()
+        await self.layout.ready()
         await self._remove(name, delete_call(f"{kind} {object_id}"))
 
     async def aclose(self) -> None:
@@ -469,7 +301,7 @@ class GcsStore(Store):
         """Create-only, like objects; `AlreadyExists` when the name is taken."""
         object_name = self.location.ref_name(name)
         check_id(target)
-        await self._ready(writing=True)
+        await self.layout.ready(writing=True)
         created = await self._http.create(
             object_name,
             f"{target}\n".encode(),
@@ -482,7 +314,7 @@ class GcsStore(Store):
     async def read_ref(self, name: str) -> ObjectId:
         """Read and parse the ref object."""
         object_name = self.location.ref_name(name)
-        await self._ready()
+        await self.layout.ready()
         try:
             data = await self._download(object_name, read_call(f"ref {name!r}"), _REF_MAX_BYTES)
         except BodyTooLarge:
@@ -495,7 +327,7 @@ class GcsStore(Store):
     async def list_refs(self, prefix: str = "") -> AsyncIterator[RefInfo]:
         """Refs in name order; targets come from metadata, else from the ref's content."""
         base = self.location.refs_prefix
-        await self._ready()
+        await self.layout.ready()
         call = list_call("refs listing")
         found: list[RefInfo] = []
         async for item in self._list(base + prefix, call):
@@ -520,5 +352,21 @@ class GcsStore(Store):
     async def delete_ref(self, name: str) -> None:
         """Delete; absent is fine."""
         object_name = self.location.ref_name(name)
-        await self._ready()
+        await self.layout.ready()
         await self._remove(object_name, delete_call(f"ref {name!r}"))
+
+
+def _answered_range(
+    status: int, content_range: str, call: GcsCall, location: GcsLocation
+) -> tuple[int, int | None]:
+    """(first byte, object size if known) of a range answer; a 200 is the whole object."""
+    if status == 200:
+        return 0, None
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is None:
+        raise StoreUnavailable(
+            f"GCS sent a 206 without a valid Content-Range for {call.what} "
+            f"({location.url}): {content_range[:80]!r}"
+        )
+    total = match.group(3)
+    return int(match.group(1)), int(total) if total != "*" else None
