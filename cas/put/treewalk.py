@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Final
@@ -131,7 +131,8 @@ class TreeWalk:
         top = self._enter(root, "", None, None)
         stack = [(top, iter([c for c in top.children if c.is_dir]))]
         while stack:
-            self._check_abort()
+            if self._abort.is_set():
+                raise asyncio.CancelledError
             node, subdirs = stack[-1]
             child = next(subdirs, None)
             if child is not None:
@@ -230,10 +231,6 @@ class TreeWalk:
             owner.add_file(entry)
         self._finished = batch.seq + 1
 
-    def _check_abort(self) -> None:
-        if self._abort.is_set():
-            raise asyncio.CancelledError
-
     # ------------------------------------------------------------ trees
 
     def _finish_dir(self, node: _Dir) -> None:
@@ -250,13 +247,8 @@ class TreeWalk:
             ):
                 for entry in self.files.run(batch):
                     node.add_file(entry)
-        links = 0
-        for child in node.children:
-            if child.is_symlink:
-                assert child.link_target is not None
-                link = SymlinkEntry(child.name, child.link_target, self._mtime(child))
-                node.results.append((link, Totals(symlinks=1)))
-                links += 1
+        links = [_symlink(child, self._mtime(child)) for child in node.children if child.is_symlink]
+        node.results.extend((link, Totals(symlinks=1)) for link in links)
         results = node.results
         tree = Tree.build(entry for entry, _ in results)
         data = tree.to_bytes()
@@ -265,14 +257,8 @@ class TreeWalk:
         self.used_trees.add(tree_id)
         own = [r.id for entry, _ in results if isinstance(entry, FileEntry) for r in entry.chunks]
         self.used_chunks.update(own)
-        self._count(dirs=1, symlinks=links)
-        totals = Totals(
-            files=sum(t.files for _, t in results),
-            dirs=sum(t.dirs for _, t in results),
-            symlinks=sum(t.symlinks for _, t in results),
-            bytes=sum(t.bytes for _, t in results),
-            chunks=sum(t.chunks for _, t in results),
-        )
+        self._count(dirs=1, symlinks=len(links))
+        totals = _summed(t for _, t in results)
         if (
             node.key is not None
             and not node.skipped
@@ -340,3 +326,22 @@ class TreeWalk:
 
     def _mtime(self, child: SourceEntry) -> int | None:
         return child.st.st_mtime_ns if self.settings.mtimes else None
+
+
+def _summed(parts: Iterable[Totals]) -> Totals:
+    """The totals of a directory: the sum of its entries' totals."""
+    total = Totals()
+    for t in parts:
+        total = Totals(
+            files=total.files + t.files,
+            dirs=total.dirs + t.dirs,
+            symlinks=total.symlinks + t.symlinks,
+            bytes=total.bytes + t.bytes,
+            chunks=total.chunks + t.chunks,
+        )
+    return total
+
+
+def _symlink(child: SourceEntry, mtime_ns: int | None) -> SymlinkEntry:
+    assert child.link_target is not None
+    return SymlinkEntry(child.name, child.link_target, mtime_ns)
