@@ -233,6 +233,22 @@ def test_small_files_of_a_directory_come_in_one_read(world, mount):
     assert m.stats["reads"] <= 5  # trees and one merged read, not one read per file
 
 
+def test_a_small_file_opened_alone_fetches_only_itself(world, mount):
+    """A job reading one file here and there does not pay for its neighbours; a second open does."""
+    m = mount()
+    names = sorted(os.listdir(m.point / "many"))
+    assert (m.point / "many" / names[10]).read_bytes() == world["files"][f"many/{names[10]}"]
+    time.sleep(0.5)  # a sibling fetch would run in the background meanwhile
+    assert m.stop() == 0
+    assert m.stats["chunks_from_store"] == 1
+    m = mount()
+    for name in [names[10], names[20], *names]:
+        assert (m.point / "many" / name).read_bytes() == world["files"][f"many/{name}"]
+    assert m.stop() == 0
+    assert m.stats["chunks_from_store"] == 40
+    assert m.stats["reads"] <= 6  # trees, the first file, then one merged read
+
+
 def test_subdirectory_mount(world, mount):
     m = mount(world["manifest"] + ":sub")
     assert sorted(os.listdir(m.point)) == sorted(os.listdir(world["dest"] / "sub"))

@@ -218,7 +218,8 @@ class CasOperations(pyfuse3.Operations):
         if not isinstance(entry, FileEntry):
             raise self._fail(f"{path}: no longer a file in its tree")
         if len(entry.chunks) == 1:  # a small file: its neighbours are likely next
-            self.reader.read_siblings(node.holder, listing.entries, path.rpartition("/")[0])
+            where = path.rpartition("/")[0]
+            self.reader.read_siblings(node.holder, listing.entries, where, node.name)
         fh = next(self._serial)
         self._handles[fh] = OpenFile(entry, path)
         if self.on_open is not None:

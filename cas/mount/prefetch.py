@@ -2,7 +2,8 @@
 
 Runs in the background of a mount: the files of a list (a `--record`
 trace of an earlier job) in its order, or every file of the tree. Chunks
-are fetched through `Repository.get_chunks` in batches of a few MiB, one
+are fetched through `Repository.get_chunks` in batches of a few MiB (the
+first ones smaller, so the fetch starts before the job reaches it), one
 batch at a time, so demand reads always have the store's other
 connections; each fetched chunk is verified and lands in the LMDB cache,
 from where the demand read takes it. Without a cache (a store on a local
@@ -26,6 +27,8 @@ from cas.objects import DirEntry, FileEntry, Manifest
 from cas.repo import Repository
 
 BATCH_BYTES: Final = 8 << 20
+FIRST_BATCH_BYTES: Final = 256 << 10
+"""The first batch is small, so it is on its way before the job asks; each next one doubles."""
 log = logging.getLogger("cas.mount")
 
 
@@ -86,9 +89,10 @@ async def prefetch(
         return
     batch: dict[ObjectId, int] = {}
     size = 0
+    limit = FIRST_BATCH_BYTES
 
     async def flush() -> None:
-        nonlocal size
+        nonlocal size, limit
         present = cache.has_many(batch)
         ids = [i for i in batch if i not in present]
         try:
@@ -101,6 +105,7 @@ async def prefetch(
             log.warning("prefetch: %s", exc)
         batch.clear()
         size = 0
+        limit = min(BATCH_BYTES, limit * 2)
 
     try:
         async for _path, entry in files:
@@ -109,7 +114,7 @@ async def prefetch(
                 if ref.id not in batch:
                     batch[ref.id] = ref.length
                     size += ref.length
-                if size >= BATCH_BYTES:
+                if size >= limit:
                     await flush()
         await flush()
     except CasError as exc:

@@ -129,22 +129,31 @@ class ChunkReader:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def read_siblings(self, directory: ObjectId, entries: Iterable[Entry], where: str) -> None:
+    def read_siblings(
+        self, directory: ObjectId, entries: Iterable[Entry], where: str, opened: str
+    ) -> None:
         """Start fetching the small files of a directory one of them was opened in.
 
         Files of a directory were packed side by side by their put, so one
         ranged read brings them all, where opening them one by one costs a
-        read each (what test runners and compilers do to small files). Once
-        per directory (a bounded memory of them), at most `SIBLINGS_BYTES`.
+        read each (what test runners and compilers do to small files). Only
+        when the reading looks like a walk of the directory: the file opened
+        is its first small file, or another of its files was opened before; a
+        job that opens one file here and there fetches only what it reads.
+        Once per directory (a bounded memory of them), at most `SIBLINGS_BYTES`.
         """
-        if self.readahead <= 0 or directory in self._warmed:
+        if self.readahead <= 0 or self._warmed.get(directory):
+            return
+        small = [e for e in entries if isinstance(e, FileEntry) and len(e.chunks) == 1]
+        if not small:
+            return
+        if small[0].name != opened and directory not in self._warmed:
+            self._warmed.put(directory, False, 1)  # one open seen: the next one fetches
             return
         self._warmed.put(directory, True, 1)
         wanted: list[ChunkRef] = []
         total = 0
-        for entry in entries:
-            if not isinstance(entry, FileEntry) or len(entry.chunks) != 1:
-                continue
+        for entry in small:
             ref = entry.chunks[0]
             if ref.id in self._lru or ref.id in self._inflight:
                 continue
