@@ -57,12 +57,13 @@ import measure  # noqa: E402
 
 from cas import codec  # noqa: E402
 from cas.chunking import ChunkParams  # noqa: E402
+from cas.codec import encode_object  # noqa: E402
 from cas.gc.verify import manifest_complete  # noqa: E402
 from cas.ids import ObjectId, hash_bytes  # noqa: E402
 from cas.objects import ChunkRef, DirEntry, FileEntry, Manifest, Totals, Tree  # noqa: E402
 from cas.pack import TARGET_PACK_BYTES, ObjectKind, PackBuilder  # noqa: E402
 from cas.packindex import Location, PackIndex, encode_index  # noqa: E402
-from cas.repo import Repository, encode_object  # noqa: E402
+from cas.repo import Repository  # noqa: E402
 from cas.store.base import Kind  # noqa: E402
 from cas.store.local import LocalStore  # noqa: E402
 

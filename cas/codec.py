@@ -14,6 +14,7 @@ import threading
 import zstandard
 
 from cas.errors import IntegrityError
+from cas.ids import ObjectId, hash_bytes, verify
 
 DEFAULT_LEVEL = 3
 MIN_LEVEL = 1
@@ -75,4 +76,21 @@ def decode(blob: bytes | memoryview, max_size: int, *, kind: str, object_id: str
         raise IntegrityError(kind, object_id, f"does not decompress ({exc})") from None
     if len(data) != size:
         raise IntegrityError(kind, object_id, f"inflates to {len(data)} bytes but declares {size}")
+    return data
+
+
+def stored_size_bound(max_size: int) -> int:
+    """The largest blob a zstd frame of `max_size` content can be (zstd's compress bound)."""
+    return max_size + (max_size >> 7) + 4096
+
+
+def encode_object(data: bytes | memoryview, level: int) -> tuple[ObjectId, bytes]:
+    """Hash then compress: the id is always of the uncompressed bytes."""
+    return hash_bytes(data), encode(data, level)
+
+
+def decode_object(kind: str, object_id: ObjectId, blob: bytes, max_size: int) -> bytes:
+    """Decompress within `max_size` and verify the id."""
+    data = decode(blob, max_size, kind=str(kind), object_id=str(object_id))
+    verify(str(kind), object_id, data)
     return data

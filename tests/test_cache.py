@@ -11,11 +11,12 @@ from pathlib import Path
 
 from cas import codec
 from cas.cache import ChunkCache
+from cas.codec import decode_object
 from cas.get.downloader import Downloader
 from cas.ids import ObjectId, hash_bytes
 from cas.pack import ObjectKind
 from cas.put.uploader import PutOptions, Uploader
-from cas.repo import Repository, decode_object
+from cas.repo import Repository
 from cas.store.local import LocalStore
 
 

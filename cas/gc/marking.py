@@ -16,9 +16,10 @@ from datetime import datetime
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
 from cas.gc.idset import IdSet
 from cas.ids import ObjectId
+from cas.indexbook import MAX_INDEX_BLOB
 from cas.pack import ObjectKind
 from cas.packindex import Location, PackIndex, decode_index, index_prefix
-from cas.repo import MAX_INDEX_BLOB, Repository
+from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.listing import list_concurrently
 

@@ -19,10 +19,10 @@ from datetime import datetime
 from typing import Any, Final
 
 from cas import codec
+from cas.codec import decode_object, encode_object, stored_size_bound
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.objects import now_rfc3339
-from cas.repo import decode_object, encode_object, stored_size_bound
 from cas.store.base import Kind, ObjectInfo, Store
 
 FORMAT: Final = "cas.gc-record/1"

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
+from cas.indexbook import MAX_INDEX_BLOB
 from cas.pack import (
     ENTRY,
     FOOTER,
@@ -40,7 +41,7 @@ from cas.pack import (
     decode_frame,
 )
 from cas.packindex import Location, PackIndex, decode_index, encode_index
-from cas.repo import MAX_INDEX_BLOB, merge_ranges
+from cas.packreads import merge_ranges
 from cas.store.base import Kind, Store
 
 _PACK_OVERHEAD = len(HEAD_MAGIC) + FOOTER.size

@@ -39,9 +39,10 @@ from cas.gc.collector import DEFAULT_GRACE, DEFAULT_LEASE, Lease
 from cas.gc.repack import FrameMover, Members
 from cas.gc.verify import VerifyReport, manifest_complete
 from cas.ids import ObjectId
+from cas.indexbook import MAX_INDEX_BLOB
 from cas.pack import ObjectKind
 from cas.packindex import Location, PackIndex, decode_index, encode_index
-from cas.repo import MAX_INDEX_BLOB, Repository
+from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.listing import list_concurrently
 

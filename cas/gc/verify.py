@@ -24,10 +24,11 @@ from cas.batching import abatched, batch_by_size
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
 from cas.gc.idset import IdSet
 from cas.ids import ObjectId, is_object_id
+from cas.indexbook import MAX_INDEX_BLOB
 from cas.objects import MAX_TREE_BYTES, DirEntry, FileEntry, Tree
 from cas.pack import MAX_PACK_BYTES, ObjectKind, verify_pack
 from cas.packindex import Location, PackIndex, decode_index
-from cas.repo import MAX_INDEX_BLOB, Repository
+from cas.repo import Repository
 from cas.store.base import Kind
 
 _BATCH: Final = 1000

@@ -263,7 +263,7 @@ async def test_foreign_objects_in_the_gc_namespace_are_ignored(store, tmp_path):
     """Anything that is not a well-formed record (garbage, other JSON, huge leases) is skipped."""
     import json
 
-    from cas.repo import encode_object
+    from cas.codec import encode_object
 
     hostile = [
         b"not json",
