@@ -124,6 +124,15 @@ class LeaseLost(CasError):
     exit_code = 14
 
 
+UNREADABLE: tuple[type[CasError], ...] = (ObjectNotFound, IntegrityError, FormatError)
+"""The failures of a read that say the object is gone or damaged."""
+
+
+def read_failure(exc: CasError) -> str:
+    """How reports name an object a read failed on: "missing: ..." or "corrupt: ..."."""
+    return f"{'missing' if isinstance(exc, ObjectNotFound) else 'corrupt'}: {exc}"
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (

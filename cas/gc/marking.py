@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from cas.errors import FormatError, IntegrityError, ObjectNotFound
+from cas.errors import UNREADABLE, IntegrityError, ObjectNotFound, read_failure
 from cas.gc.idset import IdSet
 from cas.ids import ObjectId
 from cas.indexbook import MAX_INDEX_BLOB
@@ -68,12 +68,10 @@ class Marker:
             async with limit:
                 try:
                     await self.repo.get_manifest(manifest_id)
-                except ObjectNotFound:
-                    self.unreadable.append((Kind.MANIFEST, manifest_id, "missing"))
-                    return
-                except (IntegrityError, FormatError) as exc:
-                    self.unreadable.append((Kind.MANIFEST, manifest_id, f"corrupt: {exc}"))
-                    self.unread_roots.add(bytes(manifest_id)[:16])
+                except UNREADABLE as exc:
+                    self.unreadable.append((Kind.MANIFEST, manifest_id, read_failure(exc)))
+                    if not isinstance(exc, ObjectNotFound):  # a damaged read proves nothing
+                        self.unread_roots.add(bytes(manifest_id)[:16])
                     return
                 indexes, damaged = await self._indexes_of(manifest_id)
                 self._marked_prefixes[bytes(manifest_id)[:16]] = manifest_id

@@ -21,7 +21,7 @@ from typing import Final
 import blake3
 
 from cas.batching import abatched, batch_by_size
-from cas.errors import FormatError, IntegrityError, ObjectNotFound
+from cas.errors import UNREADABLE, IntegrityError, ObjectNotFound, read_failure
 from cas.gc.idset import IdSet
 from cas.ids import ObjectId, is_object_id
 from cas.indexbook import MAX_INDEX_BLOB
@@ -153,12 +153,10 @@ class Checker:
             manifest = await self.repo.get_manifest(manifest_id)
             if index is None:
                 index = await self.repo.index(manifest_id)
-        except ObjectNotFound as exc:
-            problems = frozenset({Problem(Kind.MANIFEST, manifest_id, f"missing: {exc}")})
-        except (IntegrityError, FormatError) as exc:
+        except UNREADABLE as exc:
             if isinstance(exc, IntegrityError):
                 self._note_corrupt(exc)
-            problems = frozenset({Problem(Kind.MANIFEST, manifest_id, f"corrupt: {exc}")})
+            problems = frozenset({Problem(Kind.MANIFEST, manifest_id, read_failure(exc))})
         else:
             problems = await self._tree(index, manifest.root, {})
         for problem in problems:
@@ -226,12 +224,10 @@ class Checker:
                     ObjectKind.TREE, {tree_id: loc}, MAX_TREE_BYTES, ahead=False
                 )
             tree = Tree.from_bytes(data[tree_id], where=f"tree {tree_id}")
-        except ObjectNotFound:
-            return Problem(ObjectKind.TREE, tree_id, "missing")
-        except (IntegrityError, FormatError) as exc:
+        except UNREADABLE as exc:
             if isinstance(exc, IntegrityError):
                 self.report.damaged_packs.add(loc.pack)
-            return Problem(ObjectKind.TREE, tree_id, f"corrupt: {exc}")
+            return Problem(ObjectKind.TREE, tree_id, read_failure(exc))
         self.report.trees += 1
         lengths = {
             c.id: c.length for e in tree.entries if isinstance(e, FileEntry) for c in e.chunks
