@@ -1,8 +1,10 @@
 """What a machine remembers between runs, in LMDB (never trusted without a check).
 
-- `files`: `FilesCache` (unchanged files skip reading), the last put per
-  source, the put journal, unsettled refs, known-present objects.
+- `files`: `FilesCache` (unchanged files skip reading; its LMDB environment
+  also holds the other tables): the last put per source (`LastPuts`), the
+  put journal (`PutJournal`), refs a killed put created (`UnsettledRefs`).
 - `dirs`: `DirsCache` (unchanged directories reuse their trees).
+- The chunk cache is `cas.cache.ChunkCache` (shared by get, mount and verify).
 """
 
 from cas.lazyexports import lazy_exports
