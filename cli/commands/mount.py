@@ -48,9 +48,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument(
         "--memory",
-        default="64M",
+        default="16M",
         metavar="SIZE",
-        help="decoded chunks kept in memory (default 64M; trees have their own 32M)",
+        help="decoded chunks kept in memory (default 16M; trees have their own 32M)",
     )
     p.add_argument(
         "--record",
