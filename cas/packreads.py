@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-from cas.cache import ChunkCache
+from cas.caches.chunks import ChunkCache
 from cas.codec import decode_object
 from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId

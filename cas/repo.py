@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeVar
 
-from cas.cache import ChunkCache
+from cas.caches.chunks import ChunkCache
 from cas.codec import decode_object, encode_object, stored_size_bound
 from cas.errors import IntegrityError
 from cas.ids import ObjectId

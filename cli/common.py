@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from cas.cache import ChunkCache, configured_cache_size
+from cas.caches.chunks import ChunkCache, configured_cache_size
 from cas.errors import UsageError
 from cas.repo import Repository
 from cas.sizes import format_size

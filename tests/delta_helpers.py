@@ -6,7 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from cas.cache import ChunkCache
+from cas.caches.chunks import ChunkCache
 from cas.chunking import ChunkParams, FastCdcChunker
 from cas.get.browse import walk
 from cas.get.downloader import Downloader, GetOptions, GetStats

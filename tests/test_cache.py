@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from cas import codec
-from cas.cache import ChunkCache
+from cas.caches.chunks import ChunkCache
 from cas.codec import decode_object
 from cas.get.downloader import Downloader
 from cas.ids import ObjectId, hash_bytes
@@ -41,7 +41,7 @@ def test_put_get_and_lru_eviction(tmp_path):
 
 
 def test_recently_read_entries_survive_eviction(tmp_path, monkeypatch):
-    import cas.cache as cache_module
+    import cas.caches.chunks as cache_module
 
     clock = [1_000_000 * 10**9]
     monkeypatch.setattr(cache_module.time, "time_ns", lambda: clock[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from cas.cache import ChunkCache
+from cas.caches.chunks import ChunkCache
 from cas.get.browse import walk
 from cas.get.downloader import Downloader, GetOptions
 from cas.objects import FileEntry

@@ -433,7 +433,7 @@ def test_record_then_prefetch_fills_the_cache_before_reads(world, tmp_path):
     )
     m = Mount(world["store"], world["manifest"], tmp_path / "b", env, *extra)
     try:
-        from cas.cache import ChunkCache
+        from cas.caches.chunks import ChunkCache
 
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:  # the prefetch fills the cache with no read at all

@@ -39,8 +39,8 @@ import blake3
 import lmdb
 
 from cas.caches.files import MAX_AGE_S, RACY_WINDOW_NS, FilesCache
+from cas.caches.lmdbenv import StampedTable
 from cas.ids import ID_BYTES, ObjectId
-from cas.lmdbenv import StampedTable
 from cas.objects import Totals
 from cas.put.filecut import CutSettings
 from cas.put.listing import SourceEntry

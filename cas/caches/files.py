@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Final
 import blake3
 import lmdb
 
+from cas.caches.lmdbenv import StampedTable, open_env, put_all
 from cas.chunking import ChunkParams
 from cas.ids import ID_BYTES, ObjectId
-from cas.lmdbenv import StampedTable, open_env, put_all
 from cas.objects import ChunkRef
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ from typing import Final
 
 import lmdb
 
-from cas.cache import default_cache_dir
+from cas.caches.chunks import default_cache_dir
+from cas.caches.lmdbenv import open_env
 from cas.ids import ObjectId
-from cas.lmdbenv import open_env
 
 _MAP_SIZE: Final = 1 << 36  # address space only; the file grows with what is stored
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cas.cache import ChunkCache, default_cache_dir
+from cas.caches.chunks import ChunkCache, default_cache_dir
 from cas.sizes import format_size, parse_size
 from cas_cli.common import emit_json
 

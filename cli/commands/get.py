@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cas.cache import default_cache_dir
+from cas.caches.chunks import default_cache_dir
 from cas.get.downloader import Downloader, GetOptions, GetStats
 from cas.get.selection import Selection
 from cas.get.sources import SOURCES

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from cas import codec
-from cas.cache import default_cache_dir
+from cas.caches.chunks import default_cache_dir
 from cas.caches.files import FilesCache
 from cas.chunking import ChunkParams
 from cas.errors import IncompletePut, UsageError

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas.cache import ChunkCache
+from cas.caches.chunks import ChunkCache
 from cas.caches.files import FilesCache
 from cas.chunking import ChunkParams
 from cas.errors import CasError

@@ -41,9 +41,10 @@ from typing import Final
 import lmdb
 import platformdirs
 
+from cas.caches.lmdbenv import open_env
+from cas.caches.writebehind import WriteBehind
 from cas.errors import UsageError
 from cas.ids import ObjectId
-from cas.lmdbenv import open_env
 from cas.sizes import parse_size
 
 DEFAULT_CACHE_SIZE: Final = 4 << 30
@@ -53,9 +54,7 @@ _TOTAL_KEY: Final = b"total"
 _EVICT_TO: Final = 0.9
 DEFAULT_PENDING_BYTES: Final = 32 << 20
 """Blobs handed to the writer and not committed yet, at most (per cache object)."""
-_FULL_WAIT_S: Final = 1.0
-"""How long `put_many` waits for room among the pending writes before it drops entries."""
-log = logging.getLogger("cas.cache")
+log = logging.getLogger("cas.caches.chunks")
 
 
 def default_cache_dir() -> Path:
@@ -103,19 +102,15 @@ class ChunkCache:
         self._data = self._env.open_db(b"data")
         self._meta = self._env.open_db(b"meta")
         self._stats = self._env.open_db(b"stats")
-        self._pending_max = pending_bytes
-        self._cond = threading.Condition()
-        self._pending: dict[bytes, tuple[bytes, int]] = {}
-        """Blobs handed to the writer, not committed yet: key -> (blob, access time ns)."""
-        self._pending_size = 0
-        self._touches: dict[bytes, tuple[int, int]] = {}
-        """Access-time refreshes for the writer: key -> (time ns, size)."""
-        self._writing = False
-        self._writer: threading.Thread | None = None
-        self._closed = False
-        self.dropped = 0
-        """Entries not cached because the writer was too far behind (or closed)."""
+        self._behind = WriteBehind(
+            self._commit, self._apply_touches, pending_bytes, _TOUCH_INTERVAL_NS
+        )
         _OPEN.add(self)
+
+    @property
+    def dropped(self) -> int:
+        """Entries not cached because the writer was too far behind (or closed)."""
+        return self._behind.dropped
 
     def _map_size(self) -> int:
         # Room for the cap, LMDB's page overhead and the copy-on-write slack.
@@ -123,63 +118,16 @@ class ChunkCache:
 
     def close(self) -> None:
         """Commit what is pending, stop the writer, close the environment."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._cond.notify_all()
-            writer = self._writer
-        if writer is not None:
-            writer.join()
+        if not self._behind.close():
+            return
         _OPEN.discard(self)
         self._env.close()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every write handed over so far is committed (or dropped); False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._pending or self._touches or self._writing:
-                if self._writer is None or not self._writer.is_alive():
-                    self._start_writer()
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+        return self._behind.flush(timeout)
 
     # ------------------------------------------------------------ the writer
-
-    def _start_writer(self) -> None:
-        """Start the writer thread (called with `_cond` held)."""
-        self._writer = threading.Thread(
-            target=self._write_loop, name="cas-cache-writer", daemon=True
-        )
-        self._writer.start()
-
-    def _write_loop(self) -> None:
-        """Commit pending blobs and refreshes, one transaction per round, until closed."""
-        while True:
-            with self._cond:
-                while not self._pending and not self._touches and not self._closed:
-                    self._cond.wait()
-                if not self._pending and not self._touches:
-                    return  # closed and drained
-                batch = list(self._pending.items())
-                touches, self._touches = self._touches, {}
-                self._writing = True
-            try:
-                if touches:
-                    self._apply_touches(touches)
-                if batch:
-                    self._commit(batch)
-            finally:
-                with self._cond:
-                    for key, item in batch:
-                        if self._pending.get(key) is item:
-                            del self._pending[key]
-                            self._pending_size -= len(item[0])
-                    self._writing = False
-                    self._cond.notify_all()
 
     def _commit(self, batch: list[tuple[bytes, tuple[bytes, int]]]) -> None:
         """Insert blobs in one transaction, evicting when over capacity; errors lose them."""
@@ -218,24 +166,13 @@ class ChunkCache:
         except lmdb.Error:
             pass
 
-    def _pending_blob(self, key: bytes, now: int) -> bytes | None:
-        """A pending blob (its access time refreshed like a committed entry's), or None."""
-        with self._cond:
-            item = self._pending.get(key)
-            if item is None:
-                return None
-            blob, stamp = item
-            if now - stamp > _TOUCH_INTERVAL_NS:
-                self._pending[key] = (blob, now)
-            return blob
-
     # ------------------------------------------------------------ reads
 
     def get(self, object_id: ObjectId) -> bytes | None:
         """The cached blob, or None. Callers verify it like any other read."""
         key = bytes(object_id)
         now = time.time_ns()
-        pending = self._pending_blob(key, now) if self._pending else None
+        pending = None if self._behind.idle else self._behind.blob(key, now)
         if pending is not None:
             return pending
         try:
@@ -261,9 +198,9 @@ class ChunkCache:
         stale: list[tuple[bytes, int]] = []
         now = time.time_ns()
         ids = list(ids)
-        if self._pending:
+        if not self._behind.idle:
             for object_id in ids:
-                blob = self._pending_blob(bytes(object_id), now)
+                blob = self._behind.blob(bytes(object_id), now)
                 if blob is not None:
                     found[object_id] = blob
         try:
@@ -291,8 +228,8 @@ class ChunkCache:
     def has_many(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
         """The ids among `ids` the cache holds or will (no data read; for planning)."""
         ids = list(ids)
-        with self._cond:
-            pending = {i for i in ids if bytes(i) in self._pending} if self._pending else set()
+        keys = self._behind.among(bytes(i) for i in ids)
+        pending = {i for i in ids if bytes(i) in keys}
         try:
             with self._env.begin() as txn:
                 return pending | {
@@ -307,47 +244,15 @@ class ChunkCache:
     def put_many(self, items: Iterable[tuple[ObjectId, bytes]]) -> None:
         """Hand verified blobs to the writer; returns before they are committed.
 
-        Waits (at most `_FULL_WAIT_S`) only when the pending writes are at
-        their bound; what still finds no room then is not cached.
+        Waits (a moment) only when the pending writes are at their bound;
+        what still finds no room then is not cached.
         """
-        now = time.time_ns()
         batch = [(bytes(i), b) for i, b in items if len(b) <= self.capacity // 4]
-        if not batch:
-            return
-        deadline = None
-        with self._cond:
-            if not self._closed and (self._writer is None or not self._writer.is_alive()):
-                self._start_writer()
-            for key, blob in batch:
-                if key in self._pending:
-                    continue
-                while self._pending_size + len(blob) > self._pending_max and self._pending:
-                    if self._closed:
-                        break
-                    deadline = deadline or time.monotonic() + _FULL_WAIT_S
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.notify_all()
-                    self._cond.wait(left)
-                if self._closed or (
-                    self._pending and self._pending_size + len(blob) > self._pending_max
-                ):
-                    self.dropped += 1
-                    continue
-                self._pending[key] = (blob, now)
-                self._pending_size += len(blob)
-            self._cond.notify_all()
+        if batch:
+            self._behind.add(batch, time.time_ns())
 
     def _touch(self, key: bytes, now: int, size: int) -> None:
-        """Refresh an entry's access time: by the writer, off the reader's path."""
-        with self._cond:
-            if self._closed:
-                return
-            self._touches[key] = (now, size)
-            if self._writer is None or not self._writer.is_alive():
-                self._start_writer()
-            self._cond.notify_all()
+        self._behind.touch(key, now, size)
 
     # ------------------------------------------------------------ writes
 
@@ -362,10 +267,7 @@ class ChunkCache:
     def discard(self, object_id: ObjectId) -> None:
         """Drop one entry (found damaged), keeping the byte count right."""
         key = bytes(object_id)
-        with self._cond:
-            item = self._pending.pop(key, None)
-            if item is not None:
-                self._pending_size -= len(item[0])
+        self._behind.forget(key)
         try:
             with self._env.begin(write=True) as txn:
                 meta = txn.get(key, db=self._meta)
