@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from cas.caches.chunks import ChunkCache, configured_cache_size
 from cas.errors import UsageError
 from cas.repo import Repository
+from cas.session import Session
 from cas.sizes import format_size
-from cas.store import Store, open_store
+from cas.store import open_store
 
 T = TypeVar("T")
 log = logging.getLogger("cas.cli")
@@ -33,25 +33,33 @@ def run_with_repo(
     use_cache: bool = True,
     level: int = 3,
 ) -> T:
-    """Open store (and cache), run `action`, close everything, in one event loop."""
+    """Open store (and cache), run `action` on the repository, close everything."""
+    return run_with_session(
+        args, lambda session: action(session.repo), create=create, use_cache=use_cache, level=level
+    )
+
+
+def run_with_session(
+    args: argparse.Namespace,
+    action: Callable[[Session], Awaitable[T]],
+    *,
+    create: bool = False,
+    use_cache: bool = True,
+    level: int = 3,
+) -> T:
+    """Open a `Session` as the options say, run `action`, close it, in one event loop."""
 
     async def body() -> T:
-        store: Store = open_store(args.store, create=create)
-        cache = None
-        if use_cache and wants_cache(args, store) and configured_cache_size() > 0:
-            cache = ChunkCache()
-        log.info(
-            "store %s%s; chunk cache %s",
-            store.url,
-            " (created now)" if store.created else "",
-            cache.path if cache is not None else "off",
+        session = Session(
+            open_store(args.store, create=create),
+            chunk_cache=cache_choice(args) if use_cache else False,
+            local_state=not getattr(args, "no_files_cache", False),
+            level=level,
         )
         try:
-            async with store:
-                return await action(Repository(store, cache, level=level))
+            return await action(session)
         finally:
-            if cache is not None:
-                cache.close()
+            await session.aclose()
 
     return asyncio.run(body())
 
@@ -68,14 +76,14 @@ def add_cache_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def wants_cache(args: argparse.Namespace, store: Store) -> bool:
-    """The chunk cache sits in front of remote stores (and network mounts) unless told otherwise.
+def cache_choice(args: argparse.Namespace) -> bool | None:
+    """`--no-cache` / `--cache`, else None: the session puts a cache in front of remote stores.
 
     In front of a store on a local disk it would only copy every chunk a second time.
     """
     if getattr(args, "no_cache", False):
         return False
-    return bool(getattr(args, "cache", False)) or store.capabilities.remote
+    return True if getattr(args, "cache", False) else None
 
 
 def emit_json(obj: Any) -> None:

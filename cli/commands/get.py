@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cas.caches.chunks import default_cache_dir
-from cas.get.downloader import Downloader, GetOptions, GetStats
+from cas.get.downloader import GetOptions, GetStats
 from cas.get.selection import Selection
 from cas.get.sources import SOURCES
-from cas.repo import Repository
+from cas.session import Session
 from cas.sizes import format_size
 from cas_cli.common import (
     BarProgress,
@@ -17,7 +16,7 @@ from cas_cli.common import (
     add_progress_option,
     emit_json,
     info,
-    run_with_repo,
+    run_with_session,
 )
 
 
@@ -96,15 +95,12 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
     )
     progress = BarProgress(args, "get")
-    files_cache_dir = None if args.no_files_cache else default_cache_dir()
 
-    async def action(repo: Repository) -> GetStats:
-        manifest_id = await repo.resolve(name)
-        downloader = Downloader(repo, progress, files_cache_dir=files_cache_dir)
-        return await downloader.get(manifest_id, args.dest, options)
+    async def action(session: Session) -> GetStats:
+        return await session.get(name, args.dest, options, progress)
 
     try:
-        s = run_with_repo(args, action)
+        s = run_with_session(args, action)
     finally:
         progress.close()
     if args.json:

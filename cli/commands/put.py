@@ -6,17 +6,15 @@ import argparse
 import time
 
 from cas import codec
-from cas.caches.chunks import default_cache_dir
-from cas.caches.files import FilesCache
 from cas.chunking import ChunkParams
 from cas.errors import IncompletePut, UsageError
 from cas.objects import parse_label
 from cas.pack import TARGET_PACK_BYTES
 from cas.put.listing import Excludes
-from cas.put.uploader import PutOptions, PutResult, Uploader, check_source
-from cas.repo import Repository
+from cas.put.uploader import PutOptions, PutResult, check_source
+from cas.session import Session
 from cas.sizes import format_size, parse_size
-from cas_cli.common import BarProgress, add_progress_option, emit_json, info, run_with_repo
+from cas_cli.common import BarProgress, add_progress_option, emit_json, info, run_with_session
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -140,30 +138,14 @@ def run(args: argparse.Namespace) -> int:
 
     created: list[str] = []  # told after a successful put (an error stays one line)
 
-    async def action(repo: Repository) -> PutResult:
-        if repo.store.created:
-            created.append(repo.store.url)
-        files_cache = None
-        if not args.no_files_cache:
-            files_cache = FilesCache(default_cache_dir(), repo.store.url, options.params)
-            files_cache.prune()
-        skip = [default_cache_dir()]
-        try:
-            uploader = Uploader(
-                repo,
-                options,
-                progress,
-                files_cache=files_cache,
-                skip_dirs=skip,
-            )
-            return await uploader.put(args.source)
-        finally:
-            if files_cache is not None:
-                files_cache.close()
+    async def action(session: Session) -> PutResult:
+        if session.store.created:
+            created.append(session.store.url)
+        return await session.put(args.source, options, progress)
 
     t0 = time.monotonic()
     try:
-        result = run_with_repo(args, action, create=True, use_cache=False, level=args.level)
+        result = run_with_session(args, action, create=True, use_cache=False, level=args.level)
     finally:
         progress.close()
     seconds = time.monotonic() - t0
