@@ -138,13 +138,16 @@ class LocalStore(Store):
         finals = [(self.path_of(kind, object_id), data) for object_id, data in items]
         return await self._run(lambda: self.files.put_batch(finals), f"{kind} batch")
 
-    def _get_sync(self, kind: Kind, object_id: ObjectId, max_size: int) -> bytes:
+    def _open_object(self, kind: Kind, object_id: ObjectId) -> int:
         try:
-            fd = os.open(self.path_of(kind, object_id), os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(self.path_of(kind, object_id), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ObjectNotFound(
                 f"{kind} {object_id} not found", kind=kind, object_id=str(object_id)
             ) from None
+
+    def _get_sync(self, kind: Kind, object_id: ObjectId, max_size: int) -> bytes:
+        fd = self._open_object(kind, object_id)
         with os.fdopen(fd, "rb", buffering=0) as f:
             size = os.fstat(fd).st_size
             if size > max_size:
@@ -171,12 +174,7 @@ class LocalStore(Store):
         )
 
     def _read_range_sync(self, kind: Kind, object_id: ObjectId, offset: int, length: int) -> bytes:
-        try:
-            fd = os.open(self.path_of(kind, object_id), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ObjectNotFound(
-                f"{kind} {object_id} not found", kind=kind, object_id=str(object_id)
-            ) from None
+        fd = self._open_object(kind, object_id)
         try:
             size = os.fstat(fd).st_size
             if offset + length > size:  # checked first: never allocate for a hostile length
