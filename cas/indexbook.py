@@ -49,7 +49,7 @@ class IndexBook:
         damaged: IntegrityError | None = None
         for info in listed:
             try:
-                index = await read_twice(functools.partial(self._read_index, info.id))
+                index = await self.read(info.id)
                 if index.manifest != manifest_id:
                     raise IntegrityError("index", str(info.id), f"serves {index.manifest}")
             except ObjectNotFound:
@@ -62,7 +62,11 @@ class IndexBook:
             raise damaged
         return found
 
-    async def _read_index(self, name: ObjectId) -> PackIndex:
+    async def read(self, name: ObjectId) -> PackIndex:
+        """One index by name, read a second time before it is called damaged."""
+        return await read_twice(functools.partial(self._read_once, name))
+
+    async def _read_once(self, name: ObjectId) -> PackIndex:
         blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
         return await asyncio.to_thread(decode_index, name, blob)
 

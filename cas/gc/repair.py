@@ -39,9 +39,8 @@ from cas.gc.collector import DEFAULT_GRACE, DEFAULT_LEASE, Lease
 from cas.gc.repack import FrameMover, Members
 from cas.gc.verify import VerifyReport, manifest_complete
 from cas.ids import ObjectId
-from cas.indexbook import MAX_INDEX_BLOB
 from cas.pack import ObjectKind
-from cas.packindex import Location, PackIndex, decode_index, encode_index
+from cas.packindex import Location, PackIndex, encode_index
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.listing import list_concurrently
@@ -206,8 +205,7 @@ async def _still_corrupt(repo: Repository, kind: Kind, object_id: ObjectId) -> b
         if kind is Kind.MANIFEST:
             await repo.get_manifest(object_id)
         else:
-            blob = await repo.store.get(Kind.INDEX, object_id, max_size=MAX_INDEX_BLOB)
-            await asyncio.to_thread(decode_index, object_id, blob)
+            await repo.indexes.read(object_id)
     except (IntegrityError, FormatError):
         return True
     except ObjectNotFound:
@@ -216,18 +214,12 @@ async def _still_corrupt(repo: Repository, kind: Kind, object_id: ObjectId) -> b
 
 
 async def _read_index(repo: Repository, name: ObjectId) -> PackIndex | None:
-    """An index, or None if it is gone since the listing or damaged (it locates nothing).
+    """An index, or None if it is gone since the listing or damaged.
 
-    A damaged index is read a second time first: taking one damaged answer as
-    "locates nothing" would let repair delete a pack the index still names.
+    It is read twice first: taking one damaged answer as "locates nothing"
+    would let repair delete a pack the index still names.
     """
-    for attempt in range(2):
-        try:
-            blob = await repo.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
-            return await asyncio.to_thread(decode_index, name, blob)
-        except ObjectNotFound:
-            return None
-        except IntegrityError:
-            if attempt:
-                return None
-    return None
+    try:
+        return await repo.indexes.read(name)
+    except (ObjectNotFound, IntegrityError):
+        return None
