@@ -258,7 +258,8 @@ def measure(cfg: Config, args, manifest: str, files, job, deadline: float) -> di
     out = {key: median(values) for key, values in got.items()}
     out["peak_rss_mb"] = max(hwm) if hwm else float("nan")
     out["tree_bytes"] = total
-    out["job_bytes"] = sum(size for _, size in files if _ in set(job))
+    wanted = set(job)
+    out["job_bytes"] = sum(size for path, size in files if path in wanted)
     return out
 
 
@@ -391,11 +392,12 @@ def main() -> None:
     files = tree_files(args.src)
     rng = random.Random(args.seed)
     job = sorted(p for p, _ in rng.sample(files, max(1, int(len(files) * args.fraction))))
+    job_set = set(job)
     if args.file is None:
         args.file = max(files, key=lambda item: item[1])[0]
     print(
         f"tree {args.src}: {len(files)} files, {sum(s for _, s in files) / 1e6:.0f} MB; "
-        f"job: {len(job)} files, {sum(s for p, s in files if p in set(job)) / 1e6:.1f} MB; "
+        f"job: {len(job)} files, {sum(s for p, s in files if p in job_set) / 1e6:.1f} MB; "
         f"FILE {args.file}",
         flush=True,
     )

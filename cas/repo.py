@@ -16,9 +16,8 @@ trees, for threads and worker processes alike.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final, TypeVar
+from typing import Final
 
 from cas.caches.chunks import ChunkCache
 from cas.codec import decode_object, encode_object, stored_size_bound
@@ -37,9 +36,6 @@ from cas.pack import (
 from cas.packindex import Location, PackIndex, encode_index
 from cas.packreads import PackReader, ReadCounts, read_twice
 from cas.store.base import Kind, Store
-
-T = TypeVar("T")
-log = logging.getLogger("cas.repo")
 
 DEFAULT_MAX_CHUNK: Final = 16 << 20
 
@@ -170,7 +166,7 @@ class Repository:
             found = await asyncio.to_thread(self._from_cache, wanted, max_size, kind)
         rest = [i for i in wanted if i not in found]
         if rest and self.reader.has_staged:
-            found.update(self.reader.take_staged(kind, rest, max_size))
+            found.update(await asyncio.to_thread(self.reader.take_staged, kind, rest, max_size))
             rest = [i for i in rest if i not in found]
         if rest and local is not None:
             found.update(await asyncio.to_thread(local, rest))

@@ -19,7 +19,6 @@ from cas.errors import UsageError
 from cas.repo import Repository
 from cas.session import Session
 from cas.sizes import format_size
-from cas.store import open_store
 
 T = TypeVar("T")
 log = logging.getLogger("cas.cli")
@@ -50,16 +49,14 @@ def run_with_session(
     """Open a `Session` as the options say, run `action`, close it, in one event loop."""
 
     async def body() -> T:
-        session = Session(
-            open_store(args.store, create=create),
+        async with Session.open(
+            args.store,
+            create=create,
             chunk_cache=cache_choice(args) if use_cache else False,
             local_state=not getattr(args, "no_files_cache", False),
             level=level,
-        )
-        try:
+        ) as session:
             return await action(session)
-        finally:
-            await session.aclose()
 
     return asyncio.run(body())
 

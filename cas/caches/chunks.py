@@ -161,7 +161,7 @@ class ChunkCache:
         try:
             with self._env.begin(write=True) as txn:
                 for key, (now, size) in touches.items():
-                    if txn.get(key, db=self._data) is not None:
+                    if txn.get(key, db=self._meta) is not None:  # no copy of the blob
                         txn.put(key, _META.pack(now, size), db=self._meta)
         except lmdb.Error:
             pass

@@ -119,10 +119,6 @@ class DirsCache:
         """Drop entries not used for `max_age_s`; at most once a day."""
         return self._table.prune(max_age_s)
 
-    def clear(self) -> None:
-        """Forget every directory."""
-        self._table.clear()
-
 
 def _stamp_of(value: bytes) -> int | None:
     return _HEADER.unpack_from(value)[0] if len(value) >= _HEADER.size else None

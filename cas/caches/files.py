@@ -141,10 +141,6 @@ class FilesCache:
         """Drop entries not used for `max_age_s`; at most once a day."""
         return self._table.prune(max_age_s)
 
-    def clear(self) -> None:
-        """Forget everything."""
-        self._table.clear()
-
 
 def _stamp_of(value: bytes) -> int | None:
     return _HEADER.unpack_from(value)[4] if len(value) >= _HEADER.size else None

@@ -30,7 +30,6 @@ adopted a damaged pack finds it gone and stores what it needs again
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass, field
 
@@ -40,7 +39,7 @@ from cas.gc.repack import FrameMover, Members
 from cas.gc.verify import VerifyReport, manifest_complete
 from cas.ids import ObjectId
 from cas.pack import ObjectKind
-from cas.packindex import Location, PackIndex, encode_index
+from cas.packindex import Location, PackIndex
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.listing import list_concurrently
@@ -192,8 +191,7 @@ async def _heal(repo: Repository, found: VerifyReport) -> list[ObjectId]:
             new.table(kind)[object_id] = loc
         for (kind, object_id), loc in copies.items():
             new.table(kind)[object_id] = loc
-        name, blob = await asyncio.to_thread(encode_index, new)
-        await store.put_if_absent(Kind.INDEX, name, blob)
+        await repo.put_index(new)
         if await manifest_complete(repo, manifest_id):
             healed.append(manifest_id)
     return healed

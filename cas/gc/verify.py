@@ -134,15 +134,22 @@ class Checker:
         self._limit = asyncio.Semaphore(
             concurrency or max(1, self.store.capabilities.max_concurrency)
         )
-        self._good = IdSet(["chunk"])
+        self._good_set: IdSet | None = None
+        """Chunks found intact at a location (on disk); made when the first chunk is read."""
         self._children = _TreeChildrenCache(_CHILDREN_BYTES)
         self._bad: dict[ObjectId, frozenset[Problem]] = {}
         self._packs: dict[ObjectId, bool] = {}
         self.report = VerifyReport()
 
+    def _good(self) -> IdSet:
+        if self._good_set is None:
+            self._good_set = IdSet(["chunk"])
+        return self._good_set
+
     def close(self) -> None:
         """Remove the on-disk memory of checked objects."""
-        self._good.close()
+        if self._good_set is not None:
+            self._good_set.close()
 
     async def check_manifest(
         self, manifest_id: ObjectId, index: PackIndex | None = None
@@ -270,7 +277,7 @@ class Checker:
             key = _good_key(chunk_id, loc)
             if key in self._bad:
                 problems |= self._bad[key]
-            elif not self._good.contains_many("chunk", [key])[0]:
+            elif not self._good().contains_many("chunk", [key])[0]:
                 todo[chunk_id] = loc
         for batch in _batches(todo):
             problems |= await self._read_chunks(batch)
@@ -289,13 +296,13 @@ class Checker:
                 problem = await self._read_one(chunk_id, loc)
                 key = _good_key(chunk_id, loc)
                 if problem is None:
-                    self._good.add_many("chunk", [key])
+                    self._good().add_many("chunk", [key])
                 else:
                     self._bad[key] = frozenset({problem})
                     problems.add(problem)
             return problems
         self.report.bytes_checked += sum(loc.stored for loc in batch.values())
-        self._good.add_many("chunk", [_good_key(i, loc) for i, loc in batch.items()])
+        self._good().add_many("chunk", [_good_key(i, loc) for i, loc in batch.items()])
         return set()
 
     async def _read_one(self, chunk_id: ObjectId, loc: Location) -> Problem | None:
@@ -361,13 +368,15 @@ async def manifest_complete(repo: Repository, manifest_id: ObjectId) -> bool:
         candidates = await repo.indexes_of(manifest_id)
     except (IntegrityError, ObjectNotFound):
         return False
-    for index in candidates:
-        checker = Checker(repo, read_chunks=False)
-        try:
+    # One checker for every candidate: its caches are keyed by location, and each
+    # manifest walk keeps its whole-tree results to itself.
+    checker = Checker(repo, read_chunks=False)
+    try:
+        for index in candidates:
             if not await checker.check_manifest(manifest_id, index):
                 return True
-        finally:
-            checker.close()
+    finally:
+        checker.close()
     return False
 
 

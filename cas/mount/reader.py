@@ -30,7 +30,7 @@ from cas.mount.relocation import Relocation
 from cas.objects import ChunkRef, Entry, FileEntry
 from cas.repo import Repository
 
-DEFAULT_CHUNK_BYTES: Final = 64 << 20
+DEFAULT_CHUNK_BYTES: Final = 16 << 20
 DEFAULT_READAHEAD: Final = 8 << 20
 SIBLINGS_BYTES: Final = 4 << 20
 """Small files of a directory fetched together when the first of them is opened."""

@@ -80,7 +80,7 @@ class PutNaming:
                 found.append(last)
         return found
 
-    async def completed(self, made: Manifest) -> ObjectId | None:
+    async def completed(self, made: Manifest) -> tuple[ObjectId, Manifest] | None:
         """The unfinished put's manifest, if it describes what this put made (but its time)."""
         if self.completing is None:
             return None
@@ -89,7 +89,7 @@ class PutNaming:
         except ObjectNotFound:
             return None
         same = dataclasses.replace(earlier, created=made.created, tool=made.tool)
-        return self.completing if same == made else None
+        return (self.completing, earlier) if same == made else None
 
     async def name(self, manifest_id: ObjectId) -> AlreadyExists | None:
         """Create the ref; the error to raise once settled if another manifest holds it."""

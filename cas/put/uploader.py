@@ -258,7 +258,7 @@ class Uploader:
         named = await naming.completed(manifest)
         if named is not None:
             # The re-run of a put killed after naming its manifest: complete that one.
-            manifest_id, manifest = named, await self.repo.get_manifest(named)
+            manifest_id, manifest = named
             index = self._writer.index(manifest_id, self._used_chunks, self._used_trees)
             await self.repo.put_index(index)
         else:

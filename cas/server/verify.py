@@ -23,21 +23,19 @@ from dataclasses import dataclass
 from typing import Final
 
 from cas import codec
+from cas.codec import stored_size_bound
 from cas.ids import ObjectId, verify
+from cas.indexbook import MAX_INDEX_BLOB
 from cas.objects import MAX_MANIFEST_BYTES
 from cas.pack import MAX_PACK_BYTES, verify_pack
 from cas.packindex import verify_index_blob
+from cas.repo import DEFAULT_MAX_CHUNK
 from cas.store.base import Kind
 
-DEFAULT_MAX_CHUNK: Final = 16 << 20
-"""The largest chunk `put` cuts (the same default as `cas.repo`)."""
-MAX_INDEX_BODY: Final = 64 << 20
+MAX_INDEX_BODY: Final = MAX_INDEX_BLOB
 """Compressed size cap of an index upload; its content is capped by its frame header."""
-
-
-def frame_bound(max_size: int) -> int:
-    """The largest zstd frame of `max_size` content (zstd's compress bound, with headroom)."""
-    return max_size + (max_size >> 7) + 4096
+frame_bound = stored_size_bound
+"""The largest zstd frame of `max_size` content (zstd's compress bound, with headroom)."""
 
 
 DEFAULT_BODY_GRACE: Final = 20.0

@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from cas.aiotools import gather_or_cancel
@@ -32,7 +31,6 @@ from cas.errors import (
     UsageError,
 )
 from cas.httpapi import (
-    API_PREFIX,
     MAX_BATCH_BODY,
     MAX_BATCH_OBJECTS,
     MAX_MISSING_IDS,
@@ -53,14 +51,10 @@ from cas.store.base import (
 from cas.store.httpclient import ServeClient
 from cas.store.httpstreams import object_info, parse_record, read_batch, read_range
 
-T = TypeVar("T")
-
 DEFAULT_CONCURRENCY: Final = 32
 _READ_TIMEOUT: Final = 120.0
-_MAX_LIST_LINE: Final = 1 << 16
 _PACK_UPLOADS: Final = 4
 """Pack PUTs in flight from one `put_many`: the server verifies a few at a time anyway."""
-_CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def parse_http_url(url: str) -> str:
@@ -91,23 +85,19 @@ class HttpStore(Store):
         read_timeout: float = _READ_TIMEOUT,
     ) -> None:
         self.url = parse_http_url(url)
-        self._api = self.url + API_PREFIX
-        self._token = token or None
-        self._read_timeout = read_timeout
-        self._max_concurrency = max_concurrency
         self.capabilities = Capabilities(
             max_concurrency=max_concurrency, atomic_create=True, native_missing=True
         )
-        self.client = ServeClient(self.url, self._token, max_concurrency, read_timeout)
+        self.client = ServeClient(self.url, token or None, max_concurrency, read_timeout)
 
     def opener(self) -> Callable[[], Store]:
         """The same server and token, for put's worker processes."""
         return functools.partial(
             HttpStore,
             self.url,
-            self._token,
-            max_concurrency=self._max_concurrency,
-            read_timeout=self._read_timeout,
+            self.client.token,
+            max_concurrency=self.client.max_concurrency,
+            read_timeout=self.client.read_timeout,
         )
 
     # ------------------------------------------------------------ objects

@@ -59,8 +59,6 @@ from cas.store.localrefs import LocalRefs, stat_mtime
 from cas.store.localwrite import ExclusiveWriter, Staged
 from cas.store.mounts import on_network_filesystem
 
-"""The directories `_open` makes for a new store before it writes the marker."""
-
 T = TypeVar("T")
 
 
@@ -310,11 +308,12 @@ class LocalStore(Store):
 class _LocalUpload(Upload):
     """An unnamed file in the store's own tree (`O_TMPFILE`; else a temp name in `tmp/`)."""
 
+    store: LocalStore
+
     def __init__(self, store: LocalStore, kind: Kind) -> None:
         self.store = store
         self.kind = kind
         self.size = 0
-        self._local = store
         self._tmp: str | None = None
         self._fd = -1
         if store.files.tmpfile_ok:
@@ -337,16 +336,16 @@ class _LocalUpload(Upload):
 
     def write_error(self, exc: OSError) -> CasError:
         """A failed write, naming the store (full, read-only, ...)."""
-        return translate_error(exc, f"writing a new {self.kind}", self._local.root)
+        return translate_error(exc, f"writing a new {self.kind}", self.store.root)
 
     async def finish(self, object_id: ObjectId) -> bool:
         """Make the file durable and link it to its name; False if the name was taken."""
         check_id(object_id)
         fd, tmp = self._fd, self._tmp
         self._fd = -1  # publishing closes it (and removes a temp name)
-        return await self._local._run(
-            lambda: self._local.files.link_spooled(
-                fd, tmp, self._local.path_of(self.kind, object_id)
+        return await self.store._run(
+            lambda: self.store.files.link_spooled(
+                fd, tmp, self.store.path_of(self.kind, object_id)
             ),
             f"{self.kind} {object_id}",
         )
@@ -354,5 +353,5 @@ class _LocalUpload(Upload):
     def abort(self) -> None:
         """Close and forget the file (an unnamed one vanishes with its descriptor)."""
         if self._fd >= 0:
-            self._local.files.discard(Staged("", self._fd, self._tmp))
+            self.store.files.discard(Staged("", self._fd, self._tmp))
             self._fd = -1
