@@ -15,6 +15,7 @@ from cas.errors import IntegrityError, UsageError
 
 ID_BYTES: Final = 32
 _HEX_RE: Final = re.compile(r"[0-9a-f]{64}")
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
 
 # Below this size BLAKE3's own threads cost more than they save.
 _MULTITHREAD_MIN = 8 << 20
@@ -54,6 +55,18 @@ class ObjectId(bytes):
 def is_object_id(text: str) -> bool:
     """True when `text` is a well-formed id (used to tell ids from ref names)."""
     return isinstance(text, str) and _HEX_RE.fullmatch(text) is not None
+
+
+def is_id_prefix(text: str) -> bool:
+    """True when `text` is lower-case hex (empty included): only such prefixes can start an id."""
+    return all(c in _HEX_DIGITS for c in text)
+
+
+def check_list_prefix(prefix: str) -> str:
+    """`prefix` unchanged, or a usage error before any I/O: every store lists by id prefix."""
+    if not is_id_prefix(prefix):
+        raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
+    return prefix
 
 
 def hash_bytes(data: bytes | bytearray | memoryview) -> ObjectId:

@@ -42,7 +42,7 @@ from cas.httpapi import (
     RECORD_HEADER,
     SIZE_HEADER,
 )
-from cas.ids import ObjectId
+from cas.ids import ObjectId, is_id_prefix
 from cas.server.context import (
     BYTES_IN,
     LIMITS,
@@ -86,7 +86,7 @@ def _ref_name(request: web.Request) -> str:
 
 def _hex_prefix(request: web.Request) -> str:
     prefix = request.query.get("prefix", "")
-    if len(prefix) > _MAX_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
+    if len(prefix) > _MAX_PREFIX or not is_id_prefix(prefix):
         raise UsageError(f"list prefix must be at most 64 lower-case hex digits: {prefix[:80]!r}")
     return prefix
 

@@ -37,7 +37,7 @@ from cas.httpapi import (
     OCTETS,
     RECORD_HEADER,
 )
-from cas.ids import ObjectId, is_object_id
+from cas.ids import ObjectId, check_list_prefix, is_object_id
 from cas.store.base import (
     Capabilities,
     Kind,
@@ -233,8 +233,7 @@ class HttpStore(Store):
 
     async def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Stream the server's listing."""
-        if prefix and not all(c in "0123456789abcdef" for c in prefix):
-            raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
+        check_list_prefix(prefix)
         kind = Kind(kind)
         async for record in self.client.records(
             f"/{kind.value}", {"prefix": prefix}, f"{kind} list"

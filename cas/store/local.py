@@ -39,9 +39,8 @@ from cas.errors import (
     CasError,
     IntegrityError,
     ObjectNotFound,
-    UsageError,
 )
-from cas.ids import ObjectId, is_object_id
+from cas.ids import ObjectId, check_list_prefix, is_object_id
 from cas.store.base import (
     Capabilities,
     Kind,
@@ -213,8 +212,7 @@ class LocalStore(Store):
     async def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Walk the shard directories; temp files live elsewhere and never show."""
         base = self.root / Kind(kind).value
-        if prefix and not all(c in "0123456789abcdef" for c in prefix):
-            raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
+        check_list_prefix(prefix)
 
         def shards() -> list[str]:
             try:

@@ -120,6 +120,13 @@ async def test_list_prefix(store):
     }
 
 
+@pytest.mark.parametrize("prefix", ["AB", "../", "0g"])
+async def test_list_refuses_a_prefix_that_is_not_lower_case_hex(store, prefix):
+    with pytest.raises(UsageError, match="list prefix must be lower-case hex"):
+        async for _ in store.list(Kind.PACK, prefix):
+            pass
+
+
 async def test_stat_size_and_mtime(store):
     object_id, blob = obj(os.urandom(1234))
     before = datetime.now(UTC) - timedelta(seconds=2)

@@ -53,7 +53,7 @@ from cas.errors import (
     StoreUnavailable,
     UsageError,
 )
-from cas.ids import ObjectId, is_object_id
+from cas.ids import ObjectId, check_list_prefix, is_object_id
 from cas.store.base import (
     Capabilities,
     Kind,
@@ -275,8 +275,7 @@ class GcsStore(Store):
 
     async def list(self, kind: Kind, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Objects of one kind; names that are not ids (foreign files) are skipped."""
-        if prefix and not all(c in "0123456789abcdef" for c in prefix):
-            raise UsageError(f"list prefix must be lower-case hex: {prefix!r}")
+        check_list_prefix(prefix)
         base = self.location.kind_prefix(kind)
         await self.layout.ready()
         call = list_call(f"{kind} listing")
