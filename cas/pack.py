@@ -140,6 +140,18 @@ def _check_trailer_length(pack_id: ObjectId, trailer: bytes) -> None:
         )
 
 
+def encode_frames(
+    items: Iterable[tuple[ObjectId, bytes]], level: int
+) -> list[tuple[ObjectId, int, bytes]]:
+    """Frames for a pack: (id, raw length, zstd frame) of each named object.
+
+    The one way objects are compressed for packing, in put's reader threads
+    and in its worker processes alike (this module needs only the codec and
+    ids, so importing it costs a worker process next to nothing).
+    """
+    return [(object_id, len(data), codec.encode(data, level)) for object_id, data in items]
+
+
 def build_pack(
     items: Iterable[tuple[ObjectKind, bytes]], level: int = codec.DEFAULT_LEVEL
 ) -> SealedPack:

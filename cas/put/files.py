@@ -21,7 +21,6 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Final
 
-from cas import codec
 from cas.caches.files import (
     CachedFile,
     FilesCache,
@@ -33,7 +32,7 @@ from cas.chunking import Chunker
 from cas.errors import CasError
 from cas.ids import ObjectId
 from cas.objects import FileEntry
-from cas.pack import ObjectKind
+from cas.pack import ObjectKind, encode_frames
 from cas.progress import Progress
 from cas.put import worker as putworker
 from cas.put.filecut import (
@@ -134,7 +133,9 @@ class FileStage:
 
     def pack_aside(self, kind: ObjectKind, items: list[tuple[ObjectId, bytes]]) -> Future[None]:
         """Compress and pack `items` in the compression pool, off the caller's thread."""
-        return self._compressors.submit(lambda: self.feed.add(kind, _encode_all(items, self.level)))
+        return self._compressors.submit(
+            lambda: self.feed.add(kind, encode_frames(items, self.level))
+        )
 
     def close(self) -> None:
         """Wait for the threads; batches not started are dropped (a failed put)."""
@@ -200,7 +201,7 @@ class FileStage:
             described = cut_all(
                 self._cutter(), batch, keep_new, skip_unreadable=self.skip_unreadable, opened=opened
             )
-        self.feed.add(ObjectKind.CHUNK, _encode_all(new, self.level))
+        self.feed.add(ObjectKind.CHUNK, encode_frames(new, self.level))
         return self._take(described)
 
     def _read_large(self, child: SourceEntry) -> _Read:
@@ -212,7 +213,7 @@ class FileStage:
         def send() -> None:
             nonlocal group, group_bytes
             if group:
-                flying.append(self._compressors.submit(_encode_all, group, self.level))
+                flying.append(self._compressors.submit(encode_frames, group, self.level))
                 group, group_bytes = [], 0
             while len(flying) > _GROUPS_IN_FLIGHT:
                 self.feed.add(ObjectKind.CHUNK, flying.popleft().result())
@@ -312,9 +313,3 @@ class FileStage:
                 self.settings, self._chunker_factory(), self._abort, self._progress.advance
             )
         return cutter
-
-
-def _encode_all(
-    items: list[tuple[ObjectId, bytes]], level: int
-) -> list[tuple[ObjectId, int, bytes]]:
-    return [(chunk_id, len(data), codec.encode(data, level)) for chunk_id, data in items]

@@ -20,10 +20,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from cas import codec
 from cas.allocator import return_large_blocks
 from cas.chunking import FastCdcChunker
 from cas.ids import ObjectId
+from cas.pack import encode_frames
 from cas.put.filecut import CutSettings, Described, FileCutter, OpenedAhead, cut_all
 from cas.put.listing import SourceEntry
 
@@ -67,14 +67,13 @@ class _Worker:
                 skip_unreadable=self.config.skip_unreadable,
                 opened=opened,
             )
-        result = BatchResult(described)
-        level = self.config.level
-        for chunk_id, data in pending.items():
-            if chunk_id in self.config.known or chunk_id in self.sent:
-                continue
-            self.sent.add(chunk_id)
-            result.frames.append((chunk_id, len(data), codec.encode(data, level)))
-        return result
+        new = [
+            (chunk_id, data)
+            for chunk_id, data in pending.items()
+            if chunk_id not in self.config.known and chunk_id not in self.sent
+        ]
+        self.sent.update(chunk_id for chunk_id, _ in new)
+        return BatchResult(described, encode_frames(new, self.config.level))
 
 
 _worker: _Worker | None = None
