@@ -7,9 +7,7 @@ Backends convert provider errors into these once, at their edge.
 
 from __future__ import annotations
 
-import re
-
-_ID = re.compile(r"[0-9a-f]{64}")
+from typing import NamedTuple
 
 
 class CasError(Exception):
@@ -22,6 +20,13 @@ class UsageError(CasError):
     """A bad option, URL, id or path given by the user."""
 
     exit_code = 2
+
+
+class ObjectName(NamedTuple):
+    """The stored object a store call is about, handed to the `ObjectNotFound` it may raise."""
+
+    kind: str
+    object_id: str
 
 
 class ObjectNotFound(CasError, FileNotFoundError):
@@ -40,12 +45,11 @@ class ObjectNotFound(CasError, FileNotFoundError):
         self.object_id = object_id
 
     @classmethod
-    def named(cls, what: str, message: str) -> ObjectNotFound:
-        """The error for a store call on `what` ("pack 3f2a... [bytes 0-9]" names an object)."""
-        words = what.split()
-        if len(words) >= 2 and _ID.fullmatch(words[1]):
-            return cls(message, kind=words[0], object_id=words[1])
-        return cls(message)
+    def of(cls, message: str, name: ObjectName | None) -> ObjectNotFound:
+        """The error for a store call, naming its object when the call was on one."""
+        if name is None:
+            return cls(message)
+        return cls(message, kind=name.kind, object_id=name.object_id)
 
 
 class IntegrityError(CasError):

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from cas.aiotools import gather_or_cancel
 from cas.errors import (
     IntegrityError,
+    ObjectName,
     StoreUnavailable,
     UsageError,
 )
@@ -111,6 +112,7 @@ class HttpStore(Store):
             f"{kind} {object_id}",
             "write",
             ok=(200, 201),
+            name=ObjectName(str(kind), str(object_id)),
             data=data,
             headers={"Content-Type": OCTETS},
         )
@@ -120,7 +122,10 @@ class HttpStore(Store):
         """GET, refusing (before reading it) a body larger than `max_size`."""
         check_id(object_id)
         path = f"/{Kind(kind).value}/{object_id}"
-        async with self.client.response("GET", path, f"{kind} {object_id}", "read") as response:
+        name = ObjectName(str(kind), str(object_id))
+        async with self.client.response(
+            "GET", path, f"{kind} {object_id}", "read", name=name
+        ) as response:
             declared = response.content_length
             if declared is not None and declared > max_size:
                 raise IntegrityError(
@@ -147,6 +152,7 @@ class HttpStore(Store):
             what,
             "read",
             ok=(200, 206),
+            name=ObjectName(str(kind), str(object_id)),
             headers={"Range": f"bytes={offset}-{last}"},
         ) as response:
             return await read_range(response, offset, length, f"{what} on {self.url}")
@@ -207,7 +213,11 @@ class HttpStore(Store):
         check_id(object_id)
         what = f"{kind} {object_id}"
         _, _, headers = await self.client.call(
-            "HEAD", f"/{Kind(kind).value}/{object_id}", what, "read"
+            "HEAD",
+            f"/{Kind(kind).value}/{object_id}",
+            what,
+            "read",
+            name=ObjectName(str(kind), str(object_id)),
         )
         return object_info(Kind(kind), object_id, headers, f"{what} on {self.url}")
 

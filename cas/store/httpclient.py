@@ -26,6 +26,7 @@ from cas.errors import (
     AlreadyExists,
     CasError,
     IntegrityError,
+    ObjectName,
     ObjectNotFound,
     PermissionDenied,
     StoreUnavailable,
@@ -86,18 +87,20 @@ class ServeClient:
         scope: str,
         *,
         ok: Collection[int] = (200,),
+        name: ObjectName | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """An answer with an `ok` status; others, and transport failures, become typed errors.
 
-        Failures while the caller reads the body are translated too.
+        Failures while the caller reads the body are translated too; `name` is
+        the object the call is on, if one, named by a 404's `ObjectNotFound`.
         """
         kwargs.setdefault("allow_redirects", False)  # the token goes to this server only
         try:
             async with self.session().request(method, self._api + path, **kwargs) as response:
                 if response.status not in ok:
                     body = await response.content.read(_MAX_ERROR_BODY)
-                    raise self.translate_status(response.status, body, what, scope)
+                    raise self.translate_status(response.status, body, what, scope, name)
                 yield response
         except CasError:
             raise
@@ -117,10 +120,11 @@ class ServeClient:
         scope: str,
         *,
         ok: Collection[int] = (200,),
+        name: ObjectName | None = None,
         **kwargs: Any,
     ) -> tuple[int, bytes, dict[str, str]]:
         """One request, its answer read whole."""
-        async with self.response(method, path, what, scope, ok=ok, **kwargs) as response:
+        async with self.response(method, path, what, scope, ok=ok, name=name, **kwargs) as response:
             return response.status, await response.read(), dict(response.headers)
 
     def transport_error(self, exc: BaseException, what: str) -> StoreUnavailable:
@@ -134,7 +138,9 @@ class ServeClient:
         detail = str(exc) or type(exc).__name__
         return StoreUnavailable(f"{what} on {self.url}: {detail}")
 
-    def translate_status(self, status: int, body: bytes, what: str, scope: str) -> CasError:
+    def translate_status(
+        self, status: int, body: bytes, what: str, scope: str, name: ObjectName | None = None
+    ) -> CasError:
         """Map an HTTP answer onto `cas.errors`, keeping the server's one-line reason."""
         reason = server_reason(body)
         on = f"{what} on {self.url}"
@@ -147,7 +153,7 @@ class ServeClient:
         if status == 403:
             return PermissionDenied(f"{on}: {reason or f'needs the {scope!r} scope'}")
         if status == 404:
-            return ObjectNotFound.named(what, f"{what} not found on {self.url}")
+            return ObjectNotFound.of(f"{what} not found on {self.url}", name)
         if status in (409, 412):
             return AlreadyExists(f"{what} already exists on {self.url}")
         if status in (400, 413, 416):

@@ -38,6 +38,7 @@ from cas.errors import (
     AlreadyExists,
     CasError,
     IntegrityError,
+    ObjectName,
     ObjectNotFound,
 )
 from cas.ids import ObjectId, check_list_prefix, is_object_id
@@ -102,7 +103,7 @@ class LocalStore(Store):
         hexid = bytes.hex(check_id(object_id))
         return f"{self._root_str}/{Kind(kind).value}/{hexid[:2]}/{hexid}"
 
-    async def _run(self, func: Callable[[], T], what: str) -> T:
+    async def _run(self, func: Callable[[], T], what: str, name: ObjectName | None = None) -> T:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._io_threads, thread_name_prefix="cas-store")
         try:
@@ -110,7 +111,11 @@ class LocalStore(Store):
         except CasError:
             raise  # already typed (ObjectNotFound is also an OSError)
         except OSError as exc:
-            raise translate_error(exc, what, self.root) from None
+            raise translate_error(exc, what, self.root, name) from None
+
+    async def _run_on(self, func: Callable[[], T], kind: Kind, object_id: ObjectId) -> T:
+        """`_run` on one object: a missing file is an `ObjectNotFound` naming it."""
+        return await self._run(func, f"{kind} {object_id}", ObjectName(str(kind), str(object_id)))
 
     def _put_sync(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
         final = self.path_of(kind, object_id)
@@ -126,7 +131,7 @@ class LocalStore(Store):
 
     async def put_if_absent(self, kind: Kind, object_id: ObjectId, data: bytes) -> bool:
         """Create-only write via temp file + link."""
-        return await self._run(lambda: self._put_sync(kind, object_id, data), f"{kind} {object_id}")
+        return await self._run_on(lambda: self._put_sync(kind, object_id, data), kind, object_id)
 
     async def put_many(self, kind: Kind, items: Sequence[tuple[ObjectId, bytes]]) -> list[bool]:
         """All writes of a batch in one thread hop: local writes are cheap, hops are not."""
@@ -156,8 +161,8 @@ class LocalStore(Store):
     async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
         """Read one object whole, refusing files larger than `max_size`."""
         check_id(object_id)
-        return await self._run(
-            lambda: self._get_sync(kind, object_id, max_size), f"{kind} {object_id}"
+        return await self._run_on(
+            lambda: self._get_sync(kind, object_id, max_size), kind, object_id
         )
 
     async def get_many(
@@ -190,14 +195,14 @@ class LocalStore(Store):
         """One open, pread and close in the I/O threads."""
         check_id(object_id)
         check_range(offset, length)
-        return await self._run(
-            lambda: self._read_range_sync(kind, object_id, offset, length), f"{kind} {object_id}"
+        return await self._run_on(
+            lambda: self._read_range_sync(kind, object_id, offset, length), kind, object_id
         )
 
     async def stat(self, kind: Kind, object_id: ObjectId) -> ObjectInfo:
         """Size and mtime from the file system."""
         path = self.path_of(kind, object_id)
-        st = await self._run(lambda: os.stat(path), f"{kind} {object_id}")
+        st = await self._run_on(lambda: os.stat(path), kind, object_id)
         return ObjectInfo(Kind(kind), object_id, st.st_size, stat_mtime(st))
 
     async def missing(self, kind: Kind, ids: object) -> set[ObjectId]:
@@ -255,7 +260,7 @@ class LocalStore(Store):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
-        await self._run(work, f"{kind} {object_id}")
+        await self._run_on(work, kind, object_id)
 
     async def delete_many(self, kind: Kind, ids: Sequence[ObjectId]) -> None:
         """All unlinks of a batch in one thread hop."""
@@ -341,11 +346,12 @@ class _LocalUpload(Upload):
         check_id(object_id)
         fd, tmp = self._fd, self._tmp
         self._fd = -1  # publishing closes it (and removes a temp name)
-        return await self.store._run(
+        return await self.store._run_on(
             lambda: self.store.files.link_spooled(
                 fd, tmp, self.store.path_of(self.kind, object_id)
             ),
-            f"{self.kind} {object_id}",
+            self.kind,
+            object_id,
         )
 
     def abort(self) -> None:

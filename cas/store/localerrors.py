@@ -5,13 +5,25 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from cas.errors import CasError, ObjectNotFound, PermissionDenied, StoreUnavailable, UsageError
+from cas.errors import (
+    CasError,
+    ObjectName,
+    ObjectNotFound,
+    PermissionDenied,
+    StoreUnavailable,
+    UsageError,
+)
 
 
-def translate_error(exc: OSError, what: str, root: Path | None = None) -> CasError:
-    """Map an OS error on the store onto `cas.errors`, naming the store and what was attempted."""
+def translate_error(
+    exc: OSError, what: str, root: Path | None = None, name: ObjectName | None = None
+) -> CasError:
+    """Map an OS error on the store onto `cas.errors`, naming the store and what was attempted.
+
+    `name` is the object the call was on, if one: a missing file names it.
+    """
     if isinstance(exc, FileNotFoundError):
-        return ObjectNotFound.named(what, f"{what} not found")
+        return ObjectNotFound.of(f"{what} not found", name)
     where = f"the store at {root}" if root is not None else "the store"
     if isinstance(exc, PermissionError):
         path = f" ({exc.filename})" if exc.filename else ""

@@ -71,6 +71,13 @@ async def test_get_missing_raises_object_not_found(store):
         await store.stat(Kind.PACK, oid(b"absent"))
 
 
+async def test_stat_of_a_missing_object_names_it(store):
+    absent = oid(b"absent, asked for its size")
+    with pytest.raises(ObjectNotFound) as raised:
+        await store.stat(Kind.INDEX, absent)
+    assert (str(raised.value.kind), raised.value.object_id) == (str(Kind.INDEX), str(absent))
+
+
 async def test_get_refuses_objects_larger_than_max_size(store):
     object_id, blob = obj(os.urandom(2000))
     assert len(blob) > 1000

@@ -12,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from cas.errors import (
     AlreadyExists,
     CasError,
+    ObjectName,
     ObjectNotFound,
     PermissionDenied,
     StoreUnavailable,
     UsageError,
 )
+from cas.ids import ObjectId
 from cas.store.gcs.location import GcsLocation
 
 _PERMISSION: Final = re.compile(r"storage\.[a-zA-Z]+\.[a-zA-Z]+")
@@ -37,6 +40,8 @@ class GcsCall:
     permission: str
     # A 404 can only mean "no such bucket" for uploads and listings.
     bucket_level: bool = False
+    # The stored object the call is on, if one: its `ObjectNotFound` names it.
+    name: ObjectName | None = None
 
 
 def create_call(what: str) -> GcsCall:
@@ -57,6 +62,11 @@ def list_call(what: str) -> GcsCall:
 def delete_call(what: str) -> GcsCall:
     """A delete: only the gc job's credentials should have this permission."""
     return GcsCall(what, "storage.objects.delete")
+
+
+def object_call(make: Callable[[str], GcsCall], kind: str, object_id: ObjectId) -> GcsCall:
+    """`make`'s call on one stored object, named in messages and in its `ObjectNotFound`."""
+    return replace(make(f"{kind} {object_id}"), name=ObjectName(str(kind), str(object_id)))
 
 
 def _parse_body(body: bytes) -> tuple[str, set[str]]:
@@ -91,7 +101,7 @@ def translate_status(status: int, body: bytes, call: GcsCall, location: GcsLocat
         lowered = message.lower()
         if call.bucket_level or ("bucket" in lowered and "not exist" in lowered):
             return bucket_missing(location)
-        return ObjectNotFound.named(call.what, f"{call.what} not found in {location.url}")
+        return ObjectNotFound.of(f"{call.what} not found in {location.url}", call.name)
     if status == 403 and reasons & _RATE_LIMIT_REASONS:
         return StoreUnavailable(f"GCS rate limit on {location.url} for {call.what}{detail}")
     if status == 403:

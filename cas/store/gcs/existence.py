@@ -13,7 +13,7 @@ from cas.errors import ObjectNotFound, StoreUnavailable
 from cas.ids import ObjectId
 from cas.store.base import Kind
 from cas.store.gcs.batch import BatchGarbled, batch_body, parse_batch
-from cas.store.gcs.errors import read_call, translate_status
+from cas.store.gcs.errors import object_call, read_call, translate_status
 from cas.store.gcs.http import GcsHttp
 from cas.store.gcs.location import GcsLocation
 
@@ -43,7 +43,8 @@ async def absent_among(
     for object_id, sub in zip(group, subs, strict=True):
         if sub.status == 200:
             continue
-        error = translate_status(sub.status, sub.body, read_call(f"{kind} {object_id}"), location)
+        call = object_call(read_call, kind, object_id)
+        error = translate_status(sub.status, sub.body, call, location)
         if type(error) is not ObjectNotFound:  # a missing bucket, a 403, a 503...
             raise error
         absent.add(object_id)

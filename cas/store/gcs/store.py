@@ -73,6 +73,7 @@ from cas.store.gcs.errors import (
     create_call,
     delete_call,
     list_call,
+    object_call,
     parse_answer,
     read_call,
 )
@@ -206,14 +207,14 @@ class GcsStore(Store):
         """One create-only upload; False when the object already exists (same name, same bytes)."""
         name = self.location.object_name(kind, object_id)
         await self.layout.ready(writing=True)
-        return await self._http.create(name, data, create_call(f"{kind} {object_id}"))
+        return await self._http.create(name, data, object_call(create_call, kind, object_id))
 
     async def get(self, kind: Kind, object_id: ObjectId, *, max_size: int) -> bytes:
         """Download, refusing to read past `max_size`."""
         name = self.location.object_name(kind, object_id)
         await self.layout.ready()
         try:
-            return await self._download(name, read_call(f"{kind} {object_id}"), max_size)
+            return await self._download(name, object_call(read_call, kind, object_id), max_size)
         except BodyTooLarge as exc:
             raise IntegrityError(
                 str(kind), str(object_id), f"stored size {exc.size} exceeds {max_size}"
@@ -224,7 +225,7 @@ class GcsStore(Store):
         name = self.location.object_name(kind, object_id)
         check_range(offset, length)
         await self.layout.ready()
-        call = read_call(f"{kind} {object_id}")
+        call = object_call(read_call, kind, object_id)
         try:
             answer = await self._http.send(
                 "GET",
@@ -256,7 +257,7 @@ class GcsStore(Store):
         """Size and creation time from the object's metadata."""
         name = self.location.object_name(kind, object_id)
         await self.layout.ready()
-        call = read_call(f"{kind} {object_id}")
+        call = object_call(read_call, kind, object_id)
         item = await self._metadata(name, call, "name,size,timeCreated,updated")
         return _info(kind, object_id, item, call, self.location)
 
@@ -288,7 +289,7 @@ class GcsStore(Store):
         """Delete; absent is fine."""
         name = self.location.object_name(kind, object_id)
         await self.layout.ready()
-        await self._remove(name, delete_call(f"{kind} {object_id}"))
+        await self._remove(name, object_call(delete_call, kind, object_id))
 
     async def aclose(self) -> None:
         """Close the connection pool."""
