@@ -155,10 +155,12 @@ class Repository:
         ids: Sequence[ObjectId],
         max_size: int,
         local: Callable[[list[ObjectId]], dict[ObjectId, bytes]] | None = None,
+        *,
+        ahead: bool = True,
     ) -> dict[ObjectId, bytes]:
         wanted = list(dict.fromkeys(ids))
-        ahead = self.reader.ahead
-        claims = {ahead[kind, i] for i in wanted if (kind, i) in ahead}
+        along = self.reader.ahead
+        claims = {along[kind, i] for i in wanted if (kind, i) in along}
         if claims:  # another read is bringing some along: wait for it, not fetch twice
             await asyncio.gather(*(claim.wait() for claim in claims))
         found: dict[ObjectId, bytes] = {}
@@ -174,13 +176,13 @@ class Repository:
         waiting = {i: self._inflight[kind, i] for i in rest if (kind, i) in self._inflight}
         mine = [i for i in rest if i not in waiting]
         if mine:
-            found.update(await self._fetch_shared(kind, mine, max_size))
+            found.update(await self._fetch_shared(kind, mine, max_size, ahead=ahead))
         for object_id, future in waiting.items():
             found[object_id] = await asyncio.shield(future)
         return found
 
     async def _fetch_shared(
-        self, kind: ObjectKind, ids: list[ObjectId], max_size: int
+        self, kind: ObjectKind, ids: list[ObjectId], max_size: int, *, ahead: bool = True
     ) -> dict[ObjectId, bytes]:
         """One merged read of the store that concurrent callers can wait on per id."""
         loop = asyncio.get_running_loop()
@@ -188,7 +190,8 @@ class Repository:
         for object_id, future in futures.items():
             self._inflight[kind, object_id] = future
         try:
-            data = await self.read_located(kind, await self.locate(kind, ids), max_size)
+            locations = await self.locate(kind, ids)
+            data = await self.read_located(kind, locations, max_size, ahead=ahead)
         except BaseException as exc:
             for future in futures.values():
                 if isinstance(exc, asyncio.CancelledError):
@@ -225,13 +228,19 @@ class Repository:
 
     # ------------------------------------------------------------ trees, manifests
 
-    async def get_tree(self, object_id: ObjectId) -> Tree:
+    async def get_tree(self, object_id: ObjectId, *, ahead: bool = True) -> Tree:
         """Fetch, verify and strictly parse a tree."""
-        return (await self.get_trees([object_id]))[object_id]
+        return (await self.get_trees([object_id], ahead=ahead))[object_id]
 
-    async def get_trees(self, ids: Sequence[ObjectId]) -> dict[ObjectId, Tree]:
-        """Many trees: merged ranged reads and one thread hop to parse them."""
-        data = await self._get_objects(ObjectKind.TREE, ids, MAX_TREE_BYTES)
+    async def get_trees(
+        self, ids: Sequence[ObjectId], *, ahead: bool = True
+    ) -> dict[ObjectId, Tree]:
+        """Many trees: merged ranged reads and one thread hop to parse them.
+
+        `ahead=False` reads exactly these (no planned neighbours along): a
+        reader waiting on one directory should not wait for all of them.
+        """
+        data = await self._get_objects(ObjectKind.TREE, ids, MAX_TREE_BYTES, ahead=ahead)
 
         def parse() -> dict[ObjectId, Tree]:
             return {i: Tree.from_bytes(data[i], where=f"tree {i}") for i in dict.fromkeys(ids)}

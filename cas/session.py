@@ -17,15 +17,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cas.caches.chunks import ChunkCache, configured_cache_size, default_cache_dir
-from cas.caches.files import FilesCache
-from cas.get.downloader import Downloader, GetOptions, GetStats
-from cas.progress import Progress
-from cas.put.uploader import PutOptions, PutResult, Uploader
 from cas.repo import Repository
 from cas.store.base import Store
 from cas.store.registry import open_store
+
+if TYPE_CHECKING:  # the engines load when used: `cas mount`, `cas ls` start faster without them
+    from cas.get.downloader import GetOptions, GetStats
+    from cas.progress import Progress
+    from cas.put.uploader import PutOptions, PutResult
 
 log = logging.getLogger("cas.session")
 
@@ -87,6 +89,9 @@ class Session:
         progress: Progress | None = None,
     ) -> PutResult:
         """Store a directory, skipping what this machine knows unchanged."""
+        from cas.caches.files import FilesCache
+        from cas.put.uploader import PutOptions, Uploader
+
         options = options or PutOptions()
         files_cache = None
         if self.local_state:
@@ -109,6 +114,8 @@ class Session:
         progress: Progress | None = None,
     ) -> GetStats:
         """Restore the manifest `name` (id, ref or unique id prefix) into `dest`."""
+        from cas.get.downloader import Downloader
+
         manifest_id = await self.repo.resolve(name)
         files_cache_dir = self.cache_dir if self.local_state else None
         downloader = Downloader(self.repo, progress, files_cache_dir=files_cache_dir)

@@ -13,8 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tqdm import tqdm
-
 from cas.errors import UsageError
 from cas.repo import Repository
 from cas.session import Session
@@ -59,6 +57,12 @@ def run_with_session(
             return await action(session)
 
     return asyncio.run(body())
+
+
+def split_target(text: str) -> tuple[str, str]:
+    """`ID`, `REF`, `ID:PATH` or `REF:PATH` (ref names never contain ':')."""
+    name, _, path = text.partition(":")
+    return name, path
 
 
 def add_cache_options(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +150,8 @@ class BarProgress:
         self._started = time.monotonic()
         self._last_line = self._started
         self._every = _interval()
+        from tqdm import tqdm  # only a bar needs it; `cas mount` and `cas ls` start without
+
         self._bar = (
             tqdm(
                 desc=description,

@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from cas.errors import CasError, ObjectNotFound
+from cas.errors import CasError
 from cas.get.browse import checked_length
 from cas.ids import ObjectId
-from cas.mount.deadline import fail, within
+from cas.mount.deadline import fail
 from cas.mount.lru import ByteLRU
 from cas.mount.relocation import Relocation
 from cas.objects import ChunkRef, Entry, FileEntry
@@ -68,14 +68,12 @@ class ChunkReader:
         *,
         capacity: int = DEFAULT_CHUNK_BYTES,
         readahead: int = DEFAULT_READAHEAD,
-        timeout: float = 60.0,
-        relocation: Relocation | None = None,
+        relocation: Relocation,
     ) -> None:
         self.repo = repo
         self.max_chunk = max_chunk
         self.relocation = relocation
         self.readahead = readahead
-        self.timeout = timeout
         self._lru: ByteLRU[ObjectId, bytes] = ByteLRU(capacity)
         self._inflight: dict[ObjectId, asyncio.Future[bytes | None]] = {}
         self._background: set[asyncio.Task[dict[ObjectId, bytes]]] = set()
@@ -200,12 +198,9 @@ class ChunkReader:
         ids = list(futures)
         try:
             what = f"chunk {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
-            try:
-                got = await within(self.repo.get_chunks(ids, self.max_chunk), self.timeout, what)
-            except ObjectNotFound:
-                if self.relocation is None or not await self.relocation.moved():
-                    raise
-                got = await within(self.repo.get_chunks(ids, self.max_chunk), self.timeout, what)
+            got = await self.relocation.read(
+                lambda: self.repo.get_chunks(ids, self.max_chunk), what
+            )
             out = {r.id: checked_length(got[r.id], r.length, f"{path}: chunk {r.id}") for r in refs}
         except CasError as exc:
             for future in futures.values():

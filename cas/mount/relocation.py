@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
 
-from cas.errors import CasError
+from cas.errors import CasError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.mount.deadline import within
 from cas.repo import Repository
 
+T = TypeVar("T")
 _FRESH_SECONDS: Final = 2.0
 """Reads failing together share one reload."""
 log = logging.getLogger("cas.mount")
@@ -36,6 +38,15 @@ class Relocation:
         self._last = -1e9
         self._moved = False
         self.reloads = 0
+
+    async def read(self, read: Callable[[], Awaitable[T]], what: str) -> T:
+        """`read()` within the deadline; once more after a reload if its pack was gone."""
+        try:
+            return await within(read(), self.timeout, what)
+        except ObjectNotFound:
+            if not await self.moved():
+                raise
+            return await within(read(), self.timeout, what)
 
     async def moved(self) -> bool:
         """Whether the manifest's objects now lie elsewhere (worth one more try)."""

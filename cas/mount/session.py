@@ -12,9 +12,11 @@ removes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,10 @@ from cas.mount.trees import DEFAULT_TREE_BYTES, TreeSource
 from cas.objects import DirEntry, Manifest
 from cas.repo import Repository
 
+FUSE_MISSING: Final = (
+    "cas mount needs pyfuse3 and libfuse3: apt-get install fuse3 libfuse3-dev "
+    "pkg-config, then pip install 'cas-store[mount]'"
+)
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 log = logging.getLogger("cas.mount")
 
@@ -72,6 +78,34 @@ class MountStats:
     seconds: float = 0.0
 
 
+def preload_fuse() -> None:
+    """Import the FUSE binding in a thread: its ~0.15 s of imports overlap the first round trips.
+
+    The binding pulls in trio; a thread is enough because the main thread
+    spends that time waiting on the store. `serve` imports it again, which
+    waits for this import to finish, or raises its error in the main thread.
+    """
+
+    def load() -> None:
+        with contextlib.suppress(ImportError):
+            import pyfuse3  # noqa: F401
+
+    threading.Thread(target=load, name="cas-mount-import", daemon=True).start()
+
+
+async def open_manifest(repo: Repository, manifest_id: ObjectId) -> Manifest:
+    """The manifest, with its index read alongside (a mount needs both before anything)."""
+    index = asyncio.ensure_future(repo.index(manifest_id))
+    try:
+        manifest = await repo.get_manifest(manifest_id)  # its errors come first
+        await index
+    finally:
+        if not index.done():
+            index.cancel()
+        await asyncio.gather(index, return_exceptions=True)
+    return manifest
+
+
 async def subtree(repo: Repository, manifest: Manifest, path: str) -> ObjectId:
     """The tree of directory `path` of the manifest (`ID:PATH`), as `cas get` finds it."""
     if not split_path(path):
@@ -108,7 +142,10 @@ async def serve(
     on_ready: Callable[[], None] | None = None,
 ) -> MountStats:
     """Mount `root` (of `manifest`) at `mountpoint`; answer the kernel until unmounted."""
-    import pyfuse3
+    try:
+        import pyfuse3
+    except ImportError:  # the package is there but libfuse3 is not
+        raise UsageError(FUSE_MISSING) from None
 
     from cas.mount import compat
     from cas.mount.fs import CasOperations
@@ -117,20 +154,13 @@ async def serve(
     started = time.monotonic()
     max_chunk = manifest.chunker.max_size
     relocation = Relocation(repo, manifest_id, options.timeout)
-    trees = TreeSource(
-        repo,
-        max_chunk,
-        capacity=options.tree_memory,
-        timeout=options.timeout,
-        relocation=relocation,
-    )
+    trees = TreeSource(repo, max_chunk, capacity=options.tree_memory, relocation=relocation)
     await trees.listing(root, ".")  # a broken root fails here, before anything is mounted
     reader = ChunkReader(
         repo,
         max_chunk,
         capacity=options.chunk_memory,
         readahead=options.readahead,
-        timeout=options.timeout,
         relocation=relocation,
     )
     nodes = NodeTable(root, time.time_ns())
@@ -158,11 +188,14 @@ async def serve(
 
     for signum in _SIGNALS:
         loop.add_signal_handler(signum, stop, signum)
-    fetching = None
     prefetched = None
+    background: list[asyncio.Future[object]] = []
     try:
         if on_ready is not None:
             on_ready()
+        if root == manifest.root:  # a subtree's trees are not told apart in the index
+            index = await repo.index(manifest_id)
+            background.append(asyncio.ensure_future(trees.warm(index.trees)))
         if options.prefetch is not None:
             prefetched = PrefetchStats()
             files = (
@@ -170,16 +203,18 @@ async def serve(
                 if paths is None
                 else listed_files(trees, root, paths)
             )
-            fetching = asyncio.ensure_future(
-                prefetch(repo, files, max_chunk, prefetched, timeout=options.timeout)
+            background.append(
+                asyncio.ensure_future(
+                    prefetch(repo, files, max_chunk, prefetched, timeout=options.timeout)
+                )
             )
         await pyfuse3.main()
     finally:
         for signum in _SIGNALS:
             loop.remove_signal_handler(signum)
-        if fetching is not None:
-            fetching.cancel()
-            await asyncio.gather(fetching, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await reader.close()
         pyfuse3.close(unmount=True)
         if recorder is not None:

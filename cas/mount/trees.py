@@ -10,19 +10,27 @@ grow with the number of directories browsed.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from cas.errors import ObjectNotFound
+from cas.errors import CasError
 from cas.get.browse import check_chunks
 from cas.ids import ObjectId
-from cas.mount.deadline import fail, within
+from cas.mount.deadline import fail
 from cas.mount.lru import ByteLRU
 from cas.mount.relocation import Relocation
-from cas.objects import Entry, FileEntry
+from cas.objects import Entry, FileEntry, Tree
+from cas.packindex import Location
 from cas.repo import Repository
 
 DEFAULT_TREE_BYTES: Final = 32 << 20
+_WARM_READ_BYTES: Final = 512 << 10
+"""Stored bytes of trees per read ahead: ~40 ms at 100 Mbit, so a lookup is never far behind."""
+_WARM_SHARE: Final = 0.75
+"""Reading ahead stops when the LRU is this full: it must not evict what was asked for."""
+log = logging.getLogger("cas.mount")
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,13 @@ def _footprint(entries: tuple[Entry, ...]) -> int:
 
 
 class TreeSource:
-    """Listings of trees, each fetched from the repository at most once at a time."""
+    """Listings of trees, each fetched from the repository at most once at a time.
+
+    A directory being looked up is read alone (no neighbours along), so the
+    first answer never waits for every tree of a large manifest; `warm`
+    reads the rest in pack order in the background, into the same LRU,
+    while it has room.
+    """
 
     def __init__(
         self,
@@ -57,13 +71,11 @@ class TreeSource:
         max_chunk: int,
         *,
         capacity: int = DEFAULT_TREE_BYTES,
-        timeout: float = 60.0,
-        relocation: Relocation | None = None,
+        relocation: Relocation,
     ) -> None:
         self.repo = repo
         self.relocation = relocation
         self.max_chunk = max_chunk
-        self.timeout = timeout
         self._lru: ByteLRU[ObjectId, Listing] = ByteLRU(capacity)
         self._inflight: dict[ObjectId, asyncio.Future[Listing]] = {}
         self.fetched = 0
@@ -80,23 +92,84 @@ class TreeSource:
         future: asyncio.Future[Listing] = asyncio.get_running_loop().create_future()
         self._inflight[tree_id] = future
         try:
-            what = f"tree {tree_id}"
-            try:
-                tree = await within(self.repo.get_tree(tree_id), self.timeout, what)
-            except ObjectNotFound:
-                if self.relocation is None or not await self.relocation.moved():
-                    raise
-                tree = await within(self.repo.get_tree(tree_id), self.timeout, what)
-            for entry in tree.entries:
-                if isinstance(entry, FileEntry):
-                    check_chunks(entry, self.max_chunk, f"{where}/{entry.name}")
-            listing = Listing(tree.entries, {e.name: i for i, e in enumerate(tree.entries)})
+            tree = await self.relocation.read(
+                lambda: self.repo.get_tree(tree_id, ahead=False), f"tree {tree_id}"
+            )
+            listing = _checked_listing(tree, self.max_chunk, where)
         except BaseException as exc:
             fail(future, exc)
             raise
         finally:
             del self._inflight[tree_id]
-        self.fetched += 1
-        self._lru.put(tree_id, listing, _footprint(tree.entries))
+        self._keep(tree_id, listing, _footprint(listing.entries))
         future.set_result(listing)
         return listing
+
+    async def warm(self, trees: dict[ObjectId, Location]) -> int:
+        """Read `trees` in pack order, a batch at a time, while the LRU has room.
+
+        Demand reads do not wait for it (they read their tree alone), so on a
+        slow link it only shares bandwidth with them. A failure stops it
+        quietly: the directory's own read reports it, with its path.
+        """
+        order = sorted(trees, key=lambda i: (trees[i].pack, trees[i].offset))
+        room = int(self._lru.capacity * _WARM_SHARE)
+        warmed = 0
+        for batch in _batches(order, trees, _WARM_READ_BYTES):
+            batch = [i for i in batch if i not in self._lru and i not in self._inflight]
+            if not batch:
+                continue
+            try:
+                got = await self.repo.get_trees(batch, ahead=False)
+                listings = await asyncio.to_thread(_listings, got, self.max_chunk)
+            except CasError as exc:
+                log.debug("reading trees ahead stopped: %s", exc)
+                return warmed
+            for tree_id, listing in listings.items():
+                size = _footprint(listing.entries)
+                if self._lru.size + size > room:
+                    return warmed
+                if tree_id not in self._lru:
+                    self._keep(tree_id, listing, size)
+                    warmed += 1
+        return warmed
+
+    def _keep(self, tree_id: ObjectId, listing: Listing, size: int) -> None:
+        self.fetched += 1
+        self._lru.put(tree_id, listing, size)
+
+
+def _checked_listing(tree: Tree, max_chunk: int, where: str) -> Listing:
+    """A tree's listing, its chunk lengths checked as `cas get` checks them before writing."""
+    for entry in tree.entries:
+        if isinstance(entry, FileEntry):
+            check_chunks(entry, max_chunk, f"{where}/{entry.name}")
+    return Listing(tree.entries, {e.name: i for i, e in enumerate(tree.entries)})
+
+
+def _listings(trees: dict[ObjectId, Tree], max_chunk: int) -> dict[ObjectId, Listing]:
+    """Listings of the trees read ahead; one that fails its checks is left to its own read."""
+    out = {}
+    for tree_id, tree in trees.items():
+        try:
+            out[tree_id] = _checked_listing(tree, max_chunk, f"tree {tree_id}")
+        except CasError:
+            continue
+    return out
+
+
+def _batches(
+    order: list[ObjectId], where: dict[ObjectId, Location], limit: int
+) -> Iterator[list[ObjectId]]:
+    """Consecutive runs of `order` of at most `limit` stored bytes each (at least one id)."""
+    batch: list[ObjectId] = []
+    size = 0
+    for tree_id in order:
+        stored = where[tree_id].stored
+        if batch and size + stored > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(tree_id)
+        size += stored
+    if batch:
+        yield batch

@@ -17,6 +17,7 @@ from cas_cli.common import (
     emit_json,
     info,
     run_with_session,
+    split_target,
 )
 
 
@@ -76,12 +77,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     add_progress_option(p)
     p.set_defaults(run=run)
-
-
-def split_target(text: str) -> tuple[str, str]:
-    """`ID`, `REF`, `ID:PATH` or `REF:PATH` (ref names never contain ':')."""
-    name, _, path = text.partition(":")
-    return name, path
 
 
 def run(args: argparse.Namespace) -> int:

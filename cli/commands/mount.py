@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,11 +12,18 @@ import time
 from typing import Any
 
 from cas.errors import CasError, UsageError
-from cas.mount.session import MountOptions, MountStats, serve, subtree
+from cas.mount.session import (
+    FUSE_MISSING,
+    MountOptions,
+    MountStats,
+    open_manifest,
+    preload_fuse,
+    serve,
+    subtree,
+)
 from cas.repo import Repository
 from cas.sizes import format_size, parse_duration, parse_size
-from cas_cli.commands.get import split_target
-from cas_cli.common import add_cache_options, emit_json, info, run_with_repo
+from cas_cli.common import add_cache_options, emit_json, info, run_with_repo, split_target
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -81,15 +89,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     """Execute `cas mount`."""
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        raise UsageError(
-            "cas mount needs pyfuse3 and libfuse3: apt-get install fuse3 libfuse3-dev "
-            "pkg-config, then pip install 'cas-store[mount]'"
-        ) from None
+    if importlib.util.find_spec("pyfuse3") is None:
+        raise UsageError(FUSE_MISSING)
     if args.daemon:
         return daemonize(args)
+    preload_fuse()
     name, subpath = split_target(args.manifest)
     options = MountOptions(
         timeout=parse_duration(args.timeout, "--timeout"),
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def action(repo: Repository) -> MountStats:
         manifest_id = await repo.resolve(name)
-        manifest = await repo.get_manifest(manifest_id)
+        manifest = await open_manifest(repo, manifest_id)
         root = await subtree(repo, manifest, subpath)
 
         def ready() -> None:

@@ -1,0 +1,128 @@
+"""The mount's tree source: a lookup reads its own directory only; the rest is read ahead.
+
+No FUSE here: `TreeSource` over a real local store, with a layer counting
+the ranged reads of packs that reach the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from cas.chunking import ChunkParams
+from cas.ids import ObjectId
+from cas.mount.relocation import Relocation
+from cas.mount.trees import TreeSource
+from cas.objects import DirEntry
+from cas.put.uploader import PutOptions, Uploader
+from cas.repo import Repository
+from cas.store.base import Kind
+from cas.store.local import LocalStore
+from cas.store.wrapping import WrappingStore
+
+PARAMS = ChunkParams(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)
+
+
+class CountingReads(WrappingStore):
+    """Records every ranged read of a pack (id, length)."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.ranges: list[tuple[ObjectId, int]] = []
+
+    async def get_range(self, kind, object_id, offset, length):
+        if kind is Kind.PACK:
+            self.ranges.append((object_id, length))
+        return await super().get_range(kind, object_id, offset, length)
+
+
+def build(root: Path, dirs: int = 60) -> None:
+    """Many directories, each with a few files listed by name (trees of ~1-3 KB)."""
+    for d in range(dirs):
+        sub = root / f"pkg{d:03d}" / "mod"
+        sub.mkdir(parents=True)
+        for f in range(25):
+            (sub / f"file_{f:02d}_with_a_longish_name.py").write_text(f"# {d} {f}\n")
+
+
+async def put(store_dir: Path, src: Path) -> ObjectId:
+    async with LocalStore(store_dir, fsync=False) as local:
+        options = PutOptions(params=PARAMS, processes=False)
+        return (await Uploader(Repository(local), options).put(src)).manifest_id
+
+
+async def open_trees(store_dir: Path, manifest_id: ObjectId, capacity: int = 32 << 20):
+    store = CountingReads(LocalStore(store_dir))
+    repo = Repository(store)
+    manifest = await repo.get_manifest(manifest_id)
+    index = await repo.index(manifest_id)
+    relocation = Relocation(repo, manifest_id, timeout=30)
+    trees = TreeSource(repo, manifest.chunker.max_size, capacity=capacity, relocation=relocation)
+    return store, manifest, index, trees
+
+
+def test_a_lookup_reads_only_its_own_tree(tmp_path):
+    build(tmp_path / "src")
+
+    async def run():
+        manifest_id = await put(tmp_path / "store", tmp_path / "src")
+        store, manifest, index, trees = await open_trees(tmp_path / "store", manifest_id)
+        try:
+            root = await trees.listing(manifest.root, ".")
+            pkg = root.find("pkg007")
+            assert isinstance(pkg, DirEntry)
+            listing = await trees.listing(pkg.tree, "pkg007")
+            assert listing.find("mod") is not None
+            # Two directories looked up: two reads, each exactly that tree's frame
+            # (not the 61 trees of the manifest a `cas get` would take along).
+            expected = [index.trees[manifest.root].stored, index.trees[pkg.tree].stored]
+            assert [length for _, length in store.ranges] == expected
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
+
+
+def test_warm_reads_every_tree_ahead_so_lookups_need_no_read(tmp_path):
+    build(tmp_path / "src")
+
+    async def run():
+        manifest_id = await put(tmp_path / "store", tmp_path / "src")
+        store, manifest, index, trees = await open_trees(tmp_path / "store", manifest_id)
+        try:
+            warmed = await trees.warm(index.trees)
+            assert warmed == len(index.trees) == 1 + 60 * 2
+            total = sum(loc.stored for loc in index.trees.values())
+            assert sum(length for _, length in store.ranges) == total  # each tree read once
+            store.ranges.clear()
+            root = await trees.listing(manifest.root, ".")
+            for entry in root.entries:
+                assert isinstance(entry, DirEntry)
+                await trees.listing(entry.tree, entry.name)
+            assert store.ranges == []
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
+
+
+def test_warm_stops_before_evicting_what_was_looked_up(tmp_path):
+    build(tmp_path / "src")
+
+    async def run():
+        manifest_id = await put(tmp_path / "store", tmp_path / "src")
+        # Room for about a third of the trees.
+        store, manifest, index, trees = await open_trees(
+            tmp_path / "store", manifest_id, capacity=64 << 10
+        )
+        try:
+            await trees.listing(manifest.root, ".")
+            warmed = await trees.warm(index.trees)
+            assert 0 < warmed < len(index.trees)
+            store.ranges.clear()
+            await trees.listing(manifest.root, ".")  # still held: warming left it alone
+            assert store.ranges == []
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
