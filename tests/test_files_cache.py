@@ -159,3 +159,36 @@ def test_cli_reports_unchanged_files(tmp_path):
         subprocess.run([*cmd, "--no-files-cache"], env=env, check=True, capture_output=True).stdout
     )
     assert again["files_unchanged"] == 0
+
+
+def test_last_puts_and_unsettled_refs_are_per_source_ref_and_store(tmp_path):
+    """The hints behind a put's default parent and a re-run's own ref, as later puts read them."""
+    from cas.caches.files import LastPuts, UnsettledRefs
+    from cas.ids import hash_bytes
+
+    first, second = hash_bytes(b"manifest one"), hash_bytes(b"manifest two")
+    files = FilesCache(tmp_path / "cache", "file:///a", ChunkParams())
+    try:
+        last = LastPuts(files)
+        assert last.get(str(tmp_path / "src")) is None
+        last.remember(str(tmp_path / "src"), first)
+        last.remember(str(tmp_path / "src"), second)  # the newest put wins
+        assert last.get(str(tmp_path / "src")) == second
+        assert last.get(str(tmp_path / "other")) is None
+
+        unsettled = UnsettledRefs(files)
+        unsettled.note(str(tmp_path / "src"), "ci/main", first)
+        assert unsettled.get(str(tmp_path / "src"), "ci/main") == first
+        assert unsettled.get(str(tmp_path / "src"), "ci/other") is None
+        assert unsettled.get(str(tmp_path / "other"), "ci/main") is None
+        unsettled.clear(str(tmp_path / "src"), "ci/main")
+        unsettled.clear(str(tmp_path / "src"), "ci/main")  # clearing twice is fine
+        assert unsettled.get(str(tmp_path / "src"), "ci/main") is None
+        assert last.get(str(tmp_path / "src")) == second  # separate tables
+    finally:
+        files.close()
+    elsewhere = FilesCache(tmp_path / "cache", "file:///b", ChunkParams())
+    try:
+        assert LastPuts(elsewhere).get(str(tmp_path / "src")) is None  # another store
+    finally:
+        elsewhere.close()

@@ -203,6 +203,39 @@ def still_stored(cached: dict[str, CachedFile], absent: set[ObjectId]) -> dict[s
     }
 
 
+class _IdTable:
+    """A table of the files cache's environment holding one manifest id per key.
+
+    A hint only: a read that fails or finds no well-formed id is no answer,
+    a write that fails loses the hint.
+    """
+
+    def __init__(self, files: FilesCache, name: bytes) -> None:
+        self._env = files.env
+        self._db = files.table(name)
+
+    def get(self, key: bytes) -> ObjectId | None:
+        """The id stored under `key`, if one."""
+        try:
+            with self._env.begin() as txn:
+                raw = txn.get(key, db=self._db)
+        except lmdb.Error:
+            return None
+        return ObjectId(bytes(raw)) if raw is not None and len(raw) == ID_BYTES else None
+
+    def put(self, key: bytes, object_id: ObjectId) -> None:
+        """Store `object_id` under `key`."""
+        put_all(self._env, self._db, [(key, bytes(object_id))])
+
+    def delete(self, key: bytes) -> None:
+        """Forget `key`; absent is fine."""
+        try:
+            with self._env.begin(write=True) as txn:
+                txn.delete(key, db=self._db)
+        except lmdb.Error:
+            pass
+
+
 class LastPuts:
     """The manifest each source directory was last put as, per store: a put's default parent.
 
@@ -212,7 +245,7 @@ class LastPuts:
 
     def __init__(self, files: FilesCache) -> None:
         self._files = files
-        self._db = files.table(b"parents")
+        self._table = _IdTable(files, b"parents")
 
     def _key(self, source: str) -> bytes:
         scope = self._files.scope + b"\0" + os.fsencode(os.path.abspath(source))
@@ -220,16 +253,11 @@ class LastPuts:
 
     def get(self, source: str) -> ObjectId | None:
         """The manifest last put from `source`, if remembered."""
-        try:
-            with self._files.env.begin() as txn:
-                raw = txn.get(self._key(source), db=self._db)
-        except lmdb.Error:
-            return None
-        return ObjectId(bytes(raw)) if raw is not None and len(raw) == ID_BYTES else None
+        return self._table.get(self._key(source))
 
     def remember(self, source: str, manifest_id: ObjectId) -> None:
         """Record a completed put (a cache: failures only lose the hint)."""
-        put_all(self._files.env, self._db, [(self._key(source), bytes(manifest_id))])
+        self._table.put(self._key(source), manifest_id)
 
 
 class UnsettledRefs:
@@ -244,7 +272,7 @@ class UnsettledRefs:
 
     def __init__(self, files: FilesCache) -> None:
         self._files = files
-        self._db = files.table(b"unsettled")
+        self._table = _IdTable(files, b"unsettled")
 
     def _key(self, source: str, ref: str) -> bytes:
         path = os.fsencode(os.path.abspath(source))
@@ -253,24 +281,15 @@ class UnsettledRefs:
 
     def get(self, source: str, ref: str) -> ObjectId | None:
         """The manifest an unfinished put of `source` named `ref`, if any."""
-        try:
-            with self._files.env.begin() as txn:
-                raw = txn.get(self._key(source, ref), db=self._db)
-        except lmdb.Error:
-            return None
-        return ObjectId(bytes(raw)) if raw is not None and len(raw) == ID_BYTES else None
+        return self._table.get(self._key(source, ref))
 
     def note(self, source: str, ref: str, manifest_id: ObjectId) -> None:
         """Before the ref is created (a cache: failures only lose the hint)."""
-        put_all(self._files.env, self._db, [(self._key(source, ref), bytes(manifest_id))])
+        self._table.put(self._key(source, ref), manifest_id)
 
     def clear(self, source: str, ref: str) -> None:
         """The put that created the ref finished."""
-        try:
-            with self._files.env.begin(write=True) as txn:
-                txn.delete(self._key(source, ref), db=self._db)
-        except lmdb.Error:
-            pass
+        self._table.delete(self._key(source, ref))
 
 
 class PutJournal:
