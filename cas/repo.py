@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from cas.caches.chunks import ChunkCache
-from cas.codec import decode_object, encode_object, stored_size_bound
+from cas.codec import decode_object, stored_size_bound
 from cas.errors import IntegrityError
-from cas.ids import ObjectId
+from cas.ids import ObjectId, hash_bytes
 from cas.indexbook import IndexBook
 from cas.names import resolve_name
 from cas.objects import MAX_MANIFEST_BYTES, MAX_TREE_BYTES, Manifest, Tree
@@ -33,9 +33,10 @@ from cas.pack import (
     parse_footer,
     parse_trailer,
 )
-from cas.packindex import Location, PackIndex, encode_index
+from cas.packindex import Location, PackIndex
 from cas.packreads import PackReader, ReadCounts, read_twice
 from cas.store.base import Kind, Store
+from cas.store.encoded import write_index, write_object
 
 DEFAULT_MAX_CHUNK: Final = 16 << 20
 
@@ -252,19 +253,16 @@ class Repository:
     async def put_manifest(self, manifest: Manifest, index: PackIndex) -> ObjectId:
         """Store a put's index, then its manifest: the last writes, after every pack."""
         data = manifest.to_bytes()
-        object_id, blob = encode_object(data, self.level)
-        if index.manifest != object_id:
+        if index.manifest != hash_bytes(data):
             raise ValueError("index built for another manifest")
-        name, index_blob = await asyncio.to_thread(encode_index, index, self.level)
-        await self.store.put_if_absent(Kind.INDEX, name, index_blob)
-        await self.store.put_if_absent(Kind.MANIFEST, object_id, blob)
+        await write_index(self.store, index, self.level)
+        object_id, _ = await write_object(self.store, Kind.MANIFEST, data, self.level)
         self.adopt(index)
         return object_id
 
     async def put_index(self, index: PackIndex) -> None:
         """Store another index of a manifest that is already stored (a put's repair)."""
-        name, blob = await asyncio.to_thread(encode_index, index, self.level)
-        await self.store.put_if_absent(Kind.INDEX, name, blob)
+        await write_index(self.store, index, self.level)
         self.adopt(index)
 
     async def resolve(self, name: str) -> ObjectId:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from cas import codec
-from cas.codec import decode_object, encode_object, stored_size_bound
+from cas.codec import decode_object, stored_size_bound
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.objects import now_rfc3339
 from cas.store.base import Kind, ObjectInfo, Store
+from cas.store.encoded import write_object
 
 FORMAT: Final = "cas.gc-record/1"
 MAX_RECORD_BYTES: Final = 4096
@@ -41,8 +41,7 @@ def new_run_id() -> str:
 async def write_record(store: Store, body: dict[str, Any]) -> ObjectInfo:
     """Store one record create-only and return what the store says about it (its time)."""
     data = json.dumps({"format": FORMAT, **body}, sort_keys=True).encode()
-    object_id, blob = encode_object(data, codec.DEFAULT_LEVEL)
-    await store.put_if_absent(Kind.GC, object_id, blob)
+    object_id, _ = await write_object(store, Kind.GC, data)
     return await store.stat(Kind.GC, object_id)
 
 

@@ -15,9 +15,10 @@ from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.objects import MAX_TREE_BYTES, DirEntry, FileEntry, Tree
 from cas.pack import ObjectKind
-from cas.packindex import Location, PackIndex, encode_index
+from cas.packindex import Location, PackIndex
 from cas.repo import Repository, read_pack_entries
 from cas.store.base import Kind
+from cas.store.encoded import write_index
 
 _TRAILERS_AT_ONCE: Final = 16
 
@@ -76,6 +77,5 @@ async def rebuild_index(repo: Repository, manifest_id: ObjectId) -> PackIndex:
 async def reindex(repo: Repository, manifest_id: ObjectId) -> tuple[ObjectId, PackIndex, bool]:
     """Rebuild and store the index of `manifest_id`: (its name, it, whether it was new)."""
     index = await rebuild_index(repo, manifest_id)
-    name, blob = await asyncio.to_thread(encode_index, index, repo.level)
-    created = await repo.store.put_if_absent(Kind.INDEX, name, blob)
+    name, created = await write_index(repo.store, index, repo.level)
     return name, index, created

@@ -40,9 +40,10 @@ from cas.pack import (
     SealedPack,
     decode_frame,
 )
-from cas.packindex import Location, PackIndex, decode_index, encode_index
+from cas.packindex import Location, PackIndex, decode_index
 from cas.packreads import merge_ranges
 from cas.store.base import Kind, Store
+from cas.store.encoded import write_index
 
 _PACK_OVERHEAD = len(HEAD_MAGIC) + FOOTER.size
 
@@ -162,10 +163,9 @@ class FrameMover:
             if where in self.dropped or moved.pack in leave_out:
                 continue
             new.table(kind)[object_id] = moved
-        new_name, blob = await asyncio.to_thread(encode_index, new)
+        new_name, _ = await write_index(self.store, new, replacing=name)
         if new_name == name:
             return False
-        await self.store.put_if_absent(Kind.INDEX, new_name, blob)
         before_delete()
         await self.store.delete(Kind.INDEX, name)
         return True
