@@ -9,9 +9,8 @@ yet, and a damaged one is read twice before it is passed over.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, Literal
 
 from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
@@ -22,6 +21,22 @@ from cas.store.base import Kind, Store
 
 MAX_INDEX_BLOB: Final = 64 << 20
 """Stored (compressed) size limit of an index."""
+
+
+async def read_index(store: Store, name: ObjectId, *, reads: Literal[1, 2] = 2) -> PackIndex:
+    """One index by name, decoded off the event loop; `ObjectNotFound` if it is gone.
+
+    With `reads=2` an answer that does not verify is read once more before
+    the index is called damaged (`read_twice`: a damaged answer is not a
+    damaged object). Marking reads once: there one damaged read already keeps
+    every index of its root and is reported, so a second read has nothing to save.
+    """
+
+    async def once() -> PackIndex:
+        blob = await store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
+        return await asyncio.to_thread(decode_index, name, blob)
+
+    return await (read_twice(once) if reads == 2 else once())
 
 
 class IndexBook:
@@ -64,11 +79,7 @@ class IndexBook:
 
     async def read(self, name: ObjectId) -> PackIndex:
         """One index by name, read a second time before it is called damaged."""
-        return await read_twice(functools.partial(self._read_once, name))
-
-    async def _read_once(self, name: ObjectId) -> PackIndex:
-        blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
-        return await asyncio.to_thread(decode_index, name, blob)
+        return await read_index(self.store, name)
 
     async def index(self, manifest_id: ObjectId) -> PackIndex:
         """The index a reader uses: the newest one whose packs all exist."""

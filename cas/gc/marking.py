@@ -16,9 +16,9 @@ from datetime import datetime
 from cas.errors import UNREADABLE, IntegrityError, ObjectNotFound, read_failure
 from cas.gc.idset import IdSet
 from cas.ids import ObjectId
-from cas.indexbook import MAX_INDEX_BLOB
+from cas.indexbook import read_index
 from cas.pack import ObjectKind
-from cas.packindex import Location, PackIndex, decode_index, index_prefix
+from cas.packindex import Location, PackIndex, index_prefix
 from cas.repo import Repository
 from cas.store.base import Kind
 from cas.store.listing import list_concurrently
@@ -99,8 +99,7 @@ class Marker:
         damaged: IntegrityError | None = None
         async for info in self.store.list(Kind.INDEX, index_prefix(manifest_id)):
             try:
-                blob = await self.store.get(Kind.INDEX, info.id, max_size=MAX_INDEX_BLOB)
-                index = await asyncio.to_thread(decode_index, info.id, blob)
+                index = await read_index(self.store, info.id, reads=1)
             except ObjectNotFound:
                 continue  # replaced by a collection since the listing
             except IntegrityError as exc:
@@ -150,8 +149,7 @@ class Marker:
             if name not in fresh:
                 continue
             try:
-                blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
-                index = await asyncio.to_thread(decode_index, name, blob)
+                index = await read_index(self.store, name, reads=1)
             except ObjectNotFound:
                 continue
             except IntegrityError:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
-from cas.indexbook import MAX_INDEX_BLOB
+from cas.indexbook import read_index
 from cas.pack import (
     ENTRY,
     FOOTER,
@@ -40,7 +40,7 @@ from cas.pack import (
     SealedPack,
     decode_frame,
 )
-from cas.packindex import Location, PackIndex, decode_index
+from cas.packindex import Location, PackIndex
 from cas.packreads import merge_ranges
 from cas.store.base import Kind, Store
 from cas.store.encoded import write_index
@@ -152,8 +152,7 @@ class FrameMover:
         deleted now (a lapsed lease). False if nothing changed.
         """
         try:
-            blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
-            old = decode_index(name, blob)
+            old = await read_index(self.store, name, reads=1)
         except ObjectNotFound:
             return False
         new = PackIndex(old.manifest)

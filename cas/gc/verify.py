@@ -24,10 +24,10 @@ from cas.batching import abatched, batch_by_size
 from cas.errors import UNREADABLE, IntegrityError, ObjectNotFound, read_failure
 from cas.gc.idset import IdSet
 from cas.ids import ObjectId, is_object_id
-from cas.indexbook import MAX_INDEX_BLOB
+from cas.indexbook import read_index
 from cas.objects import MAX_TREE_BYTES, DirEntry, FileEntry, Tree
 from cas.pack import MAX_PACK_BYTES, ObjectKind, verify_pack
-from cas.packindex import Location, PackIndex, decode_index
+from cas.packindex import Location, PackIndex
 from cas.repo import Repository
 from cas.store.base import Kind
 
@@ -349,8 +349,7 @@ class Checker:
 
     async def _read_index(self, name: ObjectId) -> Problem | None:
         try:
-            blob = await self.store.get(Kind.INDEX, name, max_size=MAX_INDEX_BLOB)
-            await asyncio.to_thread(decode_index, name, blob)
+            await read_index(self.store, name, reads=1)
         except ObjectNotFound:
             return None
         except IntegrityError as exc:
