@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Final
 
+from cas.aiotools import for_each
 from cas.errors import CasError
 from cas.store.base import Kind, ObjectInfo, Store
 
@@ -26,24 +27,23 @@ async def list_concurrently(
     """Every object of `kind` in batches, listing the 16 hex prefixes side by side.
 
     A bounded queue of batches keeps memory flat whatever the store holds.
+    The first listing to fail cancels the others and is the error raised.
     """
     queue: asyncio.Queue[list[ObjectInfo] | None] = asyncio.Queue(maxsize=2 * len(_HEX))
-    limit = asyncio.Semaphore(max(1, min(concurrency, len(_HEX))))
 
     async def one(prefix: str) -> None:
-        async with limit:
-            batch: list[ObjectInfo] = []
-            async for info in store.list(kind, prefix):
-                batch.append(info)
-                if len(batch) >= _BATCH:
-                    await queue.put(batch)
-                    batch = []
-            if batch:
+        batch: list[ObjectInfo] = []
+        async for info in store.list(kind, prefix):
+            batch.append(info)
+            if len(batch) >= _BATCH:
                 await queue.put(batch)
+                batch = []
+        if batch:
+            await queue.put(batch)
 
     async def all_prefixes() -> None:
         try:
-            await asyncio.gather(*(one(p) for p in _HEX))
+            await for_each(_HEX, one, min(concurrency, len(_HEX)))
         finally:
             await queue.put(None)
 
