@@ -44,8 +44,12 @@ async def list_concurrently(
     async def all_prefixes() -> None:
         try:
             await for_each(_HEX, one, min(concurrency, len(_HEX)))
-        finally:
-            await queue.put(None)
+        except asyncio.CancelledError:
+            raise  # the reader has left: no end mark, the queue may stay full for good
+        except BaseException:
+            await queue.put(None)  # the reader re-raises the error from `await producer`
+            raise
+        await queue.put(None)
 
     producer = asyncio.create_task(all_prefixes())
     try:

@@ -8,6 +8,7 @@ listing (never a sweep on a partial one) without leaving the others running.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -33,13 +34,18 @@ class WatchedListings:
 
     Prefix `failing` (if set) raises once every prefix has started; `stall`
     makes the other listings wait after their last object, as a slow bucket
-    listing does, until cancelled.
+    listing does, until cancelled; `endless` lists the whole store over and
+    over, as the listings of a store holding millions of objects go on.
     """
 
-    def __init__(self, inner: LocalStore, *, failing: str = "", stall: bool = False) -> None:
+    def __init__(
+        self, inner: LocalStore, *, failing: str = "", stall: bool = False, endless: bool = False
+    ) -> None:
         self.inner = inner
         self.failing = failing
         self.stall = stall
+        self.endless = endless
+        self.yielded = 0
         self.error = StoreUnavailable(f"listing of prefix {failing!r} failed")
         self.started: set[str] = set()
         self.cancelled: set[str] = set()
@@ -55,6 +61,13 @@ class WatchedListings:
             if prefix == self.failing:
                 await self._all_started.wait()
                 raise self.error
+            if self.endless:
+                infos = [info async for info in self.inner.list(kind)]
+                while True:
+                    for info in infos:
+                        self.yielded += 1
+                        yield info
+                    await asyncio.sleep(0)
             async for info in self.inner.list(kind, prefix):
                 yield info
             if self.stall:
@@ -90,4 +103,23 @@ async def test_a_failing_listing_cancels_the_others_and_is_the_error_raised(tmp_
     assert raised.value is watched.error
     assert watched.cancelled == set(HEX) - {"7"}
     assert watched.running == set()
+    await store.aclose()
+
+
+async def test_a_reader_that_stops_early_stops_the_listings(tmp_path):
+    """Closing the listing while its queue of batches is full ends it, and its listings."""
+    store = await filled(tmp_path, 60)
+    watched = WatchedListings(store, endless=True)
+    listing = list_concurrently(watched, Kind.MANIFEST, 16)
+    await anext(listing)
+    seen = -1
+    while seen != watched.yielded:  # until every listing waits for room in the full queue
+        seen = watched.yielded
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await asyncio.wait_for(listing.aclose(), timeout=5)  # (a hang is cut off at 5 s)
+    assert time.monotonic() - started < 4
+    await asyncio.sleep(0.1)  # the store's listings close as their generators are dropped
+    assert watched.running == set()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
     await store.aclose()
