@@ -126,3 +126,24 @@ def test_warm_stops_before_evicting_what_was_looked_up(tmp_path):
             await store.aclose()
 
     asyncio.run(run())
+
+
+def test_a_trace_is_resolved_a_level_at_a_time_not_a_directory_at_a_time(tmp_path):
+    from cas.mount.prefetch import listed_files
+
+    build(tmp_path / "src")
+    paths = [f"pkg{d:03d}/mod/file_{d % 25:02d}_with_a_longish_name.py" for d in range(59, -1, -2)]
+    paths.insert(3, "pkg001/missing.py")  # not in the tree: skipped
+
+    async def run():
+        manifest_id = await put(tmp_path / "store", tmp_path / "src")
+        store, manifest, _index, trees = await open_trees(tmp_path / "store", manifest_id)
+        try:
+            found = [path async for path, _ in listed_files(trees, manifest.root, paths)]
+            assert found == [p for p in paths if "missing" not in p]  # in the trace's order
+            # 61 directories on the way, 3 levels: one merged read per level.
+            assert len(store.ranges) == 3
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())

@@ -13,8 +13,10 @@ are logged once and skipped: the demand read of that file reports its own.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Final
 
@@ -44,24 +46,52 @@ class PrefetchStats:
 
 
 async def listed_files(
-    trees: TreeSource, root: ObjectId, paths: list[str]
+    trees: TreeSource,
+    root: ObjectId,
+    paths: list[str],
+    after: Awaitable[object] | None = None,
 ) -> AsyncIterator[tuple[str, FileEntry]]:
-    """The files at `paths` (relative to the mount root); paths that are not files are skipped."""
-    for path in paths:
+    """The files at `paths` (relative to the mount root), in order; others are skipped.
+
+    `after` is the mount's reading of trees ahead: the paths are resolved
+    once it is done (all trees in a few long reads), and the directories it
+    did not keep a level at a time, in merged reads, for all paths at once.
+    """
+    if after is not None:
+        with contextlib.suppress(CasError, asyncio.CancelledError):
+            await asyncio.shield(after)
+    for found in await _resolve(trees, root, paths):
+        yield found
+
+
+async def _resolve(
+    trees: TreeSource, root: ObjectId, paths: list[str]
+) -> list[tuple[str, FileEntry]]:
+    """The files among `paths`, in their order; directories read a level at a time."""
+    walking: list[tuple[int, tuple[str, ...], ObjectId]] = []
+    for at, path in enumerate(paths):
         try:
             parts = split_path(path)
         except CasError:
             continue
-        tree: ObjectId | None = root
-        entry = None
-        for depth, name in enumerate(parts):
-            if tree is None:
-                break
-            where = "/".join(parts[:depth]) or "."
-            entry = (await trees.listing(tree, where)).find(name)
-            tree = entry.tree if isinstance(entry, DirEntry) else None
-        if isinstance(entry, FileEntry) and parts:
-            yield "/".join(parts), entry
+        if parts:
+            walking.append((at, parts, root))
+    files: dict[int, tuple[str, FileEntry]] = {}
+    depth = 0
+    while walking:
+        wanted = {tree: "/".join(parts[:depth]) or "." for _, parts, tree in walking}
+        listings = await trees.listings(wanted)
+        deeper = []
+        for at, parts, tree in walking:
+            entry = listings[tree].find(parts[depth])
+            if depth + 1 < len(parts):
+                if isinstance(entry, DirEntry):
+                    deeper.append((at, parts, entry.tree))
+            elif isinstance(entry, FileEntry):
+                files[at] = ("/".join(parts), entry)
+        walking = deeper
+        depth += 1
+    return [files[at] for at in sorted(files)]
 
 
 async def every_file(

@@ -122,10 +122,7 @@ class ChunkReader:
             for ref in chunks[start:stop]
             if ref.id not in self._lru and ref.id not in self._inflight
         ]
-        if wanted:
-            task = asyncio.ensure_future(self._fetch(wanted, handle.path, background=True))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        self._in_background(wanted, handle.path)
 
     def read_siblings(
         self, directory: ObjectId, entries: Iterable[Entry], where: str, opened: str
@@ -159,10 +156,22 @@ class ChunkReader:
             if total > SIBLINGS_BYTES:
                 break
             wanted.append(ref)
-        if wanted:
-            task = asyncio.ensure_future(self._fetch(wanted, where, background=True))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        self._in_background(wanted, where)
+
+    def _in_background(self, wanted: list[ChunkRef], where: str) -> None:
+        """Fetch `wanted` in the background: those the chunk cache holds apart from the rest.
+
+        A demand read waits for the batch that holds its chunk; a chunk the
+        cache has (fetched by `--prefetch`, an earlier mount or a get) must
+        not wait behind chunks that come over the network.
+        """
+        cache = self.repo.cache
+        held = cache.has_many(r.id for r in wanted) if cache is not None and wanted else set()
+        for batch in ([r for r in wanted if r.id in held], [r for r in wanted if r.id not in held]):
+            if batch:
+                task = asyncio.ensure_future(self._fetch(batch, where, background=True))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     async def _chunks(self, refs: tuple[ChunkRef, ...], path: str) -> dict[ObjectId, bytes]:
         """The verified bytes of `refs`, from the LRU, a fetch in flight or a new fetch."""

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from cas.errors import DestinationError, UsageError
 from cas.get.browse import lookup, split_path
@@ -189,19 +189,21 @@ async def serve(
     for signum in _SIGNALS:
         loop.add_signal_handler(signum, stop, signum)
     prefetched = None
-    background: list[asyncio.Future[object]] = []
+    background: list[asyncio.Future[Any]] = []
     try:
         if on_ready is not None:
             on_ready()
+        warming = None
         if root == manifest.root:  # a subtree's trees are not told apart in the index
             index = await repo.index(manifest_id)
-            background.append(asyncio.ensure_future(trees.warm(index.trees)))
+            warming = asyncio.ensure_future(trees.warm(index.trees))
+            background.append(warming)
         if options.prefetch is not None:
             prefetched = PrefetchStats()
             files = (
                 every_file(repo, manifest, root)
                 if paths is None
-                else listed_files(trees, root, paths)
+                else listed_files(trees, root, paths, after=warming)
             )
             background.append(
                 asyncio.ensure_future(

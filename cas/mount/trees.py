@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -28,6 +29,7 @@ from cas.repo import Repository
 DEFAULT_TREE_BYTES: Final = 32 << 20
 _WARM_READ_BYTES: Final = 512 << 10
 """Stored bytes of trees per read ahead: ~40 ms at 100 Mbit, so a lookup is never far behind."""
+_WARM_IN_FLIGHT: Final = 2
 _WARM_SHARE: Final = 0.75
 """Reading ahead stops when the LRU is this full: it must not evict what was asked for."""
 log = logging.getLogger("cas.mount")
@@ -105,8 +107,25 @@ class TreeSource:
         future.set_result(listing)
         return listing
 
+    async def listings(self, wanted: dict[ObjectId, str]) -> dict[ObjectId, Listing]:
+        """Many listings (tree id -> where), the missing ones in one merged read."""
+        out = {i: held for i in wanted if (held := self._lru.get(i)) is not None}
+        missing = [i for i in wanted if i not in out and i not in self._inflight]
+        if missing:
+            read = await self.relocation.read(
+                lambda: self.repo.get_trees(missing, ahead=False), f"{len(missing)} trees"
+            )
+            for tree_id in missing:
+                listing = _checked_listing(read[tree_id], self.max_chunk, wanted[tree_id])
+                self._keep(tree_id, listing, _footprint(listing.entries))
+                out[tree_id] = listing
+        for tree_id in wanted:
+            if tree_id not in out:  # being read by a lookup: wait for it
+                out[tree_id] = await self.listing(tree_id, wanted[tree_id])
+        return out
+
     async def warm(self, trees: dict[ObjectId, Location]) -> int:
-        """Read `trees` in pack order, a batch at a time, while the LRU has room.
+        """Read `trees` in pack order, two batches in flight, while the LRU has room.
 
         Demand reads do not wait for it (they read their tree alone), so on a
         slow link it only shares bandwidth with them. A failure stops it
@@ -115,24 +134,37 @@ class TreeSource:
         order = sorted(trees, key=lambda i: (trees[i].pack, trees[i].offset))
         room = int(self._lru.capacity * _WARM_SHARE)
         warmed = 0
-        for batch in _batches(order, trees, _WARM_READ_BYTES):
-            batch = [i for i in batch if i not in self._lru and i not in self._inflight]
-            if not batch:
-                continue
-            try:
-                got = await self.repo.get_trees(batch, ahead=False)
-                listings = await asyncio.to_thread(_listings, got, self.max_chunk)
-            except CasError as exc:
-                log.debug("reading trees ahead stopped: %s", exc)
-                return warmed
-            for tree_id, listing in listings.items():
-                size = _footprint(listing.entries)
-                if self._lru.size + size > room:
+        flying: deque[asyncio.Future[dict[ObjectId, Listing]]] = deque()
+        batches = _batches(order, trees, _WARM_READ_BYTES)
+        try:
+            while True:
+                while len(flying) < _WARM_IN_FLIGHT and (batch := next(batches, None)):
+                    flying.append(asyncio.ensure_future(self._read_ahead(batch)))
+                if not flying:
                     return warmed
-                if tree_id not in self._lru:
-                    self._keep(tree_id, listing, size)
-                    warmed += 1
-        return warmed
+                try:
+                    listings = await flying.popleft()
+                except CasError as exc:
+                    log.debug("reading trees ahead stopped: %s", exc)
+                    return warmed
+                for tree_id, listing in listings.items():
+                    size = _footprint(listing.entries)
+                    if self._lru.size + size > room:
+                        return warmed
+                    if tree_id not in self._lru:
+                        self._keep(tree_id, listing, size)
+                        warmed += 1
+        finally:
+            for pending in flying:
+                pending.cancel()
+            await asyncio.gather(*flying, return_exceptions=True)
+
+    async def _read_ahead(self, batch: list[ObjectId]) -> dict[ObjectId, Listing]:
+        batch = [i for i in batch if i not in self._lru and i not in self._inflight]
+        if not batch:
+            return {}
+        got = await self.repo.get_trees(batch, ahead=False)
+        return await asyncio.to_thread(_listings, got, self.max_chunk)
 
     def _keep(self, tree_id: ObjectId, listing: Listing, size: int) -> None:
         self.fetched += 1
