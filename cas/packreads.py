@@ -146,6 +146,7 @@ class PackReader:
         def cut_and_verify() -> dict[ObjectId, bytes]:
             out: dict[ObjectId, bytes] = {}
             frames: list[tuple[ObjectId, memoryview]] = []
+            along: list[tuple[ObjectId, bytes]] = []
             for (_, start, _, members), blob in zip(ranges, blobs, strict=True):
                 view = memoryview(blob)
                 for object_id, loc in members:
@@ -155,13 +156,16 @@ class PackReader:
                         out[object_id] = decode_frame(entry, frame)
                         frames.append((object_id, frame))
                     else:
-                        self._stage(kind, object_id, bytes(frame))  # a copy: frees the read
+                        along.append((object_id, bytes(frame)))  # a copy: frees the read
             if kind is ObjectKind.CHUNK:
                 with self.counts.lock:
                     self.counts.chunks_from_store += len(frames)
                     self.counts.bytes_from_store += sum(len(f) for _, f in frames)
-            if self.cache is not None and frames:
-                self.cache.put_many((i, bytes(f)) for i, f in frames)
+            if self.cache is not None:
+                # One hand-over per read; frames read along first, as this get asks for them next.
+                self.cache.put_many([*along, *((i, bytes(f)) for i, f in frames)])
+            else:
+                self._stage(kind, along)
             return out
 
         return await asyncio.to_thread(cut_and_verify)
@@ -198,15 +202,13 @@ class PackReader:
             del plan[object_id]  # claimed by this read: no other read takes it
         return members + ahead
 
-    def _stage(self, kind: ObjectKind, object_id: ObjectId, frame: bytes) -> None:
-        """Keep a read-ahead frame: in the cache if there is one, else in bounded memory."""
-        if self.cache is not None:
-            self.cache.put_many([(object_id, frame)])
-            return
+    def _stage(self, kind: ObjectKind, frames: list[tuple[ObjectId, bytes]]) -> None:
+        """Keep read-ahead frames in bounded memory (there is no chunk cache); drop the rest."""
         with self.counts.lock:
-            if self._staged_bytes + len(frame) <= _STAGED_MAX:
-                self._staged[kind, object_id] = frame
-                self._staged_bytes += len(frame)
+            for object_id, frame in frames:
+                if self._staged_bytes + len(frame) <= _STAGED_MAX:
+                    self._staged[kind, object_id] = frame
+                    self._staged_bytes += len(frame)
 
     def take_staged(
         self, kind: ObjectKind, ids: list[ObjectId], max_size: int
