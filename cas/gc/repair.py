@@ -30,12 +30,13 @@ adopted a damaged pack finds it gone and stores what it needs again
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
 from cas.gc.collector import DEFAULT_GRACE, DEFAULT_LEASE, Lease
-from cas.gc.repack import FrameMover, Members
+from cas.gc.repack import Frame, FrameMover, Members
 from cas.gc.verify import VerifyReport, manifest_complete
 from cas.ids import ObjectId
 from cas.pack import ObjectKind
@@ -89,7 +90,9 @@ async def repair(
         corrupt_manifests = {
             m for m in found.corrupt_manifests if await _still_corrupt(repo, Kind.MANIFEST, m)
         }
-        naming, members = await _indexes_naming(repo, damaged, corrupt_indexes)
+        lost = _lost_objects(found)
+        survey = await _survey(repo, damaged, corrupt_indexes, set().union(*lost.values()))
+        members = survey.members
 
         def written(size: int) -> None:
             report.packs_written += 1
@@ -106,7 +109,7 @@ async def repair(
         damaged -= {loc.pack for loc in mover.relocated.values()}
         report.frames_dropped = len(mover.dropped)
         report.frames_copied = sum(len(m) for m in members.values()) - report.frames_dropped
-        for name in sorted(naming):
+        for name in sorted(survey.naming):
             if await mover.relocate_index(name, lease.check, leave_out=damaged):
                 report.indexes_rewritten += 1
         for name in sorted(corrupt_indexes):
@@ -121,7 +124,7 @@ async def repair(
             lease.check()
             await store.delete(Kind.PACK, pack)
             report.packs_replaced.append(pack)
-        report.healed = await _heal(repo, found)
+        report.healed = await _heal(repo, lost, survey.elsewhere, mover, damaged)
         await lease.finish(
             {
                 "repaired_packs": len(report.packs_replaced),
@@ -134,54 +137,98 @@ async def repair(
     return report
 
 
-async def _indexes_naming(
-    repo: Repository, packs: set[ObjectId], skip: set[ObjectId]
-) -> tuple[set[ObjectId], dict[ObjectId, Members]]:
-    """Every readable index naming one of `packs`, and the frames they name in each."""
-    naming: set[ObjectId] = set()
-    members: dict[ObjectId, Members] = {}
-    if not packs:
-        return naming, members
+@dataclass
+class _Survey:
+    """What one pass over every index of the store found."""
+
+    naming: set[ObjectId] = field(default_factory=set)
+    """Indexes naming a damaged pack."""
+    members: dict[ObjectId, Members] = field(default_factory=dict)
+    """Per damaged pack, the frames those indexes name in it."""
+    elsewhere: dict[tuple[ObjectKind, ObjectId], list[Location]] = field(default_factory=dict)
+    """Every place an index locates a lost object (before the damaged packs are moved)."""
+
+
+async def _survey(
+    repo: Repository,
+    packs: set[ObjectId],
+    skip: set[ObjectId],
+    lost: set[tuple[ObjectKind, ObjectId]],
+) -> _Survey:
+    """One pass over every readable index: who names `packs`, and where `lost` objects lie.
+
+    Indexes are read side by side (up to the store's concurrency), each twice
+    before it counts as damaged: taking one damaged answer as "locates
+    nothing" would let repair delete a pack the index still names.
+    """
+    survey = _Survey()
+    if not packs and not lost:
+        return survey
     store = repo.store
+    limit = asyncio.Semaphore(max(1, store.capabilities.max_concurrency))
+
+    async def one(name: ObjectId) -> None:
+        async with limit:
+            index = await _read_index(repo, name)
+        for kind, object_id, loc in index.items() if index is not None else ():
+            if loc.pack in packs:
+                survey.naming.add(name)
+                survey.members.setdefault(loc.pack, {})[loc.offset] = (kind, object_id, loc)
+            if (kind, object_id) in lost:
+                survey.elsewhere.setdefault((kind, object_id), []).append(loc)
+
     async for listed in list_concurrently(store, Kind.INDEX, store.capabilities.max_concurrency):
-        for info in listed:
-            if info.id in skip:
-                continue
-            index = await _read_index(repo, info.id)
-            if index is None or not index.packs() & packs:
-                continue
-            naming.add(info.id)
-            for kind, object_id, loc in index.items():
-                if loc.pack in packs:
-                    members.setdefault(loc.pack, {})[loc.offset] = (kind, object_id, loc)
-    return naming, members
+        await asyncio.gather(*(one(info.id) for info in listed if info.id not in skip))
+    return survey
 
 
-async def _heal(repo: Repository, found: VerifyReport) -> list[ObjectId]:
-    """New indexes for manifests whose lost objects another index locates in a live pack."""
-    wanted: dict[ObjectId, set[tuple[ObjectKind, ObjectId]]] = {}
+def _lost_objects(found: VerifyReport) -> dict[ObjectId, set[tuple[ObjectKind, ObjectId]]]:
+    """Per manifest that is kept, the chunks and trees verify found missing or corrupt."""
+    lost: dict[ObjectId, set[tuple[ObjectKind, ObjectId]]] = {}
     for problem, manifests in found.broken.items():
         if isinstance(problem.kind, ObjectKind):
             for manifest_id in manifests:
                 if manifest_id not in found.corrupt_manifests:
-                    wanted.setdefault(manifest_id, set()).add((problem.kind, problem.id))
-    if not wanted:
+                    lost.setdefault(manifest_id, set()).add((problem.kind, problem.id))
+    return lost
+
+
+def _moved(loc: Location, mover: FrameMover, leave_out: set[ObjectId]) -> Location | None:
+    """Where a frame lies now that damaged packs were salvaged (as `relocate_index` puts it)."""
+    where: Frame = (loc.pack, loc.offset)
+    moved = mover.relocated.get(where, loc)
+    if where in mover.dropped or moved.pack in leave_out:
+        return None
+    return moved
+
+
+async def _heal(
+    repo: Repository,
+    lost: dict[ObjectId, set[tuple[ObjectKind, ObjectId]]],
+    elsewhere: dict[tuple[ObjectKind, ObjectId], list[Location]],
+    mover: FrameMover,
+    leave_out: set[ObjectId],
+) -> list[ObjectId]:
+    """New indexes for manifests whose lost objects another index locates in a live pack.
+
+    `elsewhere` was read before the damaged packs were salvaged: each place is
+    taken where the salvage moved it, and one in a dropped frame is no copy.
+    """
+    if not lost:
         return []
-    needed = set().union(*wanted.values())
+    places: dict[tuple[ObjectKind, ObjectId], list[Location]] = {}
+    for obj, locs in elsewhere.items():
+        for loc in locs:
+            moved = _moved(loc, mover, leave_out)
+            if moved is not None:
+                places.setdefault(obj, []).append(moved)
     store = repo.store
-    elsewhere: dict[tuple[ObjectKind, ObjectId], list[Location]] = {}
-    async for listed in list_concurrently(store, Kind.INDEX, store.capabilities.max_concurrency):
-        for info in listed:
-            index = await _read_index(repo, info.id)
-            for kind, object_id, loc in index.items() if index is not None else ():
-                if (kind, object_id) in needed:
-                    elsewhere.setdefault((kind, object_id), []).append(loc)
-    packs = {loc.pack for locs in elsewhere.values() for loc in locs}
+    packs = {loc.pack for locs in places.values() for loc in locs}
     gone = await store.missing(Kind.PACK, list(packs)) if packs else set()
     healed = []
-    for manifest_id, objects in sorted(wanted.items()):
+    for manifest_id, objects in sorted(lost.items()):
         copies = {
-            obj: loc for obj in objects for loc in elsewhere.get(obj, []) if loc.pack not in gone
+            obj: loc for obj in objects for loc in places.get(obj, []) if loc.pack not in gone
         }
         if not copies:
             continue

@@ -11,7 +11,7 @@ import pytest
 from cas.gc.repair import repair
 from cas.gc.verify import Checker
 from cas.get.downloader import restore_manifest
-from cas.ids import ObjectId
+from cas.ids import ObjectId, hash_bytes
 from cas.pack import read_entries
 from cas.packindex import PackIndex, encode_index
 from cas.repo import Repository
@@ -202,3 +202,45 @@ async def test_a_tree_shared_by_two_manifests_is_checked_against_each_ones_index
         assert {m for ms in report.broken.values() for m in ms} == {second}, order
         [problem] = report.broken
         assert problem.id == dropped and problem.detail.startswith("missing")
+
+
+async def test_repair_heals_a_manifest_from_a_copy_it_salvaged_from_another_damaged_pack(
+    local_backend, tmp_path
+):
+    """One repair: both damaged packs salvaged, and a lost chunk found at its new place."""
+    store = local_backend.store
+    shared, mine, extra, theirs = (os.urandom(40_000) for _ in range(4))
+    # No refs, so no parents: each put stores its chunks in a pack of its own.
+    first = await put(store, write_tree(tmp_path / "a", {"m": mine, "s": shared, "x": extra}))
+    second = await put(store, write_tree(tmp_path / "b", {"s": shared, "t": theirs}))
+    third = await put(store, write_tree(tmp_path / "c", {"x": extra}))
+    packs = await packs_holding(store, "chunk")
+    assert len(packs) == 3
+    # First's pack loses the shared chunk and the extra one, second's pack loses theirs:
+    # first heals from second's shared chunk (moved to a new pack by this same repair)
+    # and from third's extra one; second has no other copy of what it lost.
+    lost = {hash_bytes(b) for b in (shared, extra, theirs)}
+    by_pack = {pack: {e.id for e in entries} for pack, entries in packs.items()}
+    first_pack = next(p for p, ids in by_pack.items() if hash_bytes(mine) in ids)
+    second_pack = next(p for p, ids in by_pack.items() if hash_bytes(theirs) in ids)
+    for pack in (first_pack, second_pack):
+        data = bytearray(local_backend.peek(Kind.PACK, pack))
+        for entry in packs[pack]:
+            if entry.id in lost and (pack == first_pack or entry.id == hash_bytes(theirs)):
+                data[entry.offset : entry.offset + entry.stored] = b"\xa5" * entry.stored
+        local_backend.plant(Kind.PACK, pack, bytes(data))
+
+    found = await check(Repository(store), [first, second, third])
+    assert found.damaged_packs == {first_pack, second_pack}
+    done = await repair(Repository(store), found)
+    assert done.frames_dropped == 3 and done.frames_copied == 2 and done.packs_written == 1
+    assert done.healed == [first]
+    after = await check(Repository(store), [first, second, third])
+    assert [(p.id, ms) for p, ms in after.broken.items()] == [(hash_bytes(theirs), [second])]
+    out = tmp_path / "out"
+    await restore_manifest(Repository(store), first, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
+        "m": mine,
+        "s": shared,
+        "x": extra,
+    }
