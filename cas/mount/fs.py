@@ -25,6 +25,7 @@ from cas.errors import CasError
 from cas.mount.nodes import Node, NodeTable
 from cas.mount.reader import ChunkReader, OpenFile, ReadFailed
 from cas.mount.trees import Listing, TreeSource
+from cas.mount.walkahead import Step, WalkAhead
 from cas.objects import FileEntry, Totals
 
 CACHE_SECONDS: Final = 3600.0
@@ -66,6 +67,7 @@ class CasOperations(pyfuse3.Operations):
         totals: Totals,
         *,
         on_open: Callable[[str], None] | None = None,
+        walk: WalkAhead | None = None,
     ) -> None:
         super().__init__()
         self.nodes = nodes
@@ -73,6 +75,7 @@ class CasOperations(pyfuse3.Operations):
         self.reader = reader
         self.totals = totals
         self.on_open = on_open
+        self.walk = walk
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._handles: dict[int, OpenFile] = {}
@@ -220,11 +223,27 @@ class CasOperations(pyfuse3.Operations):
         if len(entry.chunks) == 1:  # a small file: its neighbours are likely next
             where = path.rpartition("/")[0]
             self.reader.read_siblings(node.holder, listing.entries, where, node.name)
+        if self.walk is not None and entry.chunks:
+            steps = self._steps(node, path)
+            if steps:
+                self.walk.opened(listing, steps)
         fh = next(self._serial)
         self._handles[fh] = OpenFile(entry, path)
         if self.on_open is not None:
             self.on_open(path)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _steps(self, node: Node, path: str) -> list[Step]:
+        """The directories from `node`'s up to the mount root, each with the entry leading down."""
+        parts = path.split("/")
+        steps = []
+        for depth in range(len(parts) - 1, -1, -1):
+            parent = self.nodes.get(node.parent)
+            if parent is None or parent.tree is None:
+                return []
+            steps.append(Step(parent.tree, node.name, "/".join(parts[:depth]) or "."))
+            node = parent
+        return steps
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:

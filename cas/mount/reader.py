@@ -158,6 +158,11 @@ class ChunkReader:
             wanted.append(ref)
         self._in_background(wanted, where)
 
+    def fetch_ahead(self, refs: Iterable[ChunkRef], where: str) -> None:
+        """Start fetching chunks a reader is expected to ask for soon (those not here yet)."""
+        wanted = [r for r in refs if r.id not in self._lru and r.id not in self._inflight]
+        self._in_background(list(dict.fromkeys(wanted)), where)
+
     def _in_background(self, wanted: list[ChunkRef], where: str) -> None:
         """Fetch `wanted` in the background: those the chunk cache holds apart from the rest.
 

@@ -31,6 +31,7 @@ from cas.mount.reader import DEFAULT_CHUNK_BYTES, DEFAULT_READAHEAD, ChunkReader
 from cas.mount.record import Recorder, read_trace
 from cas.mount.relocation import Relocation
 from cas.mount.trees import DEFAULT_TREE_BYTES, TreeSource
+from cas.mount.walkahead import WalkAhead
 from cas.objects import DirEntry, Manifest
 from cas.repo import Repository
 
@@ -73,6 +74,8 @@ class MountStats:
     errors: int = 0
     """Requests answered EIO."""
     recorded: int = 0
+    walks: int = 0
+    """Sequential walks of the tree recognised (their next files were read ahead)."""
     """Paths written to the `--record` trace."""
     prefetched: PrefetchStats | None = None
     seconds: float = 0.0
@@ -163,6 +166,7 @@ async def serve(
         readahead=options.readahead,
         relocation=relocation,
     )
+    walk = WalkAhead(trees, reader, options.readahead // 2) if options.readahead > 0 else None
     nodes = NodeTable(root, time.time_ns())
     paths = read_trace(options.prefetch) if options.prefetch not in (None, "all") else None
     check_mountpoint(mountpoint)
@@ -173,6 +177,7 @@ async def serve(
         reader,
         manifest.totals,
         on_open=recorder.opened if recorder is not None else None,
+        walk=walk,
     )
     mount_options = set(pyfuse3.default_options) | {"ro", f"fsname={fsname}", "subtype=cas"}
     try:
@@ -217,6 +222,8 @@ async def serve(
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        if walk is not None:
+            await walk.close()
         await reader.close()
         pyfuse3.close(unmount=True)
         if recorder is not None:
@@ -233,6 +240,7 @@ async def serve(
         index_reloads=relocation.reloads,
         errors=ops.errors,
         recorded=recorder.count if recorder is not None else 0,
+        walks=walk.walks if walk is not None else 0,
         prefetched=prefetched,
         seconds=time.monotonic() - started,
     )

@@ -148,6 +148,7 @@ def stats_json(s: MountStats) -> dict[str, Any]:
         "index_reloads": s.index_reloads,
         "errors": s.errors,
         "recorded": s.recorded,
+        "walks": s.walks,
         "prefetched": None
         if s.prefetched is None
         else {

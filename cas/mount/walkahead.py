@@ -1,0 +1,206 @@
+"""Reading ahead across files when a reader walks the tree (`cp -r`, `tar`, a test runner).
+
+A sequential reader of a mounted tree opens one file after another, and
+each open of a file whose chunks are not here costs a round trip to the
+store: on a 30 ms link, a thousand directories of small files wait half a
+minute for latency alone, while `cas get` streams. Once two opens in a row
+are neighbouring files of one directory, the walk is predicted the way
+`os.walk` goes (the rest of the directory's files, its subdirectories,
+then what follows it in each parent) and the leading chunks of the next
+files are fetched `budget` bytes ahead of the reader. It continues while
+the opens land on predicted files and stops after `_MISSES` that do not,
+so a job opening a file here and there fetches only what it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+from cas.errors import CasError
+from cas.ids import ObjectId
+from cas.mount.reader import ChunkReader
+from cas.mount.trees import Listing, TreeSource
+from cas.objects import ChunkRef, DirEntry, FileEntry
+
+DEFAULT_BUDGET: Final = 4 << 20
+"""Chunk bytes fetched ahead of the reader's position in the walk."""
+_PER_FILE: Final = 1 << 20
+"""Leading bytes of each next file: a large file's own readahead does the rest."""
+_FIRST_BATCH: Final = 64 << 10
+_BATCH: Final = 1 << 20
+"""Chunks fetched together: neighbours in a pack become one ranged read (first ones sooner)."""
+_MISSES: Final = 2
+"""Opens off the predicted path in a row that end a walk."""
+log = logging.getLogger("cas.mount")
+
+FileKey = tuple[ObjectId, str]
+"""A file as (the tree listing it, its name)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One directory on the way from the mount root to an opened file."""
+
+    tree: ObjectId
+    child: str
+    """The entry of `tree` the walk is in (the file, or the directory leading to it)."""
+    where: str
+
+
+class WalkAhead:
+    """Watches file opens; while they look like a walk, fetches the next files' chunks."""
+
+    def __init__(
+        self, trees: TreeSource, reader: ChunkReader, budget: int = DEFAULT_BUDGET
+    ) -> None:
+        self.trees = trees
+        self.reader = reader
+        self.budget = budget
+        self._last: tuple[ObjectId, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._positions: OrderedDict[FileKey, int] = OrderedDict()
+        """Predicted files not yet reached, with the walk bytes before each."""
+        self._reached = 0
+        self._moved = asyncio.Event()
+        self._misses = 0
+        self.walks = 0
+        """Walks recognised (for tests and the summary)."""
+
+    def opened(self, listing: Listing, path: list[Step]) -> None:
+        """A file was opened: `path[0]` is its directory's step, up to the root's."""
+        here = path[0]
+        index = listing.positions[here.child]
+        key = (here.tree, here.child)
+        previous, self._last = self._last, (here.tree, index)
+        if key in self._positions:
+            self._advance(key)
+            return
+        if self._task is not None:
+            self._misses += 1
+            if self._misses < _MISSES:
+                return
+            self.stop()
+        if (
+            previous is not None
+            and previous[0] == here.tree
+            and _next_file(listing, previous[1]) == index
+        ):
+            self.walks += 1
+            self._task = asyncio.ensure_future(self._walk(listing, path))
+
+    def stop(self) -> None:
+        """End the walk being followed (the reader went elsewhere, or unmounting)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._positions.clear()
+        self._reached = 0
+        self._misses = 0
+
+    async def close(self) -> None:
+        """Stop, and wait until the walk's task has ended."""
+        task = self._task
+        self.stop()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _advance(self, key: FileKey) -> None:
+        self._misses = 0
+        while self._positions:
+            passed, position = self._positions.popitem(last=False)
+            if passed == key:
+                self._reached = position
+                break
+        self._moved.set()
+
+    async def _walk(self, listing: Listing, path: list[Step]) -> None:
+        scheduled = 0
+        batch: list[ChunkRef] = []
+        batch_bytes = 0
+        limit = _FIRST_BATCH
+
+        def flush() -> None:
+            nonlocal batch, batch_bytes, limit
+            if batch:
+                self.reader.fetch_ahead(batch, f"files after {path[0].where}/{path[0].child}")
+            batch, batch_bytes, limit = [], 0, min(_BATCH, limit * 2)
+
+        try:
+            async for holder, entry, _where in self._upcoming(listing, path):
+                if scheduled - self._reached >= self.budget:
+                    flush()
+                    while scheduled - self._reached >= self.budget:
+                        self._moved.clear()
+                        await self._moved.wait()
+                self._positions[holder, entry.name] = scheduled
+                refs = _leading(entry.chunks, _PER_FILE)
+                batch += refs
+                batch_bytes += sum(r.length for r in refs)
+                scheduled += sum(r.length for r in refs)
+                if batch_bytes >= limit:
+                    flush()
+            flush()
+        except CasError as exc:  # a tree that does not read: its own lookup reports it
+            log.debug("walk ahead stopped: %s", exc)
+
+    async def _upcoming(
+        self, listing: Listing, path: list[Step]
+    ) -> AsyncIterator[tuple[ObjectId, FileEntry, str]]:
+        """The files after `path[0].child` in `os.walk` order, up through the parents."""
+        here = path[0]
+        after = listing.positions[here.child] + 1
+        for entry in listing.entries[after:]:
+            if isinstance(entry, FileEntry) and entry.chunks:
+                yield here.tree, entry, here.where
+        for entry in listing.entries:
+            if isinstance(entry, DirEntry):
+                async for found in self._subtree(entry.tree, _join(here.where, entry.name)):
+                    yield found
+        for step in path[1:]:
+            parent = await self.trees.listing(step.tree, step.where)
+            for entry in parent.entries[parent.positions[step.child] + 1 :]:
+                if isinstance(entry, DirEntry):
+                    async for found in self._subtree(entry.tree, _join(step.where, entry.name)):
+                        yield found
+
+    async def _subtree(
+        self, tree: ObjectId, where: str
+    ) -> AsyncIterator[tuple[ObjectId, FileEntry, str]]:
+        listing = await self.trees.listing(tree, where)
+        for entry in listing.entries:
+            if isinstance(entry, FileEntry) and entry.chunks:
+                yield tree, entry, where
+        for entry in listing.entries:
+            if isinstance(entry, DirEntry):
+                async for found in self._subtree(entry.tree, _join(where, entry.name)):
+                    yield found
+
+
+def _next_file(listing: Listing, index: int) -> int | None:
+    """The position of the first file with chunks after `index` (inline files need no read)."""
+    for at in range(index + 1, len(listing.entries)):
+        entry = listing.entries[at]
+        if isinstance(entry, FileEntry) and entry.chunks:
+            return at
+    return None
+
+
+def _leading(chunks: tuple[ChunkRef, ...], limit: int) -> list[ChunkRef]:
+    """The first chunks of a file, at least one, up to `limit` bytes."""
+    out: list[ChunkRef] = []
+    total = 0
+    for ref in chunks:
+        if out and total + ref.length > limit:
+            break
+        out.append(ref)
+        total += ref.length
+    return out
+
+
+def _join(where: str, name: str) -> str:
+    return name if where in ("", ".") else f"{where}/{name}"
