@@ -9,6 +9,7 @@ have ended. Modules:
 - `trees`: decoded trees by id, fetched once, kept within a byte cap;
 - `nodes`: the inode table the kernel refers to (lookup counts, forget);
 - `reader`: a file's byte ranges from its chunks, with readahead;
+- `walkahead`: a walk of the tree recognised from the opens, its next files fetched ahead;
 - `fs`: the pyfuse3 operations;
 - `session`: mounting, serving until unmounted or signalled, unmounting.
 """
