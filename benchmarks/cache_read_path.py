@@ -19,28 +19,12 @@ Prints each run and the medians. Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.serve_process import TOKENS, start_serve  # noqa: E402
-
-
-def cas(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "cas", *args], env=env, capture_output=True, text=True
-    )
-    if done.returncode:
-        raise SystemExit(f"cas {' '.join(args)} failed: {done.stderr}")
-    return done.stdout.strip()
+from mountproc import BUF, Mount, cas, cas_env, start_serve
 
 
 def timed_get(env: dict[str, str], url: str, manifest: str, dest: Path, *extra: str) -> float:
@@ -54,29 +38,17 @@ def mount_read(
     env: dict[str, str], url: str, manifest: str, point: Path, file: str, *extra: str
 ) -> tuple[float, float]:
     """(seconds from starting `cas mount` to the first byte of `file`, MB/s of reading it)."""
-    point.mkdir(exist_ok=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cas", "--store", url, "mount", *extra, manifest, str(point)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    mount = Mount(env, url, manifest, point, *extra, summary=False, stderr=None)
     try:
-        while not os.path.ismount(point):
-            if proc.poll() is not None or time.perf_counter() - t0 > 120:
-                raise SystemExit("mount did not come up")
-            time.sleep(0.005)
-        buf = memoryview(bytearray(1 << 20))
         with open(point / file, "rb", buffering=0) as f:
-            total = f.readinto(buf[:1])
-            first = time.perf_counter() - t0
+            total = f.readinto(BUF[:1])
+            first = time.perf_counter() - mount.started
             t1 = time.perf_counter()
-            while n := f.readinto(buf):
+            while n := f.readinto(BUF):
                 total += n
         rate = total / (time.perf_counter() - t1) / 1e6
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        mount.stop()
     return first, rate
 
 
@@ -91,12 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
     work = args.work
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "CAS_CACHE_DIR": str(work / "cache"),
-        "CAS_TOKEN": TOKENS["read"],
-    }
+    env = cas_env(work / "cache")
     srv = work / "srv"
     if not (work / "manifest").exists():
         shutil.rmtree(srv, ignore_errors=True)

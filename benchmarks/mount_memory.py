@@ -14,22 +14,17 @@ sizes to see what grows with the tree and what is capped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from mountproc import Mount, cas, cas_env, ls_lr, memory_mb, read_file
 
 
 def memory(pid: int) -> str:
-    with open(f"/proc/{pid}/status") as f:
-        fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "VmHWM")))
-    return ", ".join(f"{k} {int(v.split()[0]) / 1024:.0f} MB" for k, v in sorted(fields.items()))
+    return ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(memory_mb(pid).items()))
 
 
 def main() -> None:
@@ -47,44 +42,28 @@ def main() -> None:
             if i % 100 == 0:
                 d.mkdir(parents=True)
             (d / f"f{i % 100:03d}.o").write_bytes(rng.randbytes(rng.randrange(0, 6000)))
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "CAS_CACHE_DIR": str(base / "cache")}
-        store = str(base / "store")
-        cas = [sys.executable, "-m", "cas", "--store", store]
-        put = subprocess.run([*cas, "put", "-q", str(src)], env=env, capture_output=True, text=True)
-        manifest = put.stdout.strip()
+        env = cas_env(base / "cache")
+        manifest = cas(env, "--store", str(base / "store"), "put", "-q", str(src))
         point = base / "mnt"
-        point.mkdir()
-        proc = subprocess.Popen(
-            [*cas, "--json", "mount", manifest, str(point)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        mount = Mount(env, str(base / "store"), manifest, point)
         try:
-            while not os.path.ismount(point):
-                time.sleep(0.02)
-            print(f"{args.files} files: mounted: {memory(proc.pid)}", flush=True)
+            print(f"{args.files} files: mounted: {memory(mount.proc.pid)}", flush=True)
             deadline = time.monotonic() + args.seconds  # for the reading, not the set-up
-            t0 = time.perf_counter()
-            subprocess.run(["ls", "-lR", str(point)], stdout=subprocess.DEVNULL, check=True)
-            took = time.perf_counter() - t0
-            print(f"  ls -lR {took:.2f} s: {memory(proc.pid)}", flush=True)
+            took = ls_lr(point)
+            print(f"  ls -lR {took:.2f} s: {memory(mount.proc.pid)}", flush=True)
             t0, total, files = time.perf_counter(), 0, 0
             for top, _dirs, names in os.walk(point):
                 for name in names:
-                    with open(os.path.join(top, name), "rb") as f:
-                        total += len(f.read())
+                    total += read_file(os.path.join(top, name))
                     files += 1
                 if time.monotonic() > deadline:
                     print("  out of time (--seconds): stopped reading")
                     break
             took = time.perf_counter() - t0
-            print(f"  read {files} files, {total} bytes in {took:.1f} s: {memory(proc.pid)}")
+            print(f"  read {files} files, {total} bytes in {took:.1f} s: {memory(mount.proc.pid)}")
         finally:
-            proc.terminate()
-            out, _ = proc.communicate(timeout=60)
-        print(f"  {json.loads(out)}")
+            summary = mount.stop()
+        print(f"  {summary}")
 
 
 if __name__ == "__main__":

@@ -19,21 +19,13 @@ Usage (as root; FUSE and pyfuse3 present):
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.serve_process import TOKENS, start_serve  # noqa: E402
+from mountproc import Mount, cas, cas_env, ls_lr, read_file, start_serve
 
 
 def build(root: Path, seed: int, files: int, big_mb: int) -> None:
@@ -49,52 +41,10 @@ def build(root: Path, seed: int, files: int, big_mb: int) -> None:
         (d / f"f{n % 100:03d}.o").write_bytes(rng.randbytes(rng.randrange(0, 8192)))
 
 
-def cas(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "cas", *args], env=env, capture_output=True, text=True, check=True
-    )
-    return done.stdout.strip()
-
-
-class Mounted:
-    def __init__(
-        self, env: dict[str, str], store: str, manifest: str, point: Path, extra: tuple = ()
-    ) -> None:
-        self.point = point
-        point.mkdir(exist_ok=True)
-        command = ["--store", store, "--json", "mount", *extra, manifest, str(point)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cas", *command],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(point):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("mount did not come up")
-            time.sleep(0.02)
-
-    def peak_rss_mb(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        return json.loads(out)
-
-
 def read_all(path: Path) -> float:
-    buf = memoryview(bytearray(1 << 20))
-    total = 0
+    """MB/s of reading PATH in full."""
     t0 = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            total += n
+    total = read_file(path)
     return total / (time.perf_counter() - t0) / 1e6
 
 
@@ -108,12 +58,7 @@ def main() -> None:
     deadline = time.monotonic() + args.seconds
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "CAS_CACHE_DIR": str(tmp / "cache"),
-            "CAS_TOKEN": TOKENS["read"],
-        }
+        env = cas_env(tmp / "cache")
         build(tmp / "src", args.seed, args.files, args.big_mb)
         store = tmp / "srv" / "store"
         t0 = time.perf_counter()
@@ -132,19 +77,17 @@ def main() -> None:
                     print("out of time (--seconds)")
                     break
                 shutil.rmtree(tmp / "cache", ignore_errors=True)
-                m = Mounted(env, url, manifest, tmp / "mnt", extra)
-                t0 = time.perf_counter()
-                subprocess.run(["ls", "-lR", str(m.point)], stdout=subprocess.DEVNULL, check=True)
-                ls = time.perf_counter() - t0
+                m = Mount(env, url, manifest, tmp / "mnt", *extra, stderr=None)
+                ls = ls_lr(m.point)
                 s0 = m.stop()
-                m = Mounted(env, url, manifest, tmp / "mnt", extra)
+                m = Mount(env, url, manifest, tmp / "mnt", *extra, stderr=None)
                 t0 = time.perf_counter()
                 first = (m.point / "big.bin").open("rb").read(1)
                 ttfb = time.perf_counter() - t0
                 cold = read_all(m.point / "big.bin")
-                rss = m.peak_rss_mb()
+                rss = m.hwm_mb()
                 s1 = m.stop()
-                m = Mounted(env, url, manifest, tmp / "mnt", extra)
+                m = Mount(env, url, manifest, tmp / "mnt", *extra, stderr=None)
                 warm = read_all(m.point / "big.bin")
                 s2 = m.stop()
                 dest = tmp / "dest"

@@ -38,123 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.serve_process import TOKENS, start_serve  # noqa: E402
-
-BUF = memoryview(bytearray(1 << 20))
-
-
-def cas(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "cas", *args], env=env, capture_output=True, text=True
-    )
-    if done.returncode:
-        raise SystemExit(f"cas {' '.join(args)} failed: {done.stderr}")
-    return done.stdout.strip()
-
-
-def read_file(path: Path) -> int:
-    total = 0
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(BUF):
-            total += n
-    return total
-
-
-def tree_files(src: Path) -> list[tuple[str, int]]:
-    """Regular files of SRC (relative path, size), in sorted walk order."""
-    out = []
-    for top, dirs, files in os.walk(src):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(top, name)
-            if path.is_file() and not path.is_symlink():
-                out.append((str(path.relative_to(src)), path.stat().st_size))
-    return out
-
-
-class Proxy:
-    """benchmarks/netproxy.py as a subprocess (its own CPU, not this process's GIL)."""
-
-    def __init__(self, upstream: str, latency: str, bandwidth: str, seed: int) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "benchmarks" / "netproxy.py"),
-                "--upstream",
-                upstream,
-                "--latency",
-                latency,
-                "--bandwidth",
-                bandwidth,
-                "--seed",
-                str(seed),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,  # connections a stopped mount drops are logged there
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-
-    def take_stats(self) -> dict:
-        """What crossed since the last call (and reset)."""
-        request = urllib.request.Request(self.url + "/__netproxy__/stats", method="POST")
-        with urllib.request.urlopen(request) as answer:
-            return json.loads(answer.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-class Mount:
-    """`cas mount` in the foreground as a subprocess; `stop()` returns its --json summary."""
-
-    def __init__(self, env: dict[str, str], store: str, manifest: str, point: Path, *extra: str):
-        point.mkdir(exist_ok=True)
-        self.point = point
-        self.started = time.perf_counter()
-        command = ["--store", store, "--json", "mount", *extra, manifest, str(point)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cas", *command],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        while not os.path.ismount(point):
-            if self.proc.poll() is not None or time.perf_counter() - self.started > 120:
-                raise SystemExit("mount did not come up")
-            time.sleep(0.002)
-
-    def hwm_mb(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=120)
-        return json.loads(out)
+from mountproc import Mount, Proxy, cas, cas_env, ls_lr, read_file, start_serve, tree_files
 
 
 class Config:
@@ -216,9 +107,7 @@ def measure(cfg: Config, args, manifest: str, files, job, deadline: float) -> di
         # ls -lR.
         cfg.fresh()
         m = Mount(cfg.env, cfg.store, manifest, point)
-        t0 = time.perf_counter()
-        subprocess.run(["ls", "-lR", str(point)], stdout=subprocess.DEVNULL, check=True)
-        add("ls_s", time.perf_counter() - t0)
+        add("ls_s", ls_lr(point))
         hwm.append(m.hwm_mb())
         s = m.stop()
         add("ls_chunk_bytes", s["bytes_from_store"] + s["bytes_from_cache"])
@@ -334,9 +223,8 @@ def rss_run(env: dict[str, str], store: str, manifest: str, work: Path, src: Pat
     total = sum(size for _, size in files)
     m = Mount(env, store, manifest, work / "mnt", *extra)
     print(f"{len(files)} files, {total / 1e9:.2f} GB: mounted, VmHWM {m.hwm_mb():.0f} MB")
-    t0 = time.perf_counter()
-    subprocess.run(["ls", "-lR", str(m.point)], stdout=subprocess.DEVNULL, check=True)
-    print(f"ls -lR {time.perf_counter() - t0:.1f} s: VmHWM {m.hwm_mb():.0f} MB", flush=True)
+    took = ls_lr(m.point)
+    print(f"ls -lR {took:.1f} s: VmHWM {m.hwm_mb():.0f} MB", flush=True)
     t0 = time.perf_counter()
     read = 0
     for path, _ in files:
@@ -371,12 +259,7 @@ def main() -> None:
     deadline = time.monotonic() + args.seconds
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "CAS_CACHE_DIR": str(work / "cache"),
-        "CAS_TOKEN": TOKENS["read"],
-    }
+    env = cas_env(work / "cache")
     srv = work / "srv"
     if not (work / "manifest").exists():
         shutil.rmtree(srv, ignore_errors=True)
