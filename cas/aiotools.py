@@ -1,10 +1,12 @@
-"""One asyncio helper the engines and backends share."""
+"""Asyncio helpers the engines, backends and the mount share."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def gather_or_cancel(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
@@ -34,3 +36,16 @@ async def for_each(
             await work(item)
 
     await gather_or_cancel(worker() for _ in range(max(1, in_flight)))
+
+
+def fail(future: asyncio.Future[T], exc: BaseException) -> None:
+    """Hand `exc` to the waiters of `future` (a cancelled fetch cancels them).
+
+    For a fetch other callers wait on: they get its error, not a hang, and an
+    error nobody else waits for is not logged as never retrieved.
+    """
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(exc)
+        future.exception()  # retrieved: waiters re-raise it themselves

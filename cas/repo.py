@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
+from cas.aiotools import fail
 from cas.caches.chunks import ChunkCache
 from cas.codec import decode_object, stored_size_bound
 from cas.errors import IntegrityError
@@ -195,11 +196,7 @@ class Repository:
             data = await self.read_located(kind, locations, max_size, ahead=ahead)
         except BaseException as exc:
             for future in futures.values():
-                if isinstance(exc, asyncio.CancelledError):
-                    future.cancel()
-                else:
-                    future.set_exception(exc)
-                    future.exception()  # mark retrieved: waiters re-raise it themselves
+                fail(future, exc)
             raise
         finally:
             for object_id in ids:

@@ -27,12 +27,3 @@ async def within(awaitable: Awaitable[T], seconds: float, what: str) -> T:
             raise  # this request itself is cancelled (unmounting)
         # A read shared with another caller was abandoned by it (its own deadline).
         raise StoreUnavailable(f"{what}: a shared read of it was abandoned") from None
-
-
-def fail(future: asyncio.Future[T], exc: BaseException) -> None:
-    """Hand `exc` to the waiters of `future` (a cancelled fetch cancels them)."""
-    if isinstance(exc, asyncio.CancelledError):
-        future.cancel()
-    else:
-        future.set_exception(exc)
-        future.exception()  # retrieved: waiters re-raise it themselves

@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from cas.aiotools import fail
 from cas.errors import CasError
 from cas.get.browse import checked_length
 from cas.ids import ObjectId
-from cas.mount.deadline import fail
 from cas.mount.lru import ByteLRU
 from cas.mount.relocation import Relocation
 from cas.objects import ChunkRef, Entry, FileEntry

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from cas.aiotools import fail
 from cas.errors import CasError
 from cas.get.browse import check_chunks
 from cas.ids import ObjectId
-from cas.mount.deadline import fail
 from cas.mount.lru import ByteLRU
 from cas.mount.relocation import Relocation
 from cas.objects import Entry, FileEntry, Tree
