@@ -3,13 +3,14 @@
 A sequential reader of a mounted tree opens one file after another, and
 each open of a file whose chunks are not here costs a round trip to the
 store: on a 30 ms link, a thousand directories of small files wait half a
-minute for latency alone, while `cas get` streams. Once two opens in a row
-are neighbouring files of one directory, the walk is predicted the way
+minute for latency alone, while `cas get` streams. Once three opens in a
+row are neighbouring files of one directory, the walk is predicted the way
 `os.walk` goes (the rest of the directory's files, its subdirectories,
 then what follows it in each parent) and the leading chunks of the next
-files are fetched `budget` bytes ahead of the reader. It continues while
+files are fetched ahead of the reader: 256 KiB at first, twice as far each
+time the reader opens a predicted file, up to `budget`. It continues while
 the opens land on predicted files and stops after `_MISSES` that do not,
-so a job opening a file here and there fetches only what it reads.
+so a job opening a file here and there fetches (almost) only what it reads.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ _PER_FILE: Final = 1 << 20
 _FIRST_BATCH: Final = 64 << 10
 _BATCH: Final = 1 << 20
 """Chunks fetched together: neighbours in a pack become one ranged read (first ones sooner)."""
+_NEIGHBOURS: Final = 2
+"""Neighbouring opens in a row (three files) that make a walk: two happen by chance."""
+_FIRST_LEAD: Final = 256 << 10
 _MISSES: Final = 2
 """Opens off the predicted path in a row that end a walk."""
 log = logging.getLogger("cas.mount")
@@ -68,6 +72,10 @@ class WalkAhead:
         self._reached = 0
         self._moved = asyncio.Event()
         self._misses = 0
+        self._neighbours = 0
+        """Opens in a row, each of the file after the one before in its directory."""
+        self._lead = _FIRST_LEAD
+        """How far ahead of the reader the walk fetches now (grows to `budget`)."""
         self.walks = 0
         """Walks recognised (for tests and the summary)."""
 
@@ -77,6 +85,12 @@ class WalkAhead:
         index = listing.positions[here.child]
         key = (here.tree, here.child)
         previous, self._last = self._last, (here.tree, index)
+        neighbour = (
+            previous is not None
+            and previous[0] == here.tree
+            and _next_file(listing, previous[1]) == index
+        )
+        self._neighbours = self._neighbours + 1 if neighbour else 0
         if key in self._positions:
             self._advance(key)
             return
@@ -85,12 +99,9 @@ class WalkAhead:
             if self._misses < _MISSES:
                 return
             self.stop()
-        if (
-            previous is not None
-            and previous[0] == here.tree
-            and _next_file(listing, previous[1]) == index
-        ):
+        if self._neighbours >= _NEIGHBOURS:
             self.walks += 1
+            self._lead = _FIRST_LEAD
             self._task = asyncio.ensure_future(self._walk(listing, path))
 
     def stop(self) -> None:
@@ -111,6 +122,7 @@ class WalkAhead:
 
     def _advance(self, key: FileKey) -> None:
         self._misses = 0
+        self._lead = min(self.budget, self._lead * 2)
         while self._positions:
             passed, position = self._positions.popitem(last=False)
             if passed == key:
@@ -132,9 +144,9 @@ class WalkAhead:
 
         try:
             async for holder, entry, _where in self._upcoming(listing, path):
-                if scheduled - self._reached >= self.budget:
+                if scheduled - self._reached >= self._lead:
                     flush()
-                    while scheduled - self._reached >= self.budget:
+                    while scheduled - self._reached >= self._lead:
                         self._moved.clear()
                         await self._moved.wait()
                 self._positions[holder, entry.name] = scheduled
