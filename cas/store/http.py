@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from cas.aiotools import gather_or_cancel
+from cas.batching import batch_by_size
 from cas.errors import (
     IntegrityError,
     ObjectName,
@@ -332,19 +333,15 @@ async def _put_each(
     return await gather_or_cancel(one(i, d) for i, d in items)
 
 
-def _batches(items: Sequence[tuple[ObjectId, bytes]]) -> Iterator[list[tuple[ObjectId, bytes]]]:
+def _batches(items: Sequence[tuple[ObjectId, bytes]]) -> list[list[tuple[ObjectId, bytes]]]:
     """Consecutive groups within the server's batch limits (headers counted)."""
-    batch: list[tuple[ObjectId, bytes]] = []
-    size = 0
-    for item in items:
-        cost = RECORD_HEADER.size + len(item[1])
-        if batch and (len(batch) == MAX_BATCH_OBJECTS or size + cost > MAX_BATCH_BODY):
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += cost
-    if batch:
-        yield batch
+    return batch_by_size(
+        items,
+        lambda item: RECORD_HEADER.size + len(item[1]),
+        max_bytes=MAX_BATCH_BODY,
+        max_items=MAX_BATCH_OBJECTS,
+        alone_from=MAX_BATCH_BODY,
+    )
 
 
 def _json_field(body: bytes, key: str, expected: type, url: str) -> Any:
