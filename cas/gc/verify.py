@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -25,6 +24,7 @@ from cas.errors import UNREADABLE, IntegrityError, ObjectNotFound, read_failure
 from cas.gc.idset import IdSet
 from cas.ids import ObjectId, is_object_id
 from cas.indexbook import read_index
+from cas.lru import ByteLRU
 from cas.objects import MAX_TREE_BYTES, DirEntry, FileEntry, Tree
 from cas.pack import MAX_PACK_BYTES, ObjectKind, verify_pack
 from cas.packindex import Location, PackIndex
@@ -71,36 +71,14 @@ class VerifyReport:
 TreeChildren = tuple[dict[ObjectId, int], list[ObjectId]]
 """What a tree names: its chunks (with their lengths) and its subtrees."""
 _CHILDREN_BYTES: Final = 64 << 20
-"""Memory for the trees' children kept between manifests (about 1M names)."""
+"""Memory for the trees' children kept between manifests (about 1M names): manifests
+of one store share most trees, so a tree is read once per run while each manifest's
+walk still checks it against its own index."""
 
 
-class _TreeChildrenCache:
-    """Least recently used trees' children, up to about `limit` bytes.
-
-    Manifests of one store share most trees: kept here, a tree is read once
-    per run while each manifest's walk still checks it against its own index.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._size = 0
-        self._items: OrderedDict[ObjectId, tuple[TreeChildren, int]] = OrderedDict()
-
-    def get(self, key: ObjectId) -> TreeChildren | None:
-        found = self._items.get(key)
-        if found is None:
-            return None
-        self._items.move_to_end(key)
-        return found[0]
-
-    def put(self, key: ObjectId, children: TreeChildren) -> TreeChildren:
-        size = 64 * (len(children[0]) + len(children[1]) + 1)
-        self._items[key] = (children, size)
-        self._size += size
-        while self._size > self._limit and len(self._items) > 1:
-            _, (_, dropped) = self._items.popitem(last=False)
-            self._size -= dropped
-        return children
+def _children_size(children: TreeChildren) -> int:
+    """About what a tree's children take in memory (64 bytes a name)."""
+    return 64 * (len(children[0]) + len(children[1]) + 1)
 
 
 def _good_key(object_id: ObjectId, loc: Location) -> ObjectId:
@@ -136,7 +114,7 @@ class Checker:
         )
         self._good_set: IdSet | None = None
         """Chunks found intact at a location (on disk); made when the first chunk is read."""
-        self._children = _TreeChildrenCache(_CHILDREN_BYTES)
+        self._children: ByteLRU[ObjectId, TreeChildren] = ByteLRU(_CHILDREN_BYTES)
         self._bad: dict[ObjectId, frozenset[Problem]] = {}
         self._packs: dict[ObjectId, bool] = {}
         self.report = VerifyReport()
@@ -214,7 +192,8 @@ class Checker:
             if isinstance(problem, Problem):
                 self._bad[key] = frozenset({problem})
                 return self._bad[key]
-            children = self._children.put(key, problem)
+            children = problem
+            self._children.put(key, children, _children_size(children))
         lengths, subtrees = children
         parts = await asyncio.gather(
             self._chunks(index, lengths), *(self._tree(index, s, walked) for s in subtrees)

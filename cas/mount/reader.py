@@ -25,7 +25,7 @@ from cas.aiotools import fail
 from cas.errors import CasError
 from cas.get.browse import checked_length
 from cas.ids import ObjectId
-from cas.mount.lru import ByteLRU
+from cas.lru import ByteLRU
 from cas.mount.relocation import Relocation
 from cas.objects import ChunkRef, Entry, FileEntry
 from cas.repo import Repository

@@ -20,7 +20,7 @@ from cas.aiotools import fail
 from cas.errors import CasError
 from cas.get.browse import check_chunks
 from cas.ids import ObjectId
-from cas.mount.lru import ByteLRU
+from cas.lru import ByteLRU
 from cas.mount.relocation import Relocation
 from cas.objects import Entry, FileEntry, Tree
 from cas.packindex import Location

@@ -1,7 +1,8 @@
 """A least-recently-used map whose cap is in bytes, not entries.
 
 Decoded trees and chunks vary from a few bytes to megabytes, so a count
-cap would bound nothing: the mount's memory must not grow with the tree.
+cap would bound nothing: the mount's memory, and what verify keeps of the
+trees between manifests, must not grow with the tree.
 """
 
 from __future__ import annotations
