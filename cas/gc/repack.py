@@ -18,21 +18,27 @@ repack them again), so nothing a completed manifest needs is ever deleted.
 corrupt frame (`FrameMover.move(..., salvage=True)`): intact frames are
 copied, corrupt ones dropped, and the relocated indexes leave the dropped
 objects out, so the next put of a source holding them uploads them again.
+A new pack never takes the name of a pack being salvaged (`avoid`): see
+`_seal_apart`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Final
 
+from cas import codec
 from cas.errors import IntegrityError, ObjectNotFound
-from cas.ids import ObjectId
+from cas.ids import ObjectId, hash_bytes
 from cas.indexbook import read_index
 from cas.pack import (
     ENTRY,
     FOOTER,
     HEAD_MAGIC,
+    MAX_ENTRIES,
     TARGET_PACK_BYTES,
     ObjectKind,
     PackBuilder,
@@ -46,6 +52,9 @@ from cas.store.base import Kind, Store
 from cas.store.encoded import write_index
 
 _PACK_OVERHEAD = len(HEAD_MAGIC) + FOOTER.size
+_MOVED_PER_PACK: Final = MAX_ENTRIES - 1
+"""Frames a new pack takes at most, so that a filler frame always fits (`_seal_apart`)."""
+_FILLER_BYTES: Final = 32
 
 Members = dict[int, tuple[ObjectKind, ObjectId, Location]]
 """The frames of one pack that indexes name: offset -> (kind, id, location)."""
@@ -93,11 +102,18 @@ class FrameMover:
     """Copies verified frames into new packs and remembers where each one went.
 
     An object whose frames lie in several of the moved packs is copied once
-    and every one of its old places is relocated to the copy.
+    and every one of its old places is relocated to the copy. No new pack
+    takes a name in `avoid` (the damaged packs a salvage replaces).
     """
 
-    def __init__(self, store: Store, on_written: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_written: Callable[[int], None],
+        avoid: Collection[ObjectId] = (),
+    ) -> None:
         self.store = store
+        self._avoid = frozenset(avoid)
         self.relocated: dict[Frame, Location] = {}
         self.dropped: set[Frame] = set()
         """Frames that did not verify (salvage only): no relocated index names them."""
@@ -118,7 +134,10 @@ class FrameMover:
                 self._duplicates[pack, offset] = earlier
                 continue
             self._first_copy[str(entry.kind), entry.id] = (pack, offset)
-            if self._builder.entries and self._builder.full(TARGET_PACK_BYTES - len(frame)):
+            if self._builder.entries and (
+                self._builder.full(TARGET_PACK_BYTES - len(frame))
+                or len(self._builder.entries) >= _MOVED_PER_PACK
+            ):
                 await self._seal()
             self._builder.add(entry.kind, entry.id, entry.raw, frame)
             self._waiting.append((pack, offset))
@@ -132,10 +151,11 @@ class FrameMover:
     async def _seal(self) -> None:
         if not self._builder.entries:
             return
-        sealed: SealedPack = await asyncio.to_thread(self._builder.seal)
+        sealed = await asyncio.to_thread(_seal_apart, self._builder, self._avoid)
         if await self.store.put_if_absent(Kind.PACK, sealed.id, sealed.data):
             self._on_written(len(sealed.data))
-        for origin, entry in zip(self._waiting, sealed.entries, strict=True):
+        moved = sealed.entries[: len(self._waiting)]  # a filler frame, if any, comes last
+        for origin, entry in zip(self._waiting, moved, strict=True):
             self.relocated[origin] = Location(sealed.id, entry.offset, entry.stored, entry.raw)
         self._builder, self._waiting = PackBuilder(), []
 
@@ -168,6 +188,34 @@ class FrameMover:
         before_delete()
         await self.store.delete(Kind.INDEX, name)
         return True
+
+
+def _seal_apart(builder: PackBuilder, avoid: frozenset[ObjectId]) -> SealedPack:
+    """Seal `builder` into a pack whose name is not in `avoid`.
+
+    Packs are named by their bytes, and a salvage can lay out a damaged
+    pack's exact bytes again: when only its trailer was damaged (every frame
+    is copied, in order), or when its lost frames came back from copies in
+    other damaged packs in the same order. Under that name the store keeps
+    the damaged bytes (it is create-only, and "already there" is what it
+    answers), so the relocated indexes would name the damage and the damaged
+    pack could never be deleted. Such a pack gets one more frame, last: a
+    chunk of random bytes that no index names. Its bytes, and so its name,
+    are then new; as after any salvage, the damaged pack is deleted only
+    once the copy is stored and the indexes name it, so no crash can leave
+    a frame with no copy. Another frame order would not do for a pack of
+    one frame; a filler works for every pack (`move` leaves it room within
+    `MAX_ENTRIES`), and costs 49 bytes of trailer and a frame of ~40 bytes.
+    """
+    first = sealed = builder.seal()
+    while sealed.id in avoid:
+        again = PackBuilder()
+        for e in first.entries:
+            again.add(e.kind, e.id, e.raw, first.data[e.offset : e.offset + e.stored])
+        filler = secrets.token_bytes(_FILLER_BYTES)
+        again.add(ObjectKind.CHUNK, hash_bytes(filler), len(filler), codec.encode(filler))
+        sealed = again.seal()
+    return sealed
 
 
 async def repack(

@@ -9,6 +9,9 @@ removes every way to reach the damage:
    are copied into new packs (each verified first), every index naming the
    damaged pack is written again without the corrupt frames (`FrameMover`,
    as a collection's repack does), the old index is deleted, then the pack.
+   A new pack never takes a damaged pack's name, even when it holds that
+   pack's exact bytes (`cas.gc.repack._seal_apart`): the store would keep
+   the damaged bytes under it.
 2. Manifest and index objects that do not verify are deleted.
 
 3. Heal: a manifest missing objects (dropped now, or in packs that are gone)
@@ -98,15 +101,13 @@ async def repair(
             report.packs_written += 1
             report.bytes_written += size
 
-        mover = FrameMover(store, written)
+        # The copies never take a damaged pack's name, even when they hold its very
+        # bytes (only its trailer was damaged, or verify only read it damaged): the
+        # indexes then name the copies and every damaged pack can go.
+        mover = FrameMover(store, written, avoid=damaged)
         for pack in sorted(damaged):
             await mover.move(pack, members.get(pack, {}), salvage=True)
         await mover.finish()
-        # Packs are named by their bytes: a pack whose frames all verified when read
-        # again comes back under its own id. Its damage was in a read during verify,
-        # not in the store; it keeps its place (leaving its entries out and deleting
-        # it would lose every frame it holds).
-        damaged -= {loc.pack for loc in mover.relocated.values()}
         report.frames_dropped = len(mover.dropped)
         report.frames_copied = sum(len(m) for m in members.values()) - report.frames_dropped
         for name in sorted(survey.naming):

@@ -12,7 +12,7 @@ from cas.gc.repair import repair
 from cas.gc.verify import Checker
 from cas.get.downloader import restore_manifest
 from cas.ids import ObjectId, hash_bytes
-from cas.pack import read_entries
+from cas.pack import PackBuilder, read_entries
 from cas.packindex import PackIndex, encode_index
 from cas.repo import Repository
 from cas.store.base import Kind
@@ -244,3 +244,110 @@ async def test_repair_heals_a_manifest_from_a_copy_it_salvaged_from_another_dama
         "s": shared,
         "x": extra,
     }
+
+
+async def test_repair_deletes_a_damaged_pack_even_when_the_salvage_rebuilds_its_bytes(
+    repair_backend, tmp_path
+):
+    """Two damaged packs whose salvage lays out the first one's bytes again.
+
+    The first pack (by id, the order repair salvages in) holds [Y, X] with X
+    corrupt, the second [W, X] with W corrupt. The salvage copies Y, then X
+    from the second pack: exactly the first pack's bytes before the damage,
+    and so its name. Before, the store refused that name (create-only),
+    repair took the pack as intact and kept the damaged file, the indexes
+    named its corrupt X, and the second pack, the only good copy of X, was
+    deleted.
+    """
+    backend = repair_backend
+    store = backend.store
+    x = os.urandom(40_000)
+    trees = {"a": {"a": os.urandom(40_000), "b": x}, "b": {"a": os.urandom(40_000), "b": x}}
+    # No refs, so no parents: each put packs its chunks apart, file "a" before file "b".
+    made = {await put(store, write_tree(tmp_path / n, blobs)): blobs for n, blobs in trees.items()}
+    pairs = sorted((await packs_holding(store, "chunk")).items())
+    [(low, low_entries), (high, high_entries)] = pairs
+    assert low_entries[1].id == high_entries[1].id == hash_bytes(x)
+    original = {pack: backend.peek(Kind.PACK, pack) for pack in (low, high)}
+    # What the salvage builds: the lower pack's intact frame, then X from the higher one.
+    rebuilt = PackBuilder()
+    for pack, e in ((low, low_entries[0]), (high, high_entries[1])):
+        rebuilt.add(e.kind, e.id, e.raw, original[pack][e.offset : e.offset + e.stored])
+    assert rebuilt.seal().id == low
+    # The higher pack loses its own chunk: another put holds a copy of it.
+    [lost_too] = [b["a"] for b in trees.values() if hash_bytes(b["a"]) == high_entries[0].id]
+    made[await put(store, write_tree(tmp_path / "c", {"a": lost_too}))] = {"a": lost_too}
+    for pack, e in ((low, low_entries[1]), (high, high_entries[0])):
+        data = bytearray(original[pack])
+        data[e.offset : e.offset + e.stored] = b"\xa5" * e.stored
+        backend.plant(Kind.PACK, pack, bytes(data))
+
+    manifests = list(made)
+    found = await check(Repository(store), manifests)
+    assert found.damaged_packs == {low, high}
+    done = await repair(Repository(store), found)
+    assert sorted(done.packs_replaced) == [low, high] and done.frames_dropped == 2
+    assert len(done.healed) == 2  # each damaged pack's manifest, from the other copies
+    assert not {low, high} & {i.id async for i in store.list(Kind.PACK)}
+    assert (await check(Repository(store), manifests)).ok
+    checker = Checker(Repository(store))
+    try:
+        await checker.check_orphans(16 << 20)  # every pack read whole, as `verify --all` does
+    finally:
+        checker.close()
+    assert checker.report.ok and not checker.report.damaged_packs
+    for manifest_id, blobs in made.items():
+        out = tmp_path / f"out-{manifest_id}"
+        await restore_manifest(Repository(store), manifest_id, out)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == blobs
+
+
+@pytest.mark.parametrize(
+    ("where", "kind"), [("local", "chunk"), ("local", "tree"), ("serve", "chunk")]
+)
+def test_cli_repair_replaces_a_pack_damaged_only_in_its_trailer(
+    where, kind, tmp_path, request, monkeypatch
+):
+    """Every frame of the pack verifies; its trailer does not, so the whole pack fails.
+
+    The salvage copies every frame in order: the pack's own bytes before the
+    damage, its own name. Before, repair kept the damaged pack, said "nothing to
+    remove or heal", and `verify --all` found it corrupt again every time.
+    """
+    if where == "serve":
+        from tests.serve_process import TOKENS
+
+        server = request.getfixturevalue("serve_process")
+        server.reset()
+        monkeypatch.setenv("CAS_TOKEN", TOKENS["admin"])
+        store, root = server.url, server.root
+    else:
+        root = tmp_path / "store"
+        store = str(root)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):  # one chunk each: a pack of three chunks, a pack of one tree
+        (src / f"f{i}").write_bytes(os.urandom(100_000))
+    cli_put(store, src, "--ref", "r")
+    [(path, entries)] = [
+        (p, es)
+        for p in (root / "pack").rglob("*")
+        if p.is_file()
+        for es in [read_entries(bytes.fromhex(p.name), p.read_bytes(), max_chunk=16 << 20)]
+        if es[0].kind == kind
+    ]
+    data = bytearray(path.read_bytes())
+    data[entries[-1].offset + entries[-1].stored + 5] ^= 0xFF  # in the trailer's first id
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    assert cas("verify", "--store", store, "r").returncode == 0  # every frame reads intact
+
+    proc = cas("verify", "--store", store, "--all", "--repair", "--json", check=False)
+    assert proc.returncode == 4
+    repaired = json.loads(proc.stdout)["repair"]
+    assert repaired["packs_replaced"] == [path.name]
+    assert repaired["frames_dropped"] == 0 and repaired["frames_copied"] == len(entries)
+    assert cas("verify", "--store", store, "--all").returncode == 0
+    out = tmp_path / "out"
+    cas("get", "--store", store, "r", str(out))
+    assert snapshot(out) == snapshot(src)
