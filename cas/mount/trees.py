@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
 from cas.aiotools import fail
+from cas.batching import batch_by_size
 from cas.errors import CasError
 from cas.get.browse import check_chunks
 from cas.ids import ObjectId
@@ -135,7 +135,15 @@ class TreeSource:
         room = int(self._lru.capacity * _WARM_SHARE)
         warmed = 0
         flying: deque[asyncio.Future[dict[ObjectId, Listing]]] = deque()
-        batches = _batches(order, trees, _WARM_READ_BYTES)
+        batches = iter(
+            batch_by_size(
+                order,
+                lambda i: trees[i].stored,
+                max_bytes=_WARM_READ_BYTES,
+                max_items=len(order),
+                alone_from=_WARM_READ_BYTES,
+            )
+        )
         try:
             while True:
                 while len(flying) < _WARM_IN_FLIGHT and (batch := next(batches, None)):
@@ -188,20 +196,3 @@ def _listings(trees: dict[ObjectId, Tree], max_chunk: int) -> dict[ObjectId, Lis
         except CasError:
             continue
     return out
-
-
-def _batches(
-    order: list[ObjectId], where: dict[ObjectId, Location], limit: int
-) -> Iterator[list[ObjectId]]:
-    """Consecutive runs of `order` of at most `limit` stored bytes each (at least one id)."""
-    batch: list[ObjectId] = []
-    size = 0
-    for tree_id in order:
-        stored = where[tree_id].stored
-        if batch and size + stored > limit:
-            yield batch
-            batch, size = [], 0
-        batch.append(tree_id)
-        size += stored
-    if batch:
-        yield batch
