@@ -16,7 +16,8 @@ removes every way to reach the damage:
 
 3. Heal: a manifest missing objects (dropped now, or in packs that are gone)
    gets a new index that adds them where another index locates them in a
-   pack that exists, e.g. a second copy stored by another put.
+   pack that exists, e.g. a second copy stored by another put; it replaces
+   the index it extends.
 
 A manifest that still lacks objects reads as incomplete ("missing" in `cas
 verify`, `ObjectNotFound` in `cas get`), never as wrong bytes. A put of a
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
@@ -46,6 +48,7 @@ from cas.pack import ObjectKind
 from cas.packindex import Location, PackIndex
 from cas.repo import Repository
 from cas.store.base import Kind
+from cas.store.encoded import write_index
 from cas.store.listing import list_concurrently
 
 
@@ -125,7 +128,7 @@ async def repair(
             lease.check()
             await store.delete(Kind.PACK, pack)
             report.packs_replaced.append(pack)
-        report.healed = await _heal(repo, lost, survey.elsewhere, mover, damaged)
+        report.healed = await _heal(repo, lost, survey.elsewhere, mover, damaged, lease.check)
         await lease.finish(
             {
                 "repaired_packs": len(report.packs_replaced),
@@ -209,11 +212,17 @@ async def _heal(
     elsewhere: dict[tuple[ObjectKind, ObjectId], list[Location]],
     mover: FrameMover,
     leave_out: set[ObjectId],
+    before_delete: Callable[[], None],
 ) -> list[ObjectId]:
     """New indexes for manifests whose lost objects another index locates in a live pack.
 
     `elsewhere` was read before the damaged packs were salvaged: each place is
     taken where the salvage moved it, and one in a dropped frame is no copy.
+    A healed index holds every entry of the index it extends, which is then
+    deleted: left beside it, it could be the one a reader takes (the newest
+    by store time, and the relocated index was written just before, within
+    a file system's clock tick or ahead on another machine's clock).
+    `before_delete` raises if it may not be deleted now (a lapsed lease).
     """
     if not lost:
         return []
@@ -234,12 +243,17 @@ async def _heal(
         if not copies:
             continue
         current = await repo.indexes_of(manifest_id)
+        base = current[0] if current else None
         new = PackIndex(manifest_id)
-        for kind, object_id, loc in current[0].items() if current else ():
+        for kind, object_id, loc in base.items() if base else ():
             new.table(kind)[object_id] = loc
         for (kind, object_id), loc in copies.items():
             new.table(kind)[object_id] = loc
-        await repo.put_index(new)
+        name, _ = await write_index(store, new, repo.level)
+        repo.adopt(new)  # as `Repository.put_index` does
+        if base is not None and base.name is not None and base.name != name:
+            before_delete()
+            await store.delete(Kind.INDEX, base.name)
         if await manifest_complete(repo, manifest_id):
             healed.append(manifest_id)
     return healed

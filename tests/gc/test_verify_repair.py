@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,36 @@ def test_cli_repair_replaces_a_pack_damaged_only_in_its_trailer(
     out = tmp_path / "out"
     cas("get", "--store", store, "r", str(out))
     assert snapshot(out) == snapshot(src)
+
+
+async def test_a_healed_manifest_reads_whole_whichever_of_its_indexes_looks_newest(
+    local_backend, tmp_path
+):
+    """The heal replaces the index it extends: left beside it, a reader could take that one.
+
+    A reader takes a manifest's newest index, and store times are coarse (a
+    file system's clock tick, another machine's clock): the index relocated
+    just before the heal can look as new as the heal, or newer.
+    """
+    store = local_backend.store
+    shared, mine = os.urandom(40_000), os.urandom(40_000)
+    # No refs, so no parents: the second put stores its own copy of the shared chunk.
+    first = await put(store, write_tree(tmp_path / "a", {"m": mine, "s": shared}))
+    second = await put(store, write_tree(tmp_path / "b", {"s": shared}))
+    loc = (await Repository(store).index(first)).chunks[hash_bytes(shared)]
+    data = bytearray(local_backend.peek(Kind.PACK, loc.pack))
+    data[loc.offset : loc.offset + loc.stored] = b"\xa5" * loc.stored
+    local_backend.plant(Kind.PACK, loc.pack, bytes(data))
+    found = await check(Repository(store), [first, second])
+    assert found.damaged_packs == {loc.pack}
+    done = await repair(Repository(store), found)
+    assert done.healed == [first]
+
+    later = time.time() + 60
+    for index in await Repository(store).indexes_of(first):
+        if hash_bytes(shared) not in index.chunks:  # an index the heal extended
+            os.utime(local_backend.path(Kind.INDEX, index.name), (later, later))
+    assert (await check(Repository(store), [first, second])).ok
+    out = tmp_path / "out"
+    await restore_manifest(Repository(store), first, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"m": mine, "s": shared}
