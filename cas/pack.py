@@ -141,7 +141,7 @@ def _check_trailer_length(pack_id: ObjectId, trailer: bytes) -> None:
 
 
 def encode_frames(
-    items: Iterable[tuple[ObjectId, bytes]], level: int
+    items: Iterable[tuple[ObjectId, bytes]], level: int = codec.DEFAULT_LEVEL
 ) -> list[tuple[ObjectId, int, bytes]]:
     """Frames for a pack: (id, raw length, zstd frame) of each named object.
 

@@ -30,7 +30,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Final
 
-from cas import codec
 from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId, hash_bytes
 from cas.indexbook import read_index
@@ -45,6 +44,7 @@ from cas.pack import (
     PackEntry,
     SealedPack,
     decode_frame,
+    encode_frames,
 )
 from cas.packindex import Location, PackIndex
 from cas.packreads import merge_ranges
@@ -213,7 +213,8 @@ def _seal_apart(builder: PackBuilder, avoid: frozenset[ObjectId]) -> SealedPack:
         for e in first.entries:
             again.add(e.kind, e.id, e.raw, first.data[e.offset : e.offset + e.stored])
         filler = secrets.token_bytes(_FILLER_BYTES)
-        again.add(ObjectKind.CHUNK, hash_bytes(filler), len(filler), codec.encode(filler))
+        [(filler_id, raw, frame)] = encode_frames([(hash_bytes(filler), filler)])
+        again.add(ObjectKind.CHUNK, filler_id, raw, frame)
         sealed = again.seal()
     return sealed
 
