@@ -11,10 +11,13 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
+
+from cas.caches.chunks import ChunkCache
 from cas.mount.reader import ChunkReader, OpenFile
 from cas.mount.relocation import Relocation
 from cas.mount.trees import TreeSource
-from cas.mount.walkahead import Step, WalkAhead
+from cas.mount.walkahead import CACHED_BUDGET, Step, WalkAhead
 from cas.objects import DirEntry, FileEntry
 from cas.repo import Repository
 from cas.store.local import LocalStore
@@ -65,27 +68,33 @@ class Mounted:
             await asyncio.sleep(0.02)
 
 
-async def mounted(tmp_path: Path) -> Mounted:
+async def mounted(tmp_path: Path, cache: ChunkCache | None = None) -> Mounted:
     manifest_id = await put(tmp_path / "store", tmp_path / "src")
     store = CountingReads(LocalStore(tmp_path / "store"))
-    repo = Repository(store)
+    repo = Repository(store, cache)
     manifest = await repo.get_manifest(manifest_id)
     relocation = Relocation(repo, manifest_id, timeout=30)
     max_chunk = manifest.chunker.max_size
     trees = TreeSource(repo, max_chunk, relocation=relocation)
     reader = ChunkReader(repo, max_chunk, relocation=relocation)
-    return Mounted(store, repo, manifest, trees, reader, WalkAhead(trees, reader))
+    if cache is None:
+        walk = WalkAhead(trees, reader.fetch_ahead)
+    else:  # as a mount with a chunk cache: into the cache, further ahead
+        walk = WalkAhead(trees, reader.fetch_into_cache, CACHED_BUDGET, per_file=CACHED_BUDGET)
+    return Mounted(store, repo, manifest, trees, reader, walk)
 
 
 def chunk_reads(store) -> int:
     return sum(1 for _, length in store.ranges if length > 20_000)  # trees are smaller
 
 
-def test_a_walk_is_served_ahead_in_os_walk_order(tmp_path):
+@pytest.mark.parametrize("into", ["memory", "cache"])
+def test_a_walk_is_served_ahead_in_os_walk_order(tmp_path, into):
     build(tmp_path / "src")
+    cache = ChunkCache(tmp_path / "cache", capacity=1 << 30) if into == "cache" else None
 
     async def run():
-        m = await mounted(tmp_path)
+        m = await mounted(tmp_path, cache)
         try:
             for path in ("a/f0.bin", "a/f1.bin", "a/f2.bin"):  # neighbours in a row: a walk
                 await m.read_all(await m.open(path))
@@ -102,6 +111,8 @@ def test_a_walk_is_served_ahead_in_os_walk_order(tmp_path):
             await m.walk.close()
             await m.reader.close()
             await m.store.aclose()
+            if cache is not None:
+                cache.close()
 
     asyncio.run(run())
 

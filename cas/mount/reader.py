@@ -35,6 +35,7 @@ DEFAULT_READAHEAD: Final = 8 << 20
 SIBLINGS_BYTES: Final = 4 << 20
 """Small files of a directory fetched together when the first of them is opened."""
 _WARMED_DIRS: Final = 4096
+_CACHE_FETCHES: Final = 2
 log = logging.getLogger("cas.mount")
 
 
@@ -78,6 +79,7 @@ class ChunkReader:
         self._inflight: dict[ObjectId, asyncio.Future[bytes | None]] = {}
         self._background: set[asyncio.Task[dict[ObjectId, bytes]]] = set()
         self._warmed: ByteLRU[ObjectId, bool] = ByteLRU(_WARMED_DIRS)
+        self._cache_fetches = asyncio.Semaphore(_CACHE_FETCHES)
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
         """Up to `size` bytes at `offset`; `ReadFailed` rather than any unverified byte."""
@@ -162,6 +164,34 @@ class ChunkReader:
         """Start fetching chunks a reader is expected to ask for soon (those not here yet)."""
         wanted = [r for r in refs if r.id not in self._lru and r.id not in self._inflight]
         self._in_background(list(dict.fromkeys(wanted)), where)
+
+    def fetch_into_cache(self, refs: Iterable[ChunkRef], where: str) -> None:
+        """Start fetching chunks into the chunk cache only, not memory (a walk far ahead).
+
+        At most `_CACHE_FETCHES` at a time, so demand reads keep the store's
+        other connections.
+        """
+        cache = self.repo.cache
+        if cache is None:
+            self.fetch_ahead(refs, where)
+            return
+        ids = [r.id for r in refs if r.id not in self._lru and r.id not in self._inflight]
+        held = cache.has_many(ids)
+        ids = list(dict.fromkeys(i for i in ids if i not in held))
+        if ids:
+            task = asyncio.ensure_future(self._into_cache(ids, where))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _into_cache(self, ids: list[ObjectId], where: str) -> dict[ObjectId, bytes]:
+        async with self._cache_fetches:
+            try:
+                await self.relocation.read(
+                    lambda: self.repo.get_chunks(ids, self.max_chunk), f"{where}: read ahead"
+                )
+            except CasError as exc:
+                log.debug("reading ahead %s failed: %s", where, exc)
+        return {}
 
     def _in_background(self, wanted: list[ChunkRef], where: str) -> None:
         """Fetch `wanted` in the background: those the chunk cache holds apart from the rest.

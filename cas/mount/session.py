@@ -31,7 +31,7 @@ from cas.mount.reader import DEFAULT_CHUNK_BYTES, DEFAULT_READAHEAD, ChunkReader
 from cas.mount.record import Recorder, read_trace
 from cas.mount.relocation import Relocation
 from cas.mount.trees import DEFAULT_TREE_BYTES, TreeSource
-from cas.mount.walkahead import WalkAhead
+from cas.mount.walkahead import CACHED_BUDGET, WalkAhead
 from cas.objects import DirEntry, Manifest
 from cas.repo import Repository
 
@@ -166,7 +166,11 @@ async def serve(
         readahead=options.readahead,
         relocation=relocation,
     )
-    walk = WalkAhead(trees, reader, options.readahead // 2) if options.readahead > 0 else None
+    walk = None
+    if options.readahead > 0 and repo.cache is not None:
+        walk = WalkAhead(trees, reader.fetch_into_cache, CACHED_BUDGET, per_file=CACHED_BUDGET)
+    elif options.readahead > 0:
+        walk = WalkAhead(trees, reader.fetch_ahead, options.readahead // 2)
     nodes = NodeTable(root, time.time_ns())
     paths = read_trace(options.prefetch) if options.prefetch not in (None, "all") else None
     check_mountpoint(mountpoint)

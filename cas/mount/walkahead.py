@@ -18,20 +18,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final
 
 from cas.errors import CasError
 from cas.ids import ObjectId
-from cas.mount.reader import ChunkReader
 from cas.mount.trees import Listing, TreeSource
 from cas.objects import ChunkRef, DirEntry, FileEntry
 
 DEFAULT_BUDGET: Final = 4 << 20
 """Chunk bytes fetched ahead of the reader's position in the walk."""
-_PER_FILE: Final = 1 << 20
+DEFAULT_PER_FILE: Final = 1 << 20
 """Leading bytes of each next file: a large file's own readahead does the rest."""
+CACHED_BUDGET: Final = 32 << 20
+"""With a chunk cache the walk fetches into the cache (on disk), so it can run further
+ahead, whole files: the link streams while the reader spends CPU on small files."""
 _FIRST_BATCH: Final = 64 << 10
 _BATCH: Final = 1 << 20
 """Chunks fetched together: neighbours in a pack become one ranged read (first ones sooner)."""
@@ -60,11 +62,17 @@ class WalkAhead:
     """Watches file opens; while they look like a walk, fetches the next files' chunks."""
 
     def __init__(
-        self, trees: TreeSource, reader: ChunkReader, budget: int = DEFAULT_BUDGET
+        self,
+        trees: TreeSource,
+        fetch: Callable[[list[ChunkRef], str], None],
+        budget: int = DEFAULT_BUDGET,
+        per_file: int = DEFAULT_PER_FILE,
     ) -> None:
         self.trees = trees
-        self.reader = reader
+        self.fetch = fetch
+        """Starts a background fetch (`ChunkReader.fetch_ahead` or `fetch_into_cache`)."""
         self.budget = budget
+        self.per_file = per_file
         self._last: tuple[ObjectId, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._positions: OrderedDict[FileKey, int] = OrderedDict()
@@ -139,7 +147,7 @@ class WalkAhead:
         def flush() -> None:
             nonlocal batch, batch_bytes, limit
             if batch:
-                self.reader.fetch_ahead(batch, f"files after {path[0].where}/{path[0].child}")
+                self.fetch(batch, f"files after {path[0].where}/{path[0].child}")
             batch, batch_bytes, limit = [], 0, min(_BATCH, limit * 2)
 
         try:
@@ -150,7 +158,7 @@ class WalkAhead:
                         self._moved.clear()
                         await self._moved.wait()
                 self._positions[holder, entry.name] = scheduled
-                refs = _leading(entry.chunks, _PER_FILE)
+                refs = _leading(entry.chunks, self.per_file)
                 batch += refs
                 batch_bytes += sum(r.length for r in refs)
                 scheduled += sum(r.length for r in refs)
