@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         default="8M",
         metavar="SIZE",
         help="bytes of a file fetched ahead of sequential reads (default 8M); 0 also stops "
-        "fetching a directory's small files together when one is opened",
+        "fetching a directory's small files together and reading ahead the next files of a "
+        "walk of the tree",
     )
     p.add_argument(
         "--memory",
