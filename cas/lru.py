@@ -36,14 +36,20 @@ class ByteLRU(Generic[K, V]):
         self._items.move_to_end(key)
         return item[0]
 
-    def put(self, key: K, value: V, size: int) -> None:
-        """Keep `value`; one larger than the whole cap is not kept at all."""
+    def put(self, key: K, value: V, size: int, *, cold: bool = False) -> None:
+        """Keep `value`; one larger than the whole cap is not kept at all.
+
+        `cold` keeps it as the least recently used: something read ahead
+        that nobody asked for yet goes before what was asked for.
+        """
         old = self._items.pop(key, None)
         if old is not None:
             self.size -= old[1]
         if size > self.capacity:
             return
         self._items[key] = (value, size)
+        if cold:
+            self._items.move_to_end(key, last=False)
         self.size += size
         while self.size > self.capacity:
             _, (_, dropped) = self._items.popitem(last=False)

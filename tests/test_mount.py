@@ -229,9 +229,9 @@ def test_small_files_of_a_directory_come_in_one_read(world, mount):
     for name in names:  # as a test runner or a compiler opens them: one by one
         assert (m.point / "many" / name).read_bytes() == world["files"][f"many/{name}"]
     assert m.stop() == 0
-    # Each of the 40 once, plus the one chunked file the walk of "many" reads
-    # ahead in the next directory (sub/deeper/leaf.c; the other files there are inline).
-    assert m.stats["chunks_from_store"] == 41
+    # Each of the 40 once, plus (if it lands before the unmount) the one chunked
+    # file the walk of "many" reads ahead in the next directory (sub/deeper/leaf.c).
+    assert m.stats["chunks_from_store"] in (40, 41)
     assert m.stats["walks"] == 1
     assert m.stats["reads"] <= 5  # trees and one merged read, not one read per file
 
@@ -248,9 +248,9 @@ def test_a_small_file_opened_alone_fetches_only_itself(world, mount):
     for name in [names[10], names[20], *names]:
         assert (m.point / "many" / name).read_bytes() == world["files"][f"many/{name}"]
     assert m.stop() == 0
-    # Each of the 40 once, plus the one chunked file the walk of "many" reads
-    # ahead in the next directory (sub/deeper/leaf.c; the other files there are inline).
-    assert m.stats["chunks_from_store"] == 41
+    # Each of the 40 once, plus (if it lands before the unmount) the one chunked
+    # file the walk of "many" reads ahead in the next directory (sub/deeper/leaf.c).
+    assert m.stats["chunks_from_store"] in (40, 41)
     assert m.stats["walks"] == 1
     assert m.stats["reads"] <= 6  # trees, the first file, then one merged read
 

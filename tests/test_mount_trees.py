@@ -24,15 +24,20 @@ PARAMS = ChunkParams(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)
 
 
 class CountingReads(WrappingStore):
-    """Records every ranged read of a pack (id, length)."""
+    """Records every ranged read of a pack (id, length; and where), optionally slowed down."""
 
     def __init__(self, inner):
         super().__init__(inner)
         self.ranges: list[tuple[ObjectId, int]] = []
+        self.spans: list[tuple[ObjectId, int, int]] = []
+        self.delay = 0.0
 
     async def get_range(self, kind, object_id, offset, length):
         if kind is Kind.PACK:
             self.ranges.append((object_id, length))
+            self.spans.append((object_id, offset, length))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return await super().get_range(kind, object_id, offset, length)
 
 
@@ -144,6 +149,31 @@ def test_a_trace_is_resolved_a_level_at_a_time_not_a_directory_at_a_time(tmp_pat
             # 61 directories on the way, 3 levels: one merged read per level.
             assert len(store.ranges) == 3
         finally:
+            await store.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_lookup_survives_the_cancelling_of_another_caller_of_the_same_read(tmp_path):
+    """A walk read ahead that stops (cancelled) must not fail a lookup waiting on its tree."""
+    build(tmp_path / "src", dirs=3)
+
+    async def run():
+        manifest_id = await put(tmp_path / "store", tmp_path / "src")
+        store, manifest, _index, trees = await open_trees(tmp_path / "store", manifest_id)
+        try:
+            store.delay = 0.3
+            first = asyncio.ensure_future(trees.listing(manifest.root, "."))
+            await asyncio.sleep(0.05)  # its read is under way
+            second = asyncio.ensure_future(trees.listing(manifest.root, "."))
+            await asyncio.sleep(0.05)
+            first.cancel()
+            listing = await asyncio.wait_for(second, 5)
+            assert listing.find("pkg000") is not None
+            assert first.cancelled()
+            assert len(store.ranges) == 1  # one read served both
+        finally:
+            await trees.close()
             await store.aclose()
 
     asyncio.run(run())

@@ -128,7 +128,7 @@ async def lookup(repo: Repository, manifest: Manifest, path: str) -> Located | N
     tree_id = manifest.root
     found: Located | None = None
     for index, name in enumerate(parts):
-        tree = await repo.get_tree(tree_id)
+        tree = await repo.get_tree(tree_id, ahead=False)  # the path's trees, not all of them
         match = next((e for e in tree.entries if e.name == name), None)
         if match is None:
             raise ObjectNotFound(f"no {'/'.join(parts[: index + 1])!r} in the manifest")

@@ -10,6 +10,7 @@ get verified data is EIO plus one log line naming the object and the path.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import itertools
@@ -46,6 +47,13 @@ def guarded(method: F) -> F:
             return await method(self, *args)
         except pyfuse3.FUSEError:
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this request itself is cancelled (unmounting)
+            self.errors += 1  # a read it shared was cancelled: an answer, never a hang
+            log.error("EIO: %s: a read it waited on was cancelled", method.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except CasError as exc:
             raise self._fail(f"{method.__name__}: {exc}") from None
         except Exception:

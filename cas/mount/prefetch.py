@@ -14,7 +14,6 @@ are logged once and skipped: the demand read of that file reports its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -57,9 +56,8 @@ async def listed_files(
     once it is done (all trees in a few long reads), and the directories it
     did not keep a level at a time, in merged reads, for all paths at once.
     """
-    if after is not None:
-        with contextlib.suppress(CasError, asyncio.CancelledError):
-            await asyncio.shield(after)
+    if after is not None:  # its outcome is its own; a cancellation of this one still ends it
+        await asyncio.wait([asyncio.ensure_future(after)])
     for found in await _resolve(trees, root, paths):
         yield found
 

@@ -168,29 +168,50 @@ class ChunkReader:
     def fetch_into_cache(self, refs: Iterable[ChunkRef], where: str) -> None:
         """Start fetching chunks into the chunk cache only, not memory (a walk far ahead).
 
-        At most `_CACHE_FETCHES` at a time, so demand reads keep the store's
-        other connections.
+        At most `_CACHE_FETCHES` run at a time, so demand reads keep the
+        store's other connections; one waiting its turn is nothing a demand
+        read waits for (it fetches for itself, and the turn skips what the
+        cache then holds).
         """
-        cache = self.repo.cache
-        if cache is None:
+        if self.repo.cache is None:
             self.fetch_ahead(refs, where)
             return
-        ids = [r.id for r in refs if r.id not in self._lru and r.id not in self._inflight]
-        held = cache.has_many(ids)
-        ids = list(dict.fromkeys(i for i in ids if i not in held))
+        ids = list(dict.fromkeys(r.id for r in refs))
         if ids:
             task = asyncio.ensure_future(self._into_cache(ids, where))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
     async def _into_cache(self, ids: list[ObjectId], where: str) -> dict[ObjectId, bytes]:
+        """Fetch `ids` into the cache; a demand read of one meanwhile waits, then reads it.
+
+        The waiting read gets None, never this fetch's error: a neighbour
+        that does not verify or a slow batch is not its file's problem, so
+        it reads its chunk alone (from the cache, if it landed).
+        """
+        cache = self.repo.cache
+        assert cache is not None
         async with self._cache_fetches:
+            ids = [i for i in ids if i not in self._lru and i not in self._inflight]
+            held = cache.has_many(ids)
+            ids = [i for i in ids if i not in held]
+            if not ids:
+                return {}
+            loop = asyncio.get_running_loop()
+            futures = {i: loop.create_future() for i in ids}
+            self._inflight.update(futures)
             try:
                 await self.relocation.read(
                     lambda: self.repo.get_chunks(ids, self.max_chunk), f"{where}: read ahead"
                 )
             except CasError as exc:
                 log.debug("reading ahead %s failed: %s", where, exc)
+            finally:
+                for chunk_id, future in futures.items():
+                    if self._inflight.get(chunk_id) is future:
+                        del self._inflight[chunk_id]
+                    if not future.done():
+                        future.set_result(None)
         return {}
 
     def _in_background(self, wanted: list[ChunkRef], where: str) -> None:
@@ -225,7 +246,7 @@ class ChunkReader:
             found.update(await self._fetch(list(dict.fromkeys(missing)), path))
         for chunk_id, future in waiting.items():
             data = await asyncio.shield(future)
-            if data is None:  # its readahead failed: fetch it alone, and say why if it fails
+            if data is None:  # not kept in memory (a readahead failed, or went to the cache)
                 ref = next(r for r in refs if r.id == chunk_id)
                 data = (await self._fetch([ref], path))[chunk_id]
             found[chunk_id] = data

@@ -203,7 +203,7 @@ async def serve(
         if on_ready is not None:
             on_ready()
         warming = None
-        if root == manifest.root:  # a subtree's trees are not told apart in the index
+        if root == manifest.root and options.readahead > 0:  # a subtree's are not told apart
             index = await repo.index(manifest_id)
             warming = asyncio.ensure_future(trees.warm(index.trees))
             background.append(warming)
@@ -229,6 +229,7 @@ async def serve(
         if walk is not None:
             await walk.close()
         await reader.close()
+        await trees.close()
         pyfuse3.close(unmount=True)
         if recorder is not None:
             recorder.close()

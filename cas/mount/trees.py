@@ -10,12 +10,12 @@ grow with the number of directories browsed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-from cas.aiotools import fail
 from cas.batching import batch_by_size
 from cas.errors import CasError
 from cas.get.browse import check_chunks
@@ -79,33 +79,45 @@ class TreeSource:
         self.relocation = relocation
         self.max_chunk = max_chunk
         self._lru: ByteLRU[ObjectId, Listing] = ByteLRU(capacity)
-        self._inflight: dict[ObjectId, asyncio.Future[Listing]] = {}
+        self._inflight: dict[ObjectId, asyncio.Task[Listing]] = {}
         self.fetched = 0
         """Trees fetched and decoded (cache misses of this LRU)."""
 
     async def listing(self, tree_id: ObjectId, where: str) -> Listing:
-        """The listing of `tree_id`, the directory at `where` (named in errors)."""
+        """The listing of `tree_id`, the directory at `where` (named in errors).
+
+        The read is a task of its own that every caller waits on: a caller
+        cancelled (a walk read ahead that stopped) leaves it to the others.
+        """
         cached = self._lru.get(tree_id)
         if cached is not None:
             return cached
         pending = self._inflight.get(tree_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Listing] = asyncio.get_running_loop().create_future()
-        self._inflight[tree_id] = future
-        try:
-            tree = await self.relocation.read(
-                lambda: self.repo.get_tree(tree_id, ahead=False), f"tree {tree_id}"
-            )
-            listing = _checked_listing(tree, self.max_chunk, where)
-        except BaseException as exc:
-            fail(future, exc)
-            raise
-        finally:
-            del self._inflight[tree_id]
+        if pending is None:
+            pending = self._inflight[tree_id] = asyncio.ensure_future(self._read(tree_id, where))
+            pending.add_done_callback(functools.partial(self._settled, tree_id))
+        return await asyncio.shield(pending)
+
+    async def _read(self, tree_id: ObjectId, where: str) -> Listing:
+        tree = await self.relocation.read(
+            lambda: self.repo.get_tree(tree_id, ahead=False), f"tree {tree_id}"
+        )
+        listing = _checked_listing(tree, self.max_chunk, where)
         self._keep(tree_id, listing, _footprint(listing.entries))
-        future.set_result(listing)
         return listing
+
+    def _settled(self, tree_id: ObjectId, read: asyncio.Future[Listing]) -> None:
+        if self._inflight.get(tree_id) is read:
+            del self._inflight[tree_id]
+        if not read.cancelled():
+            read.exception()  # retrieved: its waiters raise it, if any are left
+
+    async def close(self) -> None:
+        """Stop the reads still running (unmounting)."""
+        reads = list(self._inflight.values())
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
 
     async def listings(self, wanted: dict[ObjectId, str]) -> dict[ObjectId, Listing]:
         """Many listings (tree id -> where), the missing ones in one merged read."""
@@ -160,7 +172,7 @@ class TreeSource:
                     if self._lru.size + size > room:
                         return warmed
                     if tree_id not in self._lru:
-                        self._keep(tree_id, listing, size)
+                        self._keep(tree_id, listing, size, cold=True)
                         warmed += 1
         finally:
             for pending in flying:
@@ -171,12 +183,14 @@ class TreeSource:
         batch = [i for i in batch if i not in self._lru and i not in self._inflight]
         if not batch:
             return {}
-        got = await self.repo.get_trees(batch, ahead=False)
+        got = await self.relocation.read(
+            lambda: self.repo.get_trees(batch, ahead=False), f"{len(batch)} trees read ahead"
+        )
         return await asyncio.to_thread(_listings, got, self.max_chunk)
 
-    def _keep(self, tree_id: ObjectId, listing: Listing, size: int) -> None:
+    def _keep(self, tree_id: ObjectId, listing: Listing, size: int, *, cold: bool = False) -> None:
         self.fetched += 1
-        self._lru.put(tree_id, listing, size)
+        self._lru.put(tree_id, listing, size, cold=cold)
 
 
 def _checked_listing(tree: Tree, max_chunk: int, where: str) -> Listing:

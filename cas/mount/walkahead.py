@@ -40,6 +40,10 @@ _BATCH: Final = 1 << 20
 _NEIGHBOURS: Final = 2
 """Neighbouring opens in a row (three files) that make a walk: two happen by chance."""
 _FIRST_LEAD: Final = 256 << 10
+_DIRECTORY_COST: Final = 4096
+"""What entering a directory counts toward the lead: a run of directories with no
+chunked files (inline files only, or empty) cannot make the walk read trees unbounded."""
+_MAX_DEPTH: Final = 32
 _MISSES: Final = 2
 """Opens off the predicted path in a row that end a walk."""
 log = logging.getLogger("cas.mount")
@@ -143,61 +147,80 @@ class WalkAhead:
         batch: list[ChunkRef] = []
         batch_bytes = 0
         limit = _FIRST_BATCH
+        where = f"files after {_join(path[0].where, path[0].child)}"
 
         def flush() -> None:
             nonlocal batch, batch_bytes, limit
             if batch:
-                self.fetch(batch, f"files after {path[0].where}/{path[0].child}")
+                self.fetch(batch, where)
             batch, batch_bytes, limit = [], 0, min(_BATCH, limit * 2)
 
         try:
-            async for holder, entry, _where in self._upcoming(listing, path):
+            async for holder, entry in self._upcoming(listing, path):
                 if scheduled - self._reached >= self._lead:
                     flush()
                     while scheduled - self._reached >= self._lead:
                         self._moved.clear()
                         await self._moved.wait()
+                if entry is None:  # a directory entered: its tree counts, and others get a turn
+                    scheduled += _DIRECTORY_COST
+                    await asyncio.sleep(0)
+                    continue
                 self._positions[holder, entry.name] = scheduled
-                refs = _leading(entry.chunks, self.per_file)
-                batch += refs
-                batch_bytes += sum(r.length for r in refs)
-                scheduled += sum(r.length for r in refs)
-                if batch_bytes >= limit:
-                    flush()
+                for ref in _leading(entry.chunks, self.per_file):
+                    batch.append(ref)
+                    batch_bytes += ref.length
+                    scheduled += ref.length
+                    if batch_bytes >= limit:  # a large file goes in several fetches
+                        flush()
             flush()
         except CasError as exc:  # a tree that does not read: its own lookup reports it
             log.debug("walk ahead stopped: %s", exc)
 
     async def _upcoming(
         self, listing: Listing, path: list[Step]
-    ) -> AsyncIterator[tuple[ObjectId, FileEntry, str]]:
-        """The files after `path[0].child` in `os.walk` order, up through the parents."""
+    ) -> AsyncIterator[tuple[ObjectId, FileEntry | None]]:
+        """The files after `path[0].child` in `os.walk` order, up through the parents.
+
+        Also yields (tree, None) for each directory entered. Each tree is
+        entered once (a manifest may name one tree many times: identical
+        directories, or a hostile DAG that would expand exponentially), and
+        no deeper than `_MAX_DEPTH` below where the walk is.
+        """
+        seen = {step.tree for step in path}
         here = path[0]
         after = listing.positions[here.child] + 1
         for entry in listing.entries[after:]:
             if isinstance(entry, FileEntry) and entry.chunks:
-                yield here.tree, entry, here.where
+                yield here.tree, entry
         for entry in listing.entries:
             if isinstance(entry, DirEntry):
-                async for found in self._subtree(entry.tree, _join(here.where, entry.name)):
+                where = _join(here.where, entry.name)
+                async for found in self._subtree(entry.tree, where, seen, _MAX_DEPTH):
                     yield found
         for step in path[1:]:
             parent = await self.trees.listing(step.tree, step.where)
             for entry in parent.entries[parent.positions[step.child] + 1 :]:
                 if isinstance(entry, DirEntry):
-                    async for found in self._subtree(entry.tree, _join(step.where, entry.name)):
+                    where = _join(step.where, entry.name)
+                    async for found in self._subtree(entry.tree, where, seen, _MAX_DEPTH):
                         yield found
 
     async def _subtree(
-        self, tree: ObjectId, where: str
-    ) -> AsyncIterator[tuple[ObjectId, FileEntry, str]]:
+        self, tree: ObjectId, where: str, seen: set[ObjectId], depth: int
+    ) -> AsyncIterator[tuple[ObjectId, FileEntry | None]]:
+        if tree in seen or depth <= 0:
+            return
+        seen.add(tree)
         listing = await self.trees.listing(tree, where)
+        yield tree, None
         for entry in listing.entries:
             if isinstance(entry, FileEntry) and entry.chunks:
-                yield tree, entry, where
+                yield tree, entry
         for entry in listing.entries:
             if isinstance(entry, DirEntry):
-                async for found in self._subtree(entry.tree, _join(where, entry.name)):
+                sub = _join(where, entry.name)
+                async for found in self._subtree(entry.tree, sub, seen, depth - 1):
                     yield found
 
 
