@@ -57,7 +57,7 @@ class Mounted:
         self.store, self.repo, self.manifest = store, repo, manifest
         self.trees, self.reader, self.walk = trees, reader, walk
 
-    async def open(self, path: str) -> OpenFile:
+    async def open(self, path: str, reader: int = 0) -> OpenFile:
         parts = path.split("/")
         steps, tree = [], self.manifest.root
         for depth, name in enumerate(parts):
@@ -68,7 +68,7 @@ class Mounted:
             if isinstance(entry, DirEntry):
                 tree = entry.tree
         assert isinstance(entry, FileEntry)
-        self.walk.opened(listing, list(reversed(steps)))
+        self.walk.opened(listing, list(reversed(steps)), reader)
         return OpenFile(entry, path)
 
     async def read_all(self, handle: OpenFile) -> bytes:
@@ -288,6 +288,28 @@ def test_unmounting_ends_a_prefetch_still_waiting_for_the_trees(tmp_path):
             assert task.cancelled() and resolved == []
         finally:
             never.cancel()
+            await m.close()
+
+    asyncio.run(run())
+
+
+def test_two_readers_walking_at_once_are_each_recognised(tmp_path):
+    """Parallel test workers (one process each) interleave their opens; each walk is seen."""
+    build(tmp_path / "src")
+
+    async def run():
+        m = await mounted(tmp_path)
+        try:
+            for i in range(3):  # worker 101 walks a/, worker 202 walks b/, interleaved
+                await m.open(f"a/f{i}.bin", reader=101)
+                await m.open(f"b/g{i}.bin", reader=202)
+            assert m.walk.walks == 2
+            await m.settle(10)
+            before = len(m.store.spans)
+            handle = await m.open("a/f3.bin", reader=101)  # worker 101's next file
+            assert await m.read_all(handle) == (tmp_path / "src/a/f3.bin").read_bytes()
+            assert await m.reads_of(handle, before) == 0  # it was read ahead
+        finally:
             await m.close()
 
     asyncio.run(run())

@@ -234,7 +234,7 @@ class CasOperations(pyfuse3.Operations):
         if self.walk is not None and entry.chunks:
             steps = self._steps(node, path)
             if steps:
-                self.walk.opened(listing, steps)
+                self.walk.opened(listing, steps, ctx.pid)
         fh = next(self._serial)
         self._handles[fh] = OpenFile(entry, path)
         if self.on_open is not None:

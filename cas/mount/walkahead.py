@@ -45,6 +45,8 @@ _DIRECTORY_COST: Final = 4096
 chunked files (inline files only, or empty) cannot make the walk read trees unbounded."""
 _MAX_DEPTH: Final = 32
 _MISSES: Final = 2
+_READERS: Final = 8
+"""Reading processes whose walks are followed at once (the least recent is dropped)."""
 """Opens off the predicted path in a row that end a walk."""
 log = logging.getLogger("cas.mount")
 
@@ -63,7 +65,12 @@ class Step:
 
 
 class WalkAhead:
-    """Watches file opens; while they look like a walk, fetches the next files' chunks."""
+    """Watches file opens; while a reader's opens look like a walk, fetches its next files.
+
+    Each reading process (by pid) has its walk, so parallel test workers
+    walking different directories are each recognised; at most `_READERS`
+    are followed, and the budget is shared among those walking.
+    """
 
     def __init__(
         self,
@@ -77,6 +84,45 @@ class WalkAhead:
         """Starts a background fetch (`ChunkReader.fetch_ahead` or `fetch_into_cache`)."""
         self.budget = budget
         self.per_file = per_file
+        self._walkers: OrderedDict[int, _Walker] = OrderedDict()
+        self.walks = 0
+        """Walks recognised (for tests and the summary)."""
+
+    def opened(self, listing: Listing, path: list[Step], reader: int = 0) -> None:
+        """Process `reader` opened a file: `path[0]` is its directory's step, up to the root's."""
+        walker = self._walkers.get(reader)
+        if walker is None:
+            walker = self._walkers[reader] = _Walker(self)
+            while len(self._walkers) > _READERS:
+                _, oldest = self._walkers.popitem(last=False)
+                oldest.stop()
+        else:
+            self._walkers.move_to_end(reader)
+        walker.opened(listing, path)
+
+    def lead_limit(self) -> int:
+        """The budget of one walk: the whole budget shared among the walks running."""
+        running = sum(1 for w in self._walkers.values() if w.running)
+        return max(_FIRST_LEAD, self.budget // max(1, running))
+
+    def stop(self) -> None:
+        """End every walk being followed."""
+        for walker in self._walkers.values():
+            walker.stop()
+
+    async def close(self) -> None:
+        """Stop, and wait until the walks' tasks have ended."""
+        walkers = list(self._walkers.values())
+        self._walkers.clear()
+        for walker in walkers:
+            await walker.close()
+
+
+class _Walker:
+    """One reader's walk: its last opens, the files predicted, how far ahead it fetched."""
+
+    def __init__(self, shared: WalkAhead) -> None:
+        self.shared = shared
         self._last: tuple[ObjectId, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._positions: OrderedDict[FileKey, int] = OrderedDict()
@@ -87,9 +133,12 @@ class WalkAhead:
         self._neighbours = 0
         """Opens in a row, each of the file after the one before in its directory."""
         self._lead = _FIRST_LEAD
-        """How far ahead of the reader the walk fetches now (grows to `budget`)."""
-        self.walks = 0
-        """Walks recognised (for tests and the summary)."""
+        """How far ahead of the reader the walk fetches now (grows to the budget)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether this walk is being followed."""
+        return self._task is not None and not self._task.done()
 
     def opened(self, listing: Listing, path: list[Step]) -> None:
         """A file was opened: `path[0]` is its directory's step, up to the root's."""
@@ -112,7 +161,7 @@ class WalkAhead:
                 return
             self.stop()
         if self._neighbours >= _NEIGHBOURS:
-            self.walks += 1
+            self.shared.walks += 1
             self._lead = _FIRST_LEAD
             self._task = asyncio.ensure_future(self._walk(listing, path))
 
@@ -134,7 +183,7 @@ class WalkAhead:
 
     def _advance(self, key: FileKey) -> None:
         self._misses = 0
-        self._lead = min(self.budget, self._lead * 2)
+        self._lead = min(self.shared.lead_limit(), self._lead * 2)
         while self._positions:
             passed, position = self._positions.popitem(last=False)
             if passed == key:
@@ -152,14 +201,14 @@ class WalkAhead:
         def flush() -> None:
             nonlocal batch, batch_bytes, limit
             if batch:
-                self.fetch(batch, where)
+                self.shared.fetch(batch, where)
             batch, batch_bytes, limit = [], 0, min(_BATCH, limit * 2)
 
         try:
             async for holder, entry in self._upcoming(listing, path):
-                if scheduled - self._reached >= self._lead:
+                if scheduled - self._reached >= min(self._lead, self.shared.lead_limit()):
                     flush()
-                    while scheduled - self._reached >= self._lead:
+                    while scheduled - self._reached >= min(self._lead, self.shared.lead_limit()):
                         self._moved.clear()
                         await self._moved.wait()
                 if entry is None:  # a directory entered: its tree counts, and others get a turn
@@ -167,7 +216,7 @@ class WalkAhead:
                     await asyncio.sleep(0)
                     continue
                 self._positions[holder, entry.name] = scheduled
-                for ref in _leading(entry.chunks, self.per_file):
+                for ref in _leading(entry.chunks, self.shared.per_file):
                     batch.append(ref)
                     batch_bytes += ref.length
                     scheduled += ref.length
@@ -199,7 +248,7 @@ class WalkAhead:
                 async for found in self._subtree(entry.tree, where, seen, _MAX_DEPTH):
                     yield found
         for step in path[1:]:
-            parent = await self.trees.listing(step.tree, step.where)
+            parent = await self.shared.trees.listing(step.tree, step.where)
             for entry in parent.entries[parent.positions[step.child] + 1 :]:
                 if isinstance(entry, DirEntry):
                     where = _join(step.where, entry.name)
@@ -212,7 +261,7 @@ class WalkAhead:
         if tree in seen or depth <= 0:
             return
         seen.add(tree)
-        listing = await self.trees.listing(tree, where)
+        listing = await self.shared.trees.listing(tree, where)
         yield tree, None
         for entry in listing.entries:
             if isinstance(entry, FileEntry) and entry.chunks:
