@@ -176,42 +176,22 @@ class ChunkReader:
         if self.repo.cache is None:
             self.fetch_ahead(refs, where)
             return
-        ids = list(dict.fromkeys(r.id for r in refs))
-        if ids:
-            task = asyncio.ensure_future(self._into_cache(ids, where))
+        wanted = list({r.id: r for r in refs}.values())
+        if wanted:
+            task = asyncio.ensure_future(self._into_cache(wanted, where))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _into_cache(self, ids: list[ObjectId], where: str) -> dict[ObjectId, bytes]:
-        """Fetch `ids` into the cache; a demand read of one meanwhile waits, then reads it.
-
-        The waiting read gets None, never this fetch's error: a neighbour
-        that does not verify or a slow batch is not its file's problem, so
-        it reads its chunk alone (from the cache, if it landed).
-        """
+    async def _into_cache(self, refs: list[ChunkRef], where: str) -> dict[ObjectId, bytes]:
+        """Fetch `refs` into the cache once this fetch's turn comes (what it still lacks)."""
         cache = self.repo.cache
         assert cache is not None
         async with self._cache_fetches:
-            ids = [i for i in ids if i not in self._lru and i not in self._inflight]
-            held = cache.has_many(ids)
-            ids = [i for i in ids if i not in held]
-            if not ids:
-                return {}
-            loop = asyncio.get_running_loop()
-            futures = {i: loop.create_future() for i in ids}
-            self._inflight.update(futures)
-            try:
-                await self.relocation.read(
-                    lambda: self.repo.get_chunks(ids, self.max_chunk), f"{where}: read ahead"
-                )
-            except CasError as exc:
-                log.debug("reading ahead %s failed: %s", where, exc)
-            finally:
-                for chunk_id, future in futures.items():
-                    if self._inflight.get(chunk_id) is future:
-                        del self._inflight[chunk_id]
-                    if not future.done():
-                        future.set_result(None)
+            refs = [r for r in refs if r.id not in self._lru and r.id not in self._inflight]
+            held = cache.has_many(r.id for r in refs)
+            refs = [r for r in refs if r.id not in held]
+            if refs:
+                await self._fetch(refs, where, background=True, keep=False)
         return {}
 
     def _in_background(self, wanted: list[ChunkRef], where: str) -> None:
@@ -253,9 +233,16 @@ class ChunkReader:
         return found
 
     async def _fetch(
-        self, refs: list[ChunkRef], path: str, *, background: bool = False
+        self, refs: list[ChunkRef], path: str, *, background: bool = False, keep: bool = True
     ) -> dict[ObjectId, bytes]:
-        """One batched, verified fetch; readahead failures are quiet (the demand read reports)."""
+        """One batched, verified fetch; readahead failures are quiet (the demand read reports).
+
+        With `keep=False` (a fetch into the chunk cache) nothing stays in
+        memory: a read that waited on it gets None and takes its chunk from
+        the cache. A waiting read never gets this fetch's error either: a
+        neighbour that does not verify, or a slow batch, is not its file's
+        problem, so it reads its chunk alone.
+        """
         loop = asyncio.get_running_loop()
         futures: dict[ObjectId, asyncio.Future[bytes | None]] = {}
         for ref in refs:
@@ -282,6 +269,10 @@ class ChunkReader:
             for chunk_id, future in futures.items():
                 if self._inflight.get(chunk_id) is future:
                     del self._inflight[chunk_id]
+        if not keep:
+            for future in futures.values():
+                future.set_result(None)
+            return {}
         for chunk_id, data in out.items():
             self._lru.put(chunk_id, data, len(data))
             futures[chunk_id].set_result(data)
