@@ -99,12 +99,18 @@ class TreeSource:
         return await asyncio.shield(pending)
 
     async def _read(self, tree_id: ObjectId, where: str) -> Listing:
-        tree = await self.relocation.read(
-            lambda: self.repo.get_tree(tree_id, ahead=False), f"tree {tree_id}"
-        )
-        listing = _checked_listing(tree, self.max_chunk, where)
-        self._keep(tree_id, listing, _footprint(listing.entries))
-        return listing
+        return (await self._read_many({tree_id: where}))[tree_id]
+
+    async def _read_many(self, wanted: dict[ObjectId, str]) -> dict[ObjectId, Listing]:
+        """Trees read exactly (one merged read), checked, kept; `wanted` maps id -> where."""
+        ids = list(wanted)
+        what = f"tree {ids[0]}" if len(ids) == 1 else f"{len(ids)} trees"
+        read = await self.relocation.read(lambda: self.repo.get_trees(ids, ahead=False), what)
+        out = {}
+        for tree_id, where in wanted.items():
+            out[tree_id] = listing = _checked_listing(read[tree_id], self.max_chunk, where)
+            self._keep(tree_id, listing, _footprint(listing.entries))
+        return out
 
     def _settled(self, tree_id: ObjectId, read: asyncio.Future[Listing]) -> None:
         if self._inflight.get(tree_id) is read:
@@ -122,15 +128,9 @@ class TreeSource:
     async def listings(self, wanted: dict[ObjectId, str]) -> dict[ObjectId, Listing]:
         """Many listings (tree id -> where), the missing ones in one merged read."""
         out = {i: held for i in wanted if (held := self._lru.get(i)) is not None}
-        missing = [i for i in wanted if i not in out and i not in self._inflight]
+        missing = {i: w for i, w in wanted.items() if i not in out and i not in self._inflight}
         if missing:
-            read = await self.relocation.read(
-                lambda: self.repo.get_trees(missing, ahead=False), f"{len(missing)} trees"
-            )
-            for tree_id in missing:
-                listing = _checked_listing(read[tree_id], self.max_chunk, wanted[tree_id])
-                self._keep(tree_id, listing, _footprint(listing.entries))
-                out[tree_id] = listing
+            out.update(await self._read_many(missing))
         for tree_id in wanted:
             if tree_id not in out:  # being read by a lookup: wait for it
                 out[tree_id] = await self.listing(tree_id, wanted[tree_id])
