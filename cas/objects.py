@@ -182,7 +182,9 @@ class Tree:
         entries: list[Entry] = []
         previous: bytes | None = None
         for index, raw in enumerate(raw_entries):
-            entry = _parse_entry(raw, f"{where} entry {index}")
+            entry = _common_entry(raw)
+            if entry is None:
+                entry = _parse_entry(raw, f"{where} entry {index}")
             key = _sort_key(entry)
             if previous is not None and key <= previous:
                 raise UnsafeManifest(f"{where}: entry {entry.name!r} is duplicated or out of order")
@@ -210,6 +212,103 @@ def _entry_obj(entry: Entry) -> dict[str, Any]:
     else:
         _put_text(out, "target", entry.target)
     return out
+
+
+_RESERVED_NAMES: Final = frozenset({"", ".", ".."})
+
+
+def _common_entry(raw: Any) -> Entry | None:
+    """The usual entry, parsed without `_parse_entry`'s per-field bookkeeping.
+
+    Trees are parsed on every get, mount and listing, and nearly all their
+    entries have an ASCII name and no surprises; this takes those at a
+    third of the cost. It accepts only what `_parse_entry` accepts, giving
+    the same entry (a property test holds it to that); anything else,
+    valid or not, returns None and goes through `_parse_entry`, which says
+    precisely what is wrong.
+    """
+    if type(raw) is not dict:
+        return None
+    name = raw.get("name")
+    if (
+        type(name) is not str
+        or not name.isascii()
+        or len(name) > MAX_NAME_BYTES
+        or name in _RESERVED_NAMES
+        or "/" in name
+        or "\0" in name
+    ):
+        return None
+    fields = len(raw)
+    mtime = None
+    if "mtime_ns" in raw:
+        fields -= 1
+        mtime = raw["mtime_ns"]
+        if type(mtime) is not int or not -_INT64 <= mtime < _INT64:
+            return None
+    kind = raw.get("kind")
+    if kind == "file":
+        mode, size = raw.get("mode"), raw.get("size")
+        if type(mode) is not int or not 0 <= mode <= _MODE_MASK:
+            return None
+        if type(size) is not int or not 0 <= size < _INT64 or fields != 6:
+            return None
+        digest = _common_id(raw.get("digest"))
+        if digest is None:
+            return None
+        if "data" in raw:
+            data = raw["data"]
+            if type(data) is not str:
+                return None
+            try:
+                inline = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                return None
+            if len(inline) != size:
+                return None
+            return FileEntry(name, mode, size, mtime, digest, (), inline)
+        chunks = _common_chunks(raw.get("chunks"), size)
+        return None if chunks is None else FileEntry(name, mode, size, mtime, digest, chunks, None)
+    if kind == "dir":
+        mode, tree = raw.get("mode"), _common_id(raw.get("tree"))
+        if type(mode) is not int or not 0 <= mode <= _MODE_MASK or tree is None or fields != 4:
+            return None
+        return DirEntry(name, mode, mtime, tree)
+    if kind == "symlink":
+        target = raw.get("target")
+        if (
+            type(target) is not str
+            or not target.isascii()
+            or not 0 < len(target) <= MAX_LINK_TARGET_BYTES
+            or "\0" in target
+            or fields != 3
+        ):
+            return None
+        return SymlinkEntry(name, target, mtime)
+    return None
+
+
+def _common_id(text: Any) -> ObjectId | None:
+    if type(text) is not str or not is_object_id(text):
+        return None
+    return ObjectId(bytes.fromhex(text))
+
+
+def _common_chunks(raw: Any, size: int) -> tuple[ChunkRef, ...] | None:
+    """A chunk list of well-formed [id, length] pairs adding up to `size`, else None."""
+    if type(raw) is not list:
+        return None
+    refs = []
+    total = 0
+    for item in raw:
+        if type(item) is not list or len(item) != 2:
+            return None
+        chunk_id, length = _common_id(item[0]), item[1]
+        if chunk_id is None or type(length) is not int or length <= 0:
+            return None
+        refs.append(ChunkRef(chunk_id, length))
+        total += length
+    return tuple(refs) if total == size else None
 
 
 def _parse_entry(raw: Any, where: str) -> Entry:

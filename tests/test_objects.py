@@ -20,6 +20,8 @@ from cas.objects import (
     SymlinkEntry,
     Totals,
     Tree,
+    _common_entry,
+    _parse_entry,
 )
 from tests.trees import names
 
@@ -201,3 +203,87 @@ def test_chunk_params_validation():
         ChunkParams(min_size=4096, avg_size=1024, max_size=8192)
     with pytest.raises(UsageError):
         ChunkParams.from_dict({"algorithm": "rabin", "min_size": 1})
+
+
+# The common-entry fast path must accept only what the strict parser accepts.
+
+_ID = "0123456789abcdef" * 4
+EDGE_VALUES = [
+    None, True, False, 0, 1, -1, 0o7777, 0o10000, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1,
+    1.5, "", ".", "..", "a/b", "/", "nul\u0000", "x" * 255, "x" * 256, "é", "\udc80", "a",
+    _ID, _ID.upper(), _ID[:-1], _ID + "0", "AAAA", "AA==", "A", "!!", "t" * 4095, "t" * 4096,
+    [], [[_ID, 1]], [[_ID, 0]], [[_ID, -1]], [[_ID, True]], [[_ID]], [[_ID, 1, 2]],
+    [[_ID.upper(), 1]], [[1, _ID]], [(_ID, 1)], {"a": 1}, [None], [[_ID, 0], [_ID, 3]],
+    [[_ID, -1], [_ID, 4]], [[_ID, 1], [_ID, 2]], [[_ID, True], [_ID, 2]],
+]  # fmt: skip
+entry_keys = st.sampled_from(
+    ["kind", "name", "name_b64", "mode", "size", "digest", "data", "chunks", "tree",
+     "target", "target_b64", "mtime_ns", "extra"]
+)  # fmt: skip
+kinds = st.sampled_from(["file", "dir", "symlink", "fifo", "File"])
+
+
+@st.composite
+def hostile_entries(draw):
+    """A real entry, as JSON, with a few keys changed, added or removed."""
+    name = draw(names)
+    entry = draw(
+        st.one_of(
+            file_entries(name),
+            st.builds(DirEntry, st.just(name), modes, mtimes, ids),
+            st.builds(SymlinkEntry, st.just(name), names, mtimes),
+        )
+    )
+    raw = json.loads(Tree.build([entry]).to_bytes())["entries"][0]
+    for _ in range(draw(st.integers(min_value=0, max_value=2))):
+        key = draw(entry_keys)
+        if draw(st.integers(min_value=0, max_value=4)) == 0:
+            raw.pop(key, None)
+        elif key == "kind":
+            raw[key] = draw(kinds)
+        else:
+            raw[key] = draw(st.sampled_from(EDGE_VALUES) | st.integers() | st.text(max_size=4))
+    return raw
+
+
+BASE_ENTRIES = [
+    {"kind": "file", "name": "f", "mode": 420, "size": 3, "digest": _ID, "chunks": [[_ID, 3]]},
+    {"kind": "file", "name": "i", "mode": 420, "size": 1, "digest": _ID, "data": "AA=="},
+    {"kind": "dir", "name": "d", "mode": 493, "tree": _ID, "mtime_ns": 5},
+    {"kind": "symlink", "name": "l", "target": "t"},
+]
+
+
+def test_common_entry_refuses_every_single_edge_the_strict_parser_refuses():
+    """Each key of each kind of entry set to each edge value, or removed."""
+    tried = accepted = 0
+    for base in BASE_ENTRIES:
+        assert _common_entry(base) == _parse_entry(base, "entry")
+        for key in entry_keys.elements:
+            for value in [*EDGE_VALUES, ...]:
+                raw = {k: v for k, v in base.items() if k != key}
+                if value is not ...:
+                    raw[key] = value
+                quick = _common_entry(raw)
+                tried += 1
+                if quick is not None:
+                    accepted += 1
+                    assert _parse_entry(raw, "entry") == quick, raw
+    assert tried > 2000 and accepted > 50
+
+
+@settings(max_examples=1000)
+@given(raw=hostile_entries())
+def test_common_entry_accepts_only_what_the_strict_parser_accepts(raw):
+    quick = _common_entry(raw)
+    if quick is not None:
+        assert _parse_entry(raw, "entry") == quick
+
+
+@settings(max_examples=200)
+@given(tree=tree_objects())
+def test_common_entries_take_the_fast_path(tree):
+    for raw, entry in zip(json.loads(tree.to_bytes())["entries"], tree.entries, strict=True):
+        quick = _common_entry(raw)
+        ascii_only = entry.name.isascii() and getattr(entry, "target", "").isascii()
+        assert quick == entry if ascii_only else quick in (None, entry)
