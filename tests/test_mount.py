@@ -548,3 +548,19 @@ def test_daemon_returns_once_mounted_and_fusermount_ends_it(world, tmp_path):
         time.sleep(0.05)
     assert "unmounted" in log.read_text()  # the background process saw it and ended cleanly
     assert not os.path.ismount(point)
+
+
+def test_the_binding_runs_on_asyncio_without_trio_in_the_process():
+    """pyfuse3 imports trio but never uses it on asyncio: the mount skips its ~0.1 s import."""
+    script = (
+        "import sys, threading\n"
+        "from cas.mount import compat\n"
+        "threads = [threading.Thread(target=compat.import_binding) for _ in range(4)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "compat.enable()\n"
+        "import pyfuse3, pyfuse3.asyncio\n"
+        "assert 'trio' not in sys.modules, 'trio imported'\n"
+        "assert pyfuse3.trio is pyfuse3.asyncio, 'pyfuse3 not on asyncio'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -82,16 +82,16 @@ class MountStats:
 
 
 def preload_fuse() -> None:
-    """Import the FUSE binding in a thread: its ~0.15 s of imports overlap the first round trips.
+    """Import the FUSE binding in a thread: its imports overlap the first round trips.
 
-    The binding pulls in trio; a thread is enough because the main thread
-    spends that time waiting on the store. `serve` imports it again, which
-    waits for this import to finish, or raises its error in the main thread.
+    `serve` imports it again, which waits for this import to finish, or
+    raises its error in the main thread.
     """
+    from cas.mount import compat
 
     def load() -> None:
         with contextlib.suppress(ImportError):
-            import pyfuse3  # noqa: F401
+            compat.import_binding()
 
     threading.Thread(target=load, name="cas-mount-import", daemon=True).start()
 
@@ -145,12 +145,12 @@ async def serve(
     on_ready: Callable[[], None] | None = None,
 ) -> MountStats:
     """Mount `root` (of `manifest`) at `mountpoint`; answer the kernel until unmounted."""
+    from cas.mount import compat
+
     try:
-        import pyfuse3
+        pyfuse3 = compat.import_binding()
     except ImportError:  # the package is there but libfuse3 is not
         raise UsageError(FUSE_MISSING) from None
-
-    from cas.mount import compat
     from cas.mount.fs import CasOperations
 
     compat.enable()
