@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -564,3 +565,67 @@ def test_the_binding_runs_on_asyncio_without_trio_in_the_process():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_allow_other_lets_another_user_in_by_mode_bits(world):
+    """Without --allow-other only the mounting user gets in; with it, mode bits decide."""
+    nobody = 65534
+    shared = Path(tempfile.mkdtemp(prefix="cas-allow-other-", dir="/tmp"))
+    os.chmod(shared, 0o755)  # another user can reach the mount points
+
+    def as_nobody(*command: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(list(command), user=nobody, group=nobody, capture_output=True)
+
+    mounts = []
+    try:
+        mounts.append(Mount(world["store"], world["manifest"], shared / "own", world["env"]))
+        shut_out = as_nobody("ls", str(shared / "own"))
+        mounts.append(
+            Mount(world["store"], world["manifest"], shared / "all", world["env"], "--allow-other")
+        )
+        public = as_nobody("cat", str(shared / "all/many/f00.o"))
+        private = as_nobody("cat", str(shared / "all/small.txt"))  # mode 0600
+        assert (shared / "all/small.txt").read_bytes() == b"hello\n"  # its owner reads it
+    finally:
+        for m in mounts:
+            m.cleanup()
+        shutil.rmtree(shared, ignore_errors=True)
+    assert shut_out.returncode != 0 and b"Permission denied" in shut_out.stderr
+    assert public.returncode == 0 and public.stdout == world["files"]["many/f00.o"]
+    assert private.returncode != 0 and b"Permission denied" in private.stderr
+
+
+def test_allow_other_without_the_opt_in_is_refused_before_mounting(tmp_path, monkeypatch):
+    from cas.errors import UsageError
+    from cas.mount.session import check_allow_other
+
+    conf = tmp_path / "fuse.conf"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the rule is for users; tests run as root
+    for text in ("", "# user_allow_other\n", "mount_max = 5\n"):
+        conf.write_text(text)
+        with pytest.raises(UsageError, match="user_allow_other"):
+            check_allow_other(str(conf))
+    with pytest.raises(UsageError, match="user_allow_other"):
+        check_allow_other(str(tmp_path / "missing.conf"))
+    conf.write_text("mount_max = 5\nuser_allow_other  # for CI jobs in containers\n")
+    check_allow_other(str(conf))
+
+
+def test_daemon_child_gets_every_option_of_the_mount(tmp_path):
+    """`--daemon` re-runs the mount in the background: no option may be lost on the way."""
+    from cas_cli.commands.mount import child_command
+    from cas_cli.main import build_parser
+
+    argv = ["mount", "ci/main", str(tmp_path / "mnt"), "--store", str(tmp_path / "s"),
+            "--timeout", "9s", "--readahead", "1M", "--memory", "32M", "--record",
+            str(tmp_path / "t"), "--prefetch", "all", "--allow-other", "--cache", "--json",
+            "-q", "-v", "--debug", "--daemon", "--log", str(tmp_path / "log")]  # fmt: skip
+    parser = build_parser(argv)
+    given = vars(parser.parse_args(argv))
+    child = child_command(parser.parse_args(argv))
+    assert child[1:4] == ["-m", "cas", "mount"]
+    again = vars(parser.parse_args(child[3:]))
+    assert {k: v for k, v in again.items() if k not in ("daemon", "log", "run")} == {
+        k: v for k, v in given.items() if k not in ("daemon", "log", "run")
+    }
+    assert not again["daemon"]

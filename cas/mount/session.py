@@ -56,6 +56,8 @@ class MountOptions:
     """Append the path of each file opened first to this file (`--record`)."""
     prefetch: str | None = None
     """A list of paths (one per line), or "all": fetched in the background (`--prefetch`)."""
+    allow_other: bool = False
+    """Let other users in (FUSE's `allow_other`); the kernel still checks mode bits."""
 
 
 @dataclass
@@ -74,9 +76,9 @@ class MountStats:
     errors: int = 0
     """Requests answered EIO."""
     recorded: int = 0
+    """Paths written to the `--record` trace."""
     walks: int = 0
     """Sequential walks of the tree recognised (their next files were read ahead)."""
-    """Paths written to the `--record` trace."""
     prefetched: PrefetchStats | None = None
     seconds: float = 0.0
 
@@ -119,6 +121,21 @@ async def subtree(repo: Repository, manifest: Manifest, path: str) -> ObjectId:
     if not isinstance(found.entry, DirEntry):
         raise UsageError(f"{found.path!r} is not a directory of the manifest (use cas cat)")
     return found.entry.tree
+
+
+def check_allow_other(fuse_conf: str = "/etc/fuse.conf") -> None:
+    """Refuse `--allow-other` before mounting where `fusermount3` would (no opt-in, not root)."""
+    if os.geteuid() == 0:
+        return
+    try:
+        with open(fuse_conf, encoding="utf-8", errors="replace") as conf:
+            allowed = any(line.split("#")[0].strip() == "user_allow_other" for line in conf)
+    except OSError:
+        allowed = False
+    if not allowed:
+        raise UsageError(
+            f"--allow-other needs a line 'user_allow_other' in {fuse_conf} (or mounting as root)"
+        )
 
 
 def check_mountpoint(path: str) -> None:
@@ -184,6 +201,8 @@ async def serve(
         walk=walk,
     )
     mount_options = set(pyfuse3.default_options) | {"ro", f"fsname={fsname}", "subtype=cas"}
+    if options.allow_other:
+        mount_options.add("allow_other")
     try:
         pyfuse3.init(ops, mountpoint, mount_options)
     except RuntimeError as exc:

@@ -45,9 +45,9 @@ _DIRECTORY_COST: Final = 4096
 chunked files (inline files only, or empty) cannot make the walk read trees unbounded."""
 _MAX_DEPTH: Final = 32
 _MISSES: Final = 2
+"""Opens off the predicted path in a row that end a walk."""
 _READERS: Final = 8
 """Reading processes whose walks are followed at once (the least recent is dropped)."""
-"""Opens off the predicted path in a row that end a walk."""
 log = logging.getLogger("cas.mount")
 
 FileKey = tuple[ObjectId, str]

@@ -16,6 +16,7 @@ from cas.mount.session import (
     FUSE_MISSING,
     MountOptions,
     MountStats,
+    check_allow_other,
     open_manifest,
     preload_fuse,
     serve,
@@ -74,6 +75,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "path per line, e.g. a --record trace) or all files",
     )
     p.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let users other than the one mounting read the tree (a job in a container "
+        "under another uid); the kernel still checks each file's mode bits, the files being "
+        "owned by the mounting user. Unless root, needs 'user_allow_other' in /etc/fuse.conf",
+    )
+    p.add_argument(
         "--daemon",
         action="store_true",
         help="return once the mount is up (exit 0) and serve it in the background; "
@@ -102,9 +110,12 @@ def run(args: argparse.Namespace) -> int:
         chunk_memory=parse_size(args.memory, "--memory"),
         record=args.record,
         prefetch=args.prefetch,
+        allow_other=args.allow_other,
     )
     if options.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    if options.allow_other:
+        check_allow_other()
 
     async def action(repo: Repository) -> MountStats:
         manifest_id = await repo.resolve(name)
@@ -182,6 +193,7 @@ def child_command(args: argparse.Namespace) -> list[str]:
         if value:
             command += [flag, value if value == "all" else os.path.abspath(value)]
     flags = {"--cache": args.cache, "--no-cache": args.no_cache, "--json": args.json}
+    flags["--allow-other"] = args.allow_other
     flags |= {"-q": args.quiet, "-v": getattr(args, "verbose", False)}
     flags["--debug"] = getattr(args, "debug", False)
     return command + [flag for flag, on in flags.items() if on]
