@@ -47,6 +47,13 @@ class Listing:
         at = self.positions.get(name)
         return None if at is None else self.entries[at]
 
+    @functools.cached_property
+    def chunked(self) -> tuple[int, ...]:
+        """Positions of the files with chunks (the ones a read needs the store for)."""
+        return tuple(
+            at for at, e in enumerate(self.entries) if isinstance(e, FileEntry) and e.chunks
+        )
+
 
 def _footprint(entries: tuple[Entry, ...]) -> int:
     """A rough size in memory of a decoded tree (objects, names, chunk lists, inline data)."""

@@ -16,6 +16,7 @@ so a job opening a file here and there fetches (almost) only what it reads.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -274,12 +275,14 @@ class _Walker:
 
 
 def _next_file(listing: Listing, index: int) -> int | None:
-    """The position of the first file with chunks after `index` (inline files need no read)."""
-    for at in range(index + 1, len(listing.entries)):
-        entry = listing.entries[at]
-        if isinstance(entry, FileEntry) and entry.chunks:
-            return at
-    return None
+    """The position of the first file with chunks after `index` (inline files need no read).
+
+    A bisection of the listing's chunked positions: a directory of many
+    inline files costs each open no scan of them.
+    """
+    chunked = listing.chunked
+    at = bisect.bisect_right(chunked, index)
+    return chunked[at] if at < len(chunked) else None
 
 
 def _leading(chunks: tuple[ChunkRef, ...], limit: int) -> list[ChunkRef]:
