@@ -629,3 +629,26 @@ def test_daemon_child_gets_every_option_of_the_mount(tmp_path):
         k: v for k, v in given.items() if k not in ("daemon", "log", "run")
     }
     assert not again["daemon"]
+
+
+def test_the_binding_is_imported_the_plain_way_when_the_stand_in_is_not_enough():
+    """A pyfuse3 release needing more of trio at import gets the real one, not an error."""
+    script = (
+        "import sys\n"
+        "class FailsFirstImport:\n"
+        "    failed = False\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'pyfuse3' and not self.failed:\n"
+        "            self.failed = True\n"
+        "            raise ImportError('trio.lowlevel needed')\n"
+        "sys.meta_path.insert(0, FailsFirstImport())\n"
+        "from cas.mount import compat\n"
+        "compat.import_binding()\n"
+        "compat.enable()\n"
+        "import pyfuse3, pyfuse3.asyncio\n"
+        "assert sys.meta_path[0].failed\n"
+        "assert getattr(sys.modules['trio'], '__file__', None), 'not the real trio'\n"
+        "assert pyfuse3.trio is pyfuse3.asyncio\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

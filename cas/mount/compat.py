@@ -25,16 +25,22 @@ _importing = threading.Lock()
 
 
 def import_binding() -> types.ModuleType:
-    """pyfuse3, imported without importing trio (safe from any thread, any number of times)."""
+    """pyfuse3, imported without importing trio (safe from any thread, any number of times).
+
+    Should a pyfuse3 release need more of trio at import than its name, the
+    import is made again the ordinary way: slower, never broken.
+    """
     with _importing:
-        stand_in = None
         if "trio" not in sys.modules and "pyfuse3" not in sys.modules:
             stand_in = sys.modules["trio"] = types.ModuleType("trio")
-        try:
-            import pyfuse3
-        finally:
-            if stand_in is not None and sys.modules.get("trio") is stand_in:
-                del sys.modules["trio"]
+            try:
+                import pyfuse3
+            except ImportError:
+                pass  # libfuse3 missing, or trio needed: the plain import below says which
+            finally:
+                if sys.modules.get("trio") is stand_in:
+                    del sys.modules["trio"]
+        import pyfuse3
     return pyfuse3
 
 
