@@ -551,6 +551,12 @@ def test_daemon_returns_once_mounted_and_fusermount_ends_it(world, tmp_path):
     assert not os.path.ismount(point)
 
 
+def run_python(script: str) -> None:
+    """Run `script` in a fresh interpreter (imports of its own); its asserts must hold."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_binding_runs_on_asyncio_without_trio_in_the_process():
     """pyfuse3 imports trio but never uses it on asyncio: the mount skips its ~0.1 s import."""
     script = (
@@ -563,8 +569,7 @@ def test_the_binding_runs_on_asyncio_without_trio_in_the_process():
         "assert 'trio' not in sys.modules, 'trio imported'\n"
         "assert pyfuse3.trio is pyfuse3.asyncio, 'pyfuse3 not on asyncio'\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    run_python(script)
 
 
 def test_allow_other_lets_another_user_in_by_mode_bits(world):
@@ -650,5 +655,4 @@ def test_the_binding_is_imported_the_plain_way_when_the_stand_in_is_not_enough()
         "assert getattr(sys.modules['trio'], '__file__', None), 'not the real trio'\n"
         "assert pyfuse3.trio is pyfuse3.asyncio\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    run_python(script)
