@@ -611,15 +611,25 @@ def test_allow_other_without_the_opt_in_is_refused_before_mounting(tmp_path, mon
     from cas.mount.session import check_allow_other
 
     conf = tmp_path / "fuse.conf"
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the rule is for users; tests run as root
-    for text in ("", "# user_allow_other\n", "mount_max = 5\n"):
+    monkeypatch.setattr(os, "getuid", lambda: 1000)  # the rule is for users; tests run as root
+    refused = (
+        "",
+        "# user_allow_other\n",
+        "mount_max = 5\n",
+        "user_allow_other",  # fusermount3 ignores a last line without its newline
+        " " * 250 + "user_allow_other\n",  # longer than fusermount3's line buffer
+        "\x1cuser_allow_other\n",  # not C white space
+        "user_allow_other = 1\n",
+    )
+    for text in refused:
         conf.write_text(text)
         with pytest.raises(UsageError, match="user_allow_other"):
             check_allow_other(str(conf))
     with pytest.raises(UsageError, match="user_allow_other"):
         check_allow_other(str(tmp_path / "missing.conf"))
-    conf.write_text("mount_max = 5\nuser_allow_other  # for CI jobs in containers\n")
-    check_allow_other(str(conf))
+    for text in ("mount_max = 5\nuser_allow_other  # for CI\n", "\tuser_allow_other\r\n"):
+        conf.write_text(text)
+        check_allow_other(str(conf))
 
 
 def test_daemon_child_gets_every_option_of_the_mount(tmp_path):
@@ -642,16 +652,25 @@ def test_daemon_child_gets_every_option_of_the_mount(tmp_path):
     assert not again["daemon"]
 
 
-def test_the_binding_is_imported_the_plain_way_when_the_stand_in_is_not_enough():
-    """A pyfuse3 release needing more of trio at import gets the real one, not an error."""
+@pytest.mark.parametrize(
+    ("module", "failure"),
+    [("pyfuse3", "ImportError('trio.lowlevel needed')"), ("pyfuse3._pyfuse3", "trio.Lock")],
+)
+def test_the_binding_is_imported_the_plain_way_when_the_stand_in_is_not_enough(module, failure):
+    """A pyfuse3 release needing more of trio at import gets the real one, not an error.
+
+    Either its import fails (ImportError), or, half-way through pyfuse3's
+    own initialisation, it reads an attribute the stand-in lacks.
+    """
     script = (
         "import sys\n"
         "class FailsFirstImport:\n"
         "    failed = False\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'pyfuse3' and not self.failed:\n"
+        f"        if name == {module!r} and not self.failed:\n"
         "            self.failed = True\n"
-        "            raise ImportError('trio.lowlevel needed')\n"
+        "            trio = sys.modules['trio']\n"
+        f"            raise {failure}\n"
         "sys.meta_path.insert(0, FailsFirstImport())\n"
         "from cas.mount import compat\n"
         "compat.import_binding()\n"

@@ -27,16 +27,19 @@ _importing = threading.Lock()
 def import_binding() -> types.ModuleType:
     """pyfuse3, imported without importing trio (safe from any thread, any number of times).
 
-    Should a pyfuse3 release need more of trio at import than its name, the
-    import is made again the ordinary way: slower, never broken.
+    Should a pyfuse3 release need more of trio at import than its name (an
+    ImportError, or an AttributeError of the empty stand-in), the import is
+    made again the ordinary way: slower, never broken. Another thread
+    importing trio during those milliseconds would get the stand-in; nothing
+    in cas does.
     """
     with _importing:
         if "trio" not in sys.modules and "pyfuse3" not in sys.modules:
             stand_in = sys.modules["trio"] = types.ModuleType("trio")
             try:
                 import pyfuse3
-            except ImportError:
-                pass  # libfuse3 missing, or trio needed: the plain import below says which
+            except Exception:  # the plain import below raises what is real
+                pass
             finally:
                 if sys.modules.get("trio") is stand_in:
                     del sys.modules["trio"]

@@ -123,15 +123,29 @@ async def subtree(repo: Repository, manifest: Manifest, path: str) -> ObjectId:
     return found.entry.tree
 
 
+_C_SPACE: Final = " \t\n\v\f\r"
+_CONF_LINE_MAX: Final = 255
+"""fusermount3 reads its configuration in lines of at most this many bytes (and a newline)."""
+
+
 def check_allow_other(fuse_conf: str = "/etc/fuse.conf") -> None:
-    """Refuse `--allow-other` before mounting where `fusermount3` would (no opt-in, not root)."""
-    if os.geteuid() == 0:
+    """Refuse `--allow-other` before mounting where `fusermount3` would (no opt-in, not root).
+
+    Read as fusermount3 reads it: only whole lines (ending in a newline, not
+    longer than its buffer), a `#` starts a comment, C white space around.
+    """
+    if os.getuid() == 0:  # fusermount3 asks the real user id
         return
     try:
-        with open(fuse_conf, encoding="utf-8", errors="replace") as conf:
-            allowed = any(line.split("#")[0].strip() == "user_allow_other" for line in conf)
+        with open(fuse_conf, "rb") as conf:
+            lines = conf.read().split(b"\n")[:-1]  # the last piece has no newline
     except OSError:
-        allowed = False
+        lines = []
+    allowed = any(
+        len(line) < _CONF_LINE_MAX
+        and line.split(b"#")[0].strip(_C_SPACE.encode()) == b"user_allow_other"
+        for line in lines
+    )
     if not allowed:
         raise UsageError(
             f"--allow-other needs a line 'user_allow_other' in {fuse_conf} (or mounting as root)"
