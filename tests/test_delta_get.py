@@ -224,11 +224,8 @@ def test_seed_changing_after_it_was_indexed_costs_only_a_fetch(tmp_path, pair, m
 
     def scribble_then_pin(self, out):  # runs after indexing, before any chunk is read
         for path in seed.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                data = bytearray(path.read_bytes())
-                for i in range(0, len(data), 97):
-                    data[i] ^= 0xFF
-                path.write_bytes(bytes(data))
+            if path.is_file() and not path.is_symlink():  # every byte, so no chunk survives
+                path.write_bytes(bytes(byte ^ 0xFF for byte in path.read_bytes()))
         return real_pin(self, out)
 
     monkeypatch.setattr(Sources, "pin", scribble_then_pin)
