@@ -127,9 +127,10 @@ def test_cli_repair_then_reput_makes_verify_clean(tmp_path):
     text = cas("verify", "--store", store, "--all", "--repair", check=False)
     assert b"nothing to remove or heal" in text.stderr
 
-    # A new put of the source stores the lost chunk again (a new manifest: its time differs);
-    # the next repair heals the old manifest, which its ref still names, from that copy.
-    assert cli_put(store, src) != manifest
+    # A new put of the source stores the lost chunk again (a new manifest: its label differs;
+    # its creation time alone may not, within one second); the next repair heals the old
+    # manifest, which its ref still names, from that copy.
+    assert cli_put(store, src, "--label", "run=2") != manifest
     healed = cas("verify", "--store", store, "--all", "--repair", "--json", check=False)
     assert healed.returncode == 3 and json.loads(healed.stdout)["repair"]["healed"] == [manifest]
     assert cas("verify", "--store", store, "--all").returncode == 0
