@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from cas import codec
@@ -215,16 +217,26 @@ def _hold_write_lock(path: str, ready, release) -> None:
     cache.close()
 
 
+@contextlib.contextmanager
+def write_lock_held(path: Path) -> Iterator[None]:
+    """Inside, another process holds the cache's write transaction (a stuck writer)."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_write_lock, args=(str(path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
 def test_reads_do_not_wait_for_cache_commits(tmp_path):
     """A get with a cache whose writer is blocked still returns; the entries land afterwards."""
     store, manifest_id = _make_store_with_tree(tmp_path)
     cache = ChunkCache(tmp_path / "cache", capacity=64 << 20)  # opening takes the lock too
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_write_lock, args=(str(tmp_path / "cache"), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with write_lock_held(tmp_path / "cache"):
         t0 = time.monotonic()
         stats = asyncio.run(
             asyncio.wait_for(
@@ -238,9 +250,6 @@ def test_reads_do_not_wait_for_cache_commits(tmp_path):
         assert not cache.flush(timeout=0.2)
         again = asyncio.run(Downloader(Repository(store, cache)).get(manifest_id, tmp_path / "o2"))
         assert again.chunks_from_store == 0 and again.chunks_from_cache == stats.chunks_from_store
-    finally:
-        release.set()
-        holder.join(30)
     cache.close()  # commits what was pending
     reopened = ChunkCache(tmp_path / "cache", capacity=64 << 20)
     assert reopened.stats().entries >= stats.chunks_from_store
@@ -250,12 +259,7 @@ def test_reads_do_not_wait_for_cache_commits(tmp_path):
 def test_a_full_write_queue_drops_entries_instead_of_blocking_reads(tmp_path):
     """With the writer stuck, puts past the pending bound wait about a second, then are lost."""
     cache = ChunkCache(tmp_path, capacity=64 << 20, pending_bytes=1 << 20)
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_write_lock, args=(str(tmp_path), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with write_lock_held(tmp_path):
         items = [blob_of(os.urandom(300_000)) for _ in range(6)]
         t0 = time.monotonic()
         cache.put_many(items)
@@ -263,9 +267,6 @@ def test_a_full_write_queue_drops_entries_instead_of_blocking_reads(tmp_path):
         assert cache.dropped > 0
         kept = [i for i, _ in items if cache.get(i) is not None]
         assert 0 < len(kept) < len(items)
-    finally:
-        release.set()
-        holder.join(30)
     cache.close()
     reopened = ChunkCache(tmp_path, capacity=64 << 20)
     assert reopened.has_many([i for i, _ in items]) == set(kept)

@@ -7,7 +7,6 @@ the store, and a cache whose writer is stuck never holds a read up for long.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
@@ -21,7 +20,7 @@ from cas.packreads import PackReader, ReadCounts
 from cas.store.base import Kind
 from cas.store.local import LocalStore
 from tests.store.stored import pack_of
-from tests.test_cache import _hold_write_lock
+from tests.test_cache import write_lock_held
 
 CHUNK = ObjectKind.CHUNK
 MAX = 1 << 20
@@ -92,19 +91,11 @@ async def test_a_stuck_cache_writer_holds_a_read_up_about_a_second(tmp_path):
     """Frames read along past the cache's pending bound are dropped after one short wait."""
     store, located, ids, contents = await packed(tmp_path, 24, 300_000)
     cache = ChunkCache(tmp_path / "cache", capacity=64 << 20, pending_bytes=1 << 20)
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_write_lock, args=(str(tmp_path / "cache"), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with write_lock_held(tmp_path / "cache"):
         reader = planned_reader(store, cache, located, ids)
         started = time.monotonic()
         assert await ask(reader, located, ids[0]) == {ids[0]: contents[ids[0]]}
         assert time.monotonic() - started < 3  # one wait for room, not one per frame
         assert cache.dropped > 0
-    finally:
-        release.set()
-        holder.join(30)
     cache.close()
     await store.aclose()
