@@ -7,6 +7,7 @@ the ranged reads of packs that reach the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 from cas.chunking import ChunkParams
@@ -56,14 +57,24 @@ async def put(store_dir: Path, src: Path) -> ObjectId:
         return (await Uploader(Repository(local), options).put(src)).manifest_id
 
 
+@contextlib.asynccontextmanager
 async def open_trees(store_dir: Path, manifest_id: ObjectId, capacity: int = 32 << 20):
+    """A counting store, the manifest, its index and a TreeSource; closed on the way out."""
     store = CountingReads(LocalStore(store_dir))
-    repo = Repository(store)
-    manifest = await repo.get_manifest(manifest_id)
-    index = await repo.index(manifest_id)
-    relocation = Relocation(repo, manifest_id, timeout=30)
-    trees = TreeSource(repo, manifest.chunker.max_size, capacity=capacity, relocation=relocation)
-    return store, manifest, index, trees
+    try:
+        repo = Repository(store)
+        manifest = await repo.get_manifest(manifest_id)
+        index = await repo.index(manifest_id)
+        relocation = Relocation(repo, manifest_id, timeout=30)
+        trees = TreeSource(
+            repo, manifest.chunker.max_size, capacity=capacity, relocation=relocation
+        )
+        try:
+            yield store, manifest, index, trees
+        finally:
+            await trees.close()
+    finally:
+        await store.aclose()
 
 
 def test_a_lookup_reads_only_its_own_tree(tmp_path):
@@ -71,8 +82,7 @@ def test_a_lookup_reads_only_its_own_tree(tmp_path):
 
     async def run():
         manifest_id = await put(tmp_path / "store", tmp_path / "src")
-        store, manifest, index, trees = await open_trees(tmp_path / "store", manifest_id)
-        try:
+        async with open_trees(tmp_path / "store", manifest_id) as (store, manifest, index, trees):
             root = await trees.listing(manifest.root, ".")
             pkg = root.find("pkg007")
             assert isinstance(pkg, DirEntry)
@@ -82,8 +92,6 @@ def test_a_lookup_reads_only_its_own_tree(tmp_path):
             # (not the 61 trees of the manifest a `cas get` would take along).
             expected = [index.trees[manifest.root].stored, index.trees[pkg.tree].stored]
             assert [length for _, length in store.ranges] == expected
-        finally:
-            await store.aclose()
 
     asyncio.run(run())
 
@@ -93,8 +101,7 @@ def test_warm_reads_every_tree_ahead_so_lookups_need_no_read(tmp_path):
 
     async def run():
         manifest_id = await put(tmp_path / "store", tmp_path / "src")
-        store, manifest, index, trees = await open_trees(tmp_path / "store", manifest_id)
-        try:
+        async with open_trees(tmp_path / "store", manifest_id) as (store, manifest, index, trees):
             warmed = await trees.warm(index.trees)
             assert warmed == len(index.trees) == 1 + 60 * 2
             total = sum(loc.stored for loc in index.trees.values())
@@ -105,8 +112,6 @@ def test_warm_reads_every_tree_ahead_so_lookups_need_no_read(tmp_path):
                 assert isinstance(entry, DirEntry)
                 await trees.listing(entry.tree, entry.name)
             assert store.ranges == []
-        finally:
-            await store.aclose()
 
     asyncio.run(run())
 
@@ -117,18 +122,14 @@ def test_warm_stops_before_evicting_what_was_looked_up(tmp_path):
     async def run():
         manifest_id = await put(tmp_path / "store", tmp_path / "src")
         # Room for about a third of the trees.
-        store, manifest, index, trees = await open_trees(
-            tmp_path / "store", manifest_id, capacity=64 << 10
-        )
-        try:
+        small = open_trees(tmp_path / "store", manifest_id, capacity=64 << 10)
+        async with small as (store, manifest, index, trees):
             await trees.listing(manifest.root, ".")
             warmed = await trees.warm(index.trees)
             assert 0 < warmed < len(index.trees)
             store.ranges.clear()
             await trees.listing(manifest.root, ".")  # still held: warming left it alone
             assert store.ranges == []
-        finally:
-            await store.aclose()
 
     asyncio.run(run())
 
@@ -142,14 +143,11 @@ def test_a_trace_is_resolved_a_level_at_a_time_not_a_directory_at_a_time(tmp_pat
 
     async def run():
         manifest_id = await put(tmp_path / "store", tmp_path / "src")
-        store, manifest, _index, trees = await open_trees(tmp_path / "store", manifest_id)
-        try:
+        async with open_trees(tmp_path / "store", manifest_id) as (store, manifest, _index, trees):
             found = [path async for path, _ in listed_files(trees, manifest.root, paths)]
             assert found == [p for p in paths if "missing" not in p]  # in the trace's order
             # 61 directories on the way, 3 levels: one merged read per level.
             assert len(store.ranges) == 3
-        finally:
-            await store.aclose()
 
     asyncio.run(run())
 
@@ -160,8 +158,7 @@ def test_a_lookup_survives_the_cancelling_of_another_caller_of_the_same_read(tmp
 
     async def run():
         manifest_id = await put(tmp_path / "store", tmp_path / "src")
-        store, manifest, _index, trees = await open_trees(tmp_path / "store", manifest_id)
-        try:
+        async with open_trees(tmp_path / "store", manifest_id) as (store, manifest, _index, trees):
             store.delay = 0.3
             first = asyncio.ensure_future(trees.listing(manifest.root, "."))
             await asyncio.sleep(0.05)  # its read is under way
@@ -172,8 +169,5 @@ def test_a_lookup_survives_the_cancelling_of_another_caller_of_the_same_read(tmp
             assert listing.find("pkg000") is not None
             assert first.cancelled()
             assert len(store.ranges) == 1  # one read served both
-        finally:
-            await trees.close()
-            await store.aclose()
 
     asyncio.run(run())

@@ -140,9 +140,7 @@ def test_a_walk_is_served_ahead_in_os_walk_order(tmp_path, into):
                 assert data == (tmp_path / "src" / path).read_bytes()
                 assert await m.reads_of(handle, before) == 0, path  # it was already here
         finally:
-            await m.walk.close()
-            await m.reader.close()
-            await m.store.aclose()
+            await m.close()
             if cache is not None:
                 cache.close()
 
@@ -162,9 +160,7 @@ def test_opening_files_here_and_there_reads_nothing_ahead(tmp_path):
             read = sum(length for _, length in m.store.ranges if length > 20_000)
             assert read < 4 * 110_000  # only the four files (compressed random bytes)
         finally:
-            await m.walk.close()
-            await m.reader.close()
-            await m.store.aclose()
+            await m.close()
 
     asyncio.run(run())
 
@@ -186,9 +182,7 @@ def test_a_walk_ends_when_the_reader_goes_elsewhere(tmp_path):
             await m.open("a/f5.bin")
             assert m.walk.walks == 2
         finally:
-            await m.walk.close()
-            await m.reader.close()
-            await m.store.aclose()
+            await m.close()
 
     asyncio.run(run())
 
