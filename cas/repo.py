@@ -52,6 +52,7 @@ class Repository:
         self._inflight: dict[tuple[ObjectKind, ObjectId], asyncio.Future[bytes]] = {}
         located: dict[ObjectKind, dict[ObjectId, Location]] = {k: {} for k in ObjectKind}
         self.counts = ReadCounts()
+        """What was read, from the store or the cache (summaries read it directly)."""
         self.reader = PackReader(store, cache, located, self.counts)
         self.indexes = IndexBook(store, located, self._plan_trees)
 
@@ -100,33 +101,6 @@ class Repository:
     ) -> dict[ObjectId, bytes]:
         """Fetch, decompress and verify objects at known locations, merging neighbours."""
         return await self.reader.read_located(kind, locations, max_size, ahead=ahead)
-
-    # ------------------------------------------------------------ counters
-
-    @property
-    def chunks_from_store(self) -> int:
-        """Chunks read from the store so far."""
-        return self.counts.chunks_from_store
-
-    @property
-    def bytes_from_store(self) -> int:
-        """Stored bytes of those chunks."""
-        return self.counts.bytes_from_store
-
-    @property
-    def chunks_from_cache(self) -> int:
-        """Chunks taken from the chunk cache so far."""
-        return self.counts.chunks_from_cache
-
-    @property
-    def bytes_from_cache(self) -> int:
-        """Stored bytes of those chunks."""
-        return self.counts.bytes_from_cache
-
-    @property
-    def reads(self) -> int:
-        """Ranged reads of packs issued."""
-        return self.counts.reads
 
     # ------------------------------------------------------------ chunks
 

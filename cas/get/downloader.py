@@ -232,8 +232,8 @@ class Downloader:
         s.dry_run = False
         s.files = s.bytes_written = s.dirs = s.symlinks = 0
         self.progress.set_total(sum(_file_size(f) for f in to_write), len(to_write))
-        before_cache = (self.repo.chunks_from_cache, self.repo.bytes_from_cache)
-        before_store = (self.repo.chunks_from_store, self.repo.bytes_from_store)
+        before_cache = (self.repo.counts.chunks_from_cache, self.repo.counts.bytes_from_cache)
+        before_store = (self.repo.counts.chunks_from_store, self.repo.counts.bytes_from_store)
         with Destination(dest) as out:
             writer = FileWriter(self.repo, self.progress, sources.local, out)
             try:
@@ -251,10 +251,10 @@ class Downloader:
                 await asyncio.to_thread(self._cleanup, out)
             await asyncio.to_thread(self._finish_dirs, out, todo.dirs)
             s.leftovers_removed = out.leftovers_removed
-        s.chunks_from_cache = self.repo.chunks_from_cache - before_cache[0]
-        s.bytes_from_cache = self.repo.bytes_from_cache - before_cache[1]
-        s.chunks_from_store = self.repo.chunks_from_store - before_store[0]
-        s.bytes_from_store = self.repo.bytes_from_store - before_store[1]
+        s.chunks_from_cache = self.repo.counts.chunks_from_cache - before_cache[0]
+        s.bytes_from_cache = self.repo.counts.bytes_from_cache - before_cache[1]
+        s.chunks_from_store = self.repo.counts.chunks_from_store - before_store[0]
+        s.bytes_from_store = self.repo.counts.bytes_from_store - before_store[1]
         local = sources.local
         s.chunks_from_destination = local.chunks_read[Origin.DESTINATION]
         s.bytes_from_destination = local.bytes_read[Origin.DESTINATION]

@@ -270,11 +270,11 @@ async def serve(
         log.info("unmounted %s on %s", mountpoint, signal.Signals(signalled[0]).name)
     return MountStats(
         trees_fetched=trees.fetched,
-        chunks_from_store=repo.chunks_from_store,
-        chunks_from_cache=repo.chunks_from_cache,
-        bytes_from_store=repo.bytes_from_store,
-        bytes_from_cache=repo.bytes_from_cache,
-        reads=repo.reads,
+        chunks_from_store=repo.counts.chunks_from_store,
+        chunks_from_cache=repo.counts.chunks_from_cache,
+        bytes_from_store=repo.counts.bytes_from_store,
+        bytes_from_cache=repo.counts.bytes_from_cache,
+        reads=repo.counts.reads,
         index_reloads=relocation.reloads,
         errors=ops.errors,
         recorded=recorder.count if recorder is not None else 0,
